@@ -1,0 +1,41 @@
+"""Augmentation (paraphrase) and the card's other generation tasks as text work around the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from serve_app.engine.errors import EmptyTextError, EngineInputError
+from serve_app.engine.tokenization import EncodedPrompt, PromptEncoder
+from serve_app.prompts import Template
+
+
+def prepare(encoder: PromptEncoder, template: Template, text: str, field: str = "text") -> EncodedPrompt:
+    if not isinstance(text, str) or not text.strip():
+        raise EmptyTextError(field)
+    return encoder.encode(template, {"text": text.strip()})
+
+
+def _same_text(a: str, b: str) -> bool:
+    return "".join(a.split()) == "".join(b.split())
+
+
+def paraphrases(encoder: PromptEncoder, source: str, sequences: list[list[int]]) -> list[str]:
+    """Decoded outputs, distinct, non-empty and none equal to the input, in sampling order."""
+    kept: list[str] = []
+    for ids in sequences:
+        text = encoder.decode(ids)
+        if text and not _same_text(text, source) and not any(_same_text(text, other) for other in kept):
+            kept.append(text)
+    return kept
+
+
+def prepare_task(encoder: PromptEncoder, template: Template, values: Mapping[str, Any]) -> EncodedPrompt:
+    """A /generate task: every slot of its template must be a non-empty string."""
+    filled: dict[str, str] = {}
+    for name in template.fields:
+        value = values.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise EngineInputError(name, "is required by this task and must be a non-empty string")
+        filled[name] = value.strip()
+    return encoder.encode(template, filled)

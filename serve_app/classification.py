@@ -1,0 +1,97 @@
+"""Zero-shot classification as text work around the engine: validate, build prompts, shape answers.
+
+Score mode asks the engine for each candidate's probability, so the answer is
+always one of the candidates and the same input always gets the same answer.
+Generate mode lets the model write freely, as the model card does, and reports
+whether what it wrote is a candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from serve_app.engine.errors import DuplicateLabelError, EmptyTextError, EngineInputError, LabelCountError
+from serve_app.engine.requests import GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
+from serve_app.engine.tokenization import EncodedPrompt, PromptEncoder
+from serve_app.prompts import Template, classification_values, sanitize_label
+
+MIN_LABELS = 2
+MAX_LABELS = 50
+MAX_LABEL_CHARS = 100
+Mode = Literal["score", "generate"]
+
+
+@dataclass(frozen=True)
+class ClassifyJob:
+    """One text prepared for classification."""
+
+    text: str
+    labels: list[str]  # as the client sent them (trimmed), in the client's order
+    prompt: EncodedPrompt
+    label_ids: list[list[int]]  # tokens of each label as it appears in the prompt
+
+
+def clean_labels(labels: list[str]) -> list[str]:
+    """Trimmed labels; raises on a count outside 2–50, an empty label or a duplicate."""
+    if not isinstance(labels, list) or not (MIN_LABELS <= len(labels) <= MAX_LABELS):
+        raise LabelCountError(len(labels) if isinstance(labels, list) else 0, MIN_LABELS, MAX_LABELS)
+    cleaned = []
+    seen: dict[str, str] = {}
+    for index, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip():
+            raise EngineInputError(f"labels.{index}", "must be a non-empty string")
+        label = label.strip()
+        if len(label) > MAX_LABEL_CHARS:
+            raise EngineInputError(f"labels.{index}", f"must be at most {MAX_LABEL_CHARS} characters")
+        key = sanitize_label(label)
+        if key in seen:
+            raise DuplicateLabelError(label if seen[key] == label else f"{seen[key]}' / '{label}")
+        seen[key] = label
+        cleaned.append(label)
+    return cleaned
+
+
+def prepare(encoder: PromptEncoder, template: Template, text: str, labels: list[str], field: str = "text") -> ClassifyJob:
+    if not isinstance(text, str) or not text.strip():
+        raise EmptyTextError(field)
+    labels = clean_labels(labels)
+    prompt_labels = [sanitize_label(label) for label in labels]
+    prompt = encoder.encode(template, classification_values(text.strip(), prompt_labels))
+    return ClassifyJob(
+        text=text,
+        labels=labels,
+        prompt=prompt,
+        label_ids=[encoder.label_ids(label) for label in prompt_labels],
+    )
+
+
+def scoring_request(job: ClassifyJob) -> ScoringRequest:
+    return ScoringRequest(input_ids=job.prompt.input_ids, label_ids=job.label_ids)
+
+
+def score_answer(job: ClassifyJob, result: ScoringResult) -> dict[str, Any]:
+    """transformers' zero-shot pipeline shape: labels sorted best first, probabilities summing to 1."""
+    # Stable sort: equal probabilities keep the client's order, so ties break the same way every time.
+    order = sorted(range(len(job.labels)), key=lambda index: -result.probabilities[index])
+    return {
+        "sequence": job.text,
+        "label": job.labels[order[0]],
+        "labels": [job.labels[index] for index in order],
+        "scores": [result.probabilities[index] for index in order],
+        "truncated": job.prompt.truncated,
+    }
+
+
+def generation_request(job: ClassifyJob) -> GenerationRequest:
+    """Greedy decoding, long enough for the longest label and a little more."""
+    longest = max(len(ids) for ids in job.label_ids)
+    params = SamplingParams(num_return_sequences=1, max_new_tokens=min(512, longest + 8), temperature=0.0, top_k=0, top_p=1.0)
+    return GenerationRequest(input_ids=job.prompt.input_ids, params=params)
+
+
+def generate_answer(job: ClassifyJob, generated: str) -> dict[str, Any]:
+    """`label` is the candidate the model wrote, or null when it wrote something else."""
+    by_prompt_form = {sanitize_label(label): label for label in job.labels}
+    label = by_prompt_form.get(sanitize_label(generated))
+    return {"sequence": job.text, "label": label, "generated": generated, "truncated": job.prompt.truncated}

@@ -1,0 +1,1 @@
+"""Ray Serve deployments: ModelReplica (tensors), Classifier and Augmenter (text), Ingress (HTTP)."""

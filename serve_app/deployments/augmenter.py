@@ -1,0 +1,51 @@
+"""Augmenter: paraphrase prompts and the model card's other generation tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+
+from serve_app import augmentation
+from serve_app.deployments.text_deployment import TextDeployment
+from serve_app.engine.errors import EngineInputError
+from serve_app.engine.requests import GenerationRequest, SamplingParams
+from serve_app.prompts import Template
+
+
+@serve.deployment(name="Augmenter")
+class Augmenter(TextDeployment):
+    async def augment(self, texts: list[str], params: SamplingParams) -> list[dict[str, Any]]:
+        """Per text, in input order: distinct paraphrases (none equal to the input) and whether it was truncated."""
+        template = Template(self.settings.templates.augment)
+        prompts = [
+            augmentation.prepare(self.encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}")
+            for i, text in enumerate(texts)
+        ]
+        outputs = await asyncio.gather(
+            *(self.replica.generate.remote(GenerationRequest(prompt.input_ids, params)) for prompt in prompts)
+        )
+        return [
+            {"augmented_texts": augmentation.paraphrases(self.encoder, text.strip(), sequences), "truncated": prompt.truncated}
+            for text, prompt, sequences in zip(texts, prompts, outputs)
+        ]
+
+    async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
+        """A model-card task by name (its template filled from `values`), or a raw prompt."""
+        if task is not None:
+            template = self.settings.task_template(task)
+            if template is None:
+                known = ", ".join(sorted(self.settings.templates.tasks))
+                raise EngineInputError("task", f"unknown task {task!r}; known tasks: {known}")
+            encoded = augmentation.prepare_task(self.encoder, template, values)
+        else:
+            encoded = augmentation.prepare_task(self.encoder, Template("{prompt}"), {"prompt": prompt or ""})
+        output = await self.replica.generate.remote(GenerationRequest(encoded.input_ids, params))
+        return {"text": self.encoder.decode(output[0]), "task": task, "truncated": encoded.truncated}
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return [
+            {"name": name, "fields": list(Template(text).fields), "template": text}
+            for name, text in self.settings.templates.tasks.items()
+        ]

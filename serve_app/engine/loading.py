@@ -1,0 +1,150 @@
+"""Load an mT5-family checkpoint (ModelScope or safetensors layout) and its tokenizer.
+
+transformers 5 derives two things from config fields that are wrong for this
+model family (model-notes.md): it ties lm_head to the embeddings, and for
+model_type "t5" it may scale decoder outputs by d_model^-0.5. The weights are
+therefore loaded by hand into MT5ForConditionalGeneration, which never scales,
+and a separate lm_head in the checkpoint stays separate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
+
+from serve_app.engine.errors import ModelSpecError
+from serve_app.engine.spec import ResolvedSpec, resolve_spec
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+# Fields of a saved config.json that are not architecture.
+_IGNORED_CONFIG_KEYS = {"model_type", "architectures", "transformers_version", "tie_word_embeddings", "torch_dtype", "dtype", "_name_or_path"}
+
+
+@dataclass
+class LoadedModel:
+    model: MT5ForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    resolved: ResolvedSpec
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def is_demo(self) -> bool:
+        return self.resolved.is_demo
+
+    def describe(self) -> dict[str, Any]:
+        """What /healthz reports about the model."""
+        return {
+            "model": self.resolved.spec,
+            "demo": self.is_demo,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def choose_device(device: str = "auto") -> torch.device:
+    """`auto` is cuda when present, else cpu; an explicit cuda request without CUDA falls back to cpu with a warning."""
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("device %r requested but CUDA is not available; using cpu", device)
+        return torch.device("cpu")
+    return chosen
+
+
+def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on cuda, float32 on cpu (float32 wins at batch 1 on CPU, see BENCHMARKS.md)."""
+    if dtype in ("auto", "", None):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ModelSpecError(f"dtype {dtype!r} is not one of auto, {', '.join(sorted(DTYPES))}") from None
+
+
+def load_config(path: Path) -> MT5Config:
+    raw = json.loads((path / "config.json").read_text())
+    model_type = raw.get("model_type", "mt5")
+    if model_type not in ("t5", "mt5"):
+        raise ModelSpecError(f"{path}/config.json has model_type {model_type!r}; this service serves the mT5 family (t5 or mt5)")
+    return MT5Config(**{key: value for key, value in raw.items() if key not in _IGNORED_CONFIG_KEYS})
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from model.safetensors, pytorch_model.bin, or their sharded index files."""
+    from safetensors.torch import load_file
+
+    for index_name, loader in (("model.safetensors.index.json", "st"), ("pytorch_model.bin.index.json", "bin")):
+        index = path / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(load_file(str(path / shard)) if loader == "st" else _torch_load(path / shard))
+            return state
+    if (path / "model.safetensors").is_file():
+        return load_file(str(path / "model.safetensors"))
+    if (path / "pytorch_model.bin").is_file():
+        return _torch_load(path / "pytorch_model.bin")
+    raise ModelSpecError(f"{path} holds no weights: expected model.safetensors or pytorch_model.bin (or a sharded index)")
+
+
+def _torch_load(file: Path) -> dict[str, torch.Tensor]:
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+
+
+def build_model(config: MT5Config, state: dict[str, torch.Tensor]) -> MT5ForConditionalGeneration:
+    """Materialise the model straight from the checkpoint tensors (no random init, no tying guesses)."""
+    with torch.device("meta"):
+        model = MT5ForConditionalGeneration(config)
+    separate_head = "lm_head.weight" in state and not torch.equal(state["lm_head.weight"], state["shared.weight"])
+    model.load_state_dict(state, strict=False, assign=True)
+    model.set_input_embeddings(model.shared)  # encoder/decoder embed_tokens share `shared`
+    if separate_head:
+        model.config.tie_word_embeddings = False
+    else:
+        model.lm_head.weight = model.shared.weight
+    missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if missing:
+        raise ModelSpecError(f"checkpoint is missing tensors: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    return model
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer via from_pretrained (transformers 5 converts spiece.model itself)."""
+    path = Path(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        if (path / "spiece.model").is_file():
+            from transformers import T5Tokenizer
+
+            return T5Tokenizer.from_pretrained(str(path), extra_ids=0)
+        raise ModelSpecError(f"{path}: no usable tokenizer (expected spiece.model or tokenizer.json): {exc}") from exc
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Resolve `spec`, load weights and tokenizer, move to device/dtype, eval mode."""
+    resolved = resolve_spec(spec)
+    torch_device = choose_device(device)
+    torch_dtype = choose_dtype(dtype, torch_device)
+    model = build_model(load_config(resolved.path), read_state_dict(resolved.path))
+    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    model.requires_grad_(False)
+    tokenizer = load_tokenizer(resolved.path)
+    logger.info("loaded %s from %s on %s as %s", spec, resolved.path, torch_device, torch_dtype)
+    return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, dtype=torch_dtype)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "_orig_mod", module)

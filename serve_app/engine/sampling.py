@@ -1,0 +1,76 @@
+"""Per-row sampling inside one decoding batch (after TGI's HeterogeneousNextTokenChooser).
+
+Every row carries its own temperature, top-k, top-p and random generator, so
+requests with different knobs share one forward pass and a seeded request draws
+the same tokens whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+from serve_app.engine.requests import SamplingParams
+
+
+def row_seed(request_seed: int, sequence_index: int) -> int:
+    """The generator seed of the `sequence_index`-th returned sequence of a seeded request."""
+    return (request_seed * 1_000_003 + sequence_index) % (2**63)
+
+
+class RowSampler:
+    """Chooses the next token of each row; rows can be dropped as they finish."""
+
+    def __init__(self, row_params: list[SamplingParams], row_seeds: list[int | None], device: torch.device) -> None:
+        self.temperature = torch.tensor([p.temperature for p in row_params], dtype=torch.float32, device=device)
+        self.top_k = torch.tensor([p.top_k for p in row_params], dtype=torch.long, device=device)
+        self.top_p = torch.tensor([p.top_p for p in row_params], dtype=torch.float32, device=device)
+        self.generators: list[torch.Generator | None] = []
+        for params, seed in zip(row_params, row_seeds):
+            if params.greedy:
+                self.generators.append(None)
+                continue
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+            self.generators.append(generator)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (indices into the current rows), in that order."""
+        self.temperature = self.temperature[rows]
+        self.top_k = self.top_k[rows]
+        self.top_p = self.top_p[rows]
+        row_list = rows.tolist()
+        self.generators = [self.generators[i] for i in row_list]
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [rows, vocab] -> next token ids [rows]."""
+        logits = logits.float()
+        next_tokens = logits.argmax(dim=-1)
+        sampled = (self.temperature > 0).nonzero().squeeze(1)
+        if sampled.numel() == 0:
+            return next_tokens
+        # Rows with top-k need only their k best logits; rows without need the full sort.
+        has_top_k = self.top_k[sampled] > 0
+        for group in (sampled[has_top_k], sampled[~has_top_k]):
+            if group.numel():
+                next_tokens[group] = self._sample(logits[group], group)
+        return next_tokens
+
+    def _sample(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        top_k = self.top_k[rows]
+        width = logits.shape[-1] if bool((top_k == 0).any()) else min(int(top_k.max()), logits.shape[-1])
+        scaled = logits / self.temperature[rows, None]
+        values, indices = scaled.topk(width, dim=-1)  # sorted, best first
+        limit = torch.where(top_k > 0, top_k, width)
+        positions = torch.arange(width, device=logits.device)
+        values = values.masked_fill(positions[None, :] >= limit[:, None], float("-inf"))
+        probs = torch.softmax(values, dim=-1)
+        # Nucleus: drop a token once the tokens before it already hold top_p; the best token always stays.
+        before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(before >= self.top_p[rows, None], 0.0)
+        choices = torch.empty(rows.numel(), dtype=torch.long, device=logits.device)
+        for position, row in enumerate(rows.tolist()):
+            choices[position] = torch.multinomial(probs[position], 1, generator=self.generators[row])[0]
+        return indices.gather(1, choices[:, None]).squeeze(1)

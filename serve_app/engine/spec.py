@@ -1,0 +1,112 @@
+"""Turn a model spec into a local checkpoint directory.
+
+Spec forms: ``demo`` | a local directory | a ModelScope id (``owner/name``) |
+``hf:<repo>``. A spec that cannot be resolved raises ModelSpecError naming the
+spec, where it looked and the fix; there is never a fallback to another model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from serve_app.engine.demo import DEMO_SPEC, demo_model_dir
+from serve_app.engine.errors import ModelSpecError
+
+DEFAULT_MODEL_ID = "iic/nlp_mt5_zero-shot-augment_chinese-base"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FIX = (
+    "Set `model` in config.yaml or the MT5_MODEL environment variable to one of: 'demo' (built-in tiny model, offline), "
+    "a local directory holding config.json and the weights, a ModelScope id such as "
+    f"'{DEFAULT_MODEL_ID}', or 'hf:<repo>' for the Hugging Face Hub."
+)
+
+SpecKind = Literal["demo", "local", "modelscope", "huggingface"]
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    spec: str
+    kind: SpecKind
+    path: Path
+
+    @property
+    def is_demo(self) -> bool:
+        return self.kind == "demo"
+
+
+def classify_spec(spec: str) -> SpecKind:
+    """Which source a spec names, decided without touching the disk's contents or the network."""
+    spec = spec.strip()
+    if spec == DEMO_SPEC:
+        return "demo"
+    if spec.startswith("hf:"):
+        return "huggingface"
+    if spec.startswith(("/", ".", "~")) or Path(spec).expanduser().is_dir():
+        return "local"
+    if _REPO_ID.match(spec):
+        return "modelscope"
+    return "local"
+
+
+def resolve_spec(spec: str) -> ResolvedSpec:
+    """Find or fetch the checkpoint a spec names; downloads happen once into the hub's cache."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError(f"Model spec is empty. {_FIX}")
+    spec = spec.strip()
+    kind = classify_spec(spec)
+    if kind == "demo":
+        return ResolvedSpec(spec, kind, demo_model_dir())
+    if kind == "local":
+        return ResolvedSpec(spec, kind, _local_dir(spec))
+    if kind == "huggingface":
+        return ResolvedSpec(spec, kind, _download_hf(spec[len("hf:"):]))
+    return ResolvedSpec(spec, kind, _download_modelscope(spec))
+
+
+def _local_dir(spec: str) -> Path:
+    path = Path(spec).expanduser().resolve()
+    if not path.exists():
+        raise ModelSpecError(f"Model spec {spec!r} is a local path, but {path} does not exist. {_FIX}")
+    if not path.is_dir():
+        raise ModelSpecError(f"Model spec {spec!r} points at {path}, which is not a directory. {_FIX}")
+    if not (path / "config.json").is_file():
+        raise ModelSpecError(
+            f"Model spec {spec!r}: {path} has no config.json, so it is not a checkpoint directory "
+            f"(expected config.json, pytorch_model.bin or model.safetensors, spiece.model). {_FIX}"
+        )
+    return path
+
+
+def _download_modelscope(model_id: str) -> Path:
+    try:
+        from modelscope import snapshot_download
+    except ImportError as exc:  # pragma: no cover - modelscope is a hard dependency
+        raise ModelSpecError(f"Model spec {model_id!r} is a ModelScope id, but modelscope is not installed: pip install modelscope") from exc
+    try:
+        # modelscope shows a progress bar per file and caches under $MODELSCOPE_CACHE.
+        return Path(snapshot_download(model_id))
+    except Exception as exc:
+        raise ModelSpecError(
+            f"Model spec {model_id!r} looked like a ModelScope id, but downloading it from modelscope.cn failed "
+            f"({type(exc).__name__}: {exc}). Check the id and the network, or download it once elsewhere and point "
+            f"MT5_MODEL at the directory. {_FIX}"
+        ) from exc
+
+
+def _download_hf(repo_id: str) -> Path:
+    if not _REPO_ID.match(repo_id):
+        raise ModelSpecError(f"Model spec 'hf:{repo_id}' does not name a Hugging Face repo as 'hf:owner/name'. {_FIX}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub comes with transformers
+        raise ModelSpecError("huggingface_hub is not installed: pip install huggingface_hub") from exc
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:
+        raise ModelSpecError(
+            f"Model spec 'hf:{repo_id}': downloading from the Hugging Face Hub failed ({type(exc).__name__}: {exc}). "
+            f"Check the repo name, the network or HF_TOKEN, or point MT5_MODEL at a local copy. {_FIX}"
+        ) from exc

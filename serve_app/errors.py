@@ -1,0 +1,57 @@
+"""Map validation errors, engine errors and overload onto HTTP answers: 422 / 413 / 503 / 504, never 500 for client input."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from serve_app.engine.errors import EngineInputError
+
+logger = logging.getLogger("ray.serve")
+RETRY_AFTER_S = 1
+
+
+def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """pydantic's error list as {field, msg, type}; `field` is the dotted path inside the body."""
+    out = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        out.append({"field": ".".join(loc) or "body", "msg": str(error.get("msg", "invalid")), "type": str(error.get("type", "value_error"))})
+    return out
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": field_errors(list(exc.errors()))})
+
+
+def engine_error(exc: BaseException) -> EngineInputError | None:
+    """The EngineInputError behind `exc`, also when Ray wrapped it on its way through a handle."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, EngineInputError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return None
+
+
+def engine_error_response(exc: EngineInputError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [{"field": exc.field, "msg": exc.rule, "type": "value_error"}]})
+
+
+def overloaded_response(reason: str) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": reason}, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def is_overload(exc: BaseException) -> bool:
+    from ray.serve.exceptions import BackPressureError
+
+    while exc is not None:
+        if isinstance(exc, BackPressureError):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return False

@@ -1,0 +1,200 @@
+"""HTTP request and response models: the public contract (design.md), its defaults and limits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_app.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS
+from serve_app.engine.requests import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
+
+MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
+MAX_BATCH_TEXTS = 50
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Input text (UTF-8)")]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain at least one non-whitespace character")
+    return value
+
+
+def _none_blank(texts: list[str]) -> list[str]:
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise ValueError(f"texts[{index}] must contain at least one non-whitespace character")
+    return texts
+
+
+class _Strict(BaseModel):
+    # Unknown fields are refused so a typo (e.g. "temprature") is reported, not silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SamplingFields(_Strict):
+    num_return_sequences: int = Field(1, ge=1, le=MAX_RETURN_SEQUENCES, description="How many paraphrases to return")
+    max_length: int = Field(128, ge=1, le=MAX_NEW_TOKENS, description="Most new tokens per output")
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")
+    top_k: int = Field(50, ge=0, le=MAX_TOP_K, description="Sample from the k most likely tokens; 0 = off")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same outputs")
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            num_return_sequences=self.num_return_sequences,
+            max_new_tokens=self.max_length,
+            temperature=float(self.temperature),
+            top_k=self.top_k,
+            top_p=float(self.top_p),
+            seed=self.seed,
+        )
+
+
+class AugmentRequest(SamplingFields):
+    text: Text
+
+    _check_text = field_validator("text")(_not_blank)
+
+
+class AugmentBatchRequest(SamplingFields):
+    texts: list[Text] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
+
+    _check_texts = field_validator("texts")(_none_blank)
+
+
+class AugmentResponse(BaseModel):
+    augmented_texts: list[str]
+    truncated: bool = False
+
+
+class AugmentBatchResponse(BaseModel):
+    augmented_texts: list[list[str]]
+    truncated: list[bool]
+
+
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+
+
+class _LabelsMixin(_Strict):
+    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, description="Candidate labels, distinct")
+    mode: Literal["score", "generate"] = Field("score", description="score: probability per label; generate: free generation")
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: list[str]) -> list[str]:
+        seen = set()
+        for index, label in enumerate(labels):
+            stripped = label.strip()
+            if not stripped:
+                raise ValueError(f"labels[{index}] must contain at least one non-whitespace character")
+            if stripped in seen:
+                raise ValueError(f"labels must be distinct; {stripped!r} appears more than once")
+            seen.add(stripped)
+        return labels
+
+
+class ClassifyRequest(_LabelsMixin):
+    text: Text
+
+    _check_text = field_validator("text")(_not_blank)
+
+
+class ClassifyBatchRequest(_LabelsMixin):
+    texts: list[Text] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
+
+    _check_texts = field_validator("texts")(_none_blank)
+
+
+class ClassifyScoreResponse(BaseModel):
+    sequence: str
+    label: str
+    labels: list[str]
+    scores: list[float]
+    truncated: bool
+
+
+class ClassifyGenerateResponse(BaseModel):
+    sequence: str
+    label: str | None
+    generated: str
+    truncated: bool
+
+
+class ClassifyBatchResponse(BaseModel):
+    results: list[ClassifyScoreResponse | ClassifyGenerateResponse]
+
+
+class GenerateRequest(_Strict):
+    """A model-card task with its fields, or a raw prompt. Greedy by default (temperature 0)."""
+
+    task: str | None = Field(None, description="A task from GET /tasks, e.g. summary, title, sentiment")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, description="A raw prompt instead of a task")
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    passage: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    answer: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    fields: dict[str, Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] = Field(
+        default_factory=dict, max_length=16, description="Slots of a custom task template"
+    )
+    max_length: int = Field(128, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_k: int = Field(50, ge=0, le=MAX_TOP_K)
+    top_p: float = Field(0.95, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _task_or_prompt(self) -> GenerateRequest:
+        if (self.task is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'task' or 'prompt'")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt must contain at least one non-whitespace character")
+        return self
+
+    def slot_values(self) -> dict[str, str]:
+        values = {name: value for name, value in (("text", self.text), ("passage", self.passage), ("answer", self.answer)) if value is not None}
+        return {**self.fields, **values}
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            num_return_sequences=1,
+            max_new_tokens=self.max_length,
+            temperature=float(self.temperature),
+            top_k=self.top_k,
+            top_p=float(self.top_p),
+            seed=self.seed,
+        )
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    task: str | None
+    truncated: bool
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+    demo: bool
+    device: str
+    dtype: str
+
+
+class TaskInfo(BaseModel):
+    name: str
+    fields: list[str]
+    template: str
+
+
+class TasksResponse(BaseModel):
+    tasks: list[TaskInfo]
+
+
+class FieldError(BaseModel):
+    field: str
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[FieldError] | str

@@ -1,0 +1,86 @@
+"""Typed application settings: config.yaml's `args`, then MT5_* environment overrides."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve_app.engine.spec import DEFAULT_MODEL_ID
+from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, DEFAULT_TASK_TEMPLATES, Template
+
+# Environment variables that override the file, applied where the app is built.
+ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype"}
+
+
+class Templates(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classification: str = CLASSIFICATION_TEMPLATE
+    augment: str = AUGMENT_TEMPLATE
+    tasks: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TASK_TEMPLATES))
+
+    @field_validator("classification")
+    @classmethod
+    def _classification_slots(cls, value: str) -> str:
+        if set(Template(value).fields) != {"labels", "text"}:
+            raise ValueError("the classification template needs exactly the slots {labels} and {text}")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_slots(cls, value: str) -> str:
+        if Template(value).fields != ("text",):
+            raise ValueError("the augment template needs exactly the slot {text}")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_slots(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, template in value.items():
+            if not Template(template).fields:
+                raise ValueError(f"task {name!r} has a template without any {{slot}}")
+        return value
+
+
+class AppSettings(BaseModel):
+    """Everything the deployments need to know besides Serve's own deployment options."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = DEFAULT_MODEL_ID
+    device: str = "auto"
+    dtype: str = "auto"
+    max_input_tokens: int = Field(512, ge=16, le=4096)
+    # GPUs per ModelReplica where the cluster has GPUs ("auto": 1 if any GPU is present); a fraction lets replicas share a GPU.
+    replica_gpus: float | str = "auto"
+    # torch intra-op threads per ModelReplica (null: torch's default, one per core).
+    torch_threads: int | None = Field(None, ge=1)
+    # The ingress answers 504 rather than waiting longer than this for a deployment.
+    request_timeout_s: float = Field(60.0, gt=0)
+    templates: Templates = Field(default_factory=Templates)
+
+    @field_validator("replica_gpus")
+    @classmethod
+    def _gpus(cls, value: float | str) -> float | str:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError("replica_gpus is 'auto' or a number of GPUs such as 0.5")
+        if not isinstance(value, str) and value < 0:
+            raise ValueError("replica_gpus must be >= 0")
+        return value
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
+        """config.yaml's application args, with MT5_MODEL / MT5_DEVICE / MT5_DTYPE taking precedence."""
+        values = dict(args or {})
+        environ = os.environ if environ is None else environ
+        for variable, key in ENV_OVERRIDES.items():
+            if environ.get(variable):
+                values[key] = environ[variable]
+        return cls.model_validate(values)
+
+    def task_template(self, name: str) -> Template | None:
+        text = self.templates.tasks.get(name)
+        return Template(text) if text is not None else None
