@@ -1,0 +1,83 @@
+"""Start the real service for tests: `serve run` on a copy of config.yaml, demo model, loopback port."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config.yaml"
+SERVE = Path(sys.executable).with_name("serve")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_config(port: int, deployment_overrides: dict[str, dict[str, Any]] | None = None, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.yaml as shipped, on a loopback port, with a test's changes to deployments and args."""
+    config = copy.deepcopy(yaml.safe_load(CONFIG.read_text()))
+    config["http_options"].update({"host": "127.0.0.1", "port": port})
+    app = config["applications"][0]
+    app["args"].update(args or {})
+    for deployment in app["deployments"]:
+        deployment.update((deployment_overrides or {}).get(deployment["name"], {}))
+    return config
+
+
+class ServeRun:
+    """`serve run CONFIG` in its own process group, with its own local Ray; stopped with SIGINT."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.port = config["http_options"]["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "serve-config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
+        self.log_path = workdir / "serve-run.log"
+        self.env = {**os.environ, "MT5_MODEL": "demo", "RAY_DEDUP_LOGS": "0", **(env or {})}
+        self.env.pop("RAY_ADDRESS", None)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 240) -> ServeRun:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(SERVE), "run", str(self.config_path)], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"service not healthy within {timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
