@@ -59,7 +59,8 @@ def sanitize_label(label: str) -> str:
 
     The tokenizer applies NFKC, which maps the full-width comma to the list separator ``,``,
     so both commas become the enumeration comma ``、``; the full stop that closes the list
-    becomes ``.``; newlines and other control characters become spaces.
+    becomes ``.``; colons, which open the prompt's sections, become ``-``; newlines and
+    other control characters become spaces.
     """
     cleaned = []
     for char in unicodedata.normalize("NFKC", label):
@@ -67,6 +68,8 @@ def sanitize_label(label: str) -> str:
             cleaned.append("、")
         elif char == "。":
             cleaned.append(".")
+        elif char == ":":  # NFKC already mapped "：" here; a colon could forge a "文本内容：" section
+            cleaned.append("-")
         elif unicodedata.category(char)[0] == "C" or char.isspace():
             cleaned.append(" ")
         else:

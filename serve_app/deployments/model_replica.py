@@ -94,7 +94,13 @@ class ModelReplica:
         self._batch_sizes[kind][len(items)] += 1
         self._batch_size_metric.observe(len(items), tags={"kind": kind})
         results = await asyncio.get_running_loop().run_in_executor(self._worker, fn, [request for _, request in items])
-        self._batch_seconds.observe(time.monotonic() - started, tags={"kind": kind})
+        elapsed = time.monotonic() - started
+        self._batch_seconds.observe(elapsed, tags={"kind": kind})
+        # One line per batch (not per request): how well requests are being merged, readable in any log viewer.
+        logger.info(
+            "batch kind=%s size=%d max_wait_ms=%.1f compute_ms=%.1f",
+            kind, len(items), 1000 * max(started - enqueued for enqueued, _ in items), 1000 * elapsed,
+        )
         return results
 
     def _validate(self, ids: list[int]) -> None:

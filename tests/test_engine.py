@@ -1,0 +1,289 @@
+"""Engine (issue 2): checkpoint layouts, label scoring, batched per-request sampling, spec errors."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import T5ForConditionalGeneration
+
+from serve_app.engine import GenerationRequest, ModelSpecError, SamplingParams, ScoringRequest, Seq2SeqEngine, load_model
+from serve_app.engine.checkpoint import random_mt5, save_checkpoint
+from serve_app.engine.demo import demo_model_dir
+from serve_app.engine.errors import EngineInputError, ParameterRangeError
+from serve_app.engine.spec import resolve_spec
+
+TINY = {"vocab_size": 0, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(demo_model):
+    """A tiny random mT5 with an untied lm_head, sized to the demo tokenizer."""
+    return random_mt5({**TINY, "vocab_size": len(demo_model.tokenizer)}, seed=7)
+
+
+@pytest.fixture(scope="module")
+def engine(demo_model) -> Seq2SeqEngine:
+    return Seq2SeqEngine(demo_model.model)
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text).input_ids
+
+
+# ------------------------------------------------------------------ loading
+@pytest.mark.parametrize(
+    ("layout", "model_type"), [("modelscope", "t5"), ("modelscope", "mt5"), ("safetensors", "mt5"), ("safetensors", "t5")]
+)
+def test_checkpoint_layouts_load_with_untied_head_and_equal_logits(tmp_path, tiny_model, demo_model, layout, model_type):
+    out = save_checkpoint(tiny_model, tmp_path / "ckpt", layout=layout, model_type=model_type, tokenizer_dir=demo_model.resolved.path)
+    assert (out / ("pytorch_model.bin" if layout == "modelscope" else "model.safetensors")).is_file()
+    loaded = load_model(str(out), device="cpu", dtype="float32")
+    model = loaded.model
+    assert not loaded.is_demo
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    assert torch.equal(model.lm_head.weight, tiny_model.lm_head.weight)
+    assert not torch.equal(model.lm_head.weight, model.shared.weight)
+    input_ids = torch.tensor([ids(loaded.tokenizer, "今天阳光明媚,适合去西湖边散步")])
+    decoder_ids = torch.tensor([[0, 5, 9, 17]])
+    with torch.no_grad():
+        expected = tiny_model(input_ids=input_ids, decoder_input_ids=decoder_ids).logits
+        actual = model(input_ids=input_ids, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_transformers_t5_loading_would_scale_decoder_outputs(tmp_path, tiny_model, demo_model):
+    """The pitfall the loader exists for: a model_type t5 config.json without tie_word_embeddings makes
+    transformers 5 scale decoder outputs, which changes the logits. Our loader's logits are the true ones."""
+    out = save_checkpoint(tiny_model, tmp_path / "t5", layout="modelscope", model_type="t5", tokenizer_dir=demo_model.resolved.path)
+    naive = T5ForConditionalGeneration.from_pretrained(str(out)).eval()
+    ours = load_model(str(out), device="cpu", dtype="float32").model
+    input_ids = torch.tensor([[259, 338, 323, 1]])
+    decoder_ids = torch.tensor([[0, 5]])
+    with torch.no_grad():
+        naive_logits = naive(input_ids=input_ids, decoder_input_ids=decoder_ids).logits
+        our_logits = ours(input_ids=input_ids, decoder_input_ids=decoder_ids).logits
+        true_logits = tiny_model(input_ids=input_ids, decoder_input_ids=decoder_ids).logits
+    assert naive.config.scale_decoder_outputs is True
+    assert not torch.allclose(naive_logits, true_logits, atol=1e-3)
+    torch.testing.assert_close(our_logits, true_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_demo_model_is_cached_and_marked(demo_model):
+    assert demo_model.is_demo
+    assert demo_model.describe() == {"model": "demo", "demo": True, "device": "cpu", "dtype": "float32"}
+    assert demo_model_dir() == demo_model.resolved.path
+    assert (demo_model.resolved.path / "spiece.model").is_file()
+    assert demo_model.tokenizer.eos_token_id == 1 and demo_model.tokenizer.pad_token_id == 0
+    # A real sentencepiece vocabulary: Chinese words from the corpus are single pieces, not characters.
+    pieces = demo_model.tokenizer.convert_ids_to_tokens(ids(demo_model.tokenizer, "文本分类")[:-1])
+    assert len(pieces) < 4
+
+
+# ------------------------------------------------------------------ spec errors
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection or call a hub download fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network touched")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    import huggingface_hub
+    import modelscope
+
+    monkeypatch.setattr(modelscope, "snapshot_download", refuse, raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+
+
+@pytest.mark.parametrize("spec", ["/nonexistent/mt5-checkpoint", "./models/missing", "~/no-such-model-dir"])
+def test_unresolvable_local_spec_names_spec_place_and_fix_without_network(no_network, spec):
+    with pytest.raises(ModelSpecError) as err:
+        resolve_spec(spec)
+    message = str(err.value)
+    assert repr(spec) in message
+    assert "does not exist" in message
+    assert "'demo'" in message and "MT5_MODEL" in message
+
+
+def test_local_dir_without_config_is_refused(no_network, tmp_path):
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        resolve_spec(str(tmp_path))
+
+
+def test_modelscope_failure_is_a_clear_error_not_a_fallback(monkeypatch):
+    import modelscope
+
+    def offline(model_id, *args, **kwargs):
+        raise ConnectionError("no route to modelscope.cn")
+
+    monkeypatch.setattr(modelscope, "snapshot_download", offline)
+    with pytest.raises(ModelSpecError) as err:
+        load_model("iic/nlp_mt5_zero-shot-augment_chinese-base")
+    assert "'iic/nlp_mt5_zero-shot-augment_chinese-base'" in str(err.value)
+    assert "ModelScope" in str(err.value)
+
+
+# ------------------------------------------------------------------ scoring
+def brute_force_scores(model, input_ids: list[int], labels: list[list[int]], eos: int = 1) -> list[float]:
+    """One plain forward pass per label over the full vocabulary, then restricted to the label tokens."""
+    allowed = sorted({t for label in labels for t in label} | {eos})
+    scores = []
+    for label in labels:
+        decoder = torch.tensor([[0] + label])
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([input_ids]), decoder_input_ids=decoder).logits[0]
+        log_probs = torch.log_softmax(logits[:, allowed], dim=-1)
+        targets = [allowed.index(t) for t in label + [eos]]
+        scores.append(float(sum(log_probs[position, column] for position, column in enumerate(targets))))
+    return scores
+
+
+def label_ids(tokenizer, labels: list[str]) -> list[list[int]]:
+    return [ids(tokenizer, label)[:-1] for label in labels]
+
+
+def test_label_scores_equal_brute_force_reference(engine, demo_model):
+    tok = demo_model.tokenizer
+    prompt = ids(tok, "文本分类。\n候选标签：天气,美食,旅游,新能源汽车。\n文本内容：今天阳光明媚,适合去西湖边散步")
+    labels = label_ids(tok, ["天气", "美食", "旅游", "新能源汽车"])
+    result = engine.score([ScoringRequest(prompt, labels)])[0]
+    reference = brute_force_scores(demo_model.model, prompt, labels)
+    assert result.log_scores == pytest.approx(reference, abs=1e-5)
+    assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-6)
+    expected_probs = torch.softmax(torch.tensor(reference), 0).tolist()
+    assert result.probabilities == pytest.approx(expected_probs, abs=1e-6)
+
+
+def test_scoring_never_multiplies_the_full_vocabulary(engine, demo_model, monkeypatch):
+    calls = []
+    original = demo_model.model.lm_head.forward
+    monkeypatch.setattr(demo_model.model.lm_head, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    tok = demo_model.tokenizer
+    engine.score([ScoringRequest(ids(tok, "物流太慢了"), label_ids(tok, ["物流延迟", "商品缺货"]))])
+    assert calls == []
+
+
+def test_scores_identical_alone_and_in_a_batch_of_16_unrelated_prompts(engine, demo_model):
+    tok = demo_model.tokenizer
+    texts = ["今天阳光明媚", "股市今天大幅上涨,银行板块领涨", "这家面馆的牛肉面味道一般", "明天有大雨,出门记得带伞"]
+    label_sets = [["天气", "美食"], ["财经", "体育", "科技"], ["积极", "消极", "中性"], ["物流延迟", "商品缺货", "售后响应慢", "价格争议"]]
+    target = ScoringRequest(ids(tok, "文本分类。\n候选标签：天气,旅游。\n文本内容：周末我们去了杭州旅游"), label_ids(tok, ["天气", "旅游"]))
+    alone = engine.score([target])[0]
+    others = [
+        ScoringRequest(ids(tok, texts[i % 4] * (1 + i % 3)), label_ids(tok, label_sets[(i + 1) % 4])) for i in range(15)
+    ]
+    batch = others[:7] + [target] + others[7:]
+    together = engine.score(batch)[7]
+    assert together.probabilities == pytest.approx(alone.probabilities, abs=1e-6)
+    assert together.log_scores == pytest.approx(alone.log_scores, abs=1e-5)
+    # and every other prompt equals its own brute-force reference inside the mixed batch
+    for request, result in zip(batch, engine.score(batch)):
+        assert result.log_scores == pytest.approx(brute_force_scores(demo_model.model, request.input_ids, request.label_ids), abs=1e-4)
+
+
+# ------------------------------------------------------------------ generation
+PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
+
+
+def test_seeded_generation_identical_alone_and_in_mixed_batch(engine, demo_model):
+    tok = demo_model.tokenizer
+    target = GenerationRequest(ids(tok, PROMPTS[0]), SamplingParams(num_return_sequences=3, max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95, seed=42))
+    alone = engine.generate([target])[0]
+    mixed = [
+        GenerationRequest(ids(tok, PROMPTS[1]), SamplingParams(num_return_sequences=2, max_new_tokens=5, temperature=0.7, seed=1)),
+        GenerationRequest(ids(tok, PROMPTS[2]), SamplingParams(num_return_sequences=1, max_new_tokens=20, temperature=0.0)),
+        target,
+        GenerationRequest(ids(tok, PROMPTS[3]), SamplingParams(num_return_sequences=4, max_new_tokens=3, temperature=1.5, top_k=0, top_p=0.5)),
+    ]
+    assert engine.generate(mixed)[2] == alone
+    assert engine.generate(list(reversed(mixed)))[1] == alone
+    assert len(alone) == 3 and len({tuple(seq) for seq in alone}) == 3  # three different samples
+    other_seed = GenerationRequest(target.input_ids, SamplingParams(num_return_sequences=3, max_new_tokens=12, seed=43))
+    assert engine.generate([other_seed])[0] != alone
+
+
+def _step_distributions(model, input_ids: list[int], sequence: list[int]) -> torch.Tensor:
+    """Teacher-forced next-token logits at each step of `sequence` (one row per generated token)."""
+    decoder = torch.tensor([[0] + sequence[:-1]])
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([input_ids]), decoder_input_ids=decoder).logits[0].float()
+
+
+def test_each_row_obeys_its_own_limits_in_one_batch(engine, demo_model):
+    tok = demo_model.tokenizer
+    model = demo_model.model
+    prompt = ids(tok, PROMPTS[0])
+    requests = [
+        GenerationRequest(prompt, SamplingParams(num_return_sequences=2, max_new_tokens=3, temperature=1.0, top_k=0, top_p=1.0, seed=1)),
+        GenerationRequest(prompt, SamplingParams(num_return_sequences=1, max_new_tokens=9, temperature=0.0)),
+        GenerationRequest(prompt, SamplingParams(num_return_sequences=3, max_new_tokens=7, temperature=1.3, top_k=3, top_p=1.0, seed=2)),
+        GenerationRequest(prompt, SamplingParams(num_return_sequences=3, max_new_tokens=7, temperature=0.8, top_k=0, top_p=0.3, seed=3)),
+        GenerationRequest(prompt, SamplingParams(num_return_sequences=2, max_new_tokens=6, temperature=2.0, top_k=1, seed=4)),
+    ]
+    free, greedy, top_k3, nucleus, top_k1 = engine.generate(requests)
+
+    # max_length: each row stops at its own limit (the random demo model rarely emits </s>)
+    assert all(len(seq) <= 3 for seq in free) and all(len(seq) <= 7 for seq in top_k3 + nucleus)
+    assert len(greedy[0]) <= 9
+    # temperature 0 is exactly transformers' greedy decoding
+    expected = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=9)[0].tolist()
+    assert greedy[0] == [t for t in expected[1:] if t not in (0, 1)]
+    # top_k 1 is greedy whatever the temperature
+    assert top_k1[0] == greedy[0][:6] and top_k1[1] == greedy[0][:6]
+    # every top-k=3 token was among the 3 most likely at its step
+    for seq in top_k3:
+        logits = _step_distributions(model, prompt, seq)
+        for step, token in enumerate(seq):
+            assert int((logits[step] > logits[step, token]).sum()) < 3
+    # every nucleus token lies inside the top-p=0.3 mass at temperature 0.8
+    for seq in nucleus:
+        probs = torch.softmax(_step_distributions(model, prompt, seq) / 0.8, dim=-1)
+        for step, token in enumerate(seq):
+            assert float(probs[step][probs[step] > probs[step, token]].sum()) < 0.3
+
+
+def test_encoder_runs_once_per_input_not_per_returned_sequence(engine, demo_model, monkeypatch):
+    batch_sizes = []
+    encoder = demo_model.model.encoder
+    original = encoder.forward
+    monkeypatch.setattr(encoder, "forward", lambda *a, **k: batch_sizes.append(k["input_ids"].shape[0]) or original(*a, **k))
+    tok = demo_model.tokenizer
+    engine.generate([GenerationRequest(ids(tok, p), SamplingParams(num_return_sequences=5, max_new_tokens=2, seed=1)) for p in PROMPTS[:2]])
+    assert batch_sizes == [2]
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"num_return_sequences": 0}, "num_return_sequences"),
+        ({"num_return_sequences": 11}, "num_return_sequences"),
+        ({"max_new_tokens": 0}, "max_length"),
+        ({"max_new_tokens": 513}, "max_length"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": 3.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"seed": -1}, "seed"),
+        ({"num_return_sequences": True}, "num_return_sequences"),
+    ],
+)
+def test_out_of_range_parameters_name_the_field(kwargs, field):
+    with pytest.raises(ParameterRangeError) as err:
+        SamplingParams(**kwargs)
+    assert err.value.field == field and err.value.rule
+
+
+def test_engine_rejects_empty_and_out_of_vocabulary_ids(engine):
+    with pytest.raises(EngineInputError, match="at least one token"):
+        engine.generate([GenerationRequest([], SamplingParams())])
+    with pytest.raises(EngineInputError, match="token ids"):
+        engine.score([ScoringRequest([5, 10**9], [[5]])])
+    with pytest.raises(EngineInputError, match="at least one label"):
+        engine.score([ScoringRequest([5, 1], [])])
