@@ -48,7 +48,8 @@ class ServeRun:
         self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
         self.log_path = workdir / "serve-run.log"
         self.env = {**os.environ, "MT5_MODEL": "demo", "RAY_DEDUP_LOGS": "0", **(env or {})}
-        self.env.pop("RAY_ADDRESS", None)
+        # "local": always a fresh Ray of our own, never whatever cluster /tmp/ray/ray_current_cluster names.
+        self.env["RAY_ADDRESS"] = "local"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 240) -> ServeRun:

@@ -47,22 +47,32 @@ class RowSampler:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [rows, vocab] -> next token ids [rows]."""
         logits = logits.float()
-        next_tokens = logits.argmax(dim=-1)
         sampled = (self.temperature > 0).nonzero().squeeze(1)
         if sampled.numel() == 0:
-            return next_tokens
+            return logits.argmax(dim=-1)
+        rows = logits.shape[0]
+        if sampled.numel() == rows:
+            next_tokens = torch.empty(rows, dtype=torch.long, device=logits.device)
+        else:  # argmax only where it is the answer: the full-vocabulary pass is not free at 250k columns
+            next_tokens = torch.zeros(rows, dtype=torch.long, device=logits.device)
+            greedy = (self.temperature <= 0).nonzero().squeeze(1)
+            next_tokens[greedy] = logits.index_select(0, greedy).argmax(dim=-1)
         # Rows with top-k need only their k best logits; rows without need the full sort.
         has_top_k = self.top_k[sampled] > 0
         for group in (sampled[has_top_k], sampled[~has_top_k]):
-            if group.numel():
-                next_tokens[group] = self._sample(logits[group], group)
+            if group.numel() == rows:  # every row in one group: no copy of the [rows, vocab] logits
+                next_tokens = self._sample(logits, group)
+            elif group.numel():
+                next_tokens[group] = self._sample(logits.index_select(0, group), group)
         return next_tokens
 
     def _sample(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         top_k = self.top_k[rows]
         width = logits.shape[-1] if bool((top_k == 0).any()) else min(int(top_k.max()), logits.shape[-1])
-        scaled = logits / self.temperature[rows, None]
-        values, indices = scaled.topk(width, dim=-1)  # sorted, best first
+        # Select first, then scale only the kept values: dividing by a positive temperature keeps the
+        # order, and each kept value is the same quotient a full-vocabulary division would give.
+        values, indices = logits.topk(width, dim=-1)  # sorted, best first
+        values = values / self.temperature[rows, None]
         limit = torch.where(top_k > 0, top_k, width)
         positions = torch.arange(width, device=logits.device)
         values = values.masked_fill(positions[None, :] >= limit[:, None], float("-inf"))

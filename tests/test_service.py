@@ -1,0 +1,252 @@
+"""The Serve application (issue 3), started for real from config.yaml, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import httpx
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.settings import AppSettings
+from tests.servers import CONFIG
+
+LABEL_SETS = [
+    ["天气", "美食", "旅游"],
+    ["物流延迟", "商品缺货", "售后响应慢", "价格争议"],
+    ["积极", "消极"],
+    ["体育", "财经", "科技", "娱乐", "教育"],
+]
+TEXTS = [
+    "今天阳光明媚,适合去西湖边散步",
+    "等了三天还没发货,客服也不回消息",
+    "这款手机充电很快,但电池掉电也快",
+    "中国女排在比赛中以三比零战胜对手",
+    "股市今天大幅上涨,银行板块领涨",
+    "这家面馆的牛肉面味道一般,价格有点贵",
+    "新能源汽车的续航里程越来越长",
+    "高考成绩公布,考生可以在网上查询",
+]
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str):
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        yield client
+
+
+# ------------------------------------------------------------------ shapes
+def test_healthz_reports_the_demo_model(client):
+    body = client.get("/healthz").json()
+    assert body == {"status": "ok", "model": "demo", "demo": True, "device": "cpu", "dtype": "float32"}
+
+
+def test_classify_score_shape(client):
+    labels = ["天气", "美食", "旅游"]
+    body = client.post("/classify", json={"text": TEXTS[0], "labels": labels}).json()
+    assert set(body) == {"sequence", "label", "labels", "scores", "truncated"}
+    assert body["sequence"] == TEXTS[0] and body["truncated"] is False
+    assert body["label"] == body["labels"][0] and sorted(body["labels"]) == sorted(labels)
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    assert sum(body["scores"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_classify_generate_shape(client):
+    body = client.post("/classify", json={"text": TEXTS[0], "labels": ["天气", "美食"], "mode": "generate"}).json()
+    assert set(body) == {"sequence", "label", "generated", "truncated"}
+    assert isinstance(body["generated"], str)
+    assert body["label"] in (None, "天气", "美食")
+
+
+def test_classify_batch_keeps_order(client):
+    texts = TEXTS[:5]
+    body = client.post("/classify_batch", json={"texts": texts, "labels": LABEL_SETS[1]}).json()
+    assert [result["sequence"] for result in body["results"]] == texts
+    for text, result in zip(texts, body["results"]):
+        alone = client.post("/classify", json={"text": text, "labels": LABEL_SETS[1]}).json()
+        assert result["label"] == alone["label"]
+        assert result["scores"] == pytest.approx(alone["scores"], abs=1e-5)
+
+
+def test_augment_shape_and_limits(client):
+    body = client.post("/augment", json={"text": "这家餐厅的服务态度很好,上菜速度也快", "num_return_sequences": 3, "max_length": 12, "seed": 7}).json()
+    assert set(body) == {"augmented_texts", "truncated"}
+    texts = body["augmented_texts"]
+    assert 1 <= len(texts) <= 3 and len(set(texts)) == len(texts)
+    assert "这家餐厅的服务态度很好,上菜速度也快" not in texts
+
+
+def test_seeded_augment_repeats_even_under_concurrent_load(client, base_url):
+    request = {"text": "物流太慢了,等了三天还没发货", "num_return_sequences": 3, "max_length": 10, "seed": 2024}
+    first = client.post("/augment", json=request).json()
+
+    async def with_background_traffic():
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as aclient:
+            noise = [
+                aclient.post("/augment", json={"text": text, "num_return_sequences": 2, "max_length": 8, "temperature": 1.3})
+                for text in TEXTS
+            ] + [aclient.post("/classify", json={"text": text, "labels": LABEL_SETS[0]}) for text in TEXTS]
+            results = await asyncio.gather(aclient.post("/augment", json=request), *noise)
+            assert all(response.status_code == 200 for response in results)
+            return results[0].json()
+
+    assert asyncio.run(with_background_traffic()) == first
+    assert client.post("/augment", json={**request, "seed": 2025}).json() != first
+
+
+def test_augment_batch_keeps_order_and_length(client):
+    texts = ["物流太慢了", "商品包装破损", "客服回复及时", "这款游戏的画面很精美"]
+    params = {"num_return_sequences": 2, "max_length": 8, "seed": 11}
+    body = client.post("/augment_batch", json={"texts": texts, **params}).json()
+    assert set(body) == {"augmented_texts", "truncated"}
+    assert len(body["augmented_texts"]) == len(texts) and body["truncated"] == [False] * 4
+    for text, batch_answer in zip(texts, body["augmented_texts"]):
+        assert batch_answer == client.post("/augment", json={"text": text, **params}).json()["augmented_texts"]
+
+
+def test_generate_tasks_and_raw_prompt(client):
+    tasks = {task["name"]: task for task in client.get("/tasks").json()["tasks"]}
+    assert {"sentiment", "keywords", "title", "summary", "opinion_target", "translation", "question_generation"} <= set(tasks)
+    assert tasks["question_generation"]["fields"] == ["passage", "answer"]
+    body = client.post("/generate", json={"task": "summary", "text": "学校开学后,学生们开始了新的学期。", "max_length": 8}).json()
+    assert set(body) == {"text", "task", "truncated"} and body["task"] == "summary" and isinstance(body["text"], str)
+    qg = client.post("/generate", json={"task": "question_generation", "passage": "长城是中国古代的军事防御工程。", "answer": "长城", "max_length": 6})
+    assert qg.status_code == 200
+    raw = client.post("/generate", json={"prompt": "翻译成英文：今天天气很好", "max_length": 6})
+    assert raw.status_code == 200 and raw.json()["task"] is None
+    # greedy by default: same prompt, same text
+    assert client.post("/generate", json={"prompt": "翻译成英文：今天天气很好", "max_length": 6}).json() == raw.json()
+
+
+def test_docs_openapi_and_ui(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/augment", "/augment_batch", "/classify", "/classify_batch", "/generate", "/healthz"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+# ------------------------------------------------------------------ batching
+def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client, base_url, served):
+    requests = [
+        {"text": f"{TEXTS[i % len(TEXTS)]}{'!' * (i // len(TEXTS))}", "labels": LABEL_SETS[i % len(LABEL_SETS)]} for i in range(32)
+    ]
+    log_before = served.log_path.read_text(errors="replace")
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as aclient:
+            return await asyncio.gather(*(aclient.post("/classify", json=body) for body in requests))
+
+    together = [response.json() for response in asyncio.run(all_at_once())]
+    time.sleep(2)  # replica logs reach serve run's output asynchronously
+    new_log = served.log_path.read_text(errors="replace")[len(log_before):]
+    sizes = [int(size) for size in re.findall(r"batch kind=score size=(\d+)", new_log)]
+    assert sum(sizes) >= 32 and max(sizes) > 1, f"batch sizes seen: {sizes}"
+
+    for body, answer in zip(requests, together):
+        alone = client.post("/classify", json=body).json()
+        assert answer["sequence"] == body["text"]
+        assert answer["label"] == alone["label"] and answer["labels"] == alone["labels"]
+        assert answer["scores"] == pytest.approx(alone["scores"], abs=1e-5)
+
+
+# ------------------------------------------------------------------ errors
+ERROR_CASES = [
+    ("/classify", {"text": "", "labels": ["a", "b"]}, "text"),
+    ("/classify", {"text": "   ", "labels": ["a", "b"]}, "text"),
+    ("/classify", {"text": "今天", "labels": ["a"]}, "labels"),
+    ("/classify", {"text": "今天", "labels": [f"l{i}" for i in range(51)]}, "labels"),
+    ("/classify", {"text": "今天", "labels": ["天气", "天气"]}, "labels"),
+    ("/classify", {"text": "今天", "labels": ["天气", ""]}, "labels.1"),
+    ("/classify", {"text": "今天", "labels": ["a", "b"], "mode": "vote"}, "mode"),
+    ("/classify", {"labels": ["a", "b"]}, "text"),
+    ("/classify_batch", {"texts": ["x"] * 51, "labels": ["a", "b"]}, "texts"),
+    ("/classify_batch", {"texts": [], "labels": ["a", "b"]}, "texts"),
+    ("/augment", {"text": "物流太慢了", "temperature": 3}, "temperature"),
+    ("/augment", {"text": "物流太慢了", "top_p": 0}, "top_p"),
+    ("/augment", {"text": "物流太慢了", "num_return_sequences": 11}, "num_return_sequences"),
+    ("/augment", {"text": "物流太慢了", "num_return_sequences": "2"}, "num_return_sequences"),
+    ("/augment", {"text": "物流太慢了", "max_length": 513}, "max_length"),
+    ("/augment", {"text": "物流太慢了", "top_k": -1}, "top_k"),
+    ("/augment", {"text": "物流太慢了", "seed": -5}, "seed"),
+    ("/augment", {"text": 12}, "text"),
+    ("/augment", {}, "text"),
+    ("/augment", {"text": "物流太慢了", "temprature": 1}, "temprature"),
+    ("/augment_batch", {"texts": ["x"] * 51}, "texts"),
+    ("/augment_batch", {"texts": ["ok", " "]}, "texts"),
+    ("/generate", {"task": "summary"}, "text"),
+    ("/generate", {"task": "poetry", "text": "x"}, "task"),
+    ("/generate", {"text": "x"}, "body"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), ERROR_CASES)
+def test_bad_fields_get_422_naming_the_field(client, path, body, field):
+    response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, list) and detail
+    assert field in [error["field"] for error in detail], detail
+    assert all(error["msg"] for error in detail)
+
+
+def test_invalid_json_is_422(client):
+    response = client.post("/classify", content=b'{"text": "x", "labels": [', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_body_over_one_mebibyte_is_413(client):
+    body = json.dumps({"text": "长" * (1 << 20)}).encode()
+    response = client.post("/augment", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "exceeds" in response.json()["detail"]
+
+
+def test_chunked_body_over_one_mebibyte_is_413(client):
+    def chunks():
+        yield b'{"text": "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = client.post("/augment", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_unknown_path_is_404(client):
+    assert client.post("/nope", json={}).status_code == 404
+    assert client.get("/no/such/page").status_code == 404
+
+
+# ------------------------------------------------------------------ config
+def test_config_yaml_passes_serve_schema():
+    config = yaml.safe_load(CONFIG.read_text())
+    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    app = schema.applications[0]
+    assert app.import_path == "serve_app.app:build_app"
+    assert config["http_options"]["port"] == 7860 and config["http_options"]["host"] == "0.0.0.0"
+    by_name = {deployment.name: deployment for deployment in app.deployments}
+    assert set(by_name) == {"ModelReplica", "Classifier", "Augmenter", "Ingress"}
+    replica = by_name["ModelReplica"]
+    assert replica.max_ongoing_requests >= replica.user_config["max_batch_size"]
+    for deployment in by_name.values():
+        assert deployment.autoscaling_config and deployment.max_queued_requests > 0
+    AppSettings.from_args(config["applications"][0]["args"], environ={})  # the args are valid settings
+
+
+def test_env_overrides_beat_the_file():
+    args = yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]
+    settings = AppSettings.from_args(args, environ={"MT5_MODEL": "/models/mt5", "MT5_DEVICE": "cuda:1", "MT5_DTYPE": "bfloat16"})
+    assert (settings.model, settings.device, settings.dtype) == ("/models/mt5", "cuda:1", "bfloat16")
+    assert AppSettings.from_args(args, environ={}).model == "iic/nlp_mt5_zero-shot-augment_chinese-base"
+
+
+def test_env_override_takes_effect_in_the_running_service(client):
+    # The fixture runs the shipped config.yaml (model: the ModelScope id) with MT5_MODEL=demo in the environment.
+    assert yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]["model"] != "demo"
+    assert client.get("/healthz").json()["model"] == "demo"
