@@ -1,0 +1,107 @@
+"""What a bulk job does to its texts: classify or augment, with which settings, and the result columns.
+
+A TaskSpec is small and picklable: it travels to the Ray Data workers, which run it on
+a Pipeline chunk by chunk (run_chunk). The HTTP runner sends the same settings to the
+service instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from serve_app import augmentation
+from serve_app.classification import Mode, clean_labels
+from serve_app.engine import GenerationRequest, SamplingParams
+from serve_app.engine.errors import EngineInputError
+from serve_app.pipeline import Pipeline
+from serve_app.prompts import Template
+
+TaskKind = Literal["augment", "classify"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One record's answer (the service's answer object) or why the engine refused it."""
+
+    answer: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: TaskKind
+    labels: tuple[str, ...] = ()
+    mode: Mode = "score"
+    sampling: SamplingParams = SamplingParams()  # seed: the job's seed, from which each record's seed derives
+
+    def __post_init__(self) -> None:
+        if self.kind == "classify":
+            clean_labels(list(self.labels))  # raises EngineInputError, before any model work starts
+            if self.mode not in ("score", "generate"):
+                raise EngineInputError("mode", "must be 'score' or 'generate'")
+
+    @property
+    def columns(self) -> list[str]:
+        """Output fields, in order; the answer's `sequence` is the input text, written as `text`."""
+        if self.kind == "augment":
+            return ["id", "text", "augmented_texts", "truncated"]
+        if self.mode == "score":
+            return ["id", "text", "label", "labels", "scores", "truncated"]
+        return ["id", "text", "label", "generated", "truncated"]
+
+    def record_params(self, line: int) -> SamplingParams:
+        """Sampling for the record on input line `line`: its own seed, whatever chunk or run it lands in."""
+        return dataclasses.replace(self.sampling, seed=record_seed(self.sampling.seed, line))
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that decide the answers (part of the resume fingerprint)."""
+        if self.kind == "classify":
+            return {"kind": self.kind, "labels": list(self.labels), "mode": self.mode}
+        return {"kind": self.kind, **dataclasses.asdict(self.sampling)}
+
+
+def parse_labels(value: str) -> tuple[str, ...]:
+    """`物流延迟,商品缺货` or with full-width commas `物流延迟，商品缺货`; blanks around labels are dropped."""
+    return tuple(label.strip() for label in re.split(r"[,，]", value) if label.strip())
+
+
+def record_seed(job_seed: int | None, line: int) -> int | None:
+    """A record's seed from the job's seed and its input line: stable across batching and resumes."""
+    if job_seed is None:
+        return None
+    digest = hashlib.sha256(f"{job_seed}:{line}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # SamplingParams takes seeds below 2**63
+
+
+def run_chunk(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[str]) -> list[Outcome]:
+    """The engine's answers for one chunk, as one batch; a text the engine refuses only fails itself."""
+    try:
+        return [Outcome(answer=answer) for answer in _answers(pipeline, spec, lines, texts)]
+    except EngineInputError as exc:
+        if len(texts) == 1:
+            return [Outcome(error=f"{exc.field}: {exc.rule}")]
+    # Rare (the reader already refuses blank and over-long texts): find the culprit one text at a time.
+    return [outcome for line, text in zip(lines, texts) for outcome in run_chunk(pipeline, spec, [line], [text])]
+
+
+def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[str]) -> list[dict[str, Any]]:
+    if spec.kind == "classify":
+        return pipeline.classify(texts, list(spec.labels), spec.mode)
+    if spec.sampling.seed is None:
+        return pipeline.augment(texts, spec.sampling)
+    return _augment_each(pipeline, texts, [spec.record_params(line) for line in lines])
+
+
+def _augment_each(pipeline: Pipeline, texts: list[str], params: list[SamplingParams]) -> list[dict[str, Any]]:
+    """Pipeline.augment with one SamplingParams per text (each record has its own seed), still one batch."""
+    template = Template(pipeline.settings.templates.augment)
+    prompts = [augmentation.prepare(pipeline.encoder, template, text) for text in texts]
+    outputs = pipeline.engine.generate([GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params)])
+    return [
+        {"augmented_texts": augmentation.paraphrases(pipeline.encoder, text.strip(), sequences), "truncated": prompt.truncated}
+        for text, prompt, sequences in zip(texts, prompts, outputs)
+    ]
