@@ -30,13 +30,7 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 def engine_error(exc: BaseException) -> EngineInputError | None:
     """The EngineInputError behind `exc`, also when Ray wrapped it on its way through a handle."""
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, EngineInputError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-        seen += 1
-    return None
+    return next((e for e in _chain(exc) if isinstance(e, EngineInputError)), None)
 
 
 def engine_error_response(exc: EngineInputError) -> JSONResponse:
@@ -47,11 +41,25 @@ def overloaded_response(reason: str) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": reason}, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+def _chain(exc: BaseException | None):
+    seen = 0
+    while exc is not None and seen < 8:
+        yield exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+
+
 def is_overload(exc: BaseException) -> bool:
+    """The service is at capacity (a deployment's max_queued_requests was reached)."""
     from ray.serve.exceptions import BackPressureError
 
-    while exc is not None:
-        if isinstance(exc, BackPressureError):
-            return True
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return False
+    return any(isinstance(e, BackPressureError) for e in _chain(exc))
+
+
+def is_replica_loss(exc: BaseException) -> bool:
+    """A replica died or became unreachable mid-request: Serve replaces it, the client should retry."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    lost = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
+    return any(isinstance(e, lost) for e in _chain(exc))

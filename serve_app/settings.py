@@ -60,6 +60,11 @@ class AppSettings(BaseModel):
     torch_threads: int | None = Field(None, ge=1)
     # The ingress answers 504 rather than waiting longer than this for a deployment.
     request_timeout_s: float = Field(60.0, gt=0)
+    # API-key auth: off unless the variable named here is set or api_key_file names a file.
+    api_key_env: str = "MT5_API_KEY"
+    api_key_file: str | None = None
+    # Browser origins allowed to call the API from other sites; empty = CORS off.
+    cors_allow_origins: list[str] = Field(default_factory=list)
     templates: Templates = Field(default_factory=Templates)
 
     @field_validator("replica_gpus")

@@ -37,6 +37,9 @@ def test_config(port: int, deployment_overrides: dict[str, dict[str, Any]] | Non
     return config
 
 
+test_config.__test__ = False  # a helper, not a test, when imported into a test module
+
+
 class ServeRun:
     """`serve run CONFIG` in its own process group, with its own local Ray; stopped with SIGINT."""
 

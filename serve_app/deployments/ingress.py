@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
@@ -16,7 +17,16 @@ from ray.serve.handle import DeploymentHandle
 from serve_app import schemas
 from serve_app.body_limit import BodySizeLimit
 from serve_app.engine.errors import EngineInputError
-from serve_app.errors import engine_error, engine_error_response, is_overload, overloaded_response, validation_error_handler
+from serve_app.errors import (
+    engine_error,
+    engine_error_response,
+    is_overload,
+    is_replica_loss,
+    logger,
+    overloaded_response,
+    validation_error_handler,
+)
+from serve_app.security import ApiKeyAuth, load_api_key
 from serve_app.settings import AppSettings
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
@@ -46,6 +56,18 @@ class UpstreamFailed(Exception):
 class Ingress:
     def __init__(self, settings: dict[str, Any], classifier: DeploymentHandle, augmenter: DeploymentHandle, replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
+        # Middleware is added before the first request builds the stack; settings decide which.
+        api_key = load_api_key(self.settings.api_key_env, self.settings.api_key_file)
+        if api_key is not None:
+            api.add_middleware(ApiKeyAuth, api_key=api_key)
+        if self.settings.cors_allow_origins:
+            api.add_middleware(
+                CORSMiddleware,
+                allow_origins=self.settings.cors_allow_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        logger.info("Ingress: API key auth %s, CORS origins %s", "on" if api_key else "off", self.settings.cors_allow_origins or "off")
         self.classifier = classifier
         self.augmenter = augmenter
         self.replica = replica
@@ -62,7 +84,10 @@ class Ingress:
                 return engine_error_response(error)
             if is_overload(exc):
                 return overloaded_response("the service is at capacity; retry shortly")
-            raise
+            if is_replica_loss(exc):
+                return overloaded_response("a model replica was lost and is being replaced; retry shortly")
+            logger.exception("request failed")
+            return JSONResponse(status_code=500, content={"detail": "internal error"})
 
     @api.post("/augment", response_model=schemas.AugmentResponse, responses=_ERRORS)
     async def augment(self, body: schemas.AugmentRequest) -> Any:

@@ -1,0 +1,95 @@
+"""Access control and exposure (issue 7): API key, CORS, and Ray's ports in what we ship."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from serve_app.security import ApiKeyAuth, load_api_key
+from tests.servers import ServeRun, free_port, test_config
+
+KEY = "s3cret-key-for-tests-0123456789"
+ALLOWED_ORIGIN = "http://allowed.example"
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory) -> str:
+    """The shipped config with an API key in the environment and one CORS origin allowed."""
+    config = test_config(free_port(), args={"cors_allow_origins": [ALLOWED_ORIGIN]})
+    run = ServeRun(config, tmp_path_factory.mktemp("locked"), env={"MT5_API_KEY": KEY})
+    run.start()
+    yield run.url
+    run.stop()
+
+
+BODY = {"text": "等了三天还没发货", "labels": ["物流延迟", "商品缺货"]}
+
+
+def test_health_and_ui_stay_open(locked):
+    assert httpx.get(f"{locked}/healthz").status_code == 200
+    assert httpx.get(f"{locked}/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": f"Bearer {KEY}x"}, {"Authorization": KEY}],
+    ids=["missing", "wrong", "basic-scheme", "longer", "no-scheme"],
+)
+def test_api_refuses_without_the_key_and_says_nothing_more(locked, headers):
+    response = httpx.post(f"{locked}/classify", json=BODY, headers=headers, timeout=60)
+    assert response.status_code == 401
+    assert response.json() == {"detail": "missing or invalid API key"}
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{locked}/tasks", headers=headers).status_code == 401
+
+
+def test_api_answers_with_the_key(locked):
+    response = httpx.post(f"{locked}/classify", json=BODY, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert response.status_code == 200 and response.json()["label"] in BODY["labels"]
+
+
+def test_cors_allows_only_the_configured_origin(locked):
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    allowed = httpx.options(f"{locked}/classify", headers={"Origin": ALLOWED_ORIGIN, **preflight})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    other = httpx.options(f"{locked}/classify", headers={"Origin": "http://evil.example", **preflight})
+    assert "access-control-allow-origin" not in other.headers
+    answer = httpx.post(f"{locked}/classify", json=BODY, headers={"Origin": ALLOWED_ORIGIN, "Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+
+
+def test_cors_is_off_by_default(base_url):
+    response = httpx.post(f"{base_url}/classify", json=BODY, headers={"Origin": "http://anywhere.example"}, timeout=60)
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+
+
+def test_key_comparison_is_constant_time(monkeypatch):
+    """The middleware compares with hmac.compare_digest, whose time does not depend on the guess."""
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    app = FastAPI()
+    app.get("/data")(lambda: {"ok": True})
+    client = TestClient(ApiKeyAuth(app, api_key="abc"))
+    assert client.get("/data", headers={"Authorization": "Bearer abd"}).status_code == 401
+    assert client.get("/data", headers={"Authorization": "Bearer abc"}).json() == {"ok": True}
+    assert calls == [(b"abd", b"abc"), (b"abc", b"abc")]
+
+
+def test_key_from_file_and_empty_keys(tmp_path: Path, monkeypatch):
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    assert load_api_key("MT5_API_KEY", str(key_file)) == "from-file"
+    monkeypatch.delenv("MT5_API_KEY", raising=False)
+    assert load_api_key("MT5_API_KEY", None) is None
+    monkeypatch.setenv("MT5_API_KEY", "  ")
+    with pytest.raises(ValueError, match="empty"):
+        load_api_key("MT5_API_KEY", None)
+    key_file.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_api_key("MT5_API_KEY", str(key_file))
