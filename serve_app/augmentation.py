@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from serve_app.engine.errors import EmptyTextError, EngineInputError
+from serve_app.engine.requests import GenerationRequest, SamplingParams
 from serve_app.engine.tokenization import EncodedPrompt, PromptEncoder
 from serve_app.prompts import Template
 
@@ -14,6 +15,22 @@ def prepare(encoder: PromptEncoder, template: Template, text: str, field: str = 
     if not isinstance(text, str) or not text.strip():
         raise EmptyTextError(field)
     return encoder.encode(template, {"text": text.strip()})
+
+
+def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str]) -> list[EncodedPrompt]:
+    return [prepare(encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}") for i, text in enumerate(texts)]
+
+
+def engine_requests(prompts: list[EncodedPrompt], params: SamplingParams) -> list[GenerationRequest]:
+    return [GenerationRequest(prompt.input_ids, params) for prompt in prompts]
+
+
+def answers(encoder: PromptEncoder, texts: list[str], prompts: list[EncodedPrompt], outputs: list[list[list[int]]]) -> list[dict[str, Any]]:
+    """One /augment answer per text, in order."""
+    return [
+        {"augmented_texts": paraphrases(encoder, text.strip(), sequences), "truncated": prompt.truncated}
+        for text, prompt, sequences in zip(texts, prompts, outputs)
+    ]
 
 
 def _same_text(a: str, b: str) -> bool:

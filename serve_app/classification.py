@@ -66,6 +66,27 @@ def prepare(encoder: PromptEncoder, template: Template, text: str, labels: list[
     )
 
 
+def text_field(index: int, count: int) -> str:
+    """How an error names the text: `text` for a single request, `texts.3` inside a batch."""
+    return "text" if count == 1 else f"texts.{index}"
+
+
+def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str], labels: list[str]) -> list[ClassifyJob]:
+    return [prepare(encoder, template, text, labels, field=text_field(i, len(texts))) for i, text in enumerate(texts)]
+
+
+def engine_requests(jobs: list[ClassifyJob], mode: Mode) -> list[ScoringRequest] | list[GenerationRequest]:
+    """What the engine runs for each job: label scoring, or greedy generation in generate mode."""
+    return [scoring_request(job) for job in jobs] if mode == "score" else [generation_request(job) for job in jobs]
+
+
+def answers(jobs: list[ClassifyJob], mode: Mode, outputs: list[Any], encoder: PromptEncoder) -> list[dict[str, Any]]:
+    """The HTTP answers, in job order, from the engine's outputs for `engine_requests(jobs, mode)`."""
+    if mode == "score":
+        return [score_answer(job, result) for job, result in zip(jobs, outputs)]
+    return [generate_answer(job, encoder.decode(output[0])) for job, output in zip(jobs, outputs)]
+
+
 def scoring_request(job: ClassifyJob) -> ScoringRequest:
     return ScoringRequest(input_ids=job.prompt.input_ids, label_ids=job.label_ids)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app import augmentation, classification
-from serve_app.engine import GenerationRequest, SamplingParams, Seq2SeqEngine, load_model
+from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
 from serve_app.engine.loading import LoadedModel
 from serve_app.engine.tokenization import PromptEncoder
 from serve_app.prompts import Template
@@ -29,21 +29,13 @@ class Pipeline:
 
     def classify(self, texts: list[str], labels: list[str], mode: classification.Mode = "score") -> list[dict[str, Any]]:
         """One /classify answer per text, in order."""
-        template = Template(self.settings.templates.classification)
-        jobs = [classification.prepare(self.encoder, template, text, labels) for text in texts]
-        if mode == "score":
-            results = self.engine.score([classification.scoring_request(job) for job in jobs])
-            return [classification.score_answer(job, result) for job, result in zip(jobs, results)]
-        outputs = self.engine.generate([classification.generation_request(job) for job in jobs])
-        return [classification.generate_answer(job, self.encoder.decode(output[0])) for job, output in zip(jobs, outputs)]
+        jobs = classification.prepare_batch(self.encoder, Template(self.settings.templates.classification), texts, labels)
+        requests = classification.engine_requests(jobs, mode)
+        outputs = self.engine.score(requests) if mode == "score" else self.engine.generate(requests)
+        return classification.answers(jobs, mode, outputs, self.encoder)
 
     def augment(self, texts: list[str], params: SamplingParams | None = None) -> list[dict[str, Any]]:
         """One /augment answer per text, in order."""
-        params = params or SamplingParams()
-        template = Template(self.settings.templates.augment)
-        prompts = [augmentation.prepare(self.encoder, template, text) for text in texts]
-        outputs = self.engine.generate([GenerationRequest(prompt.input_ids, params) for prompt in prompts])
-        return [
-            {"augmented_texts": augmentation.paraphrases(self.encoder, text.strip(), sequences), "truncated": prompt.truncated}
-            for text, prompt, sequences in zip(texts, prompts, outputs)
-        ]
+        prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
+        outputs = self.engine.generate(augmentation.engine_requests(prompts, params or SamplingParams()))
+        return augmentation.answers(self.encoder, texts, prompts, outputs)

@@ -18,18 +18,10 @@ from serve_app.prompts import Template
 class Augmenter(TextDeployment):
     async def augment(self, texts: list[str], params: SamplingParams) -> list[dict[str, Any]]:
         """Per text, in input order: distinct paraphrases (none equal to the input) and whether it was truncated."""
-        template = Template(self.settings.templates.augment)
-        prompts = [
-            augmentation.prepare(self.encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}")
-            for i, text in enumerate(texts)
-        ]
-        outputs = await asyncio.gather(
-            *(self.replica.generate.remote(GenerationRequest(prompt.input_ids, params)) for prompt in prompts)
-        )
-        return [
-            {"augmented_texts": augmentation.paraphrases(self.encoder, text.strip(), sequences), "truncated": prompt.truncated}
-            for text, prompt, sequences in zip(texts, prompts, outputs)
-        ]
+        prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
+        requests = augmentation.engine_requests(prompts, params)
+        outputs = await asyncio.gather(*(self.replica.generate.remote(request) for request in requests))
+        return augmentation.answers(self.encoder, texts, prompts, list(outputs))
 
     async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
         """A model-card task by name (its template filled from `values`), or a raw prompt."""

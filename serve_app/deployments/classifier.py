@@ -16,13 +16,8 @@ from serve_app.prompts import Template
 class Classifier(TextDeployment):
     async def classify(self, texts: list[str], labels: list[str], mode: classification.Mode = "score") -> list[dict[str, Any]]:
         """One answer per text, in input order."""
-        template = Template(self.settings.templates.classification)
-        jobs = [
-            classification.prepare(self.encoder, template, text, labels, field="text" if len(texts) == 1 else f"texts.{i}")
-            for i, text in enumerate(texts)
-        ]
-        if mode == "score":
-            results = await asyncio.gather(*(self.replica.score.remote(classification.scoring_request(job)) for job in jobs))
-            return [classification.score_answer(job, result) for job, result in zip(jobs, results)]
-        outputs = await asyncio.gather(*(self.replica.generate.remote(classification.generation_request(job)) for job in jobs))
-        return [classification.generate_answer(job, self.encoder.decode(output[0])) for job, output in zip(jobs, outputs)]
+        jobs = classification.prepare_batch(self.encoder, Template(self.settings.templates.classification), texts, labels)
+        method = self.replica.score if mode == "score" else self.replica.generate
+        # One call per text: each joins the replica's batch queue alongside other clients' requests.
+        outputs = await asyncio.gather(*(method.remote(request) for request in classification.engine_requests(jobs, mode)))
+        return classification.answers(jobs, mode, list(outputs), self.encoder)
