@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: Chromium for the UI tests, nginx for the load-balancer tests.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
+# System packages: Chromium (and a CJK font for its screenshots) for the UI tests, nginx for the load-balancer tests.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wenquanyi; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq chromium nginx >/dev/null
+  apt-get install -y -qq chromium nginx fonts-wqy-microhei >/dev/null
 fi
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.

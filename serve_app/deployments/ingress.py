@@ -51,6 +51,11 @@ class UpstreamFailed(Exception):
     """A deployment call ended in an error that is not the client's fault."""
 
 
+# Mounted before @serve.ingress copies the app's routes; a later mount would never be served.
+if UI_DIR.is_dir():
+    api.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -139,6 +144,3 @@ class Ingress:
     async def index(self) -> Any:
         return FileResponse(UI_DIR / "index.html")
 
-
-if UI_DIR.is_dir():
-    api.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")

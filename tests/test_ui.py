@@ -1,0 +1,382 @@
+"""The web UI (issue 4) in headless Chromium, against the real service (`serve run` on the demo model).
+
+The demo model writes random text, so these tests check structure (counts, order, which label is a
+candidate), never content. Screenshots of every panel at 1280 px and 390 px go to OUTPUT/ui/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+TIMEOUT_MS = 30_000  # the machine is small and shared; the demo model answers in well under a second alone
+PANELS = ["augment", "batch", "classify", "generate"]
+TASKS = ["sentiment", "keywords", "title", "summary", "opinion_target", "translation", "question_generation"]
+UI_ASSETS = ["/ui/style.css", "/ui/i18n.js", "/ui/app.js"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    # Session scope and listed before base_url, so a missing browser fails at once, before the ~30 s service start.
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} not found: the UI tests drive Debian's chromium package (apt-get install chromium). "
+            "Playwright's own browser download is not used and cannot be reached.",
+            pytrace=False,
+        )
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except Exception as exc:  # a broken install should read as such, not as a UI bug
+            pytest.fail(f"{CHROMIUM} did not start under Playwright: {exc}", pytrace=False)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, base_url: str):
+    """The UI at 1280 px, loaded and ready; fails the test on any JavaScript error or an unserved asset."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=base_url, accept_downloads=True, locale="zh-CN")
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    js_errors: list[str] = []
+    bad_assets: list[str] = []
+    page.on("pageerror", lambda error: js_errors.append(str(error)))
+    page.on("response", lambda response: bad_assets.append(f"{response.url} -> {response.status}") if "/ui/" in response.url and response.status >= 400 else None)
+    page.goto("/")
+    assert not bad_assets, f"UI files not served (the ingress must serve ui/ at /ui/): {bad_assets}"
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(page.get_by_test_id("model-name")).not_to_have_text("…")
+    yield page
+    context.close()
+    assert not js_errors, f"JavaScript errors on the page: {js_errors}"
+    assert not bad_assets, f"UI files not served: {bad_assets}"
+
+
+def _posted(page, selector: str):
+    return page.expect_response(lambda r: r.url.endswith(selector) and r.request.method == "POST")
+
+
+# ------------------------------------------------------------------ page frame
+def test_demo_banner_and_model_name(page):
+    from playwright.sync_api import expect
+
+    banner = page.get_by_test_id("demo-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("随机")
+    expect(banner).to_contain_text("没有实际意义")
+    expect(banner).to_contain_text("random")
+    expect(banner).to_contain_text("not meaningful")
+    expect(page.get_by_test_id("model-name")).to_have_text("demo")
+    for asset in UI_ASSETS:  # the page's own files, over the ingress, no CDN
+        assert page.request.get(asset).status == 200, asset
+
+
+def test_language_toggle_switches_the_strings(page):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#tab-augment")).to_have_text("单条增强")
+    expect(page.locator("#aug-submit")).to_contain_text("开始增强")
+    page.click("#lang-toggle")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("#tab-augment")).to_have_text("Augment")
+    expect(page.locator("#tab-classify")).to_have_text("Classify")
+    expect(page.locator("#aug-submit")).to_contain_text("Augment")
+    expect(page.locator("label[for=aug-temperature]")).to_have_text("Temperature")
+    expect(page.locator("#lang-toggle")).to_have_text("中文")
+    page.click("#lang-toggle")
+    expect(page.locator("#tab-augment")).to_have_text("单条增强")
+    expect(page.locator("label[for=aug-temperature]")).to_have_text("温度")
+
+
+# ------------------------------------------------------------------ round trips
+def test_single_augment_round_trip(page):
+    from playwright.sync_api import expect
+
+    # Seed defaults and a hint line on every control.
+    for control, value in {"#aug-num": "1", "#aug-max-length": "128", "#aug-temperature": "1.0", "#aug-top-k": "50", "#aug-top-p": "0.95", "#aug-seed": ""}.items():
+        expect(page.locator(control)).to_have_value(value)
+        expect(page.locator(f"{control}-hint")).not_to_be_empty()
+    page.fill("#aug-text", "这家餐厅的服务态度很好，上菜速度也快")
+    page.fill("#aug-num", "3")
+    page.evaluate(
+        """() => {
+            window.__sawSpinner = false;
+            const button = document.getElementById('aug-submit');
+            new MutationObserver(() => {
+                const spinner = document.getElementById('aug-spinner');
+                if (button.classList.contains('is-loading') && button.disabled && getComputedStyle(spinner).display !== 'none') window.__sawSpinner = true;
+            }).observe(button, {attributes: true});
+        }"""
+    )
+    with _posted(page, "/augment") as info:
+        page.click("#aug-submit")
+    response = info.value
+    assert response.status == 200
+    sent = response.request.post_data_json
+    assert sent == {"text": "这家餐厅的服务态度很好，上菜速度也快", "num_return_sequences": 3, "max_length": 128, "temperature": 1.0, "top_k": 50, "top_p": 0.95}
+    body = response.json()
+    items = page.get_by_test_id("aug-result")
+    expect(items).to_have_count(len(body["augmented_texts"]))
+    assert 1 <= items.count() <= 3
+    assert page.locator("[data-testid=aug-result] .result-text").all_text_contents() == body["augmented_texts"]
+    expect(page.locator("[data-testid=aug-result] [data-testid=copy-button]")).to_have_count(items.count())
+    assert page.evaluate("window.__sawSpinner"), "no spinner while waiting"
+    expect(page.locator("#aug-submit")).to_be_enabled()
+
+    # Ctrl+Enter submits the current panel.
+    with _posted(page, "/augment") as info:
+        page.locator("#aug-text").press("Control+Enter")
+    assert info.value.status == 200
+    expect(page.locator("#aug-submit")).to_be_enabled()
+
+
+def test_batch_augment_round_trip(page):
+    from playwright.sync_api import expect
+
+    inputs = ["物流太慢了", "商品包装破损", "客服回复及时"]
+    page.click("#tab-batch")
+    page.fill("#batch-texts", "物流太慢了\n商品包装破损\n\n客服回复及时\n")  # blank lines are skipped
+    expect(page.get_by_test_id("batch-count")).to_have_text("3 / 50")
+    page.select_option("#batch-num", "2")
+    with _posted(page, "/augment_batch") as info:
+        page.click("#batch-submit")
+    response = info.value
+    assert response.status == 200
+    sent = response.request.post_data_json
+    assert sent["texts"] == inputs and sent["num_return_sequences"] == 2
+    body = response.json()
+
+    groups = page.get_by_test_id("batch-group")
+    expect(groups).to_have_count(3)
+    assert page.locator("[data-testid=batch-group] .source-text").all_text_contents() == inputs
+    assert [groups.nth(i).get_attribute("data-line") for i in range(3)] == ["1", "2", "4"]
+    for i, expected in enumerate(body["augmented_texts"]):
+        assert 1 <= len(expected) <= 2
+        assert groups.nth(i).locator("[data-testid=batch-result] .result-text").all_text_contents() == expected
+
+    with page.expect_download() as download:
+        page.click("#batch-download-jsonl")
+    assert download.value.suggested_filename.endswith(".jsonl")
+    rows = [json.loads(line) for line in Path(download.value.path()).read_text(encoding="utf-8").splitlines()]
+    assert [row["text"] for row in rows] == inputs
+    assert [row["augmented_texts"] for row in rows] == body["augmented_texts"]
+
+    with page.expect_download() as download:
+        page.click("#batch-download-csv")
+    assert download.value.suggested_filename.endswith(".csv")
+    table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8-sig"))))
+    assert [(row["text"], row["augmented_text"]) for row in table] == [(text, out) for text, outs in zip(inputs, body["augmented_texts"]) for out in outs]
+    expect(page.get_by_test_id("batch-copy-all")).to_be_enabled()
+
+
+def test_batch_refuses_more_than_50_lines_and_sends_nothing(page):
+    from playwright.sync_api import expect
+
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.click("#tab-batch")
+    page.fill("#batch-texts", "\n".join(f"第{i}条待增强的文本" for i in range(51)))
+    expect(page.get_by_test_id("batch-count")).to_have_text("51 / 50")
+    page.click("#batch-submit")
+    message = page.get_by_test_id("batch-message")
+    expect(message).to_be_visible()
+    expect(message).to_contain_text("50")
+    page.locator("#batch-texts").press("Control+Enter")  # the shortcut is refused too
+    page.wait_for_timeout(1000)
+    assert not [url for url in requests if "/augment_batch" in url], requests
+    expect(page.get_by_test_id("batch-group")).to_have_count(0)
+
+    page.fill("#batch-texts", "\n".join(f"第{i}条待增强的文本" for i in range(50)))
+    expect(page.get_by_test_id("batch-count")).to_have_text("50 / 50")
+    expect(message).to_be_hidden()
+
+
+def test_classify_round_trip_score_and_generate(page):
+    from playwright.sync_api import expect
+
+    labels = ["天气", "美食", "旅游", "体育"]
+    text = "今天阳光明媚，适合去西湖边散步"
+    page.click("#tab-classify")
+    page.fill("#cls-text", text)
+    page.fill("#cls-labels", "天气,美食，旅游")  # both commas
+    page.locator("#cls-labels").press("Enter")
+    expect(page.get_by_test_id("label-tag")).to_have_count(3)
+    page.fill("#cls-labels", "体育")  # still typed: taken on submit
+    with _posted(page, "/classify") as info:
+        page.click("#cls-submit")
+    response = info.value
+    assert response.status == 200
+    assert response.request.post_data_json == {"text": text, "labels": labels, "mode": "score"}
+    body = response.json()
+
+    top = page.get_by_test_id("cls-top-label")
+    expect(top).to_have_text(body["label"])
+    assert top.text_content() in labels
+    bars = page.get_by_test_id("cls-bar")
+    expect(bars).to_have_count(len(labels))
+    shown = [bars.nth(i).get_attribute("data-label") for i in range(len(labels))]
+    assert sorted(shown) == sorted(labels) and shown[0] == top.text_content()
+    scores = [float(bars.nth(i).get_attribute("data-score")) for i in range(len(labels))]
+    assert sum(scores) == pytest.approx(1.0, abs=1e-4)
+    widths = page.eval_on_selector_all("[data-testid=cls-bar] .bar-fill", "els => els.map(e => parseFloat(e.style.width))")
+    assert widths == pytest.approx([s * 100 for s in scores], abs=0.01)
+
+    page.get_by_test_id("cls-mode-generate").check()
+    with _posted(page, "/classify") as info:
+        page.click("#cls-submit")
+    response = info.value
+    assert response.status == 200 and response.request.post_data_json["mode"] == "generate"
+    body = response.json()
+    expect(page.get_by_test_id("cls-generated-box")).to_be_visible()
+    expect(page.get_by_test_id("cls-bars-box")).to_be_hidden()
+    assert page.get_by_test_id("cls-generated").text_content() == body["generated"]
+    expect(page.get_by_test_id("cls-candidate")).to_have_attribute("data-candidate", "true" if body["label"] is not None else "false")
+    if body["label"] is not None:
+        assert page.get_by_test_id("cls-top-label").text_content() in labels
+
+
+def test_generic_task_round_trip(page):
+    from playwright.sync_api import expect
+
+    page.click("#tab-generate")
+    expect(page.locator("#gen-task option[value=question_generation]")).to_have_count(1)
+    values = page.eval_on_selector_all("#gen-task option", "els => els.map(e => e.value)")
+    assert set(TASKS) <= set(values)
+
+    page.select_option("#gen-task", "summary")
+    expect(page.locator("#gen-field-text")).to_be_visible()
+    expect(page.get_by_test_id("gen-template")).to_contain_text("摘要")
+    page.fill("#gen-field-text", "西湖位于浙江省杭州市西部，是中国著名的风景名胜区，每年吸引大量游客。")
+    with _posted(page, "/generate") as info:
+        page.click("#gen-submit")
+    response = info.value
+    assert response.status == 200
+    sent = response.request.post_data_json
+    assert sent["task"] == "summary" and sent["text"].startswith("西湖") and sent["temperature"] == 0
+    expect(page.locator("#gen-result")).to_be_visible()
+    assert page.get_by_test_id("gen-output").text_content() == response.json()["text"]
+
+    # Fields come from the task: question_generation asks for a passage and an answer.
+    page.select_option("#gen-task", "question_generation")
+    expect(page.locator("#gen-field-passage")).to_be_visible()
+    expect(page.locator("#gen-field-answer")).to_be_visible()
+    expect(page.locator("#gen-field-text")).to_have_count(0)
+    page.fill("#gen-field-passage", "西湖位于浙江省杭州市西部。")
+    page.fill("#gen-field-answer", "杭州市")
+    with _posted(page, "/generate") as info:
+        page.click("#gen-submit")
+    response = info.value
+    assert response.status == 200
+    assert {k: response.request.post_data_json[k] for k in ("task", "passage", "answer")} == {
+        "task": "question_generation",
+        "passage": "西湖位于浙江省杭州市西部。",
+        "answer": "杭州市",
+    }
+    expect(page.get_by_test_id("gen-output")).to_have_text(response.json()["text"])
+
+
+# ------------------------------------------------------------------ errors from the API
+def test_api_422_is_shown_next_to_its_field(page):
+    from playwright.sync_api import expect
+
+    page.fill("#aug-text", "今天天气很好")
+    page.fill("#aug-temperature", "3")  # out of range on purpose: the UI must send it and show the server's answer
+    with _posted(page, "/augment") as info:
+        page.click("#aug-submit")
+    response = info.value
+    assert response.status == 422
+    assert response.request.post_data_json["temperature"] == 3
+    assert [item["field"] for item in response.json()["detail"]] == ["temperature"]
+
+    error = page.locator(".field:has(#aug-temperature) .field-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("less than or equal to 2")
+    assert error.get_attribute("id") == "aug-temperature-error"
+    expect(page.locator("#aug-temperature")).to_have_attribute("aria-invalid", "true")
+    control, message = page.locator("#aug-temperature").bounding_box(), error.bounding_box()
+    assert 0 <= message["y"] - (control["y"] + control["height"]) < 120, (control, message)
+    expect(page.get_by_test_id("error-aug-text")).to_be_hidden()
+    expect(page.get_by_test_id("augment-error")).to_be_hidden()
+    expect(page.get_by_test_id("aug-result")).to_have_count(0)
+    page.fill("#aug-temperature", "1")  # editing the field clears its error
+    expect(error).to_be_hidden()
+
+    # A dotted path names an item: texts.1 is the second line of the batch box.
+    page.click("#tab-batch")
+    page.fill("#batch-texts", "短句\n" + "长" * 20_001)
+    with _posted(page, "/augment_batch") as info:
+        page.click("#batch-submit")
+    assert info.value.status == 422
+    assert info.value.json()["detail"][0]["field"] == "texts.1"
+    error = page.get_by_test_id("error-batch-texts")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("第 2 行")
+    expect(error).to_contain_text("20000")
+
+    # labels.0 goes to the labels input.
+    page.click("#tab-classify")
+    page.fill("#cls-text", "今天天气很好")
+    page.fill("#cls-labels", "天气," + "长" * 101 + ",")
+    with _posted(page, "/classify") as info:
+        page.click("#cls-submit")
+    assert info.value.status == 422
+    assert info.value.json()["detail"][0]["field"].startswith("labels")
+    error = page.locator(".field:has(#cls-labels) .field-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("100")
+
+
+# ------------------------------------------------------------------ screenshots
+def test_screenshots_of_each_panel_at_desktop_and_phone_width(page, output_dir: Path):
+    from playwright.sync_api import expect
+
+    shots = output_dir / "ui"
+    shots.mkdir(parents=True, exist_ok=True)
+    done_when = {
+        "augment": "#aug-meta:not(:empty)",
+        "batch": "[data-testid=batch-group]",
+        "classify": "#cls-result:not([hidden])",
+        "generate": "#gen-result:not([hidden])",
+    }
+    expect(page.locator("#gen-task option[value=summary]")).to_have_count(1)
+    for width, height in ((1280, 900), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        for panel in PANELS:
+            page.click(f"#tab-{panel}")
+            expect(page.locator(f"#panel-{panel}")).to_be_visible()
+            page.click(f"#panel-{panel} [data-example]")
+            with page.expect_response(lambda r: r.request.method == "POST") as info:
+                page.click(f"#panel-{panel} button[type=submit]")
+            assert info.value.status == 200, (panel, info.value.text())
+            expect(page.locator(done_when[panel]).first).to_be_visible()
+            expect(page.locator(f"#panel-{panel} button[type=submit]")).to_be_enabled()
+            overflow = page.evaluate("document.documentElement.scrollWidth")
+            assert overflow <= width, f"{panel} at {width}px scrolls sideways ({overflow}px wide)"
+            path = shots / f"{panel}-{width}px.png"
+            page.screenshot(path=str(path), full_page=True)
+            assert path.stat().st_size > 10_000
