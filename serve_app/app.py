@@ -26,10 +26,14 @@ def cluster_gpus() -> float:
 
 
 def replica_gpus(settings: AppSettings, available: float) -> float:
-    """GPUs each ModelReplica asks for: none on a cluster without GPUs, so the same file runs on a laptop."""
+    """GPUs each ModelReplica asks for.
+
+    "auto" asks for one only where the cluster has GPUs now, so the same file runs on a
+    laptop; a number is always asked for, so an autoscaler can bring GPU nodes up from zero.
+    """
     if settings.replica_gpus == "auto":
         return 1.0 if available > 0 else 0.0
-    return float(settings.replica_gpus) if available > 0 else 0.0
+    return float(settings.replica_gpus)
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:

@@ -12,7 +12,7 @@ from serve_app.engine.spec import DEFAULT_MODEL_ID
 from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, DEFAULT_TASK_TEMPLATES, Template
 
 # Environment variables that override the file, applied where the app is built.
-ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype"}
+ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype", "MT5_REPLICA_GPUS": "replica_gpus"}
 
 
 class Templates(BaseModel):
@@ -54,7 +54,8 @@ class AppSettings(BaseModel):
     device: str = "auto"
     dtype: str = "auto"
     max_input_tokens: int = Field(512, ge=16, le=4096)
-    # GPUs per ModelReplica where the cluster has GPUs ("auto": 1 if any GPU is present); a fraction lets replicas share a GPU.
+    # GPUs per ModelReplica. "auto": 1 where the cluster has GPUs when the app is built, else 0 (laptops).
+    # A number is always asked for (a fraction lets replicas share a GPU): use it where GPU nodes autoscale from zero.
     replica_gpus: float | str = "auto"
     # torch intra-op threads per ModelReplica (null: torch's default, one per core).
     torch_threads: int | None = Field(None, ge=1)
@@ -71,7 +72,10 @@ class AppSettings(BaseModel):
     @classmethod
     def _gpus(cls, value: float | str) -> float | str:
         if isinstance(value, str) and value != "auto":
-            raise ValueError("replica_gpus is 'auto' or a number of GPUs such as 0.5")
+            try:
+                value = float(value)  # from the environment, e.g. MT5_REPLICA_GPUS=0.5
+            except ValueError:
+                raise ValueError("replica_gpus is 'auto' or a number of GPUs such as 0.5") from None
         if not isinstance(value, str) and value < 0:
             raise ValueError("replica_gpus must be >= 0")
         return value

@@ -1,0 +1,412 @@
+"""config.yaml on a real multi-node Ray cluster: placement, nginx, metrics, autoscaling, a node dying.
+
+One cluster for the module (tests/netcluster.py): a head and two workers that declare
+one GPU each, every node in its own network namespace with its own Serve proxy on
+port 7860. The tests run in file order; the node-failure test comes last because it
+takes a node away. About 5 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from cluster.grafana.dashboard import build_dashboard, metric_names
+from cluster.nginx.health_sync import HealthSync, discover_proxies, probe, reload_nginx
+from cluster.nginx.render import render_all, render_upstreams, write_atomically
+from tests.netcluster import SERVE_PORT, NetCluster, NodeSpec, netns_available
+from tests.servers import free_port
+from tests.servers import test_config as derive_config  # aliased: pytest would collect a test_* name
+
+pytestmark = pytest.mark.cluster
+
+NODES = [NodeSpec("head", 2), NodeSpec("gpu1", 3, num_gpus=1), NodeSpec("gpu2", 3, num_gpus=1)]
+# Short autoscaling delays so a test sees replicas come and go within a minute or two.
+FAST = {"upscale_delay_s": 1, "downscale_delay_s": 6, "look_back_period_s": 4}
+SCALING = {
+    "ModelReplica": {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 2, **FAST},
+    "Classifier": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2, **FAST},
+    "Augmenter": {"min_replicas": 1, "max_replicas": 1},
+    "Ingress": {"min_replicas": 2, "max_replicas": 2},
+}
+# Half a GPU per ModelReplica: two per GPU node, four at most on this cluster.
+ARGS = {"model": "demo", "replica_gpus": 0.5, "torch_threads": 1}
+TEXTS = ["今天天气很好", "物流太慢了", "商品包装破损", "客服回复及时", "这部电影很好看", "价格有点贵", "质量不错", "下次还来"]
+LABELS = ["天气", "物流", "质量", "服务"]
+
+
+def cluster_config() -> dict[str, Any]:
+    """config.yaml as shipped, on port 7860 on every node, demo model, test-sized scaling."""
+    overrides = {name: {"autoscaling_config": scaling} for name, scaling in SCALING.items()}
+    overrides["ModelReplica"]["graceful_shutdown_timeout_s"] = 5
+    config = derive_config(SERVE_PORT, overrides, ARGS)
+    config["http_options"]["host"] = "0.0.0.0"  # as shipped: the proxies must be reachable from the load balancer
+    return config
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, output_dir: Path) -> Iterator[NetCluster]:
+    if (reason := netns_available()) is not None:
+        pytest.skip(f"no multi-node cluster here: {reason}")
+    workdir = tmp_path_factory.mktemp("cluster")
+    config_path = workdir / "cluster-config.yaml"
+    config_path.write_text(yaml.safe_dump(cluster_config(), allow_unicode=True, sort_keys=False))
+    net = NetCluster(NODES, workdir)
+    try:
+        net.start()
+        net.deploy(config_path)
+        yield net
+    finally:
+        try:  # the Serve and ray-start logs, for a look after a failure
+            logs = output_dir / "cluster-logs"
+            shutil.rmtree(logs, ignore_errors=True)
+            logs.mkdir(parents=True)
+            net.save_logs(logs)
+            for node in net.nodes:
+                if node.log.exists():
+                    shutil.copy(node.log, logs / f"ray-start-{node.spec.name}.log")
+        finally:
+            net.stop()
+
+
+@dataclass
+class Nginx:
+    """nginx from cluster/nginx/nginx.conf.template, on a loopback port, in front of every node's proxy."""
+
+    conf: Path
+    state_dir: Path
+    url: str
+    proxies: list[str]
+    process: subprocess.Popen[bytes]
+
+    def mark_down(self, down: set[str]) -> None:
+        """What health_sync does: rewrite the upstream list, then a graceful reload."""
+        if write_atomically(self.state_dir / "upstreams.conf", render_upstreams(self.proxies, down)):
+            self.reload()
+
+    def reload(self) -> None:
+        os.kill(self.process.pid, signal.SIGHUP)
+        time.sleep(2)  # new workers take over; the old ones finish and close their connections
+
+    def upstreams_used(self, since: int) -> list[str]:
+        """Upstream addresses in access-log lines after byte offset `since` (one per attempt)."""
+        text = (self.state_dir / "access.log").read_bytes()[since:].decode(errors="replace")
+        attempts = [addr for used in re.findall(r" upstream=(.*?) upstream_status=", text) for addr in re.split(r"[,:] ", used)]
+        return [addr for addr in attempts if addr != "-"]
+
+    def log_size(self) -> int:
+        return (self.state_dir / "access.log").stat().st_size
+
+
+@pytest.fixture(scope="module")
+def nginx(cluster: NetCluster) -> Iterator[Nginx]:
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    # Under the cluster's /tmp dir (0755), not pytest's 0700 tmp: nginx workers run as nobody.
+    state_dir = cluster.temp_root / "nginx"
+    proxies = [f"{node.ip}:{SERVE_PORT}" for node in cluster.nodes]
+    listen = f"127.0.0.1:{free_port()}"
+    conf = render_all(state_dir, proxies, listen=listen)
+    process = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-e", str(state_dir / "error.log"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = Nginx(conf, state_dir, f"http://{listen}", proxies, process)
+    def up() -> bool:
+        try:
+            return httpx.get(f"{server.url}/lb-healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_for(up, timeout_s=20, interval_s=0.3):
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"nginx did not start: {(state_dir / 'error.log').read_text(errors='replace')[-2000:]}")
+    # health_sync reloads nginx through this file.
+    assert (state_dir / "nginx.pid").read_text().strip() == str(process.pid)
+    yield server
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    done: float  # time.monotonic() when the answer (or the error) came
+    seconds: float
+    status: int | str  # HTTP status, or the client error's class name (a timeout, a reset)
+
+
+@dataclass
+class Load:
+    """Closed-loop HTTP load from a few threads, bounded in requests and by per-request timeouts."""
+
+    urls: list[str]
+    make_request: Callable[[httpx.Client, str], httpx.Response]
+    threads: int = 8
+    max_requests: int = 3000
+    timeout_s: float = 30
+    results: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Load:
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(index,), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _run(self, index: int) -> None:
+        with httpx.Client(timeout=self.timeout_s) as client:
+            sent = 0
+            while not self._stop.is_set() and len(self.results) < self.max_requests:
+                url = self.urls[(index + sent) % len(self.urls)]
+                sent += 1
+                began = time.monotonic()
+                try:
+                    status: int | str = self.make_request(client, url).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                done = time.monotonic()
+                self.results.append(Outcome(done, done - began, status))
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=self.timeout_s + 10)
+        return self.results
+
+
+def classify(client: httpx.Client, url: str) -> httpx.Response:
+    return client.post(f"{url}/classify", json={"text": TEXTS[0], "labels": LABELS})
+
+
+def classify_batch(client: httpx.Client, url: str) -> httpx.Response:
+    return client.post(f"{url}/classify_batch", json={"texts": TEXTS, "labels": LABELS})
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, interval_s: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetCluster) -> None:
+    details = cluster.app_details()
+    node_names = {node.ip: node.spec.name for node in cluster.nodes}
+    placement = {name: sorted(node_names[r["node_ip"]] for r in d["replicas"]) for name, d in details["deployments"].items()}
+    print("placement:", placement)
+    used = {name for names in placement.values() for name in names}
+    assert len(used) >= 2, placement
+    # Ray's own actor table agrees: each replica actor is alive on the node Serve reports.
+    actors = {actor["actor_id"]: actor for actor in cluster.actors()}
+    replicas = [r for d in details["deployments"].values() for r in d["replicas"]]
+    assert all(actors[r["actor_id"]]["node_id"] == r["node_id"] and actors[r["actor_id"]]["state"] == "ALIVE" for r in replicas)
+    assert len({actors[r["actor_id"]]["node_id"] for r in replicas}) >= 2
+    # build_app saw the cluster's GPUs and asked for replica_gpus per ModelReplica...
+    assert details["deployments"]["ModelReplica"]["required_resources"] == {"CPU": 1, "GPU": 0.5}
+    # ...so the model replicas live on the GPU nodes, one on each (Serve spreads replicas).
+    assert set(placement["ModelReplica"]) == {"gpu1", "gpu2"}
+    # Every node runs a proxy on the same port, and each answers for the whole application;
+    # with no CUDA behind the declared GPUs the replica fell back to the CPU and says so.
+    for node in cluster.nodes:
+        health = httpx.get(f"{node.proxy_url}/healthz", timeout=30).json()
+        assert health["status"] == "ok" and health["device"] == "cpu" and health["demo"] is True, (node.spec.name, health)
+    proxies = cluster.api("/api/serve/applications/")["proxies"]
+    assert sorted(proxy["node_ip"] for proxy in proxies.values()) == sorted(node.ip for node in cluster.nodes)
+
+
+def test_nginx_spreads_over_proxies_and_skips_one_marked_down(cluster: NetCluster, nginx: Nginx) -> None:
+    start = nginx.log_size()
+    with httpx.Client(timeout=30) as client:
+        for node in cluster.nodes:  # each proxy answers on its own
+            assert classify(client, node.proxy_url).status_code == 200, node.spec.name
+        assert all(classify(client, nginx.url).status_code == 200 for _ in range(12))
+        for path, status in (("/healthz", 200), ("/-/healthz", 200), ("/nope", 404)):
+            assert client.get(f"{nginx.url}{path}").status_code == status, path
+        oversized = client.post(f"{nginx.url}/classify", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"})
+        assert oversized.status_code == 413  # refused by nginx itself (client_max_body_size 1m)
+    used = Counter(nginx.upstreams_used(start))
+    assert len(used) >= 2, used  # least_conn over every node's proxy
+
+    # Active checks: every proxy passes GET /-/healthz, so health_sync keeps them all up.
+    reloads: list[int] = []
+    sync = HealthSync(nginx.state_dir / "upstreams.conf", reload=lambda: reloads.append(1))
+    sync.check(nginx.proxies)
+    sync.check(nginx.proxies)
+    assert sync.down == set()
+    assert " down" not in (nginx.state_dir / "upstreams.conf").read_text()
+    assert sorted(discover_proxies(cluster.dashboard_url, SERVE_PORT)) == sorted(nginx.proxies)
+
+    gone = nginx.proxies[1]
+    nginx.mark_down({gone})
+    try:
+        start = nginx.log_size()
+        with httpx.Client(timeout=30) as client:  # a new client: no keepalive to pre-reload workers
+            assert all(classify(client, nginx.url).status_code == 200 for _ in range(10))
+        used = Counter(nginx.upstreams_used(start))
+        assert gone not in used and sum(used.values()) >= 10, used
+    finally:
+        nginx.mark_down(set())
+
+
+def scrape(cluster: NetCluster) -> str:
+    """Every node's Prometheus endpoint, concatenated (each node exports what runs on it)."""
+    texts = []
+    for node in cluster.nodes:
+        try:
+            texts.append(httpx.get(node.metrics_url, timeout=10).text)
+        except httpx.HTTPError:
+            pass
+    return "\n".join(texts)
+
+
+def series(text: str, name: str, **labels: str) -> list[str]:
+    """Sample lines of metric `name` carrying all `labels`."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            found.append(line)
+    return found
+
+
+def test_metrics_reach_the_prometheus_endpoints(cluster: NetCluster) -> None:
+    url = cluster.nodes[1].proxy_url
+    with httpx.Client(timeout=60) as client:
+        for _ in range(4):
+            assert classify(client, url).status_code == 200
+            assert classify_batch(client, url).status_code == 200
+            assert client.post(f"{url}/augment", json={"text": TEXTS[1], "num_return_sequences": 2, "max_length": 16}).status_code == 200
+        assert client.post(f"{url}/classify", json={"text": TEXTS[0], "labels": ["only one"]}).status_code == 422
+    wanted = {
+        "batch size, per kind": lambda t: series(t, "ray_mt5_batch_size_bucket", kind="score") and series(t, "ray_mt5_batch_size_bucket", kind="generate"),
+        "time queued before a batch": lambda t: series(t, "ray_mt5_queue_wait_seconds_bucket", kind="score"),
+        "engine time per batch": lambda t: series(t, "ray_mt5_batch_seconds_bucket"),
+        "generated tokens": lambda t: series(t, "ray_mt5_generated_tokens_total"),
+        "requests per route": lambda t: series(t, "ray_serve_num_http_requests_total", route="/classify"),
+        "latency per route": lambda t: series(t, "ray_serve_http_request_latency_ms_bucket", route="/classify_batch"),
+        "errors per route": lambda t: series(t, "ray_serve_num_http_error_requests_total", route="/classify", error_code="422"),
+        "replica counts": lambda t: series(t, "ray_serve_deployment_replica_healthy", deployment="ModelReplica"),
+    }
+    missing: list[str] = list(wanted)
+    text = ""
+
+    def all_found() -> bool:
+        nonlocal text, missing
+        text = scrape(cluster)  # Ray exports every few seconds, and the first export lags
+        missing = [what for what, found in wanted.items() if not found(text)]
+        return not missing
+
+    assert wait_for(all_found, timeout_s=90, interval_s=3), f"not exported: {missing}"
+    # Everything the Grafana dashboard plots exists (GPU utilisation needs real GPUs).
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_")}
+    assert {name for name in metric_names(build_dashboard()) if not name.startswith("ray_node_gpus")} <= exported
+    print("metrics:", sorted(name for name in exported if name.startswith(("ray_mt5", "ray_serve_num_http", "ray_serve_http"))))
+
+
+def test_autoscaling_follows_load_up_and_back_down(cluster: NetCluster) -> None:
+    watched = ("ModelReplica", "Classifier")
+    low = {name: SCALING[name]["min_replicas"] for name in watched}
+    high = {name: SCALING[name]["max_replicas"] for name in watched}
+    assert wait_for(lambda: all(cluster.replica_counts()[n][0] == low[n] for n in watched), 120), cluster.replica_counts()
+
+    timeline: list[tuple[int, dict[str, tuple[int, int]]]] = []
+    began = time.monotonic()
+
+    def record() -> dict[str, tuple[int, int]]:
+        counts = {name: cluster.replica_counts()[name] for name in watched}
+        timeline.append((round(time.monotonic() - began), counts))
+        return counts
+
+    load = Load([node.proxy_url for node in cluster.nodes], classify_batch, threads=12, max_requests=4000, timeout_s=60).start()
+    try:
+        # Until every watched deployment runs its maximum (or time is up: on 2 cores a replica takes ~20 s to start).
+        wait_for(lambda: all(c[0] == high[n] for n, c in record().items()), timeout_s=120, interval_s=2)
+    finally:
+        results = load.stop()
+    peak = {name: max(counts[name][0] for _, counts in timeline) for name in watched}
+    peak_target = {name: max(counts[name][1] for _, counts in timeline) for name in watched}
+    fell = wait_for(lambda: all(c[0] == low[n] and c[1] == low[n] for n, c in record().items()), timeout_s=120, interval_s=2)
+    print("autoscaling timeline (s, {deployment: (running, target)}):")
+    for moment, counts in timeline:
+        print(f"  {moment:4d}s  {counts}")
+    print("requests:", len(results), Counter(outcome.status for outcome in results))
+    print("peak running:", peak, "peak target:", peak_target)
+    assert peak_target == high, f"the autoscaler never aimed at max_replicas: {peak_target}"
+    assert all(peak[name] > low[name] for name in watched), f"no replica was added: peak running {peak}"
+    assert fell, f"did not scale back down: {timeline[-3:]}"
+    assert all(isinstance(outcome.status, int) for outcome in results), Counter(outcome.status for outcome in results)
+
+
+def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> None:
+    victim = cluster.node("gpu2")
+    victim_proxy = f"{victim.ip}:{SERVE_PORT}"
+    # The active checker, as it would run next to nginx: probes every second, 2 misses = down.
+    sync = HealthSync(nginx.state_dir / "upstreams.conf", reload_nginx(nginx.state_dir / "nginx.pid", None), fall=2, rise=2)
+    stop_sync = threading.Event()
+
+    def check_every_second() -> None:
+        while not stop_sync.wait(1):
+            sync.check(nginx.proxies)
+
+    checker = threading.Thread(target=check_every_second, daemon=True)
+    checker.start()
+
+    load = Load([nginx.url], classify, threads=6, max_requests=5000, timeout_s=30).start()
+    try:
+        time.sleep(5)
+        killed_at = time.monotonic()
+        cluster.kill_node("gpu2")
+        assert wait_for(lambda: victim_proxy in sync.down, timeout_s=20, interval_s=0.5), "health_sync did not mark the dead proxy down"
+        time.sleep(20)
+    finally:
+        results = load.stop()
+        stop_sync.set()
+        checker.join(timeout=15)
+    outcomes = Counter(outcome.status for outcome in results)
+    after = Counter(outcome.status for outcome in results if outcome.done > killed_at + 15)
+    print("outcomes:", outcomes, "from 15 s after the kill:", after)
+    for start in range(-5, 45, 5):  # answers per 5 s window around the kill, and the slowest of them
+        window = [o for o in results if start <= o.done - killed_at < start + 5]
+        if window:
+            print(f"  {start:+3d}s..{start + 5:+3d}s  {dict(Counter(o.status for o in window))}  slowest {max(o.seconds for o in window):.1f}s")
+    # Every request got a definite answer: a status code, never a client timeout or a reset.
+    assert all(isinstance(outcome, int) for outcome in outcomes), outcomes
+    assert all(outcome == 200 or outcome >= 500 for outcome in outcomes), outcomes
+    assert outcomes[200] >= 0.8 * len(results), outcomes
+    assert after and set(after) == {200}, after  # once the death is noticed, only successes
+    assert f"server {victim_proxy} max_fails=2 fail_timeout=10s down;" in (nginx.state_dir / "upstreams.conf").read_text()
+    assert not probe(victim_proxy, timeout_s=1)
+
+    # Serve replaces the lost replicas on the surviving nodes and reports healthy again.
+    def recovered() -> bool:
+        details = cluster.app_details() or {}
+        counts = cluster.replica_counts()
+        return details.get("status") == "RUNNING" and counts.get("ModelReplica", (0, 0))[0] >= SCALING["ModelReplica"]["min_replicas"]
+
+    assert wait_for(recovered, timeout_s=150, interval_s=2), cluster.replica_counts()
+    placement = {r["node_ip"] for d in cluster.app_details()["deployments"].values() for r in d["replicas"] if r["state"] == "RUNNING"}
+    assert victim.ip not in placement
+    with httpx.Client(timeout=30) as client:
+        assert client.get(f"{nginx.url}/healthz").json()["status"] == "ok"
+        assert all(classify(client, nginx.url).status_code == 200 for _ in range(5))

@@ -1,0 +1,216 @@
+"""The cluster files (cluster/): generated ones are fresh, and each is valid for the tool that reads it.
+
+No cluster needed: these run in seconds (nginx -t needs the nginx binary, else skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cluster import render
+from cluster.grafana.dashboard import build_dashboard, metric_names
+from cluster.nginx.health_sync import HealthSync
+from cluster.nginx.render import render_all, render_upstreams
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = ROOT / "cluster" / "launcher" / "aws-gpu.yaml"
+
+
+def config() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+
+
+def manifest() -> dict[str, Any]:
+    return yaml.safe_load(render.RAYSERVICE.read_text(encoding="utf-8"))
+
+
+def test_generated_files_are_fresh() -> None:
+    """Edit config.yaml (or cluster/render.py), then run `python -m cluster.render`."""
+    for path, text in render.outputs().items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.relative_to(ROOT)} is stale: run python -m cluster.render"
+    check = subprocess.run([sys.executable, "cluster/render.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_rayservice_runs_config_yaml_itself() -> None:
+    spec = manifest()["spec"]
+    assert yaml.safe_load(spec["serveConfigV2"]) == config()
+
+
+def test_rayservice_has_a_cpu_head_and_an_autoscaling_gpu_group() -> None:
+    cluster = manifest()["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    (group,) = cluster["workerGroupSpecs"]
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 == worker["resources"]["requests"]["nvidia.com/gpu"]
+    # replica_gpus auto = 1 GPU per ModelReplica: one pod per replica, min..max from config.yaml.
+    scaling = next(d for d in config()["applications"][0]["deployments"] if d["name"] == "ModelReplica")["autoscaling_config"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (max(1, scaling["min_replicas"]), scaling["max_replicas"])
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    # KubeRay finds the Serve port by the name "serve" (Service + worker readiness probe).
+    port = config()["http_options"]["port"]
+    for container in (head, worker):
+        assert {"name": "serve", "containerPort": port} in container["ports"]
+        assert container["image"] == render.CLUSTER["image"]
+
+
+@pytest.mark.parametrize(
+    ("gpus", "low", "high", "pods"),
+    [("auto", 1, 4, (1, 4)), (1, 2, 3, (2, 3)), (0.5, 1, 4, (1, 2)), (0.25, 2, 6, (1, 2))],
+)
+def test_gpu_pods_follow_replica_gpus(gpus: Any, low: int, high: int, pods: tuple[int, int]) -> None:
+    data = config()
+    data["applications"][0]["args"]["replica_gpus"] = gpus
+    replica = next(d for d in data["applications"][0]["deployments"] if d["name"] == "ModelReplica")
+    replica["autoscaling_config"].update(min_replicas=low, max_replicas=high)
+    assert render.gpu_worker_bounds(data, gpus_per_pod=1) == pods
+
+
+def test_a_replica_bigger_than_a_pod_is_refused() -> None:
+    data = config()
+    data["applications"][0]["args"]["replica_gpus"] = 2
+    with pytest.raises(ValueError, match="does not fit"):
+        render.gpu_worker_bounds(data, gpus_per_pod=1)
+
+
+def test_launcher_yaml_is_valid_for_ray_up() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load(LAUNCHER.read_text())
+    validate_config(prepare_config(raw))  # Ray's own schema, as `ray up` checks it
+    gpu = raw["available_node_types"]["gpu_worker"]
+    assert gpu["node_config"]["InstanceType"].startswith("g5.") and 1 <= gpu["min_workers"] < gpu["max_workers"]
+    setup = "\n".join(raw["setup_commands"])
+    assert setup.index("torch==2.13.0") < setup.index("-e ~/mt5")
+    for command in (raw["head_start_ray_commands"][-1], raw["worker_start_ray_commands"][-1]):
+        assert "--metrics-export-port=8080" in command and "RAY_AUTH_MODE=token" in command
+    assert "serve deploy config.yaml" in LAUNCHER.read_text()
+
+
+def test_dashboard_panels_query_the_service_metrics() -> None:
+    dashboard = json.loads(render.DASHBOARD.read_text(encoding="utf-8"))
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert all(panel["targets"] and all(t["expr"] for t in panel["targets"]) for panel in dashboard["panels"])
+    names = metric_names(dashboard)
+    for needed in (
+        "ray_mt5_batch_size_bucket",  # batch size histogram
+        "ray_mt5_queue_wait_seconds_bucket",  # time queued before a batch
+        "ray_mt5_generated_tokens_total",
+        "ray_serve_http_request_latency_ms_bucket",  # per-route latency
+        "ray_serve_num_http_error_requests_total",  # per-route errors
+        "ray_serve_deployment_replica_healthy",  # replica counts
+    ):
+        assert needed in names
+    assert dashboard == build_dashboard()
+
+
+def test_upstreams_mark_down_and_fail_open() -> None:
+    text = render_upstreams(["10.0.0.2:7860", "10.0.0.1:7860", "10.0.0.1:7860"], down={"10.0.0.2:7860"})
+    assert text.count("server ") == 2
+    assert "server 10.0.0.2:7860 max_fails=2 fail_timeout=10s down;" in text
+    assert "server 10.0.0.1:7860 max_fails=2 fail_timeout=10s;" in text
+    assert "least_conn;" in text and "keepalive 32;" in text
+    assert text.index("least_conn") < text.index("keepalive 32")  # nginx needs the balancer before keepalive
+    everything_down = render_upstreams(["10.0.0.1:7860", "10.0.0.2:7860"], down={"10.0.0.1:7860", "10.0.0.2:7860"})
+    assert " down;" not in everything_down
+    with pytest.raises(ValueError):
+        render_upstreams([])
+
+
+def test_nginx_config_is_valid_and_says_what_we_rely_on(tmp_path: Path) -> None:
+    conf = render_all(tmp_path / "nginx", ["10.0.0.1:7860", "10.0.0.2:7860"], listen="127.0.0.1:18080")
+    text = conf.read_text()
+    for directive in (
+        "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;",
+        "proxy_next_upstream_tries 3;",
+        "proxy_connect_timeout 2s;",
+        "client_max_body_size 1m;",
+        'proxy_set_header Connection "";',
+        f"include {tmp_path / 'nginx' / 'upstreams.conf'};",
+    ):
+        assert directive in text
+    read_timeout = int(text.split("proxy_read_timeout ")[1].split("s;")[0])
+    assert read_timeout > config()["http_options"]["request_timeout_s"] >= config()["applications"][0]["args"]["request_timeout_s"]
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    checked = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", str(tmp_path / "nginx" / "error.log")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A stand-in Serve proxy: GET /-/healthz answers with the server's current `status`."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        status = self.server.status  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"success" if status == 200 else b"draining")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def proxies() -> Iterator[tuple[ThreadingHTTPServer, ThreadingHTTPServer, str]]:
+    """A healthy proxy, one we can make unhealthy, and an address where nothing listens."""
+    servers = []
+    for _ in range(2):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+        server.status = 200  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield servers[0], servers[1], f"127.0.0.1:{free_port()}"
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_health_sync_marks_failing_proxies_down_and_back_up(tmp_path: Path, proxies: tuple[Any, Any, str]) -> None:
+    good, flaky, dead = proxies
+    addresses = [f"127.0.0.1:{good.server_port}", f"127.0.0.1:{flaky.server_port}", dead]
+    upstreams = tmp_path / "upstreams.conf"
+    reloads: list[int] = []
+    sync = HealthSync(upstreams, reload=lambda: reloads.append(1), fall=2, rise=2)
+
+    sync.check(addresses)
+    assert sync.down == set() and len(reloads) == 1  # one failure is not enough (fall=2)
+    flaky.status = 503  # a draining proxy answers 503
+    sync.check(addresses)
+    assert sync.down == {dead} and f"server {dead} max_fails=2 fail_timeout=10s down;" in upstreams.read_text()
+    sync.check(addresses)
+    assert sync.down == {dead, addresses[1]} and len(reloads) == 3
+    sync.check(addresses)
+    assert len(reloads) == 3  # nothing changed: no rewrite, no reload
+
+    flaky.status = 200
+    sync.check(addresses)
+    assert addresses[1] in sync.down  # rise=2: one success is not enough
+    sync.check(addresses)
+    assert sync.down == {dead}
+    assert f"server {addresses[1]} max_fails=2 fail_timeout=10s;" in upstreams.read_text()
+
+
+def test_health_sync_command_line(tmp_path: Path, proxies: tuple[Any, Any, str]) -> None:
+    good, _, dead = proxies
+    upstreams = tmp_path / "upstreams.conf"
+    args = ["--once", "--fall", "1", "--upstreams-file", str(upstreams), "--proxy", f"127.0.0.1:{good.server_port}", "--proxy", dead]
+    for runner in (["-m", "cluster.nginx.health_sync"], ["cluster/nginx/health_sync.py"]):
+        upstreams.unlink(missing_ok=True)
+        result = subprocess.run([sys.executable, *runner, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"server {dead} max_fails=2 fail_timeout=10s down;" in upstreams.read_text()
