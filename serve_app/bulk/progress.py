@@ -83,15 +83,16 @@ class JobFiles:
             existing = [str(path) for path in (self.output_path, self.errors_path) if path.exists()]
             if existing:
                 raise ResumeError(
-                    f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''} and no unfinished job "
-                    f"is recorded for them (no {self.progress_path.name}); pass --overwrite to replace them."
+                    f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}, with no unfinished job "
+                    f"recorded for {'it' if len(existing) == 1 else 'them'} (no {self.progress_path.name}); pass --overwrite to replace."
                 )
         if state is None:
-            state = Progress(self.fingerprint, self.settings, 0, len(self.header), 0, 0, 0)
-            self.output_path.parent.mkdir(parents=True, exist_ok=True)
-            self.output_path.write_bytes(self.header)
-            self.errors_path.write_bytes(b"")
-            self._save(state)
+            for path, content in ((self.output_path, self.header), (self.errors_path, b"")):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
+            self.output = _open_at(self.output_path, len(self.header))
+            self.errors = _open_at(self.errors_path, 0)
+            return self.commit(0, 0, 0)
         self.output = _open_at(self.output_path, state.output_bytes)
         self.errors = _open_at(self.errors_path, state.errors_bytes)
         self.state = state

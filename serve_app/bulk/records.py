@@ -20,7 +20,8 @@ from typing import Any, Literal
 from serve_app.schemas import MAX_TEXT_CHARS
 
 Format = Literal["jsonl", "csv", "tsv"]
-_EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+# Not .json: a JSON array file would read as one malformed record per line.
+_EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 _BOM = b"\xef\xbb\xbf"
 
@@ -177,10 +178,6 @@ class ResultFormat:
     def __init__(self, fmt: Format, columns: Sequence[str]) -> None:
         self.fmt = fmt
         self.columns = list(columns)
-
-    @classmethod
-    def for_path(cls, path: str | Path, columns: Sequence[str]) -> ResultFormat:
-        return cls(file_format(path), columns)
 
     def header(self) -> bytes:
         return b"" if self.fmt == "jsonl" else self._csv_line(self.columns)

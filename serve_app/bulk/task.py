@@ -98,10 +98,6 @@ def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[s
 
 def _augment_each(pipeline: Pipeline, texts: list[str], params: list[SamplingParams]) -> list[dict[str, Any]]:
     """Pipeline.augment with one SamplingParams per text (each record has its own seed), still one batch."""
-    template = Template(pipeline.settings.templates.augment)
-    prompts = [augmentation.prepare(pipeline.encoder, template, text) for text in texts]
-    outputs = pipeline.engine.generate([GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params)])
-    return [
-        {"augmented_texts": augmentation.paraphrases(pipeline.encoder, text.strip(), sequences), "truncated": prompt.truncated}
-        for text, prompt, sequences in zip(texts, prompts, outputs)
-    ]
+    prompts = augmentation.prepare_batch(pipeline.encoder, Template(pipeline.settings.templates.augment), texts)
+    outputs = pipeline.engine.generate([GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params, strict=True)])
+    return augmentation.answers(pipeline.encoder, texts, prompts, outputs)

@@ -1,0 +1,189 @@
+"""`mt5-bulk augment|classify IN OUT ...`: a file of texts through the model, on Ray Data or a running service.
+
+    mt5-bulk augment in.jsonl out.jsonl --num 3 --seed 1
+    mt5-bulk classify in.csv out.csv --labels 物流延迟,商品缺货,其他
+    mt5-bulk classify in.csv out.csv --labels ... --url http://127.0.0.1:7860
+
+Stopped (Ctrl+C, kill) and run again with the same arguments, it carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from serve_app.bulk.http_runner import HttpRunner, ServiceError
+from serve_app.bulk.job import Summary, run_job
+from serve_app.bulk.progress import JobFiles, ResumeError
+from serve_app.bulk.records import InputError, ResultFormat, file_format, read_input
+from serve_app.bulk.task import TaskSpec, parse_labels
+from serve_app.engine import SamplingParams
+from serve_app.engine.errors import EngineInputError, ModelSpecError
+from serve_app.security import load_api_key
+from serve_app.settings import ENV_OVERRIDES, AppSettings
+
+if TYPE_CHECKING:
+    from serve_app.bulk.ray_runner import RayRunner  # imported where used: only Ray runs pay for importing Ray
+
+RAY_CHUNK_RECORDS = 32  # one engine batch per chunk: big enough to batch well, small enough to commit often
+EXIT_INTERRUPTED = 130
+API_KEY_ENV = AppSettings.model_fields["api_key_env"].default  # MT5_API_KEY, as the service reads it
+_FLAGS = {"num_return_sequences": "--num", "max_length": "--max-length", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("input", type=Path, help="JSONL (.jsonl/.ndjson) or CSV/TSV (.csv/.tsv) with a header row")
+    common.add_argument("output", type=Path, help="result file; JSONL or CSV/TSV by its extension")
+    common.add_argument("--text-field", default="text", help="field (JSONL) or column (CSV) holding the text (default: text)")
+    common.add_argument("--id-field", default="id", help="field carried into the results (default: id; the input line number when absent)")
+    common.add_argument("--errors", type=Path, help="where unusable records go, with line number and reason (default: OUTPUT.errors.jsonl)")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing output instead of refusing (discards any resume state)")
+    common.add_argument("--batch-size", type=int, help=f"records per model batch / request (default: {RAY_CHUNK_RECORDS}; with --url 16, at most 50)")
+    ray_group = common.add_argument_group("Ray Data (default)")
+    ray_group.add_argument(
+        "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray); a cluster with token auth also needs RAY_AUTH_MODE=token"
+    )
+    ray_group.add_argument("--workers", type=int, help="model actors (default: one per GPU, else one per 1-4 CPUs)")
+    ray_group.add_argument("--model", help="demo | checkpoint directory | ModelScope id | hf:<repo> (default: MT5_MODEL, else the config.yaml model)")
+    ray_group.add_argument("--device", help="auto | cpu | cuda (default: MT5_DEVICE, else auto)")
+    ray_group.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (default: MT5_DTYPE, else auto)")
+    http_group = common.add_argument_group("running service")
+    http_group.add_argument("--url", help="send to this service (e.g. http://127.0.0.1:7860) instead of running the model")
+    http_group.add_argument("--concurrency", type=int, default=4, help="requests in flight with --url (default: 4)")
+    http_group.add_argument("--api-key-file", help="file holding the service's API key (default: the MT5_API_KEY variable, if set)")
+
+    parser = argparse.ArgumentParser(prog="mt5-bulk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = parser.add_subparsers(dest="task", required=True)
+    augment = tasks.add_parser("augment", parents=[common], help="paraphrases of each text")
+    augment.add_argument("--num", type=int, default=1, help="paraphrases per text, 1-10 (default: 1)")
+    augment.add_argument("--max-length", type=int, default=128, help="most new tokens per paraphrase (default: 128)")
+    augment.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    augment.add_argument("--top-k", type=int, default=50, help="0 = off (default: 50)")
+    augment.add_argument("--top-p", type=float, default=0.95, help="(default: 0.95)")
+    augment.add_argument("--seed", type=int, help="same seed, same paraphrases, however the job is batched or resumed")
+    classify = tasks.add_parser("classify", parents=[common], help="zero-shot classification of each text")
+    classify.add_argument("--labels", required=True, help="candidate labels, comma or full-width comma separated")
+    classify.add_argument("--mode", choices=["score", "generate"], default="score", help="(default: score)")
+    for subparser in (augment, classify):
+        subparser.set_defaults(subparser=subparser)  # so value errors print the subcommand's usage
+    return parser
+
+
+def task_spec(args: argparse.Namespace) -> TaskSpec:
+    if args.task == "classify":
+        return TaskSpec("classify", labels=parse_labels(args.labels), mode=args.mode)
+    sampling = SamplingParams(args.num, args.max_length, args.temperature, args.top_k, args.top_p, args.seed)
+    return TaskSpec("augment", sampling=sampling)
+
+
+def app_settings(args: argparse.Namespace) -> AppSettings:
+    """Flags first, then MT5_MODEL / MT5_DEVICE / MT5_DTYPE, then the defaults (config.yaml's model)."""
+    values: dict[str, Any] = {key: os.environ[variable] for variable, key in ENV_OVERRIDES.items() if os.environ.get(variable)}
+    values.update({key: getattr(args, key) for key in ("model", "device", "dtype") if getattr(args, key)})
+    return AppSettings.model_validate(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    parser: argparse.ArgumentParser = args.subparser
+    try:
+        spec = task_spec(args)
+    except EngineInputError as exc:
+        flag = "--labels" if exc.field.startswith("labels") else _FLAGS.get(exc.field, f"--{exc.field}")
+        parser.error(f"{flag}: {exc.rule}")
+    for name in ("batch_size", "workers", "concurrency"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    # SIGTERM (plain `kill`) stops like Ctrl+C: the last committed chunk stays, the rest is redone on resume.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args, spec)
+    except KeyboardInterrupt:
+        print(f"\nmt5-bulk: interrupted; finished chunks are saved. Run the same command again to resume {args.output}.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (InputError, ResumeError, ModelSpecError, OSError) as exc:
+        print(f"mt5-bulk: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, spec: TaskSpec) -> int:
+    output_format = ResultFormat(file_format(args.output), spec.columns)
+    errors_path = args.errors or args.output.with_name(args.output.name + ".errors.jsonl")
+    paths = [path.resolve() for path in (args.input, args.output, errors_path)]
+    if len(set(paths)) < 3:  # a resume truncates the outputs: never let one of them be the input
+        raise InputError(f"input, output and errors files must be three different files, got {', '.join(map(str, paths))}")
+    source = read_input(args.input, args.text_field, args.id_field)
+
+    runner: HttpRunner | RayRunner
+    if args.url:
+        try:
+            api_key = load_api_key(API_KEY_ENV, args.api_key_file)  # the service's own rules: a file, else the variable
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        runner = HttpRunner(args.url, spec, concurrency=args.concurrency, api_key=api_key)
+        chunk_records = min(args.batch_size or runner.default_chunk_records, runner.max_chunk_records)
+        chunk_bytes: int | None = runner.max_chunk_bytes
+        backend: dict[str, Any] = {"url": args.url.rstrip("/")}
+    else:
+        runner = _ray_runner(args, spec)
+        chunk_records, chunk_bytes = args.batch_size or RAY_CHUNK_RECORDS, None
+        backend = {key: getattr(runner.settings, key) for key in ("model", "device", "dtype", "max_input_tokens")}
+        backend["templates"] = runner.settings.templates.model_dump()
+
+    settings = {
+        "task": spec.describe(),
+        "input_sha256": source.sha256,
+        "text_field": args.text_field,
+        "id_field": args.id_field,
+        "output_format": output_format.fmt,
+        "errors": str(errors_path.resolve()),
+        "backend": backend,
+    }
+    files = JobFiles(args.output, errors_path, settings, header=output_format.header())
+    state = files.open(args.overwrite)
+    if state.next_item:
+        print(f"mt5-bulk: resuming {args.output}: {state.next_item} of {len(source.items)} input records already done", file=sys.stderr)
+    try:
+        with runner:
+            summary = run_job(source.items, files, output_format, runner, chunk_records, chunk_bytes)
+    except ServiceError as exc:
+        print(f"mt5-bulk: error: {exc}\nFinished chunks are saved; run the same command again to resume.", file=sys.stderr)
+        return 1
+    _report(summary, args.output, errors_path)
+    return 0
+
+
+def _ray_runner(args: argparse.Namespace, spec: TaskSpec) -> RayRunner:
+    from serve_app.bulk.ray_runner import RayRunner
+    from serve_app.engine.spec import resolve_spec
+
+    settings = app_settings(args)
+    runner = RayRunner(settings, spec, address=args.address, workers=args.workers)
+    if not runner.address:
+        # Local run: check (and download once) the model here, before any actor tries to.
+        resolve_spec(settings.model)
+    return runner
+
+
+def _report(summary: Summary, output: Path, errors_path: Path) -> None:
+    errors = f"{summary.errors} error(s) in {errors_path}" if summary.errors else "no errors"
+    resumed = f" (resumed after {summary.resumed_from})" if summary.resumed_from else ""
+    print(
+        f"mt5-bulk: wrote {summary.written} record(s) to {output}, {errors}; "
+        f"{summary.total - summary.resumed_from} input record(s){resumed} in {summary.elapsed_s:.1f} s, {summary.rate:.1f} records/s",
+        file=sys.stderr,
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
