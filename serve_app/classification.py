@@ -45,6 +45,8 @@ def clean_labels(labels: list[str]) -> list[str]:
         if len(label) > MAX_LABEL_CHARS:
             raise EngineInputError(f"labels.{index}", f"must be at most {MAX_LABEL_CHARS} characters")
         key = sanitize_label(label)
+        if not key:
+            raise EngineInputError(f"labels.{index}", "must contain at least one visible character")
         if key in seen:
             raise DuplicateLabelError(label if seen[key] == label else f"{seen[key]}' / '{label}")
         seen[key] = label
@@ -58,12 +60,11 @@ def prepare(encoder: PromptEncoder, template: Template, text: str, labels: list[
     labels = clean_labels(labels)
     prompt_labels = [sanitize_label(label) for label in labels]
     prompt = encoder.encode(template, classification_values(text.strip(), prompt_labels))
-    return ClassifyJob(
-        text=text,
-        labels=labels,
-        prompt=prompt,
-        label_ids=[encoder.label_ids(label) for label in prompt_labels],
-    )
+    label_ids = [encoder.label_ids(label) for label in prompt_labels]
+    for index, ids in enumerate(label_ids):
+        if not ids:  # e.g. only characters the tokenizer drops: nothing to score
+            raise EngineInputError(f"labels.{index}", "has no characters the model can read")
+    return ClassifyJob(text=text, labels=labels, prompt=prompt, label_ids=label_ids)
 
 
 def text_field(index: int, count: int) -> str:

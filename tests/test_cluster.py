@@ -236,6 +236,39 @@ def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetClu
     assert sorted(proxy["node_ip"] for proxy in proxies.values()) == sorted(node.ip for node in cluster.nodes)
 
 
+def test_batching_knobs_change_live_without_restarting_replicas(cluster: NetCluster, tmp_path: Path) -> None:
+    """config.yaml's user_config reaches running ModelReplicas through reconfigure(): same replicas, new batch size."""
+
+    def model_replicas() -> dict[str, Any]:
+        details = cluster.app_details() or {"deployments": {}}
+        return {r["replica_id"]: r for r in details["deployments"]["ModelReplica"]["replicas"] if r["state"] == "RUNNING"}
+
+    before = model_replicas()
+    assert before
+    config = cluster_config()
+    replica_cfg = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ModelReplica")
+    replica_cfg["user_config"] = {"max_batch_size": 7, "batch_wait_timeout_s": 0.02}
+    path = tmp_path / "reconfigured.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    try:
+        details = cluster.deploy(path)
+        assert details["deployments"]["ModelReplica"]["deployment_config"]["user_config"] == replica_cfg["user_config"]
+        assert set(model_replicas()) == set(before), "replicas were restarted instead of reconfigured"
+
+        def reconfigured_everywhere() -> bool:
+            logs = [
+                log.read_text(errors="replace")
+                for log in cluster.temp_root.glob("*/session_latest/logs/serve/replica_mt5_ModelReplica_*.log")
+            ]
+            return sum("'max_batch_size': 7" in text for text in logs) >= len(before)
+
+        assert wait_for(reconfigured_everywhere, 30), "no replica logged the new batching settings"
+    finally:
+        original = tmp_path / "original.yaml"
+        original.write_text(yaml.safe_dump(cluster_config(), allow_unicode=True, sort_keys=False))
+        cluster.deploy(original)
+
+
 def test_nginx_spreads_over_proxies_and_skips_one_marked_down(cluster: NetCluster, nginx: Nginx) -> None:
     start = nginx.log_size()
     with httpx.Client(timeout=30) as client:

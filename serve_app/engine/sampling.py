@@ -14,6 +14,10 @@ import torch
 from serve_app.engine.requests import SamplingParams
 
 
+# Below this, logits / temperature can overflow float32 (inf, then NaN probabilities): such rows decode greedily.
+MIN_SAMPLING_TEMPERATURE = 1e-30
+
+
 def row_seed(request_seed: int, sequence_index: int) -> int:
     """The generator seed of the `sequence_index`-th returned sequence of a seeded request."""
     return (request_seed * 1_000_003 + sequence_index) % (2**63)
@@ -23,12 +27,15 @@ class RowSampler:
     """Chooses the next token of each row; rows can be dropped as they finish."""
 
     def __init__(self, row_params: list[SamplingParams], row_seeds: list[int | None], device: torch.device) -> None:
-        self.temperature = torch.tensor([p.temperature for p in row_params], dtype=torch.float32, device=device)
+        # A temperature so small that logits / temperature would overflow float32 is greedy in all but name.
+        self.temperature = torch.tensor(
+            [p.temperature if p.temperature >= MIN_SAMPLING_TEMPERATURE else 0.0 for p in row_params], dtype=torch.float32, device=device
+        )
         self.top_k = torch.tensor([p.top_k for p in row_params], dtype=torch.long, device=device)
         self.top_p = torch.tensor([p.top_p for p in row_params], dtype=torch.float32, device=device)
         self.generators: list[torch.Generator | None] = []
         for params, seed in zip(row_params, row_seeds):
-            if params.greedy:
+            if params.temperature < MIN_SAMPLING_TEMPERATURE:
                 self.generators.append(None)
                 continue
             generator = torch.Generator(device=device)
@@ -79,7 +86,7 @@ class RowSampler:
         probs = torch.softmax(values, dim=-1)
         # Nucleus: drop a token once the tokens before it already hold top_p; the best token always stays.
         before = probs.cumsum(dim=-1) - probs
-        probs = probs.masked_fill(before >= self.top_p[rows, None], 0.0)
+        probs = probs.masked_fill((before >= self.top_p[rows, None]) & (positions[None, :] > 0), 0.0)
         choices = torch.empty(rows.numel(), dtype=torch.long, device=logits.device)
         for position, row in enumerate(rows.tolist()):
             choices[position] = torch.multinomial(probs[position], 1, generator=self.generators[row])[0]

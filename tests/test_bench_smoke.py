@@ -1,0 +1,204 @@
+"""Smoke test of the benchmark harness (issue 5): the real load generator, baseline server and
+report writer on the demo model with tiny durations. Benchmarks are not tests: no timing is asserted.
+
+Starting Serve takes ~30 s here, so the Serve side runs only with BENCH_SMOKE_SERVE=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench import levers, report, run
+from bench.loadgen import Sample, percentile, summarize
+from bench.workloads import LABELS, augment_workload, chinese_texts, classify_workload
+from serve_app.engine import ScoringRequest, Seq2SeqEngine
+
+
+def test_workloads_are_deterministic_and_shaped_as_issue_5_says():
+    texts = chinese_texts(200, seed=0)
+    assert texts == chinese_texts(200, seed=0)
+    assert all(20 <= len(text) <= 80 for text in texts)
+    classify = classify_workload(count=10)
+    assert classify.route == "/classify" and all(body["labels"] == LABELS and len(LABELS) == 6 for body in classify.bodies)
+    augment = augment_workload(count=10)
+    assert augment.route == "/augment" and all(body["num_return_sequences"] == 2 and body["max_length"] == 32 for body in augment.bodies)
+
+
+def test_summary_counts_only_the_measured_window():
+    samples = [Sample(0.0, 0.5, 200), Sample(0.5, 2.0, 200), Sample(2.0, 3.0, 200), Sample(3.0, 3.5, 503, "busy"), Sample(3.5, 9.0, 200)]
+    point = summarize(samples, system="x", workload="w", concurrency=1, window=(1.0, 5.0), warmup_s=1.0, in_flight_starts=[3.5], sent=5)
+    assert (point.ok, point.errors, point.in_flight_at_end) == (2, 1, 1)
+    assert point.rps == pytest.approx(0.5)
+    assert point.p50_s == pytest.approx(1.25) and point.max_s == pytest.approx(1.5)
+    assert percentile([], 50) is None and percentile([3.0], 99) == 3.0
+
+
+def test_targets_are_evaluated_against_the_same_run():
+    def point(system, workload, concurrency, rps, p50, p95):
+        return {"system": system, "workload": workload, "concurrency": concurrency, "rps": rps, "p50_s": p50, "p95_s": p95}
+
+    results = {
+        "points": [
+            point("baseline", "classify", 1, 2.0, 0.5, 0.6), point("serve", "classify", 1, 1.9, 0.55, 0.7),
+            point("baseline", "classify", 32, 2.0, 15.0, 16.0), point("serve", "classify", 32, 50.0, 0.6, 0.9),
+            point("baseline", "augment", 1, 0.4, 2.5, 2.6), point("serve", "augment", 1, 0.3, 3.5, 3.6),
+            point("baseline", "augment", 32, 0.4, 20.0, 25.0), point("serve", "augment", 32, 2.0, 9.0, 12.0),
+        ],
+        "systems": {"serve": {"replica_peak_rss_mb": 3000.0, "replicas": 1}},
+        "checkpoint": {"weights_mb": 2300.0},
+    }
+    met = {target["target"]: target["met"] for target in report.evaluate_targets(results)}
+    assert met["classify: requests/s at 32 clients >= 20x baseline"] is True
+    assert met["augment: requests/s at 32 clients >= 8x baseline"] is False  # 5x
+    assert met["augment: latency at 1 client <= 1.2x baseline's (p50)"] is False  # 1.4x
+    assert met["classify: p95 at 32 clients below the baseline's"] is True
+    assert met["one copy of the weights per replica (ModelReplica peak RSS < 2x the weights)"] is True
+
+
+def test_harness_end_to_end_against_the_real_baseline_server(tmp_path):
+    """bench.run's real command path: baseline server subprocess, closed-loop load, json/csv/png/markdown."""
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nhand-written text that must survive\n")
+    argv = [
+        "--model", "demo", "--systems", "baseline", "--concurrency", "1", "3",
+        "--duration", "1", "--warmup", "0.3", "--augment-duration", "1", "--augment-warmup", "0.3", "--drain", "5", "--augment-max-length", "4",
+        "--out", str(tmp_path / "results"), "--md", str(md), "--logs", str(tmp_path / "logs"),
+    ]
+    results = run.main(argv)
+    points = results["points"]
+    assert {(p["workload"], p["concurrency"]) for p in points} == {("classify", 1), ("classify", 3), ("augment", 1), ("augment", 3)}
+    for p in points:
+        assert p["system"] == "baseline" and p["ok"] > 0 and p["errors"] == 0, p
+        assert p["p50_s"] is not None and p["peak_rss_mb"] and p["peak_rss_mb"] > 0
+        assert p["model_cpu_cores"] is not None and p["system_cpu_cores"] is not None
+    assert results["systems"]["baseline"]["health"]["dtype"] == "float32"
+    saved = json.loads((tmp_path / "results" / "bench.json").read_text())
+    assert saved["points"] == points
+    assert (tmp_path / "results" / "bench.csv").read_text().startswith("system,workload,concurrency,rps")
+    assert (tmp_path / "results" / "bench.png").stat().st_size > 1000
+    text = md.read_text()
+    assert "hand-written text that must survive" in text and "| classify | 3 | baseline |" in text
+    run.main(argv)
+    assert md.read_text().count("<!-- bench-run:start -->") == 1  # a rerun replaces its section
+
+
+def test_serve_patch_is_applied_to_a_copy_not_the_tree(tmp_path):
+    readme = run.ROOT / "README.md"
+    original = readme.read_text()
+    first = original.splitlines()[0]
+    patch = tmp_path / "readme.patch"
+    patch.write_text(f"--- a/README.md\n+++ b/README.md\n@@ -1,1 +1,1 @@\n-{first}\n+{first} (patched)\n")
+    tree = run.patched_tree([patch], tmp_path)
+    assert (tree / "README.md").read_text().splitlines()[0] == f"{first} (patched)"
+    assert readme.read_text() == original and (tree / "serve_app" / "app.py").is_file() and not (tree / ".venv").exists()
+
+
+def test_harness_drives_the_serve_app(tmp_path):
+    argv = [
+        "--model", "demo", "--systems", "serve", "--concurrency", "2", "--duration", "1", "--warmup", "0.3",
+        "--augment-duration", "1", "--augment-warmup", "0.3",
+        "--augment-max-length", "4", "--out", str(tmp_path), "--no-md", "--logs", str(tmp_path / "logs"),
+    ]
+    results = run.main(argv)
+    assert all(p["ok"] > 0 and p["errors"] == 0 for p in results["points"])
+    assert results["systems"]["serve"]["replicas"] == 1 and results["systems"]["serve"]["replica_peak_rss_mb"] > 0
+
+
+def test_levers_run_on_the_demo_model(tmp_path):
+    argv = [
+        "--model", "demo", "--levers", "packed", "buckets", "vocab", "--repeats", "1", "--score-batch", "4",
+        "--gen-batch", "2", "--new-tokens", "2", "--out", str(tmp_path / "levers.json"), "--md", str(tmp_path / "B.md"),
+    ]
+    results = levers.main(argv)
+    assert set(results["levers"]) == {"packed", "buckets", "vocab"}
+    assert all(not lever.get("error") and lever["variants"] for lever in results["levers"].values())
+    assert "**packed**" in (tmp_path / "B.md").read_text()
+
+
+def test_packed_and_bucketed_scoring_equal_per_label_rows(demo_model):
+    """The engine levers bench.levers measures give the same scores (up to float rounding)."""
+    engine = Seq2SeqEngine(demo_model.model)
+    tok = demo_model.tokenizer
+    texts = ["今天阳光明媚", "股市今天大幅上涨,银行板块领涨,成交量明显放大,投资者情绪高涨", "物流太慢了"]
+    label_sets = [["天气", "美食"], ["财经", "体育", "科技", "新能源汽车"], ["物流延迟", "商品缺货", "售后响应慢"]]
+    requests = [
+        ScoringRequest(tok(text * (1 + i)).input_ids, [tok(label).input_ids[:-1] for label in labels])
+        for i, (text, labels) in enumerate(zip(texts * 3, label_sets * 3))
+    ]
+    with levers.engine_knobs(engine, packed_scoring=False, bucket_overhead_tokens=None):
+        reference = engine.score(requests)
+    for packed, overhead in ((True, None), (False, 1), (True, 1), (True, 64)):
+        with levers.engine_knobs(engine, packed_scoring=packed, bucket_overhead_tokens=overhead):
+            results = engine.score(requests)
+        for got, want in zip(results, reference):
+            assert got.log_scores == pytest.approx(want.log_scores, abs=1e-4)
+            assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)
+
+
+def _proposed_batcher(tmp_path):
+    """EngineBatcher from bench/proposals/model_replica_batching.patch, loaded from a patched copy."""
+    import importlib.util
+
+    tree = run.patched_tree([run.ROOT / "bench" / "proposals" / "model_replica_batching.patch"], tmp_path)
+    spec = importlib.util.spec_from_file_location("proposed_model_replica", tree / "serve_app" / "deployments" / "model_replica.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EngineBatcher
+
+
+def test_proposed_batcher_takes_everything_queued_while_the_engine_was_busy(tmp_path):
+    import asyncio
+
+    EngineBatcher = _proposed_batcher(tmp_path)
+    batches: list[list[int]] = []
+
+    async def scenario() -> list[int]:
+        release = asyncio.Event()
+
+        async def engine(items: list[int]) -> list[int]:
+            batches.append(items)
+            if len(batches) == 1:
+                await release.wait()  # the first batch is still computing while the others arrive
+            if -1 in items:
+                raise ValueError("bad batch")
+            return [item * 10 for item in items]
+
+        batcher = EngineBatcher(engine, max_batch_size=4, batch_wait_timeout_s=0.001)
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 7)]
+        gone = asyncio.create_task(batcher.submit(99))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # a client that left is not computed
+        release.set()
+        answers = await asyncio.gather(first, *rest)
+        failing = [asyncio.create_task(batcher.submit(v)) for v in (-1, 5)]
+        outcomes = await asyncio.gather(*failing, return_exceptions=True)
+        assert all(isinstance(outcome, ValueError) for outcome in outcomes)
+        return answers
+
+    assert asyncio.run(scenario()) == [0, 10, 20, 30, 40, 50, 60]
+    assert batches[:3] == [[0], [1, 2, 3, 4], [5, 6]]  # not [1], [2], ... as @serve.batch forms them
+    assert 99 not in [item for batch in batches for item in batch]
+
+
+def test_proposed_batcher_counts_rows_with_size_fn(tmp_path):
+    import asyncio
+
+    EngineBatcher = _proposed_batcher(tmp_path)
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        async def engine(items: list[int]) -> list[int]:
+            sizes.append(sum(items))
+            await asyncio.sleep(0.01)
+            return items
+
+        batcher = EngineBatcher(engine, size_fn=sum, max_batch_size=6, batch_wait_timeout_s=0.05)
+        await asyncio.gather(*(batcher.submit(rows) for rows in (2, 2, 2, 2, 5, 1)))
+
+    asyncio.run(scenario())
+    assert sizes == [6, 2, 6] and max(sizes) <= 6
