@@ -7,7 +7,6 @@ Starting Serve takes ~30 s here, so the Serve side runs only with BENCH_SMOKE_SE
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
