@@ -115,7 +115,7 @@ class Nginx:
 @pytest.fixture(scope="module")
 def nginx(cluster: NetCluster) -> Iterator[Nginx]:
     if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed")
+        pytest.fail("nginx is not installed: scripts/test.sh installs it (apt-get install nginx)")
     # Under the cluster's /tmp dir (0755), not pytest's 0700 tmp: nginx workers run as nobody.
     state_dir = cluster.temp_root / "nginx"
     proxies = [f"{node.ip}:{SERVE_PORT}" for node in cluster.nodes]

@@ -1,6 +1,6 @@
 """The cluster files (cluster/): generated ones are fresh, and each is valid for the tool that reads it.
 
-No cluster needed: these run in seconds (nginx -t needs the nginx binary, else skipped).
+No cluster needed: these run in seconds (nginx -t needs the nginx binary, which scripts/test.sh installs).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_nginx_config_is_valid_and_says_what_we_rely_on(tmp_path: Path) -> None:
     read_timeout = int(text.split("proxy_read_timeout ")[1].split("s;")[0])
     assert read_timeout > config()["http_options"]["request_timeout_s"] >= config()["applications"][0]["args"]["request_timeout_s"]
     if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed")
+        pytest.fail("nginx is not installed: scripts/test.sh installs it (apt-get install nginx)")
     checked = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", str(tmp_path / "nginx" / "error.log")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
 
