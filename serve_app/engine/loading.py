@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
 from serve_app.engine.errors import ModelSpecError
@@ -144,7 +143,3 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
     tokenizer = load_tokenizer(resolved.path)
     logger.info("loaded %s from %s on %s as %s", spec, resolved.path, torch_device, torch_dtype)
     return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, dtype=torch_dtype)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "_orig_mod", module)
