@@ -11,12 +11,13 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from ray import serve
-from ray.serve.metrics import Counter
+from ray.serve.metrics import Counter as MetricCounter
 from ray.serve.metrics import Histogram
 
 from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine, load_model
@@ -45,6 +46,7 @@ class ModelReplica:
         self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype)
         self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt5-engine")
+        self._batch_sizes: dict[str, Counter[int]] = {"generate": Counter(), "score": Counter()}
         self._batch_size_metric = Histogram(
             "mt5_batch_size", description="Requests per engine batch", boundaries=_SIZE_BUCKETS, tag_keys=("kind",)
         )
@@ -54,7 +56,7 @@ class ModelReplica:
         self._queued_seconds = Histogram(
             "mt5_queue_wait_seconds", description="Time a request waited before its batch ran", boundaries=_TIME_BUCKETS, tag_keys=("kind",)
         )
-        self._tokens = Counter("mt5_generated_tokens", description="Tokens generated")
+        self._tokens = MetricCounter("mt5_generated_tokens", description="Tokens generated")
         logger.info("ModelReplica ready: %s", self.loaded.describe())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -91,6 +93,7 @@ class ModelReplica:
         started = time.monotonic()
         for enqueued, _ in items:
             self._queued_seconds.observe(started - enqueued, tags={"kind": kind})
+        self._batch_sizes[kind][len(items)] += 1
         self._batch_size_metric.observe(len(items), tags={"kind": kind})
         results = await asyncio.get_running_loop().run_in_executor(self._worker, fn, [request for _, request in items])
         elapsed = time.monotonic() - started
@@ -107,3 +110,7 @@ class ModelReplica:
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()
+
+    def batch_stats(self) -> dict[str, dict[int, int]]:
+        """How many batches of each size ran, per kind, since this replica started."""
+        return {kind: dict(sizes) for kind, sizes in self._batch_sizes.items()}

@@ -87,7 +87,13 @@ class RowSampler:
         # Nucleus: drop a token once the tokens before it already hold top_p; the best token always stays.
         before = probs.cumsum(dim=-1) - probs
         probs = probs.masked_fill((before >= self.top_p[rows, None]) & (positions[None, :] > 0), 0.0)
+        # Gumbel-max with each row's own generator: the draw flips only on a near-tie of the two best
+        # perturbed scores, so last-bit float differences (thread counts, batch shapes) almost never
+        # change a seeded sample, where inverse-CDF sampling flips whenever u lands near any boundary.
+        log_probs = probs.log()
         choices = torch.empty(rows.numel(), dtype=torch.long, device=logits.device)
         for position, row in enumerate(rows.tolist()):
-            choices[position] = torch.multinomial(probs[position], 1, generator=self.generators[row])[0]
+            uniform = torch.rand(probs.shape[-1], generator=self.generators[row], device=logits.device)
+            gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
+            choices[position] = torch.argmax(log_probs[position] + gumbel)
         return indices.gather(1, choices[:, None]).squeeze(1)
