@@ -43,7 +43,7 @@ def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.
 
 
 def netns_available() -> str | None:
-    """None when network namespaces can be made here, else why not (for pytest.skip)."""
+    """None when network namespaces can be made here, else why not (the cluster tests fail with it)."""
     if shutil.which("ip") is None:
         return "the ip command (iproute2) is missing"
     if os.geteuid() != 0:

@@ -61,7 +61,7 @@ def cluster_config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, output_dir: Path) -> Iterator[NetCluster]:
     if (reason := netns_available()) is not None:
-        pytest.skip(f"no multi-node cluster here: {reason}")
+        pytest.fail(f"no multi-node cluster here: {reason} (needs root and ip netns, as on CI)")
     workdir = tmp_path_factory.mktemp("cluster")
     config_path = workdir / "cluster-config.yaml"
     config_path.write_text(yaml.safe_dump(cluster_config(), allow_unicode=True, sort_keys=False))
