@@ -98,6 +98,32 @@ def test_seeded_augment_repeats_even_under_concurrent_load(client, base_url):
     assert client.post("/augment", json={**request, "seed": 2025}).json() != first
 
 
+def test_augment_whose_every_sample_ends_at_once_answers_an_empty_list(client):
+    """A sample may draw </s> first: a batch that generated no token at all is a normal answer, not a 500."""
+    from serve_app import augmentation
+    from serve_app.engine import GenerationRequest, SamplingParams
+    from serve_app.pipeline import Pipeline
+    from serve_app.prompts import Template
+
+    text = "这款手机充电很快,但电池掉电也快"
+    pipeline = Pipeline.from_args({"model": "demo", "device": "cpu", "dtype": "float32"})
+    prompt = augmentation.prepare(pipeline.encoder, Template(pipeline.settings.templates.augment), text)
+    # Find, in process, a seed whose only sample is empty (</s> is among the demo's top-50 first tokens).
+    seeds = range(0, 20_000, 64)
+    empty_seed = None
+    for start in seeds:
+        batch = [SamplingParams(num_return_sequences=1, max_new_tokens=2, seed=seed) for seed in range(start, start + 64)]
+        outputs = pipeline.engine.generate([GenerationRequest(prompt.input_ids, params) for params in batch])
+        empty = [params.seed for params, output in zip(batch, outputs) if output == [[]]]
+        if empty:
+            empty_seed = empty[0]
+            break
+    assert empty_seed is not None, "no seed in 0..20000 draws </s> first"
+    response = client.post("/augment", json={"text": text, "num_return_sequences": 1, "max_length": 2, "seed": empty_seed})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"augmented_texts": [], "truncated": False}
+
+
 def test_augment_batch_keeps_order_and_length(client):
     texts = ["物流太慢了", "商品包装破损", "客服回复及时", "这款游戏的画面很精美"]
     params = {"num_return_sequences": 2, "max_length": 8, "seed": 11}

@@ -82,7 +82,9 @@ class ModelReplica:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: _rows([r for _, r in items]))
     async def _generate_batch(self, items: list[tuple[float, GenerationRequest]]) -> list[list[list[int]]]:
         results = await self._run("generate", self.engine.generate, items)
-        self._tokens.inc(sum(len(seq) for result in results for seq in result))
+        generated = sum(len(seq) for result in results for seq in result)
+        if generated:  # Ray counters refuse inc(0); a batch whose rows all drew </s> first generated nothing
+            self._tokens.inc(generated)
         return results
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
