@@ -79,6 +79,18 @@ def test_overload_answers_503_with_retry_after_at_once(fragile):
     assert httpx.get(f"{fragile.url}/healthz").status_code == 200
 
 
+def test_request_with_more_sequences_than_a_whole_batch_runs_alone(fragile):
+    """max_batch_size is 4 decoder rows here; 10 sequences still get an answer (as a batch of their own)."""
+    body = {"text": TEXTS[1], "num_return_sequences": 10, "max_length": 8, "seed": 11}
+    for _ in range(30):  # the flood of the previous test may still be draining
+        response = httpx.post(f"{fragile.url}/augment", json=body, timeout=60)
+        if response.status_code != 503:
+            break
+        time.sleep(1)
+    assert response.status_code == 200, response.text
+    assert 1 <= len(response.json()["augmented_texts"]) <= 10
+
+
 def test_slow_request_answers_504_instead_of_hanging(fragile):
     slow = {"texts": [f"{TEXTS[i % 5]}{i}" for i in range(50)], "num_return_sequences": 10, "max_length": 512, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     started = time.monotonic()

@@ -31,9 +31,20 @@ _SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 _TIME_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 
-def _rows(requests: list[GenerationRequest]) -> int:
-    """A generation batch's size in decoder rows: each returned sequence is a row."""
-    return sum(request.params.num_return_sequences for request in requests)
+class RowLimit:
+    """The live max_batch_size of generation, shared with the items queued for a batch."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+
+def _rows(items: list[tuple[float, GenerationRequest, RowLimit]]) -> int:
+    """A generation batch's size in decoder rows: each returned sequence is a row.
+
+    A request with more rows than a whole batch counts as one full batch, so it runs
+    alone; Serve would otherwise fail it ("Size of item is greater than max_batch_size").
+    """
+    return sum(min(request.params.num_return_sequences, limit.rows) for _, request, limit in items)
 
 
 @serve.deployment(name="ModelReplica")
@@ -45,6 +56,7 @@ class ModelReplica:
         torch.set_num_threads(self.settings.torch_threads or os.cpu_count() or 1)
         self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype)
         self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens)
+        self._row_limit = RowLimit(DEFAULT_BATCHING["max_batch_size"])
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt5-engine")
         self._batch_sizes: dict[str, Counter[int]] = {"generate": Counter(), "score": Counter()}
         self._batch_size_metric = Histogram(
@@ -62,6 +74,7 @@ class ModelReplica:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live batching knobs from config.yaml's user_config (no restart)."""
         config = {**DEFAULT_BATCHING, **(user_config or {})}
+        self._row_limit.rows = int(config["max_batch_size"])
         for method in (self._generate_batch, self._score_batch):
             method.set_max_batch_size(int(config["max_batch_size"]))
             method.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
@@ -71,7 +84,7 @@ class ModelReplica:
     # request fails alone instead of failing everyone it was batched with.
     async def generate(self, request: GenerationRequest) -> list[list[int]]:
         self._validate(request.input_ids)
-        return await self._generate_batch((time.monotonic(), request))
+        return await self._generate_batch((time.monotonic(), request, self._row_limit))
 
     async def score(self, request: ScoringRequest) -> ScoringResult:
         self._validate(request.input_ids)
@@ -79,9 +92,9 @@ class ModelReplica:
             self._validate(label)
         return await self._score_batch((time.monotonic(), request))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: _rows([r for _, r in items]))
-    async def _generate_batch(self, items: list[tuple[float, GenerationRequest]]) -> list[list[list[int]]]:
-        results = await self._run("generate", self.engine.generate, items)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_rows)
+    async def _generate_batch(self, items: list[tuple[float, GenerationRequest, RowLimit]]) -> list[list[list[int]]]:
+        results = await self._run("generate", self.engine.generate, [(enqueued, request) for enqueued, request, _ in items])
         generated = sum(len(seq) for result in results for seq in result)
         if generated:  # Ray counters refuse inc(0); a batch whose rows all drew </s> first generated nothing
             self._tokens.inc(generated)
