@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+import aiohttp
 import httpx
 import psutil
 import pytest
@@ -51,14 +52,27 @@ def replica_processes(run: ServeRun, deployment: str) -> list[psutil.Process]:
     return found
 
 
+def load_client(url: str, timeout_s: float, connections: int) -> aiohttp.ClientSession:
+    """The load generator's HTTP client. aiohttp, not httpx: httpx's AsyncClient drops connections now and
+    then at a few hundred concurrent requests (encode/httpx#3348), which would read as the service's fault.
+
+    A hang is `timeout_s` without a byte from the service (or without a free client connection),
+    not a total: in an open-loop flood much of a request's life is spent queued in this client.
+    """
+    timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+    return aiohttp.ClientSession(base_url=url, timeout=timeout, connector=aiohttp.TCPConnector(limit=connections))
+
+
 async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60) -> list[tuple[int, dict, float, dict]]:
     """Send all requests at once; (status, body, seconds, headers) each. A client timeout fails the test: a hang."""
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=httpx.Limits(max_connections=500)) as client:
+    async with load_client(url, timeout_s, connections=500) as client:
 
         async def one(path: str, body: dict):
             started = time.monotonic()
-            response = await client.post(path, json=body)
-            return response.status_code, response.json(), time.monotonic() - started, dict(response.headers)
+            async with client.post(path, json=body) as response:
+                answer = await response.json(content_type=None)
+                headers = {name.lower(): value for name, value in response.headers.items()}
+                return response.status, answer, time.monotonic() - started, headers
 
         return await asyncio.gather(*(one(path, body) for path, body in requests))
 
@@ -157,8 +171,9 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(fragile,
 
 
 def test_bounded_soak_at_four_times_capacity(fragile):
-    """60 s of open-loop load at ~4x measured capacity: every request answered, memory flat, healthy after."""
-    body = {"text": TEXTS[0], "labels": LABELS}
+    """60 s of open-loop load at ~4x the measured capacity of the model: every request answered, memory flat, healthy after."""
+    # A model-bound request (64 decoding steps, 4 rows): the model, not the HTTP hops, must be what 4x overloads.
+    path, body = "/augment", {"text": TEXTS[0], "num_return_sequences": 4, "max_length": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
     async def capacity(seconds: float = 8.0) -> float:
         done = 0
@@ -168,7 +183,7 @@ def test_bounded_soak_at_four_times_capacity(fragile):
             async def worker():
                 nonlocal done
                 while time.monotonic() < end:
-                    if (await client.post("/classify", json=body)).status_code == 200:
+                    if (await client.post(path, json=body)).status_code == 200:
                         done += 1
 
             await asyncio.gather(*(worker() for _ in range(8)))
@@ -176,18 +191,23 @@ def test_bounded_soak_at_four_times_capacity(fragile):
 
     rate = asyncio.run(capacity())
     assert rate > 0
-    target = min(4 * rate, 120.0)  # the load generator shares the 2 cores; cap it so it stays open-loop
+    # The cap keeps the flood within what the HTTP hops (proxy, Ingress, Classifier) can answer at all on a
+    # 2-core machine that also runs this load generator: at 120 req/s they answered ~50/s, and the excess
+    # queued in the client for tens of seconds, which tests this machine, not the service's load shedding.
+    target = min(4 * rate, 60.0)
     processes = {name: replica_processes(fragile, name)[0] for name in ("ModelReplica", "Ingress")}
     rss_before = {name: proc.memory_info().rss for name, proc in processes.items()}
 
     async def soak(seconds: float = 60.0) -> dict[str, int]:
         outcome = {"ok": 0, "overloaded": 0, "timeout": 0, "other": 0, "hung": 0}
-        async with httpx.AsyncClient(base_url=fragile.url, timeout=30, limits=httpx.Limits(max_connections=400)) as client:
+        async with load_client(fragile.url, timeout_s=30, connections=400) as client:
 
             async def one():
                 try:
-                    status = (await client.post("/classify", json=body)).status_code
-                except httpx.TimeoutException:
+                    async with client.post(path, json=body) as response:
+                        await response.read()
+                        status = response.status
+                except asyncio.TimeoutError:
                     outcome["hung"] += 1
                     return
                 key = {200: "ok", 503: "overloaded", 504: "timeout"}.get(status, "other")
@@ -207,6 +227,7 @@ def test_bounded_soak_at_four_times_capacity(fragile):
         return outcome
 
     outcome = asyncio.run(soak())
+    print(f"soak: capacity {rate:.1f} req/s, offered {target:.1f} req/s, {outcome}")
     assert outcome["hung"] == 0 and outcome["other"] == 0, outcome
     assert outcome["ok"] + outcome["overloaded"] + outcome["timeout"] == outcome["sent"]
     assert outcome["ok"] > 0.5 * rate * 60, (outcome, rate)  # it kept serving at capacity, not just refusing
@@ -214,4 +235,4 @@ def test_bounded_soak_at_four_times_capacity(fragile):
         growth = proc.memory_info().rss - rss_before[name]
         assert growth < 200 * 2**20, f"{name} grew {growth / 2**20:.0f} MiB during the soak"
     assert httpx.get(f"{fragile.url}/healthz").status_code == 200
-    assert httpx.post(f"{fragile.url}/classify", json=body, timeout=60).status_code == 200
+    assert httpx.post(f"{fragile.url}{path}", json=body, timeout=60).status_code == 200
