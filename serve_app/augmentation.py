@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from serve_app.engine.errors import EmptyTextError, EngineInputError
@@ -21,8 +21,12 @@ def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str]) 
     return [prepare(encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}") for i, text in enumerate(texts)]
 
 
-def engine_requests(prompts: list[EncodedPrompt], params: SamplingParams) -> list[GenerationRequest]:
-    return [GenerationRequest(prompt.input_ids, params) for prompt in prompts]
+def engine_requests(prompts: list[EncodedPrompt], params: SamplingParams | Sequence[SamplingParams]) -> list[GenerationRequest]:
+    """One request per prompt: the same sampling for all, or one SamplingParams per prompt (e.g. its own seed)."""
+    per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    if len(per_prompt) != len(prompts):
+        raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} prompts")
+    return [GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, per_prompt)]
 
 
 def answers(encoder: PromptEncoder, texts: list[str], prompts: list[EncodedPrompt], outputs: list[list[list[int]]]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ deployments use); the engine runs each call's texts as one batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from serve_app import augmentation, classification
@@ -34,8 +35,8 @@ class Pipeline:
         outputs = self.engine.score(requests) if mode == "score" else self.engine.generate(requests)
         return classification.answers(jobs, mode, outputs, self.encoder)
 
-    def augment(self, texts: list[str], params: SamplingParams | None = None) -> list[dict[str, Any]]:
-        """One /augment answer per text, in order."""
+    def augment(self, texts: list[str], params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[dict[str, Any]]:
+        """One /augment answer per text, in order; `params` for all texts or one per text."""
         prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
         outputs = self.engine.generate(augmentation.engine_requests(prompts, params or SamplingParams()))
         return augmentation.answers(self.encoder, texts, prompts, outputs)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from serve_app.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS
 from serve_app.engine.requests import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
@@ -58,10 +59,38 @@ class AugmentRequest(SamplingFields):
     _check_text = field_validator("text")(_not_blank)
 
 
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
+
 class AugmentBatchRequest(SamplingFields):
     texts: list[Text] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
+    seeds: list[Seed] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_BATCH_TEXTS,
+        description="One seed per text, instead of `seed`: text i gets what /augment gives it with seed seeds[i]",
+    )
 
     _check_texts = field_validator("texts")(_none_blank)
+
+    @field_validator("seeds")
+    @classmethod
+    def _one_seed_per_text(cls, seeds: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if seeds is None:
+            return seeds
+        if info.data.get("seed") is not None:
+            raise ValueError("give either 'seed' (one for all texts) or 'seeds' (one per text), not both")
+        texts = info.data.get("texts")
+        if texts is not None and len(seeds) != len(texts):
+            raise ValueError(f"must hold one seed per text: {len(texts)} texts, {len(seeds)} seeds")
+        return seeds
+
+    def sampling_params_per_text(self) -> SamplingParams | list[SamplingParams]:
+        """One SamplingParams for every text, or one per text when `seeds` is given."""
+        shared = self.sampling_params()
+        if self.seeds is None:
+            return shared
+        return [dataclasses.replace(shared, seed=seed) for seed in self.seeds]
 
 
 class AugmentResponse(BaseModel):

@@ -449,16 +449,20 @@ def test_seeded_augment_over_http_sends_each_record_its_own_seed() -> None:
     def service(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/healthz":
             return httpx.Response(200, json={"status": "ok"})
-        bodies.append(json.loads(request.content))
-        return httpx.Response(200, json={"augmented_texts": [["改写"]], "truncated": [False]})
+        body = json.loads(request.content)
+        bodies.append(body)
+        return httpx.Response(200, json={"augmented_texts": [["改写"]] * len(body["texts"]), "truncated": [False] * len(body["texts"])})
 
     spec = TaskSpec("augment", sampling=SamplingParams(num_return_sequences=3, max_new_tokens=8, seed=11))
     with HttpRunner("http://svc", spec, transport=httpx.MockTransport(service)) as runner:
-        assert runner.max_chunk_records == 1
-        records = [Record(7, "a", "第一条"), Record(9, "b", "第二条")]
-        list(runner.run([Chunk([records[0]], 1), Chunk([records[1]], 2)]))
-    assert sorted((b["texts"][0], b["seed"]) for b in bodies) == [("第一条", record_seed(11, 7)), ("第二条", record_seed(11, 9))]
-    assert bodies[0]["num_return_sequences"] == 3 and bodies[0]["max_length"] == 8
+        records = [Record(7, "a", "第一条"), Record(9, "b", "第二条"), Record(12, "c", "第三条")]
+        list(runner.run([Chunk(records[:2], 2), Chunk(records[2:], 3)]))
+    # Seeded records still travel many to a request, each with the seed of its own input line.
+    by_first_text = {body["texts"][0]: body for body in bodies}
+    assert by_first_text["第一条"]["texts"] == ["第一条", "第二条"]
+    assert by_first_text["第一条"]["seeds"] == [record_seed(11, 7), record_seed(11, 9)]
+    assert by_first_text["第三条"]["seeds"] == [record_seed(11, 12)]
+    assert all("seed" not in body and body["num_return_sequences"] == 3 and body["max_length"] == 8 for body in bodies)
 
 
 # ----------------------------------------------------------------------- end to end: mt5-bulk

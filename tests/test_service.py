@@ -134,6 +134,17 @@ def test_augment_batch_keeps_order_and_length(client):
         assert batch_answer == client.post("/augment", json={"text": text, **params}).json()["augmented_texts"]
 
 
+def test_augment_batch_with_one_seed_per_text_equals_each_text_alone(client):
+    texts = ["物流太慢了", "商品包装破损", "物流太慢了"]  # the same text twice, with different seeds
+    seeds = [3, 2**63 - 1, 4]
+    params = {"num_return_sequences": 3, "max_length": 8, "temperature": 1.5, "top_k": 0, "top_p": 1.0}
+    body = client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json()
+    alone = [client.post("/augment", json={"text": text, "seed": seed, **params}).json()["augmented_texts"] for text, seed in zip(texts, seeds)]
+    assert body["augmented_texts"] == alone
+    assert alone[0] != alone[2]  # the seed, not the text, decides the draw
+    assert client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json() == body
+
+
 def test_generate_tasks_and_raw_prompt(client):
     tasks = {task["name"]: task for task in client.get("/tasks").json()["tasks"]}
     assert {"sentiment", "keywords", "title", "summary", "opinion_target", "translation", "question_generation"} <= set(tasks)
@@ -182,6 +193,9 @@ def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client,
 
 # ------------------------------------------------------------------ errors
 ERROR_CASES = [
+    ("/augment_batch", {"texts": ["一", "二"], "seeds": [1]}, "seeds"),
+    ("/augment_batch", {"texts": ["一"], "seeds": [1], "seed": 1}, "seeds"),
+    ("/augment_batch", {"texts": ["一", "二"], "seeds": [1, -1]}, "seeds.1"),
     ("/classify", {"text": "", "labels": ["a", "b"]}, "text"),
     ("/classify", {"text": "   ", "labels": ["a", "b"]}, "text"),
     ("/classify", {"text": "今天", "labels": ["a"]}, "labels"),

@@ -56,8 +56,7 @@ class HttpRunner:
 
     @property
     def max_chunk_records(self) -> int:
-        # /augment_batch takes one seed per request, and each record has its own: seeded augment goes one text per request.
-        return 1 if self.spec.kind == "augment" and self.spec.sampling.seed is not None else MAX_BATCH_TEXTS
+        return MAX_BATCH_TEXTS
 
     @property
     def default_chunk_records(self) -> int:
@@ -125,16 +124,18 @@ class HttpRunner:
         texts = [record.text for record in records]
         if self.spec.kind == "classify":
             return "/classify_batch", {"texts": texts, "labels": list(self.spec.labels), "mode": self.spec.mode}
-        params = self.spec.record_params(records[0].line) if len(records) == 1 else self.spec.sampling
-        return "/augment_batch", {
+        params = self.spec.sampling
+        body = {
             "texts": texts,
             "num_return_sequences": params.num_return_sequences,
             "max_length": params.max_new_tokens,
             "temperature": params.temperature,
             "top_k": params.top_k,
             "top_p": params.top_p,
-            "seed": params.seed,
         }
+        if params.seed is not None:  # each record its own seed, whatever chunk it lands in
+            body["seeds"] = [self.spec.record_params(record.line).seed for record in records]
+        return "/augment_batch", body
 
     def _outcomes(self, answer: dict[str, Any]) -> list[Outcome]:
         if self.spec.kind == "classify":

@@ -13,12 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app import augmentation
 from serve_app.classification import Mode, clean_labels
-from serve_app.engine import GenerationRequest, SamplingParams
+from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError
 from serve_app.pipeline import Pipeline
-from serve_app.prompts import Template
 
 TaskKind = Literal["augment", "classify"]
 
@@ -93,11 +91,4 @@ def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[s
         return pipeline.classify(texts, list(spec.labels), spec.mode)
     if spec.sampling.seed is None:
         return pipeline.augment(texts, spec.sampling)
-    return _augment_each(pipeline, texts, [spec.record_params(line) for line in lines])
-
-
-def _augment_each(pipeline: Pipeline, texts: list[str], params: list[SamplingParams]) -> list[dict[str, Any]]:
-    """Pipeline.augment with one SamplingParams per text (each record has its own seed), still one batch."""
-    prompts = augmentation.prepare_batch(pipeline.encoder, Template(pipeline.settings.templates.augment), texts)
-    outputs = pipeline.engine.generate([GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params, strict=True)])
-    return augmentation.answers(pipeline.encoder, texts, prompts, outputs)
+    return pipeline.augment(texts, [spec.record_params(line) for line in lines])  # each record its own seed, one batch

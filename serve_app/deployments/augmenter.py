@@ -16,8 +16,10 @@ from serve_app.prompts import Template
 
 @serve.deployment(name="Augmenter")
 class Augmenter(TextDeployment):
-    async def augment(self, texts: list[str], params: SamplingParams) -> list[dict[str, Any]]:
-        """Per text, in input order: distinct paraphrases (none equal to the input) and whether it was truncated."""
+    async def augment(self, texts: list[str], params: SamplingParams | list[SamplingParams]) -> list[dict[str, Any]]:
+        """Per text, in input order: distinct paraphrases (none equal to the input) and whether it was truncated.
+
+        `params`: one SamplingParams for every text, or one per text (each with its own seed)."""
         prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
         requests = augmentation.engine_requests(prompts, params)
         outputs = await asyncio.gather(*(self.replica.generate.remote(request) for request in requests))

@@ -101,7 +101,7 @@ class Ingress:
 
     @api.post("/augment_batch", response_model=schemas.AugmentBatchResponse, responses=_ERRORS)
     async def augment_batch(self, body: schemas.AugmentBatchRequest) -> Any:
-        answer = await self._call(self.augmenter.augment.remote(body.texts, body.sampling_params()))
+        answer = await self._call(self.augmenter.augment.remote(body.texts, body.sampling_params_per_text()))
         if isinstance(answer, JSONResponse):
             return answer
         return {"augmented_texts": [item["augmented_texts"] for item in answer], "truncated": [item["truncated"] for item in answer]}
