@@ -1,8 +1,10 @@
-"""Processes under test: peak resident memory from /proc, and finding Serve's ModelReplica worker."""
+"""Processes under test: peak resident memory from /proc, finding Serve's ModelReplica worker, stopping a process group."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 
@@ -95,3 +97,15 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT, timeout_s: float = 30) -> None:
+    """Stop a process started with start_new_session=True and everything it spawned: `sig`, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

@@ -24,7 +24,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -96,7 +95,7 @@ class BaselineProcess:
         )
 
     def stop(self) -> None:
-        _stop_group(self.process)
+        procs.stop_group(self.process)
 
 
 class ServeProcess:
@@ -179,19 +178,8 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float, 
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    _stop_group(process)
+    procs.stop_group(process)
     raise TimeoutError(f"{url} not healthy within {timeout_s} s:\n{log_path.read_text(errors='replace')[-4000:]}")
-
-
-def _stop_group(process: subprocess.Popen[bytes] | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 # ---------------------------------------------------------------- driver

@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.procs import stop_group
 from cluster.grafana.dashboard import build_dashboard, metric_names
 from cluster.nginx.health_sync import HealthSync, discover_proxies, probe, reload_nginx
 from cluster.nginx.render import render_all, render_upstreams, write_atomically
@@ -138,12 +139,7 @@ def nginx(cluster: NetCluster) -> Iterator[Nginx]:
     # health_sync reloads nginx through this file.
     assert (state_dir / "nginx.pid").read_text().strip() == str(process.pid)
     yield server
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
+    stop_group(process, signal.SIGTERM, timeout_s=15)
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,10 @@ TASKS = ["sentiment", "keywords", "title", "summary", "opinion_target", "transla
 UI_ASSETS = ["/ui/style.css", "/ui/i18n.js", "/ui/app.js"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    # Session scope and listed before base_url, so a missing browser fails at once, before the ~30 s service start.
+    # Listed before base_url, so a missing browser fails at once, before the ~30 s service start. Module scope:
+    # sync_playwright keeps an event loop running in this thread, which would break asyncio.run in later modules.
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} not found: the UI tests drive Debian's chromium package (apt-get install chromium). "
@@ -79,6 +80,13 @@ def page(browser, base_url: str):
 
 def _posted(page, selector: str):
     return page.expect_response(lambda r: r.url.endswith(selector) and r.request.method == "POST")
+
+
+def _submit(page, route: str, button: str):
+    """Click `button` and return the POST to `route` it sent."""
+    with _posted(page, route) as info:
+        page.click(button)
+    return info.value
 
 
 # ------------------------------------------------------------------ page frame
@@ -133,9 +141,7 @@ def test_single_augment_round_trip(page):
             }).observe(button, {attributes: true});
         }"""
     )
-    with _posted(page, "/augment") as info:
-        page.click("#aug-submit")
-    response = info.value
+    response = _submit(page, "/augment", "#aug-submit")
     assert response.status == 200
     sent = response.request.post_data_json
     assert sent == {"text": "这家餐厅的服务态度很好，上菜速度也快", "num_return_sequences": 3, "max_length": 128, "temperature": 1.0, "top_k": 50, "top_p": 0.95}
@@ -163,9 +169,7 @@ def test_batch_augment_round_trip(page):
     page.fill("#batch-texts", "物流太慢了\n商品包装破损\n\n客服回复及时\n")  # blank lines are skipped
     expect(page.get_by_test_id("batch-count")).to_have_text("3 / 50")
     page.select_option("#batch-num", "2")
-    with _posted(page, "/augment_batch") as info:
-        page.click("#batch-submit")
-    response = info.value
+    response = _submit(page, "/augment_batch", "#batch-submit")
     assert response.status == 200
     sent = response.request.post_data_json
     assert sent["texts"] == inputs and sent["num_return_sequences"] == 2
@@ -227,9 +231,7 @@ def test_classify_round_trip_score_and_generate(page):
     page.locator("#cls-labels").press("Enter")
     expect(page.get_by_test_id("label-tag")).to_have_count(3)
     page.fill("#cls-labels", "体育")  # still typed: taken on submit
-    with _posted(page, "/classify") as info:
-        page.click("#cls-submit")
-    response = info.value
+    response = _submit(page, "/classify", "#cls-submit")
     assert response.status == 200
     assert response.request.post_data_json == {"text": text, "labels": labels, "mode": "score"}
     body = response.json()
@@ -247,9 +249,7 @@ def test_classify_round_trip_score_and_generate(page):
     assert widths == pytest.approx([s * 100 for s in scores], abs=0.01)
 
     page.get_by_test_id("cls-mode-generate").check()
-    with _posted(page, "/classify") as info:
-        page.click("#cls-submit")
-    response = info.value
+    response = _submit(page, "/classify", "#cls-submit")
     assert response.status == 200 and response.request.post_data_json["mode"] == "generate"
     body = response.json()
     expect(page.get_by_test_id("cls-generated-box")).to_be_visible()
@@ -272,9 +272,7 @@ def test_generic_task_round_trip(page):
     expect(page.locator("#gen-field-text")).to_be_visible()
     expect(page.get_by_test_id("gen-template")).to_contain_text("摘要")
     page.fill("#gen-field-text", "西湖位于浙江省杭州市西部，是中国著名的风景名胜区，每年吸引大量游客。")
-    with _posted(page, "/generate") as info:
-        page.click("#gen-submit")
-    response = info.value
+    response = _submit(page, "/generate", "#gen-submit")
     assert response.status == 200
     sent = response.request.post_data_json
     assert sent["task"] == "summary" and sent["text"].startswith("西湖") and sent["temperature"] == 0
@@ -288,9 +286,7 @@ def test_generic_task_round_trip(page):
     expect(page.locator("#gen-field-text")).to_have_count(0)
     page.fill("#gen-field-passage", "西湖位于浙江省杭州市西部。")
     page.fill("#gen-field-answer", "杭州市")
-    with _posted(page, "/generate") as info:
-        page.click("#gen-submit")
-    response = info.value
+    response = _submit(page, "/generate", "#gen-submit")
     assert response.status == 200
     assert {k: response.request.post_data_json[k] for k in ("task", "passage", "answer")} == {
         "task": "question_generation",
@@ -306,9 +302,7 @@ def test_api_422_is_shown_next_to_its_field(page):
 
     page.fill("#aug-text", "今天天气很好")
     page.fill("#aug-temperature", "3")  # out of range on purpose: the UI must send it and show the server's answer
-    with _posted(page, "/augment") as info:
-        page.click("#aug-submit")
-    response = info.value
+    response = _submit(page, "/augment", "#aug-submit")
     assert response.status == 422
     assert response.request.post_data_json["temperature"] == 3
     assert [item["field"] for item in response.json()["detail"]] == ["temperature"]

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -58,7 +57,6 @@ class ModelReplica:
         self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens)
         self._row_limit = RowLimit(DEFAULT_BATCHING["max_batch_size"])
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt5-engine")
-        self._batch_sizes: dict[str, Counter[int]] = {"generate": Counter(), "score": Counter()}
         self._batch_size_metric = Histogram(
             "mt5_batch_size", description="Requests per engine batch", boundaries=_SIZE_BUCKETS, tag_keys=("kind",)
         )
@@ -108,7 +106,6 @@ class ModelReplica:
         started = time.monotonic()
         for enqueued, _ in items:
             self._queued_seconds.observe(started - enqueued, tags={"kind": kind})
-        self._batch_sizes[kind][len(items)] += 1
         self._batch_size_metric.observe(len(items), tags={"kind": kind})
         results = await asyncio.get_running_loop().run_in_executor(self._worker, fn, [request for _, request in items])
         elapsed = time.monotonic() - started
@@ -125,7 +122,3 @@ class ModelReplica:
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()
-
-    def batch_stats(self) -> dict[str, dict[int, int]]:
-        """How many batches of each size ran, per kind, since this replica started."""
-        return {kind: dict(sizes) for kind, sizes in self._batch_sizes.items()}
