@@ -127,23 +127,43 @@ async def run_point(
     first_index: int = 0,
 ) -> PointResult:
     """One closed-loop point: `concurrency` clients on `workload` for warmup_s + duration_s."""
-    samples: list[Sample] = []
-    in_flight: dict[int, float] = {}
+    results = await run_mix(
+        base_url, [(workload, concurrency)], system=system, duration_s=duration_s, warmup_s=warmup_s,
+        drain_s=drain_s, request_timeout_s=request_timeout_s, first_index=first_index,
+    )
+    return results[0]
+
+
+async def run_mix(
+    base_url: str,
+    mix: list[tuple[Workload, int]],
+    *,
+    system: str = "",
+    duration_s: float = 20.0,
+    warmup_s: float = 5.0,
+    drain_s: float = 15.0,
+    request_timeout_s: float = 600.0,
+    first_index: int = 0,
+) -> list[PointResult]:
+    """Several closed loops at once (e.g. 1 classify client while 8 augment clients run): one result per loop."""
+    samples: list[list[Sample]] = [[] for _ in mix]
+    in_flight: list[dict[int, float]] = [{} for _ in mix]
     stop = asyncio.Event()
-    counter = {"next": first_index, "sent": 0}
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    counter = {"next": first_index, "sent": [0 for _ in mix]}
+    connections = sum(concurrency for _, concurrency in mix) + 4
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     timeout = httpx.Timeout(request_timeout_s, connect=30.0)
 
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, trust_env=False) as client:
 
-        async def one_client(client_id: int) -> None:
+        async def one_client(loop: int, workload: Workload) -> None:
             while not stop.is_set():
                 index = counter["next"]
                 counter["next"] += 1
-                counter["sent"] += 1
+                counter["sent"][loop] += 1
                 body = workload.body(index)
                 started = time.perf_counter()
-                in_flight[index] = started
+                in_flight[loop][index] = started
                 status, error = 0, None
                 try:
                     response = await client.post(workload.route, json=body)
@@ -153,33 +173,40 @@ async def run_point(
                 except httpx.HTTPError as exc:
                     error = f"{type(exc).__name__}: {exc}"[:200]
                 finally:
-                    in_flight.pop(index, None)
-                samples.append(Sample(started, time.perf_counter(), status, error))
+                    in_flight[loop].pop(index, None)
+                samples[loop].append(Sample(started, time.perf_counter(), status, error))
                 if status != 200 and not stop.is_set():
                     await asyncio.sleep(0.05)  # an erroring server is not hammered in a tight loop
 
-        tasks = [asyncio.create_task(one_client(i)) for i in range(concurrency)]
+        tasks = [
+            asyncio.create_task(one_client(loop, workload))
+            for loop, (workload, concurrency) in enumerate(mix)
+            for _ in range(concurrency)
+        ]
         await asyncio.sleep(warmup_s)
         begin = time.perf_counter()
         await asyncio.sleep(duration_s)
         end = time.perf_counter()
         stop.set()
-        still_running = list(in_flight.values())
+        still_running = [list(flying.values()) for flying in in_flight]
         _, pending = await asyncio.wait(tasks, timeout=drain_s)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    return summarize(
-        samples,
-        system=system,
-        workload=workload.name,
-        concurrency=concurrency,
-        window=(begin, end),
-        warmup_s=warmup_s,
-        in_flight_starts=still_running,
-        sent=counter["sent"],
-    )
+    return [
+        summarize(
+            samples[loop],
+            system=system,
+            workload=workload.name,
+            concurrency=concurrency,
+            window=(begin, end),
+            warmup_s=warmup_s,
+            in_flight_starts=still_running[loop],
+            sent=counter["sent"][loop],
+        )
+        for loop, (workload, concurrency) in enumerate(mix)
+    ]
 
 
 async def warm_up(base_url: str, workload: Workload, requests: int = 2, timeout_s: float = 600.0) -> None:

@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from typing import Any
 import httpx
 
 from bench import loadgen, procs, report
-from bench.workloads import augment_workload, classify_workload
+from bench.workloads import augment_workload, classify_workload, mixed_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -88,6 +89,9 @@ class BaselineProcess:
                 pass
             time.sleep(0.5)
 
+    def rows_histogram(self) -> dict[str, int] | None:
+        return None  # one request at a time: no batch to count
+
     def describe(self) -> str:
         return (
             f"bench/baseline_server.py: FastAPI + uvicorn, one process, transformers `generate` per request, "
@@ -137,7 +141,21 @@ class ServeProcess:
         return procs.find_replica_pids(self.run.process.pid)
 
     def idle(self, timeout_s: float = 0) -> None:
-        time.sleep(1.0)  # Serve cancels abandoned requests; a batch already running finishes within the drain
+        # Serve cancels abandoned requests (their rows leave the batch at the next step); the scheduler then
+        # goes idle and logs its summary, which reaches serve run's output a moment later.
+        time.sleep(3.0)
+
+    def rows_histogram(self) -> dict[str, int] | None:
+        """The schedulers' cumulative rows-per-step histogram: the last summary line of each replica process, summed."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        last: dict[str, str] = {}
+        for pid, histogram in re.findall(r"pid=(\d+)[^\n]*rows_hist=\{([^}]*)\}", text):
+            last[pid] = histogram
+        total: dict[str, int] = {}
+        for histogram in last.values():
+            for bucket, count in (item.split(":") for item in histogram.split(",") if item):
+                total[bucket] = total.get(bucket, 0) + int(count)
+        return total
 
     @property
     def root_pid(self) -> int | None:
@@ -221,6 +239,7 @@ def build_workloads(names: list[str], augment_n: int, augment_max_length: int) -
     makers = {
         "classify": lambda: classify_workload(),
         "augment": lambda: augment_workload(num_return_sequences=augment_n, max_length=augment_max_length),
+        "mixed": lambda: mixed_workload(),
     }
     return {name: makers[name]() for name in names}
 
@@ -234,45 +253,39 @@ def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace) ->
     log(f"{system.name} healthy after {startup_s:.0f} s: {system.info}")
     info: dict[str, Any] = {"startup_s": round(startup_s, 1)}
     try:
-        for workload in workloads.values():
-            asyncio.run(loadgen.warm_up(system.url, workload))
+        for name, workload in workloads.items():
+            for part, _ in workload if name == "mixed" else [(workload, 1)]:
+                asyncio.run(loadgen.warm_up(system.url, part))
         pids = system.model_pids
         log(f"{system.name} model process(es): {pids}")
+        rows_seen = system.rows_histogram()
         for name, workload in workloads.items():
-            for concurrency in args.concurrency:
-                cpu_before = {pid: procs.cpu_seconds(pid) for pid in pids}
-                system_pids = [system.root_pid, *procs.descendants(system.root_pid)]
-                system_before = {pid: procs.cpu_seconds(pid) for pid in system_pids}
-                client_before = time.process_time()
-                wall_before = time.monotonic()
-                duration, warmup = (args.augment_duration, args.augment_warmup) if name == "augment" else (args.duration, args.warmup)
-                point = asyncio.run(
-                    loadgen.run_point(
-                        system.url, workload, concurrency, system=system.name,
-                        duration_s=duration, warmup_s=warmup, drain_s=args.drain,
-                    )
-                )
-                wall = time.monotonic() - wall_before
-                point.client_cpu_cores = (time.process_time() - client_before) / wall
-                system_used = [
-                    after - before
-                    for pid, before in system_before.items()
-                    if before is not None and (after := procs.cpu_seconds(pid)) is not None
-                ]
-                point.system_cpu_cores = sum(system_used) / wall if system_used else None
-                pids = system.model_pids or pids
-                peaks = [peak for peak in (procs.peak_rss_mb(pid) for pid in pids) if peak is not None]
-                point.peak_rss_mb = max(peaks) if peaks else None
-                used = [after - before for pid, before in cpu_before.items() if before is not None and (after := procs.cpu_seconds(pid)) is not None]
-                point.model_cpu_cores = sum(used) / wall if used else None
-                point.load_average = round(os.getloadavg()[0], 2)
-                points.append(point.as_dict())
-                log(
-                    f"{system.name:8s} {name:8s} c={concurrency:<3d} {point.rps:7.2f} req/s  p50 {_s(point.p50_s)}  "
-                    f"p95 {_s(point.p95_s)}  ok {point.ok} err {point.errors}  rss {_s(point.peak_rss_mb, 0)} MiB  "
-                    f"cpu: model {_s(point.model_cpu_cores, 2)} system {_s(point.system_cpu_cores, 2)} client {_s(point.client_cpu_cores, 2)}  load {point.load_average:.1f}"
+            if name == "mixed":
+                if system.name not in args.mixed_systems:
+                    continue
+                runs = [(workload, None)]
+            else:
+                runs = [([(workload, concurrency)], concurrency) for concurrency in args.concurrency]
+            for mix, _ in runs:
+                warmup, duration = (args.warmup, args.duration) if name == "classify" else (args.augment_warmup, args.augment_duration)
+                measured = _measured_points(
+                    system, pids,
+                    loadgen.run_mix(system.url, mix, system=system.name, duration_s=duration, warmup_s=warmup, drain_s=args.drain),
                 )
                 system.idle()
+                rows_now = system.rows_histogram()
+                for point in measured:
+                    if rows_now is not None:
+                        point["rows_per_step"] = _histogram_delta(rows_now, rows_seen)
+                    points.append(point)
+                    log(
+                        f"{system.name:8s} {point['workload']:15s} c={point['concurrency']:<3d} {point['rps']:7.2f} req/s  p50 {_s(point['p50_s'])}  "
+                        f"p95 {_s(point['p95_s'])}  ok {point['ok']} err {point['errors']}  rss {_s(point['peak_rss_mb'], 0)} MiB  "
+                        f"cpu: model {_s(point['model_cpu_cores'], 2)} system {_s(point['system_cpu_cores'], 2)} client {_s(point['client_cpu_cores'], 2)}  "
+                        f"load {point['load_average']:.1f}" + (f"  rows/step {point.get('rows_per_step')}" if point.get("rows_per_step") else "")
+                    )
+                rows_seen = rows_now
+        pids = system.model_pids or pids
         peaks = [peak for peak in (procs.peak_rss_mb(pid) for pid in pids) if peak is not None]
         info.update(
             {
@@ -292,6 +305,54 @@ def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace) ->
     return points, info
 
 
+def _measured_points(system, pids: list[int], load) -> list[dict[str, Any]]:
+    """Run one load coroutine (one or several closed loops) and attach CPU, memory and load figures to each result."""
+    cpu_before = {pid: procs.cpu_seconds(pid) for pid in pids}
+    system_pids = [system.root_pid, *procs.descendants(system.root_pid)]
+    system_before = {pid: procs.cpu_seconds(pid) for pid in system_pids}
+    client_before = time.process_time()
+    wall_before = time.monotonic()
+    results = asyncio.run(load)
+    wall = time.monotonic() - wall_before
+    system_used = [after - before for pid, before in system_before.items() if before is not None and (after := procs.cpu_seconds(pid)) is not None]
+    used = [after - before for pid, before in cpu_before.items() if before is not None and (after := procs.cpu_seconds(pid)) is not None]
+    peaks = [peak for peak in (procs.peak_rss_mb(pid) for pid in (system.model_pids or pids)) if peak is not None]
+    points = []
+    for point in results:
+        point.client_cpu_cores = (time.process_time() - client_before) / wall
+        point.system_cpu_cores = sum(system_used) / wall if system_used else None
+        point.model_cpu_cores = sum(used) / wall if used else None
+        point.peak_rss_mb = max(peaks) if peaks else None
+        point.load_average = round(os.getloadavg()[0], 2)
+        points.append(point.as_dict())
+    return points
+
+
+def _histogram_delta(now: dict[str, int], before: dict[str, int] | None) -> dict[str, int]:
+    before = before or {}
+    delta = {bucket: count - before.get(bucket, 0) for bucket, count in now.items()}
+    return {bucket: count for bucket, count in delta.items() if count > 0}
+
+
+def engine_ceiling(model: str, workloads: list[str], batch: int, args: argparse.Namespace, dtype: str) -> list[dict[str, Any]]:
+    """bench.ceiling in a fresh process per workload (alone on the machine, like each system)."""
+    points = []
+    for workload in workloads:
+        command = [
+            sys.executable, "-m", "bench.ceiling", "--model", model, "--workload", workload, "--batch", str(batch),
+            "--repeats", str(args.ceiling_repeats), "--n", str(args.augment_n), "--max-length", str(args.augment_max_length), "--dtype", dtype,
+        ]
+        log(f"engine ceiling: {workload}, batch {batch}, {dtype} ...")
+        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        log(f"engine ceiling: {workload} {result['requests_per_s']:.2f} req/s (best {result['best_requests_per_s']:.2f})")
+        points.append({
+            "system": "engine", "workload": workload, "concurrency": batch, "rps": result["requests_per_s"], "ok": batch * args.ceiling_repeats,
+            "errors": 0, "p50_s": None, "p95_s": None, "p99_s": None, "little_latency_s": None, "ceiling": result,
+        })
+    return points
+
+
 def _s(value: float | None, digits: int = 2) -> str:
     return "   –" if value is None else f"{value:.{digits}f}"
 
@@ -301,7 +362,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="model spec for both systems (default: build/reuse the mT5-base-shaped random checkpoint)")
     parser.add_argument("--checkpoint-dir", default=None, help="where the random checkpoint is built (default ~/.cache/mt5-serve/bench-mt5-base)")
     parser.add_argument("--systems", nargs="+", default=["baseline", "serve"], choices=["baseline", "serve"])
-    parser.add_argument("--workloads", nargs="+", default=["classify", "augment"], choices=["classify", "augment"])
+    parser.add_argument("--workloads", nargs="+", default=["classify", "augment", "mixed"], choices=["classify", "augment", "mixed"])
+    parser.add_argument("--mixed-systems", nargs="+", default=["serve"], choices=["baseline", "serve"], help="systems that run the mixed workload")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the engine-only ceiling (bench.ceiling)")
+    parser.add_argument("--ceiling-repeats", type=int, default=2, help="batches timed per workload for the engine-only ceiling")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per classify point")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each classify point's window")
@@ -357,8 +421,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     workloads = build_workloads(args.workloads, args.augment_n, args.augment_max_length)
     per_system = sum(
-        (args.augment_warmup + args.augment_duration if name == "augment" else args.warmup + args.duration) for name in workloads
-    ) * len(args.concurrency)
+        (args.augment_warmup + args.augment_duration if name == "augment" else args.warmup + args.duration) for name in workloads if name != "mixed"
+    ) * len(args.concurrency) + (args.augment_warmup + args.augment_duration if "mixed" in workloads else 0)
     log(f"{len(args.systems)} systems x {len(workloads)} workloads x {len(args.concurrency)} concurrencies: at least {len(args.systems) * per_system / 60:.1f} min (+ start-up, drains)")
     overrides = dict(args.serve_overrides)
     if args.serve_user_config is not None:
@@ -381,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "workloads": {
                 "classify": "6 labels (体育,财经,科技,娱乐,教育,健康), Chinese texts of 20-80 characters",
                 "augment": f"the same texts, num_return_sequences {args.augment_n}, max_length {args.augment_max_length}",
+                "mixed": "1 classify client while 8 augment clients (num_return_sequences 2, max_length 64) run",
             },
             "serve_args": args.serve_args,
             "serve_overrides": overrides,
@@ -407,6 +472,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["points"] += points
             results["systems"][name] = info
 
+    if not args.no_ceiling:
+        dtype = results["systems"].get("serve", {}).get("health", {}).get("dtype", "auto")
+        ceiling_workloads = [name for name in ("classify", "augment") if name in workloads]
+        results["points"] += engine_ceiling(model, ceiling_workloads, max(args.concurrency), args, dtype)
     results["targets"] = report.evaluate_targets(results)
     paths = report.write_files(results, args.out, args.stem)
     log(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -2,6 +2,7 @@
 
 classify: six labels, Chinese texts of 20-80 characters.
 augment: the same texts, num_return_sequences 2, max_length 32 (new tokens).
+mixed: one classify client while eight augment clients (2 x 64 new tokens) run.
 """
 
 from __future__ import annotations
@@ -69,12 +70,22 @@ def classify_workload(count: int = 256, seed: int = 0, labels: list[str] | None 
     return Workload("classify", "/classify", [{"text": text, "labels": labels} for text in chinese_texts(count, seed)])
 
 
-def augment_workload(count: int = 256, seed: int = 1, num_return_sequences: int = 2, max_length: int = 32) -> Workload:
+def augment_workload(
+    count: int = 256, seed: int = 1, num_return_sequences: int = 2, max_length: int = 32, name: str = "augment"
+) -> Workload:
     return Workload(
-        "augment",
+        name,
         "/augment",
         [{"text": text, "num_return_sequences": num_return_sequences, "max_length": max_length} for text in chinese_texts(count, seed)],
     )
+
+
+def mixed_workload(classify_clients: int = 1, augment_clients: int = 8, max_length: int = 64) -> list[tuple[Workload, int]]:
+    """Short scoring requests among long generations: what continuous batching must keep fast."""
+    classify = classify_workload(seed=2)
+    classify = Workload("mixed:classify", classify.route, classify.bodies)
+    augment = augment_workload(seed=3, num_return_sequences=2, max_length=max_length, name="mixed:augment")
+    return [(classify, classify_clients), (augment, augment_clients)]
 
 
 WORKLOADS = {"classify": classify_workload, "augment": augment_workload}

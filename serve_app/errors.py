@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from serve_app.engine.errors import EngineInputError
+from serve_app.scheduling.errors import AdmissionRefused
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 1
@@ -37,8 +38,13 @@ def engine_error_response(exc: EngineInputError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": [{"field": exc.field, "msg": exc.rule, "type": "value_error"}]})
 
 
-def overloaded_response(reason: str) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": reason}, headers={"Retry-After": str(RETRY_AFTER_S)})
+def overloaded_response(reason: str, retry_after_s: int = RETRY_AFTER_S) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": reason}, headers={"Retry-After": str(retry_after_s)})
+
+
+def admission_refusal(exc: BaseException) -> AdmissionRefused | None:
+    """The scheduler's refusal behind `exc`: the request could not have started before its deadline."""
+    return next((e for e in _chain(exc) if isinstance(e, AdmissionRefused)), None)
 
 
 def _chain(exc: BaseException | None):

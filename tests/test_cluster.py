@@ -233,7 +233,7 @@ def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetClu
 
 
 def test_batching_knobs_change_live_without_restarting_replicas(cluster: NetCluster, tmp_path: Path) -> None:
-    """config.yaml's user_config reaches running ModelReplicas through reconfigure(): same replicas, new batch size."""
+    """config.yaml's user_config reaches running ModelReplicas through reconfigure(): same replicas, new scheduler budgets."""
 
     def model_replicas() -> dict[str, Any]:
         details = cluster.app_details() or {"deployments": {}}
@@ -243,7 +243,7 @@ def test_batching_knobs_change_live_without_restarting_replicas(cluster: NetClus
     assert before
     config = cluster_config()
     replica_cfg = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ModelReplica")
-    replica_cfg["user_config"] = {"max_batch_size": 7, "batch_wait_timeout_s": 0.02}
+    replica_cfg["user_config"] = {"max_batch_rows": 7, "max_prefill_tokens": 512}
     path = tmp_path / "reconfigured.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     try:
@@ -256,9 +256,9 @@ def test_batching_knobs_change_live_without_restarting_replicas(cluster: NetClus
                 log.read_text(errors="replace")
                 for log in cluster.temp_root.glob("*/session_latest/logs/serve/replica_mt5_ModelReplica_*.log")
             ]
-            return sum("'max_batch_size': 7" in text for text in logs) >= len(before)
+            return sum("'max_batch_rows': 7" in text for text in logs) >= len(before)
 
-        assert wait_for(reconfigured_everywhere, 30), "no replica logged the new batching settings"
+        assert wait_for(reconfigured_everywhere, 30), "no replica logged the new scheduler budgets"
     finally:
         original = tmp_path / "original.yaml"
         original.write_text(yaml.safe_dump(cluster_config(), allow_unicode=True, sort_keys=False))
@@ -328,9 +328,14 @@ def test_metrics_reach_the_prometheus_endpoints(cluster: NetCluster) -> None:
             assert client.post(f"{url}/augment", json={"text": TEXTS[1], "num_return_sequences": 2, "max_length": 16}).status_code == 200
         assert client.post(f"{url}/classify", json={"text": TEXTS[0], "labels": ["only one"]}).status_code == 422
     wanted = {
-        "batch size, per kind": lambda t: series(t, "ray_mt5_batch_size_bucket", kind="score") and series(t, "ray_mt5_batch_size_bucket", kind="generate"),
-        "time queued before a batch": lambda t: series(t, "ray_mt5_queue_wait_seconds_bucket", kind="score"),
-        "engine time per batch": lambda t: series(t, "ray_mt5_batch_seconds_bucket"),
+        "rows per decoding step": lambda t: series(t, "ray_mt5_step_rows_bucket"),
+        "requests per scoring batch": lambda t: series(t, "ray_mt5_score_batch_size_bucket"),
+        "time queued before starting, per kind": lambda t: series(t, "ray_mt5_queue_wait_seconds_bucket", kind="score")
+        and series(t, "ray_mt5_queue_wait_seconds_bucket", kind="generate"),
+        "step time": lambda t: series(t, "ray_mt5_step_seconds_bucket"),
+        "prefill tokens": lambda t: series(t, "ray_mt5_prefill_tokens_bucket"),
+        "requests admitted and finished": lambda t: series(t, "ray_mt5_requests_admitted_total", kind="generate")
+        and series(t, "ray_mt5_requests_finished_total"),
         "generated tokens": lambda t: series(t, "ray_mt5_generated_tokens_total"),
         "requests per route": lambda t: series(t, "ray_serve_num_http_requests_total", route="/classify"),
         "latency per route": lambda t: series(t, "ray_serve_http_request_latency_ms_bucket", route="/classify_batch"),

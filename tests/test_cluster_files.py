@@ -108,8 +108,12 @@ def test_dashboard_panels_query_the_service_metrics() -> None:
     assert all(panel["targets"] and all(t["expr"] for t in panel["targets"]) for panel in dashboard["panels"])
     names = metric_names(dashboard)
     for needed in (
-        "ray_mt5_batch_size_bucket",  # batch size histogram
-        "ray_mt5_queue_wait_seconds_bucket",  # time queued before a batch
+        "ray_mt5_step_rows_bucket",  # live rows per decoding step
+        "ray_mt5_step_seconds_bucket",  # step time
+        "ray_mt5_prefill_tokens_bucket",  # prefill tokens per iteration
+        "ray_mt5_queue_wait_seconds_bucket",  # time queued before starting
+        "ray_mt5_requests_admitted_total",
+        "ray_mt5_requests_finished_total",
         "ray_mt5_generated_tokens_total",
         "ray_serve_http_request_latency_ms_bucket",  # per-route latency
         "ray_serve_num_http_error_requests_total",  # per-route errors

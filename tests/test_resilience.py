@@ -26,7 +26,7 @@ def fragile(tmp_path_factory) -> ServeRun:
     config = test_config(
         free_port(),
         deployment_overrides={
-            "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}, "autoscaling_config": SINGLE},
+            "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_rows": 4}, "autoscaling_config": SINGLE},
             "Classifier": {"autoscaling_config": SINGLE},
             "Augmenter": {"autoscaling_config": SINGLE},
             "Ingress": {"autoscaling_config": SINGLE},
@@ -94,7 +94,7 @@ def test_overload_answers_503_with_retry_after_at_once(fragile):
 
 
 def test_request_with_more_sequences_than_a_whole_batch_runs_alone(fragile):
-    """max_batch_size is 4 decoder rows here; 10 sequences still get an answer (as a batch of their own)."""
+    """max_batch_rows is 4 here; 10 sequences still get an answer (alone in the batch)."""
     body = {"text": TEXTS[1], "num_return_sequences": 10, "max_length": 8, "seed": 11}
     for _ in range(30):  # the flood of the previous test may still be draining
         response = httpx.post(f"{fragile.url}/augment", json=body, timeout=60)

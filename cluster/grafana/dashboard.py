@@ -1,7 +1,7 @@
 """The Grafana dashboard (cluster/grafana/mt5-dashboard.json), built here so panels stay uniform.
 
-Ray exports every metric with a "ray_" prefix: ModelReplica's mt5_batch_size histogram
-becomes ray_mt5_batch_size_bucket/_sum/_count, counters get "_total". Serve's own
+Ray exports every metric with a "ray_" prefix: ModelReplica's mt5_step_rows histogram
+becomes ray_mt5_step_rows_bucket/_sum/_count, counters get "_total". Serve's own
 metrics (ray_serve_*) give per-route traffic and replica counts. Rewrite the JSON
 with `python -m cluster.render`.
 """
@@ -51,29 +51,52 @@ def _heatmap(title: str, description: str, metric: str, unit: str) -> dict[str, 
 
 
 def panels() -> list[dict[str, Any]]:
-    """Rows of two: batching, model throughput, HTTP per route, replicas."""
+    """Rows of two: the scheduler, model throughput, HTTP per route, replicas."""
     return [
         _heatmap(
-            "Batch size distribution",
-            "Requests merged into one engine batch (ModelReplica @serve.batch). Mostly 1 under load means batching is not happening.",
-            "ray_mt5_batch_size", "short",
+            "Live rows per decoding step",
+            "Decoder rows (one per returned sequence) in each step of ModelReplica's continuous-batching scheduler. "
+            "Mostly small under load means requests are not meeting in the batch.",
+            "ray_mt5_step_rows", "short",
         ),
         _panel(
-            "Batch size",
-            "Mean and p90 requests per engine batch, per kind (generate = augment/generate, score = classify).",
+            "Rows per step and requests per scoring batch",
+            "Mean live rows per decoding step, and mean requests per scoring batch (classify).",
             [
-                (f"sum(rate(ray_mt5_batch_size_sum{{{APP}}}[{RATE}])) by (kind) / sum(rate(ray_mt5_batch_size_count{{{APP}}}[{RATE}])) by (kind)", "mean {{kind}}"),
-                *_quantiles("ray_mt5_batch_size", "kind", (0.9,)),
+                (f"sum(rate(ray_mt5_step_rows_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_step_rows_count{{{APP}}}[{RATE}]))", "rows per step"),
+                (f"sum(rate(ray_mt5_score_batch_size_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_score_batch_size_count{{{APP}}}[{RATE}]))", "requests per scoring batch"),
             ],
             "short",
         ),
         _panel(
-            "Time queued before a batch",
-            "How long a request waited in the batch queue before its batch ran. Bounded by batch_wait_timeout_s plus the batch ahead of it.",
+            "Step and scoring-batch time",
+            "Time of one decoding step (every live row gets one token) and of one scoring batch.",
+            [*_quantiles("ray_mt5_step_seconds", "application"), *_quantiles("ray_mt5_score_seconds", "application")],
+            "s",
+        ),
+        _panel(
+            "Prefill tokens per iteration",
+            "Prompt tokens encoded per scheduler iteration (bounded by user_config.max_prefill_tokens).",
+            _quantiles("ray_mt5_prefill_tokens", "application", (0.5, 0.9)),
+            "short",
+        ),
+        _panel(
+            "Queue wait before start",
+            "How long a request waited in the scheduler before it joined the running batch (generate) or a scoring batch (score).",
             _quantiles("ray_mt5_queue_wait_seconds", "kind"),
             "s",
         ),
-        _panel("Engine time per batch", "Forward-pass time of one batch.", _quantiles("ray_mt5_batch_seconds", "kind"), "s"),
+        _panel(
+            "Requests admitted and finished / s",
+            "Requests that started per second (by kind) and that the scheduler answered; live rows and queued requests now.",
+            [
+                (f"sum(rate(ray_mt5_requests_admitted_total{{{APP}}}[{RATE}])) by (kind)", "admitted {{kind}}"),
+                (f"sum(rate(ray_mt5_requests_finished_total{{{APP}}}[{RATE}]))", "finished"),
+                (f"sum(ray_mt5_live_rows{{{APP}}})", "live rows"),
+                (f"sum(ray_mt5_waiting_requests{{{APP}}})", "waiting requests"),
+            ],
+            "short",
+        ),
         _panel(
             "Generated tokens / s",
             "Decoder tokens produced by all ModelReplica replicas.",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ray import serve
 
 from serve_app import augmentation
-from serve_app.deployments.text_deployment import TextDeployment
+from serve_app.deployments.text_deployment import TextDeployment, gather_or_cancel
 from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import GenerationRequest, SamplingParams
 from serve_app.prompts import Template
@@ -22,7 +21,7 @@ class Augmenter(TextDeployment):
         `params`: one SamplingParams for every text, or one per text (each with its own seed)."""
         prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
         requests = augmentation.engine_requests(prompts, params)
-        outputs = await asyncio.gather(*(self.replica.generate.remote(request) for request in requests))
+        outputs = await gather_or_cancel((self.replica.generate.remote(request) for request in requests))
         return augmentation.answers(self.encoder, texts, prompts, list(outputs))
 
     async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ray import serve
 
 from serve_app import classification
-from serve_app.deployments.text_deployment import TextDeployment
+from serve_app.deployments.text_deployment import TextDeployment, gather_or_cancel
 from serve_app.prompts import Template
 
 
@@ -19,5 +18,5 @@ class Classifier(TextDeployment):
         jobs = classification.prepare_batch(self.encoder, Template(self.settings.templates.classification), texts, labels)
         method = self.replica.score if mode == "score" else self.replica.generate
         # One call per text: each joins the replica's batch queue alongside other clients' requests.
-        outputs = await asyncio.gather(*(method.remote(request) for request in classification.engine_requests(jobs, mode)))
+        outputs = await gather_or_cancel((method.remote(request) for request in classification.engine_requests(jobs, mode)))
         return classification.answers(jobs, mode, list(outputs), self.encoder)

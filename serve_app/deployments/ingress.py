@@ -18,6 +18,7 @@ from serve_app import schemas
 from serve_app.body_limit import BodySizeLimit
 from serve_app.engine.errors import EngineInputError
 from serve_app.errors import (
+    admission_refusal,
     engine_error,
     engine_error_response,
     is_overload,
@@ -87,6 +88,8 @@ class Ingress:
         except Exception as exc:  # Ray wraps deployment errors; look inside before giving up
             if (error := engine_error(exc)) is not None:
                 return engine_error_response(error)
+            if (refusal := admission_refusal(exc)) is not None:
+                return overloaded_response(str(refusal), refusal.retry_after_s)
             if is_overload(exc):
                 return overloaded_response("the service is at capacity; retry shortly")
             if is_replica_loss(exc):

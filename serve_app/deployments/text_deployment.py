@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
 
 from ray.serve.handle import DeploymentHandle
 
@@ -10,6 +12,8 @@ from serve_app.engine.loading import load_tokenizer
 from serve_app.engine.spec import resolve_spec
 from serve_app.engine.tokenization import PromptEncoder
 from serve_app.settings import AppSettings
+
+T = TypeVar("T")
 
 
 class TextDeployment:
@@ -19,3 +23,15 @@ class TextDeployment:
         self.settings = AppSettings.model_validate(settings)
         self.encoder = PromptEncoder(load_tokenizer(resolve_spec(self.settings.model).path), self.settings.max_input_tokens)
         self.replica = replica
+
+
+async def gather_or_cancel(responses: Iterable[Awaitable[T]]) -> list[T]:
+    """Every response, in order; on the first failure the others are cancelled (their rows leave the
+    model's batch at its next step instead of computing answers nobody will read) and the failure is raised."""
+    tasks = [asyncio.ensure_future(response) for response in responses]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise

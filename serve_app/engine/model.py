@@ -11,6 +11,7 @@ state is never copied per label and the whole teacher-forced pass is one call.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +19,10 @@ from transformers import MT5ForConditionalGeneration
 from transformers.cache_utils import EncoderDecoderCache
 
 from serve_app.engine.errors import EngineInputError
+from serve_app.engine.decode_batch import DecodeBatch, FinishedRow, RowOwner
+from serve_app.engine.decoder import CachedDecoder
 from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
-from serve_app.engine.sampling import RowSampler, row_seed
+from serve_app.engine.sampling import RowSampling, sample_next_tokens
 
 DEFAULT_MAX_INPUT_TOKENS = 512
 # Packed scoring builds [rows, heads, width, width] attention biases; wider label sets use one row per label.
@@ -85,15 +88,26 @@ class Seq2SeqEngine:
         self.eos_id = self.config.eos_token_id
         self.start_id = self.config.decoder_start_token_id
         self.vocab_size = model.lm_head.weight.shape[0]
+        self.decoder = CachedDecoder(model)
 
     # ---------------------------------------------------------------- shared
-    def _check_ids(self, ids: list[int], field: str) -> None:
+    def check_ids(self, ids: list[int], field: str) -> None:
+        """Refuse token ids the model cannot take: empty, longer than the input window, or outside the vocabulary."""
         if not ids:
             raise EngineInputError(field, "must hold at least one token")
         if len(ids) > self.max_input_tokens:
             raise EngineInputError(field, f"must hold at most {self.max_input_tokens} tokens, got {len(ids)}")
         if min(ids) < 0 or max(ids) >= self.vocab_size:
             raise EngineInputError(field, f"token ids must lie in [0, {self.vocab_size})")
+
+    def check_request(self, request: GenerationRequest | ScoringRequest, prefix: str = "") -> None:
+        """Refuse a request the engine cannot run, naming the field, before it joins anyone's batch."""
+        self.check_ids(request.input_ids, f"{prefix}input_ids")
+        if isinstance(request, ScoringRequest):
+            if not request.label_ids:
+                raise EngineInputError(f"{prefix}label_ids", "needs at least one label")
+            for label_index, label in enumerate(request.label_ids):
+                self.check_ids(label, f"{prefix}label_ids[{label_index}]")
 
     def _encoder_states(self, inputs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder output [batch, longest, d_model] (zeros past each input's end) and its mask [batch, longest]."""
@@ -144,54 +158,75 @@ class Seq2SeqEngine:
         return out.last_hidden_state
 
     # ------------------------------------------------------------ generation
-    @torch.inference_mode()
-    def generate(self, requests: list[GenerationRequest]) -> list[list[list[int]]]:
-        """For each request, `num_return_sequences` token-id lists (without </s>), in request order."""
-        if not requests:
-            return []
-        for index, request in enumerate(requests):
-            self._check_ids(request.input_ids, f"requests[{index}].input_ids")
-        encoded = self._encode([request.input_ids for request in requests])
-        first_logits = self.model.lm_head(encoded.first_hidden)
+    def new_batch(self, capacity: int = 8) -> DecodeBatch:
+        """An empty running batch for a scheduler to merge prefilled requests into."""
+        return DecodeBatch(self.decoder.shape, capacity=capacity)
 
-        # One row per returned sequence; the encoder and first step ran once per request.
-        row_request: list[int] = []
-        row_params = []
-        row_seeds: list[int | None] = []
+    @torch.inference_mode()
+    def prefill(self, requests: Sequence[GenerationRequest], keys: Sequence[Hashable] | None = None) -> DecodeBatch:
+        """Encode `requests` into a batch of fresh rows, one per returned sequence, ready to merge and step.
+
+        The encoder and the cross-attention projections run once per request; each row's first
+        step (the decoder start token) runs with the batch it is merged into.
+        """
+        keys = list(range(len(requests))) if keys is None else list(keys)
+        if len(keys) != len(requests):
+            raise ValueError(f"{len(keys)} keys for {len(requests)} requests")
         for index, request in enumerate(requests):
+            self.check_request(request, f"requests[{index}].")
+        if not requests:
+            return self.new_batch(capacity=1)
+        hidden, mask = self._encoder_states([request.input_ids for request in requests])
+        cross_kv = self.decoder.cross_keys_values(hidden)
+        owners, sampling, limits, row_request = [], [], [], []
+        for index, (key, request) in enumerate(zip(keys, requests)):
             params = request.params
             for sequence in range(params.num_return_sequences):
+                owners.append(RowOwner(key, sequence))
+                sampling.append(RowSampling.for_sequence(params, sequence, self.device))
+                limits.append(params.max_new_tokens)
                 row_request.append(index)
-                row_params.append(params)
-                row_seeds.append(None if params.seed is None else row_seed(params.seed, sequence))
-        rows = torch.tensor(row_request, dtype=torch.long, device=self.device)
-        encoded.fan_out(rows)
-        logits = first_logits.index_select(0, rows)
-        sampler = RowSampler(row_params, row_seeds, self.device)
-        max_new = torch.tensor([p.max_new_tokens for p in row_params], dtype=torch.long, device=self.device)
+        rows = torch.tensor(row_request, device=self.device)
+        return DecodeBatch.from_prefill(
+            self.decoder.shape,
+            cross_kv=cross_kv.index_select(2, rows),
+            encoder_length=mask.sum(dim=1).index_select(0, rows),
+            start_token=self.start_id,
+            owners=owners,
+            sampling=sampling,
+            max_new_tokens=limits,
+        )
 
-        outputs: list[list[int]] = [[] for _ in row_params]
-        active = torch.arange(len(row_params), device=self.device)  # original row of each live row
-        for step in range(int(max_new.max())):
-            next_tokens = sampler(logits)
-            for row, token in zip(active.tolist(), next_tokens.tolist()):
-                if token != self.eos_id:
-                    outputs[row].append(token)
-            finished = (next_tokens == self.eos_id) | (max_new[active] <= step + 1)
-            if bool(finished.all()):
-                break
-            if bool(finished.any()):
-                keep = (~finished).nonzero().squeeze(1)
-                active = active[keep]
-                next_tokens = next_tokens[keep]
-                sampler.keep(keep)
-                encoded.fan_out(keep)
-            hidden = self._decode(encoded, next_tokens[:, None])
-            logits = self.model.lm_head(hidden[:, -1])
+    @torch.inference_mode()
+    def step(self, batch: DecodeBatch) -> list[FinishedRow]:
+        """One decoding step for every row: feed its pending token, choose the next, drop finished rows.
 
-        results: list[list[list[int]]] = [[] for _ in requests]
-        for row, request_index in enumerate(row_request):
-            results[request_index].append(outputs[row])
+        A row finishes on </s> or at its own max_new_tokens; it leaves the batch at once.
+        """
+        if batch.rows == 0:
+            return []
+        states = self.decoder.step(batch)
+        chosen = sample_next_tokens(self.model.lm_head(states), batch.sampling)
+        batch.next_token[: batch.rows] = chosen
+        finished_rows: list[int] = []
+        finished: list[FinishedRow] = []
+        for row, token in enumerate(chosen.tolist()):
+            output = batch.outputs[row]
+            if token != self.eos_id:
+                output.append(token)
+            if token == self.eos_id or len(output) >= batch.max_new_tokens[row]:
+                finished_rows.append(row)
+                finished.append(FinishedRow(batch.owners[row], output))
+        batch.drop(finished_rows)
+        return finished
+
+    def generate(self, requests: list[GenerationRequest]) -> list[list[list[int]]]:
+        """For each request, `num_return_sequences` token-id lists (without </s>), in request order."""
+        batch = self.prefill(requests)
+        results: list[list[list[int]]] = [[[] for _ in range(r.params.num_return_sequences)] for r in requests]
+        while batch.rows:
+            for row in self.step(batch):
+                results[row.owner.key][row.owner.sequence] = row.token_ids
         return results
 
     # --------------------------------------------------------------- scoring
@@ -206,11 +241,7 @@ class Seq2SeqEngine:
         if not requests:
             return []
         for index, request in enumerate(requests):
-            self._check_ids(request.input_ids, f"requests[{index}].input_ids")
-            if not request.label_ids:
-                raise EngineInputError(f"requests[{index}].label_ids", "needs at least one label")
-            for label_index, label in enumerate(request.label_ids):
-                self._check_ids(label, f"requests[{index}].label_ids[{label_index}]")
+            self.check_request(request, f"requests[{index}].")
 
         # Column space: the union of label tokens over the batch; each request masks to its own set.
         vocab = sorted({token for request in requests for label in request.label_ids for token in label} | {self.eos_id})

@@ -1,0 +1,92 @@
+"""The engine-only ceiling: the service's own engine on the benchmark's work, one batch at a time, no HTTP, no Ray.
+
+    .venv/bin/python -m bench.ceiling --model <checkpoint> --workload augment --batch 32
+
+Prompts are built and tokenized as the service builds them (outside the timing);
+the clock covers `engine.score` / `engine.generate` on `batch` requests at once,
+the same shape 32 closed-loop clients give the service. Serve's throughput over
+this is the serving layer's efficiency. The engine imports no Ray, so this also
+runs alone on a GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from bench.workloads import augment_workload, classify_workload
+
+
+def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max_length: int = 32,
+            device: str = "auto", dtype: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    from serve_app import augmentation, classification
+    from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
+    from serve_app.engine.tokenization import PromptEncoder
+    from serve_app.prompts import Template
+    from serve_app.settings import AppSettings
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    settings = AppSettings(model=model, device=device, dtype=dtype)
+    loaded = load_model(model, device, dtype)
+    engine = Seq2SeqEngine(loaded.model, settings.max_input_tokens)
+    encoder = PromptEncoder(loaded.tokenizer, settings.max_input_tokens)
+    if workload == "classify":
+        bodies = classify_workload().bodies
+        jobs = [classification.prepare(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
+        requests = classification.engine_requests(jobs, "score")
+        run = engine.score
+    else:
+        bodies = augment_workload(num_return_sequences=n, max_length=max_length).bodies
+        prompts = [augmentation.prepare(encoder, Template(settings.templates.augment), b["text"]) for b in bodies]
+        # Seeded like nothing in particular: random weights never stop early, so every row runs max_length steps.
+        requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=n, max_new_tokens=max_length))
+        run = engine.generate
+    sync = torch.cuda.synchronize if loaded.device.type == "cuda" else (lambda: None)
+    run(requests[:2])  # warm-up: first-call allocations
+    seconds = []
+    for repeat in range(repeats):
+        chunk = requests[(repeat * batch) % len(requests):][:batch]
+        chunk = chunk + requests[: batch - len(chunk)]
+        sync()
+        started = time.perf_counter()
+        run(chunk)
+        sync()
+        seconds.append(time.perf_counter() - started)
+    return {
+        "workload": workload,
+        "batch": batch,
+        "repeats": repeats,
+        "seconds": seconds,
+        "requests_per_s": batch / statistics.mean(seconds),
+        "best_requests_per_s": batch / min(seconds),
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name(0) if loaded.device.type == "cuda" else "cpu",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--workload", choices=["classify", "augment"], required=True)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--n", type=int, default=2, help="num_return_sequences (augment)")
+    parser.add_argument("--max-length", type=int, default=32, help="new tokens (augment)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    result = measure(args.model, args.workload, args.batch, args.repeats, args.n, args.max_length, args.device, args.dtype, args.threads)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

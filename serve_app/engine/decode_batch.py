@@ -1,0 +1,235 @@
+"""The state of a running generation batch: what continuous batching prefills, merges, steps and filters.
+
+Rows live in dim 0 of buffers with spare capacity, so a merge copies only the
+incoming rows and a filter moves only the rows that fill the holes finished rows
+leave: the running batch is never copied whole on the hot path (at mT5-base
+shapes its key/value buffers are hundreds of MB, about as much memory traffic as
+a decoding step itself).
+
+Self-attention keys/values share one time axis: at each step every live row
+writes column `length`; a row that joined at column s masks the columns before s.
+T5's attention depends only on key - query distances, which this left padding
+keeps, so a row decodes exactly as it would alone. Encoder states are padded on
+the right and masked per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+
+from serve_app.engine.sampling import RowSampling
+
+# Initial self-attention columns; the time axis grows by doubling or is compacted (see reserve_column).
+INITIAL_COLUMNS = 64
+
+
+@dataclass(frozen=True)
+class RowOwner:
+    """Which request a row belongs to: the caller's key and the index of the returned sequence."""
+
+    key: Hashable
+    sequence: int
+
+
+@dataclass(frozen=True)
+class FinishedRow:
+    owner: RowOwner
+    token_ids: list[int]  # generated ids, without </s>
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """The model dimensions a batch's buffers are laid out for."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    d_model: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+class DecodeBatch:
+    """Rows being decoded: key/value caches, per-row sampling and limits, and the row -> request map.
+
+    Row r (0 <= r < rows) holds: the token it feeds at the next step (`next_token`: the decoder
+    start token for a row that has not run yet), its first self-attention column (`start`), its
+    encoder length, its sampler, its token limit, the ids generated so far and its owner.
+    """
+
+    @torch.inference_mode()
+    def __init__(self, shape: BatchShape, capacity: int = 8, encoder_columns: int = 1) -> None:
+        self.shape = shape
+        self.rows = 0
+        self.length = 0  # self-attention columns written so far (shared time axis)
+        self.self_kv = self._zeros_kv(capacity, INITIAL_COLUMNS)
+        self.cross_kv = self._zeros_kv(capacity, encoder_columns)
+        self.next_token = torch.zeros(capacity, dtype=torch.long, device=shape.device)
+        self.start = torch.zeros(capacity, dtype=torch.long, device=shape.device)
+        self.encoder_length = torch.zeros(capacity, dtype=torch.long, device=shape.device)
+        self.owners: list[RowOwner] = []
+        self.sampling: list[RowSampling] = []
+        self.max_new_tokens: list[int] = []
+        self.outputs: list[list[int]] = []
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def capacity(self) -> int:
+        return self.self_kv.shape[2]
+
+    @property
+    def encoder_columns(self) -> int:
+        """Encoder columns any live row uses (attention never reads past them)."""
+        return int(self.encoder_length[: self.rows].max()) if self.rows else 0
+
+    def keys(self) -> set[Hashable]:
+        return {owner.key for owner in self.owners}
+
+    def rows_of(self, keys: set[Hashable]) -> list[int]:
+        return [row for row, owner in enumerate(self.owners) if owner.key in keys]
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def from_prefill(
+        cls,
+        shape: BatchShape,
+        cross_kv: torch.Tensor,
+        encoder_length: torch.Tensor,
+        start_token: int,
+        owners: list[RowOwner],
+        sampling: list[RowSampling],
+        max_new_tokens: list[int],
+    ) -> DecodeBatch:
+        """Fresh rows that have not decoded yet: `cross_kv` [layers, 2, rows, heads, encoder, head_dim]."""
+        rows = cross_kv.shape[2]
+        batch = cls(shape, capacity=rows, encoder_columns=cross_kv.shape[4])
+        batch.cross_kv.copy_(cross_kv)
+        batch.encoder_length[:rows] = encoder_length
+        batch.next_token[:rows] = start_token
+        batch.rows = rows
+        batch.owners, batch.sampling, batch.max_new_tokens = list(owners), list(sampling), list(max_new_tokens)
+        batch.outputs = [[] for _ in range(rows)]
+        return batch
+
+    @torch.inference_mode()
+    def merge(self, other: DecodeBatch) -> None:
+        """Append `other`'s rows (which it gives up). Time axes align on their last column."""
+        if other.rows == 0:
+            return
+        if self.rows == 0:
+            self.length = 0
+        if other.length > self.length:  # rare: a batch that already decoded longer joins; shift ours right
+            self._shift_columns(other.length - self.length)
+        offset = self.length - other.length
+        first, end = self.rows, self.rows + other.rows
+        encoder = other.encoder_columns
+        self._reserve(rows=end, columns=max(self.length, 1), encoder_columns=encoder)
+        if other.length:
+            self.self_kv[:, :, first:end, :, offset : self.length] = other.self_kv[:, :, : other.rows, :, : other.length]
+        self.cross_kv[:, :, first:end, :, :encoder] = other.cross_kv[:, :, : other.rows, :, :encoder]
+        self.next_token[first:end] = other.next_token[: other.rows]
+        self.start[first:end] = other.start[: other.rows] + offset
+        self.encoder_length[first:end] = other.encoder_length[: other.rows]
+        self.owners += other.owners
+        self.sampling += other.sampling
+        self.max_new_tokens += other.max_new_tokens
+        self.outputs += other.outputs
+        self.rows = end
+        other._clear()
+
+    @torch.inference_mode()
+    def drop(self, rows: list[int]) -> None:
+        """Remove `rows`; the last live rows move into the holes they leave (the order of rows is not kept)."""
+        if not rows:
+            return
+        dropped = set(rows)
+        remaining = self.rows - len(dropped)
+        holes = sorted(row for row in dropped if row < remaining)
+        movers = [row for row in range(remaining, self.rows) if row not in dropped]
+        if holes:
+            source = torch.tensor(movers, device=self.shape.device)
+            target = torch.tensor(holes, device=self.shape.device)
+            encoder = self.encoder_columns
+            self.self_kv[:, :, target, :, : self.length] = self.self_kv[:, :, source, :, : self.length]
+            self.cross_kv[:, :, target, :, :encoder] = self.cross_kv[:, :, source, :, :encoder]
+            for tensor in (self.next_token, self.start, self.encoder_length):
+                tensor[target] = tensor[source]
+            for items in (self.owners, self.sampling, self.max_new_tokens, self.outputs):
+                for hole, mover in zip(holes, movers):
+                    items[hole] = items[mover]
+        for items in (self.owners, self.sampling, self.max_new_tokens, self.outputs):
+            del items[remaining:]
+        self.rows = remaining
+        if remaining == 0:
+            self.length = 0
+
+    # ---------------------------------------------------------- time axis
+    def reserve_column(self) -> int:
+        """Make room for one more self-attention column and return its index.
+
+        When the buffer is full: if at least half the columns lie before every live row's start
+        (rows that joined late in a long stream), shift them out; otherwise double the buffer.
+        """
+        if self.length == self.self_kv.shape[4]:
+            first_used = int(self.start[: self.rows].min()) if self.rows else self.length
+            if first_used * 2 >= self.length and first_used > 0:
+                self._compact(first_used)
+            else:
+                self._reserve(rows=self.rows, columns=2 * self.length, encoder_columns=0)
+        return self.length
+
+    def _compact(self, first_used: int) -> None:
+        kept = self.length - first_used
+        live = self.self_kv[:, :, : self.rows, :, first_used : self.length].clone()
+        self.self_kv[:, :, : self.rows, :, :kept] = live
+        self.start[: self.rows] -= first_used
+        self.length = kept
+
+    def _shift_columns(self, shift: int) -> None:
+        self._reserve(rows=self.rows, columns=self.length + shift, encoder_columns=0)
+        live = self.self_kv[:, :, : self.rows, :, : self.length].clone()
+        self.self_kv[:, :, : self.rows, :, shift : shift + self.length] = live
+        self.start[: self.rows] += shift
+        self.length += shift
+
+    # ------------------------------------------------------------- storage
+    def _zeros_kv(self, rows: int, columns: int) -> torch.Tensor:
+        # Zeros, not empty: masked positions are multiplied by 0 after softmax, and 0 * NaN would poison a row.
+        s = self.shape
+        return torch.zeros((s.layers, 2, rows, s.heads, columns, s.head_dim), dtype=s.dtype, device=s.device)
+
+    def _reserve(self, rows: int, columns: int, encoder_columns: int) -> None:
+        """Grow the buffers (by doubling) until they hold `rows` rows, `columns` self and `encoder_columns` cross columns."""
+        capacity = self.capacity
+        if rows > capacity:
+            capacity = max(rows, 2 * capacity)
+        self_columns = self.self_kv.shape[4]
+        if columns > self_columns:
+            self_columns = max(columns, 2 * self_columns)
+        cross_columns = max(self.cross_kv.shape[4], encoder_columns)
+        if capacity != self.capacity or self_columns != self.self_kv.shape[4]:
+            grown = self._zeros_kv(capacity, self_columns)
+            grown[:, :, : self.rows, :, : self.length] = self.self_kv[:, :, : self.rows, :, : self.length]
+            self.self_kv = grown
+        if capacity != self.cross_kv.shape[2] or cross_columns != self.cross_kv.shape[4]:
+            grown = self._zeros_kv(capacity, cross_columns)
+            used = self.encoder_columns
+            grown[:, :, : self.rows, :, :used] = self.cross_kv[:, :, : self.rows, :, :used]
+            self.cross_kv = grown
+        if capacity != self.next_token.shape[0]:
+            for name in ("next_token", "start", "encoder_length"):
+                old = getattr(self, name)
+                grown_rows = torch.zeros(capacity, dtype=old.dtype, device=old.device)
+                grown_rows[: self.rows] = old[: self.rows]
+                setattr(self, name, grown_rows)
+
+    def _clear(self) -> None:
+        self.rows = 0
+        self.length = 0
+        self.owners, self.sampling, self.max_new_tokens, self.outputs = [], [], [], []

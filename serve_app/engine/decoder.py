@@ -1,0 +1,99 @@
+"""mT5's decoder, one token per row per call, over a DecodeBatch's own key/value buffers.
+
+transformers' caches hold one batch whose rows share one length; continuous batching
+needs rows that joined at different steps in one pass. This runs the same modules
+(the checkpoint's own weights, layer norms and feed-forward blocks) with the
+batch's buffers and masks instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+from transformers import MT5ForConditionalGeneration
+
+from serve_app.engine.decode_batch import BatchShape, DecodeBatch
+
+
+class CachedDecoder:
+    def __init__(self, model: MT5ForConditionalGeneration) -> None:
+        self.decoder = model.decoder
+        self.blocks = list(model.decoder.block)
+        config = model.config
+        parameter = next(model.parameters())
+        self.shape = BatchShape(
+            layers=len(self.blocks),
+            heads=config.num_heads,
+            head_dim=config.d_kv,
+            d_model=config.d_model,
+            dtype=parameter.dtype,
+            device=parameter.device,
+        )
+        self.relative = self.blocks[0].layer[0].SelfAttention
+
+    def cross_keys_values(self, encoder_hidden: torch.Tensor) -> torch.Tensor:
+        """Each layer's cross-attention keys and values: [layers, 2, batch, heads, length, head_dim]."""
+        batch, length, _ = encoder_hidden.shape
+        s = self.shape
+        out = torch.empty((s.layers, 2, batch, s.heads, length, s.head_dim), dtype=s.dtype, device=s.device)
+        for layer, block in enumerate(self.blocks):
+            attention = block.layer[1].EncDecAttention
+            for slot, projection in enumerate((attention.k, attention.v)):
+                out[layer, slot] = projection(encoder_hidden).view(batch, length, s.heads, s.head_dim).transpose(1, 2)
+        return out
+
+    def step(self, batch: DecodeBatch) -> torch.Tensor:
+        """Feed every row its `next_token`; returns the decoder states [rows, d_model] that choose the next ones."""
+        rows = batch.rows
+        column = batch.reserve_column()
+        s = self.shape
+        lowest = torch.finfo(s.dtype).min
+        # Self-attention: query at `column`, keys 0..column; the bias depends on the distance only,
+        # so one [heads, 1, column + 1] bias serves every row; columns before a row's start are masked.
+        keys = torch.arange(column + 1, device=s.device)
+        self_bias = self._position_bias(keys - column)[None, :, None, :]
+        before_start = keys[None, :] < batch.start[:rows, None]
+        self_bias = self_bias.masked_fill(before_start[:, None, None, :], lowest)
+        encoder_columns = batch.encoder_columns
+        padding = torch.arange(encoder_columns, device=s.device)[None, :] >= batch.encoder_length[:rows, None]
+        cross_bias = torch.zeros((rows, 1, 1, encoder_columns), dtype=s.dtype, device=s.device).masked_fill(
+            padding[:, None, None, :], lowest
+        )
+
+        hidden = self.decoder.embed_tokens(batch.next_token[:rows])[:, None, :]
+        for layer, block in enumerate(self.blocks):
+            self_layer, cross_layer, feed_forward = block.layer
+            attention = self_layer.SelfAttention
+            normed = self_layer.layer_norm(hidden)
+            query = self._heads(attention.q(normed))
+            cache = batch.self_kv[layer, :, :rows]
+            cache[0, :, :, column] = self._heads(attention.k(normed))[:, :, 0]
+            cache[1, :, :, column] = self._heads(attention.v(normed))[:, :, 0]
+            hidden = hidden + attention.o(self._attend(query, cache[0, :, :, : column + 1], cache[1, :, :, : column + 1], self_bias))
+
+            attention = cross_layer.EncDecAttention
+            query = self._heads(attention.q(cross_layer.layer_norm(hidden)))
+            cross = batch.cross_kv[layer, :, :rows, :, :encoder_columns]
+            hidden = hidden + attention.o(self._attend(query, cross[0], cross[1], cross_bias))
+            hidden = feed_forward(hidden)
+        batch.length = column + 1
+        return self.decoder.final_layer_norm(hidden)[:, 0]
+
+    def _heads(self, states: torch.Tensor) -> torch.Tensor:
+        """[rows, 1, heads * head_dim] -> [rows, heads, 1, head_dim]."""
+        return states.view(states.shape[0], 1, self.shape.heads, self.shape.head_dim).transpose(1, 2)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        # T5 does not scale the dot product (its initialisation folds the factor into the weights).
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=1.0)
+        return out.transpose(1, 2).reshape(query.shape[0], 1, -1)
+
+    def _position_bias(self, relative: torch.Tensor) -> torch.Tensor:
+        """T5's learned bias for key - query distances `relative` [keys] -> [heads, keys]."""
+        buckets = self.relative._relative_position_bucket(
+            relative,
+            bidirectional=False,
+            num_buckets=self.relative.relative_attention_num_buckets,
+            max_distance=self.relative.relative_attention_max_distance,
+        )
+        return self.relative.relative_attention_bias(buckets).T.to(self.shape.dtype)

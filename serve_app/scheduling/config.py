@@ -1,0 +1,16 @@
+"""The scheduler's live budgets: ModelReplica's `user_config` in config.yaml (changed without a restart)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SchedulerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Decoder rows (one per returned sequence) decoded together at each step.
+    max_batch_rows: int = Field(64, ge=1, le=4096)
+    # Prompt tokens encoded per iteration (scoring and newly admitted generation together), so a
+    # burst of new work delays the running rows' next token by a bounded prefill. At least one
+    # request is admitted per iteration whatever its length.
+    max_prefill_tokens: int = Field(2048, ge=1, le=1_000_000)

@@ -1,0 +1,308 @@
+"""Continuous batching: one loop owns the engine and decides, per decoding step, who runs.
+
+Each iteration (`run_iteration`, called by one thread only):
+
+1. drops the rows of callers that gave up;
+2. admits waiting work in arrival order within the budget: decoder rows for
+   generation (`max_batch_rows`) and prompt tokens for scoring and prefill
+   together (`max_prefill_tokens`), at least one request per iteration;
+3. scores the admitted scoring requests as one batch and answers them;
+4. prefills the admitted generation requests and merges their rows into the
+   running batch;
+5. runs one decoding step for every live row; a request is answered the moment
+   its last row finishes.
+
+Submissions and cancellations come from other threads (`submit_*`, `cancel`);
+answers leave through each submission's callback, on the loop's thread. A
+generation request that could not start before the deadline at the measured
+drain rate is refused at submission (AdmissionRefused), not left to time out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine
+from serve_app.scheduling.config import SchedulerConfig
+from serve_app.scheduling.errors import AdmissionRefused
+
+logger = logging.getLogger(__name__)
+
+# on_done(result, None) or on_done(None, error); called once, on the scheduler's thread.
+Callback = Callable[[Any, "BaseException | None"], None]
+
+
+@dataclass
+class _Work:
+    ticket: int
+    kind: str  # "generate" | "score"
+    request: GenerationRequest | ScoringRequest
+    on_done: Callback
+    enqueued: float
+
+    @property
+    def tokens(self) -> int:
+        return len(self.request.input_ids)
+
+    @property
+    def rows(self) -> int:
+        return self.request.params.num_return_sequences if self.kind == "generate" else 0
+
+
+@dataclass
+class _Decoding:
+    """A generation request whose rows are in the running batch."""
+
+    work: _Work
+    sequences: list[list[int] | None]
+    remaining: int
+
+
+@dataclass
+class IterationReport:
+    """What one iteration did, for metrics and logs."""
+
+    started: float
+    seconds: float = 0.0
+    live_rows: int = 0  # rows in this iteration's decoding step
+    step_seconds: float = 0.0
+    prefill_tokens: int = 0  # prompt tokens encoded (scoring and generation)
+    prefill_seconds: float = 0.0
+    scored: int = 0
+    score_seconds: float = 0.0
+    admitted: int = 0  # generation requests whose rows joined the batch
+    finished: int = 0  # requests answered (generation and scoring)
+    cancelled_rows: int = 0
+    queue_waits: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds) of work started now
+    waiting: int = 0  # requests still queued after admission
+
+
+class DrainRate:
+    """Decoder rows freed per second of work, smoothed over about `horizon_s` seconds."""
+
+    def __init__(self, horizon_s: float = 10.0) -> None:
+        self.horizon_s = horizon_s
+        self.rows_per_s: float | None = None
+
+    def record(self, rows_freed: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        rate = rows_freed / seconds
+        if self.rows_per_s is None:  # unknown until the first row finishes
+            self.rows_per_s = rate if rows_freed else None
+            return
+        weight = 1.0 - math.exp(-seconds / self.horizon_s)
+        self.rows_per_s += weight * (rate - self.rows_per_s)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Seq2SeqEngine,
+        config: SchedulerConfig | None = None,
+        deadline_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.config = config or SchedulerConfig()
+        self.deadline_s = deadline_s  # a generation request expected to wait longer to start is refused
+        self.clock = clock
+        self.drain = DrainRate()
+        self._lock = threading.Condition()
+        self._waiting: deque[_Work] = deque()
+        self._waiting_rows = 0
+        self._cancelled: set[int] = set()
+        self._next_ticket = 0
+        self._batch = engine.new_batch(capacity=self.config.max_batch_rows)
+        self._decoding: dict[int, _Decoding] = {}
+
+    # ------------------------------------------------------ any thread
+    def reconfigure(self, config: SchedulerConfig) -> None:
+        with self._lock:
+            self.config = config
+
+    def submit_generation(self, request: GenerationRequest, on_done: Callback) -> int:
+        """Queue a generation request; its answer is `num_return_sequences` id lists, in order."""
+        with self._lock:
+            self._refuse_if_too_late(request.params.num_return_sequences)
+            return self._enqueue("generate", request, on_done)
+
+    def submit_scoring(self, request: ScoringRequest, on_done: Callback) -> int:
+        """Queue a scoring request; its answer is a ScoringResult."""
+        with self._lock:
+            return self._enqueue("score", request, on_done)
+
+    def cancel(self, ticket: int) -> None:
+        """The caller gave up: free its rows at the next iteration; it gets no answer."""
+        with self._lock:
+            self._cancelled.add(ticket)
+            self._lock.notify()
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._batch.rows or self._cancelled)
+
+    def wait_for_work(self, timeout_s: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(self.has_work, timeout=timeout_s)
+
+    def expected_wait_s(self, rows: int) -> float:
+        """How long `rows` more rows would wait to start, at the measured drain rate (0 while rows are free)."""
+        ahead = self._waiting_rows + rows - (self.config.max_batch_rows - self._batch.rows)
+        rate = self.drain.rows_per_s
+        if ahead <= 0 or rate is None:  # room now, or nothing has finished yet to measure by
+            return 0.0
+        return ahead / rate if rate > 0 else math.inf
+
+    @property
+    def live_rows(self) -> int:
+        return self._batch.rows
+
+    @property
+    def waiting_requests(self) -> int:
+        return len(self._waiting)
+
+    # ------------------------------------------------- scheduler thread
+    def run_iteration(self) -> IterationReport:
+        report = IterationReport(started=self.clock())
+        self._drop_cancelled(self._take_cancellations(), report)
+        admitted = self._admit(report)
+        scoring = [work for work in admitted if work.kind == "score"]
+        generation = [work for work in admitted if work.kind == "generate"]
+        if scoring:
+            self._score(scoring, report)
+        if generation:
+            self._prefill(generation, report)
+        if self._batch.rows:
+            self._step(report)
+        report.seconds = self.clock() - report.started
+        return report
+
+    def _take_cancellations(self) -> set[int]:
+        """Cancelled tickets; those still waiting leave the queue here, running ones in _drop_cancelled."""
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            if cancelled:
+                self._waiting = deque(work for work in self._waiting if work.ticket not in cancelled)
+                self._waiting_rows = sum(work.rows for work in self._waiting)
+        return cancelled
+
+    def _admit(self, report: IterationReport) -> list[_Work]:
+        """Take the work that fits this iteration's budget, in arrival order."""
+        with self._lock:
+            budget_rows = self.config.max_batch_rows - self._batch.rows
+            budget_tokens = self.config.max_prefill_tokens
+            admitted: list[_Work] = []
+            while self._waiting:
+                work = self._waiting[0]
+                if admitted and work.tokens > budget_tokens:
+                    break
+                if work.kind == "generate" and work.rows > budget_rows:
+                    # Head-of-line: later requests do not overtake it. One larger than a whole batch runs alone.
+                    if not (work.rows > self.config.max_batch_rows and self._batch.rows == 0 and not admitted):
+                        break
+                self._waiting.popleft()
+                admitted.append(work)
+                budget_tokens -= work.tokens
+                budget_rows -= work.rows
+                self._waiting_rows -= work.rows
+                report.queue_waits.append((work.kind, report.started - work.enqueued))
+            report.waiting = len(self._waiting)
+        return admitted
+
+    def _drop_cancelled(self, cancelled: set[int], report: IterationReport) -> None:
+        gone = cancelled & self._decoding.keys()
+        if not gone:
+            return
+        rows = self._batch.rows_of(gone)
+        self._batch.drop(rows)
+        for ticket in gone:
+            del self._decoding[ticket]
+        report.cancelled_rows = len(rows)
+        logger.info("scheduler: %d request(s) cancelled by their callers, %d row(s) freed", len(gone), len(rows))
+
+    def _score(self, scoring: list[_Work], report: IterationReport) -> None:
+        started = self.clock()
+        try:
+            results = self.engine.score([work.request for work in scoring])
+        except Exception as error:  # noqa: BLE001 - every caller must get an answer
+            logger.exception("scheduler: scoring batch failed")
+            for work in scoring:
+                _answer(work, None, error)
+            return
+        for work, result in zip(scoring, results):
+            _answer(work, result, None)
+        report.scored = len(scoring)
+        report.finished += len(scoring)
+        report.prefill_tokens += sum(work.tokens for work in scoring)
+        report.score_seconds = self.clock() - started
+
+    def _prefill(self, generation: list[_Work], report: IterationReport) -> None:
+        started = self.clock()
+        try:
+            fresh = self.engine.prefill([work.request for work in generation], keys=[work.ticket for work in generation])
+        except Exception as error:  # noqa: BLE001
+            logger.exception("scheduler: prefill failed")
+            for work in generation:
+                _answer(work, None, error)
+            return
+        self._batch.merge(fresh)
+        for work in generation:
+            rows = work.rows
+            self._decoding[work.ticket] = _Decoding(work, [None] * rows, rows)
+        report.admitted = len(generation)
+        report.prefill_tokens += sum(work.tokens for work in generation)
+        report.prefill_seconds = self.clock() - started
+
+    def _step(self, report: IterationReport) -> None:
+        report.live_rows = self._batch.rows
+        started = self.clock()
+        try:
+            finished = self.engine.step(self._batch)
+        except Exception as error:  # noqa: BLE001 - fail the batch, keep serving
+            logger.exception("scheduler: decoding step failed; failing the %d request(s) in the batch", len(self._decoding))
+            for decoding in self._decoding.values():
+                _answer(decoding.work, None, error)
+            self._decoding.clear()
+            self._batch = self.engine.new_batch(capacity=self.config.max_batch_rows)
+            return
+        report.step_seconds = self.clock() - started
+        for row in finished:
+            decoding = self._decoding[row.owner.key]
+            decoding.sequences[row.owner.sequence] = row.token_ids
+            decoding.remaining -= 1
+            if decoding.remaining == 0:
+                del self._decoding[row.owner.key]
+                _answer(decoding.work, decoding.sequences, None)
+                report.finished += 1
+        self.drain.record(len(finished), self.clock() - report.started)
+
+    # ------------------------------------------------------------ helpers
+    def _enqueue(self, kind: str, request: GenerationRequest | ScoringRequest, on_done: Callback) -> int:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        work = _Work(ticket, kind, request, on_done, self.clock())
+        self._waiting.append(work)
+        self._waiting_rows += work.rows
+        self._lock.notify()
+        return ticket
+
+    def _refuse_if_too_late(self, rows: int) -> None:
+        if self.deadline_s is None:
+            return
+        wait = self.expected_wait_s(rows)
+        if wait > self.deadline_s:
+            raise AdmissionRefused(wait, self.deadline_s)
+
+
+def _answer(work: _Work, result: Any, error: BaseException | None) -> None:
+    try:
+        work.on_done(result, error)
+    except Exception:  # noqa: BLE001 - a caller's callback must not stop the loop
+        logger.exception("scheduler: answer callback failed")
