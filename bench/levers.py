@@ -13,6 +13,7 @@ bench/results/levers.json and the levers section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import datetime as dt
 import json
@@ -193,27 +194,16 @@ class Levers:
         return {"question": "bf16 vs fp32 weights and activations", "variants": variants, "kept": kept}
 
     def vocab(self) -> dict[str, Any]:
-        """Scoring through only the label tokens' lm_head rows vs the full 250k-row projection, and vs free generation."""
-        engine, model = self.engine, self.loaded.model
+        """Full-vocabulary scoring (the default) vs label-token normalisation, and vs free generation."""
+        engine = self.engine
         batch = self.score_batch
-
-        def full_vocab() -> Any:
-            vocab = sorted({t for r in batch for label in r.label_ids for t in label} | {engine.eos_id})
-            column_of = {token: column for column, token in enumerate(vocab)}
-            columns = torch.tensor(vocab, device=self.device)
-
-            def log_probs(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-                return torch.log_softmax(model.lm_head(hidden).float(), dim=-1).index_select(-1, columns)
-
-            with torch.inference_mode(), engine_knobs(engine, packed_scoring=False):
-                return engine._score_rows(batch, column_of, log_probs)
-
+        label_tokens = [dataclasses.replace(request, normalization="label_tokens") for request in batch]
         generate = greedy_label_requests(batch)
         result = rate(
             compare(
                 {
-                    "label rows only (engine.score)": lambda: engine.score(batch),
-                    "full-vocabulary lm_head": full_vocab,
+                    "full vocabulary (default)": lambda: engine.score(batch),
+                    "label tokens only (scoring: label_tokens)": lambda: engine.score(label_tokens),
                     "free generation (greedy, label length + 1 steps)": lambda: engine.generate(generate),
                 },
                 self.repeats,
@@ -222,7 +212,7 @@ class Levers:
             len(batch),
             "requests_per_s",
         )
-        return {"question": f"classify {len(batch)} requests x {len(LABELS)} labels: projection over label tokens vs full vocabulary", "variants": result, "kept": "label rows only (engine.score)"}
+        return {"question": f"classify {len(batch)} requests x {len(LABELS)} labels: normalised over the full vocabulary vs the label tokens", "variants": result, "kept": "full vocabulary (default)"}
 
     def packed(self) -> dict[str, Any]:
         result = rate(

@@ -20,6 +20,7 @@ MIN_LABELS = 2
 MAX_LABELS = 50
 MAX_LABEL_CHARS = 100
 Mode = Literal["score", "generate"]
+Scoring = Literal["vocabulary", "label_tokens"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,9 @@ def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str], 
     return [prepare(encoder, template, text, labels, field=text_field(i, len(texts))) for i, text in enumerate(texts)]
 
 
-def engine_requests(jobs: list[ClassifyJob], mode: Mode) -> list[ScoringRequest] | list[GenerationRequest]:
-    """What the engine runs for each job: label scoring, or greedy generation in generate mode."""
-    return [scoring_request(job) for job in jobs] if mode == "score" else [generation_request(job) for job in jobs]
+def engine_requests(jobs: list[ClassifyJob], mode: Mode, scoring: Scoring = "vocabulary") -> list[ScoringRequest] | list[GenerationRequest]:
+    """What the engine runs for each job: label scoring (normalised as `scoring` says), or greedy generation."""
+    return [scoring_request(job, scoring) for job in jobs] if mode == "score" else [generation_request(job) for job in jobs]
 
 
 def answers(jobs: list[ClassifyJob], mode: Mode, outputs: list[Any], encoder: PromptEncoder) -> list[dict[str, Any]]:
@@ -88,8 +89,8 @@ def answers(jobs: list[ClassifyJob], mode: Mode, outputs: list[Any], encoder: Pr
     return [generate_answer(job, encoder.decode(output[0])) for job, output in zip(jobs, outputs)]
 
 
-def scoring_request(job: ClassifyJob) -> ScoringRequest:
-    return ScoringRequest(input_ids=job.prompt.input_ids, label_ids=job.label_ids)
+def scoring_request(job: ClassifyJob, scoring: Scoring = "vocabulary") -> ScoringRequest:
+    return ScoringRequest(input_ids=job.prompt.input_ids, label_ids=job.label_ids, normalization=scoring)
 
 
 def score_answer(job: ClassifyJob, result: ScoringResult) -> dict[str, Any]:

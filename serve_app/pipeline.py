@@ -28,10 +28,12 @@ class Pipeline:
     def from_args(cls, args: dict[str, Any] | None = None) -> Pipeline:
         return cls(AppSettings.from_args(args))
 
-    def classify(self, texts: list[str], labels: list[str], mode: classification.Mode = "score") -> list[dict[str, Any]]:
-        """One /classify answer per text, in order."""
+    def classify(
+        self, texts: list[str], labels: list[str], mode: classification.Mode = "score", scoring: classification.Scoring | None = None
+    ) -> list[dict[str, Any]]:
+        """One /classify answer per text, in order; `scoring` None means the settings' default."""
         jobs = classification.prepare_batch(self.encoder, Template(self.settings.templates.classification), texts, labels)
-        requests = classification.engine_requests(jobs, mode)
+        requests = classification.engine_requests(jobs, mode, scoring or self.settings.scoring)
         outputs = self.engine.score(requests) if mode == "score" else self.engine.generate(requests)
         return classification.answers(jobs, mode, outputs, self.encoder)
 

@@ -109,6 +109,11 @@ Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
 class _LabelsMixin(_Strict):
     labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, description="Candidate labels, distinct")
     mode: Literal["score", "generate"] = Field("score", description="score: probability per label; generate: free generation")
+    scoring: Literal["vocabulary", "label_tokens"] | None = Field(
+        None,
+        description="score mode: vocabulary = the model's own likelihood of each label (normalised over the full vocabulary); "
+        "label_tokens = normalised over the labels' tokens only (faster, a different quantity); null = the service's default",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -206,7 +211,8 @@ class HealthResponse(BaseModel):
     model: str
     demo: bool
     device: str
-    dtype: str
+    dtype: str = Field(description="float32, bfloat16, float16 or int8: what the model runs in")
+    dtype_reason: str = Field(description="why: auto's choice for this hardware (AMX or not, CUDA) or the configured value")
 
 
 class TaskInfo(BaseModel):

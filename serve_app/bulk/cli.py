@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     classify = tasks.add_parser("classify", parents=[common], help="zero-shot classification of each text")
     classify.add_argument("--labels", required=True, help="candidate labels, comma or full-width comma separated")
     classify.add_argument("--mode", choices=["score", "generate"], default="score", help="(default: score)")
+    classify.add_argument(
+        "--scoring", choices=["vocabulary", "label_tokens"], default="vocabulary",
+        help="score mode: vocabulary = the model's own likelihood (default); label_tokens = faster, normalised over the labels' tokens",
+    )
     for subparser in (augment, classify):
         subparser.set_defaults(subparser=subparser)  # so value errors print the subcommand's usage
     return parser
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def task_spec(args: argparse.Namespace) -> TaskSpec:
     if args.task == "classify":
-        return TaskSpec("classify", labels=parse_labels(args.labels), mode=args.mode)
+        return TaskSpec("classify", labels=parse_labels(args.labels), mode=args.mode, scoring=args.scoring)
     sampling = SamplingParams(args.num, args.max_length, args.temperature, args.top_k, args.top_p, args.seed)
     return TaskSpec("augment", sampling=sampling)
 

@@ -123,7 +123,10 @@ class HttpRunner:
     def _request(self, records: list[Record]) -> tuple[str, dict[str, Any]]:
         texts = [record.text for record in records]
         if self.spec.kind == "classify":
-            return "/classify_batch", {"texts": texts, "labels": list(self.spec.labels), "mode": self.spec.mode}
+            body = {"texts": texts, "labels": list(self.spec.labels), "mode": self.spec.mode}
+            if self.spec.mode == "score":
+                body["scoring"] = self.spec.scoring
+            return "/classify_batch", body
         params = self.spec.sampling
         body = {
             "texts": texts,

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.classification import Mode, clean_labels
+from serve_app.classification import Mode, Scoring, clean_labels
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError
 from serve_app.pipeline import Pipeline
@@ -34,6 +34,7 @@ class TaskSpec:
     kind: TaskKind
     labels: tuple[str, ...] = ()
     mode: Mode = "score"
+    scoring: Scoring = "vocabulary"  # score mode's normalisation (README, "How classification scores a label")
     sampling: SamplingParams = SamplingParams()  # seed: the job's seed, from which each record's seed derives
 
     def __post_init__(self) -> None:
@@ -41,6 +42,8 @@ class TaskSpec:
             clean_labels(list(self.labels))  # raises EngineInputError, before any model work starts
             if self.mode not in ("score", "generate"):
                 raise EngineInputError("mode", "must be 'score' or 'generate'")
+            if self.scoring not in ("vocabulary", "label_tokens"):
+                raise EngineInputError("scoring", "must be 'vocabulary' or 'label_tokens'")
 
     @property
     def columns(self) -> list[str]:
@@ -58,7 +61,7 @@ class TaskSpec:
     def describe(self) -> dict[str, Any]:
         """The settings that decide the answers (part of the resume fingerprint)."""
         if self.kind == "classify":
-            return {"kind": self.kind, "labels": list(self.labels), "mode": self.mode}
+            return {"kind": self.kind, "labels": list(self.labels), "mode": self.mode, "scoring": self.scoring}
         return {"kind": self.kind, **dataclasses.asdict(self.sampling)}
 
 
@@ -88,7 +91,7 @@ def run_chunk(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[
 
 def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[str]) -> list[dict[str, Any]]:
     if spec.kind == "classify":
-        return pipeline.classify(texts, list(spec.labels), spec.mode)
+        return pipeline.classify(texts, list(spec.labels), spec.mode, spec.scoring)
     if spec.sampling.seed is None:
         return pipeline.augment(texts, spec.sampling)
     return pipeline.augment(texts, [spec.record_params(line) for line in lines])  # each record its own seed, one batch

@@ -13,10 +13,12 @@ from serve_app.prompts import Template
 
 @serve.deployment(name="Classifier")
 class Classifier(TextDeployment):
-    async def classify(self, texts: list[str], labels: list[str], mode: classification.Mode = "score") -> list[dict[str, Any]]:
-        """One answer per text, in input order."""
+    async def classify(
+        self, texts: list[str], labels: list[str], mode: classification.Mode = "score", scoring: classification.Scoring | None = None
+    ) -> list[dict[str, Any]]:
+        """One answer per text, in input order; `scoring` None means the configured default."""
         jobs = classification.prepare_batch(self.encoder, Template(self.settings.templates.classification), texts, labels)
         method = self.replica.score if mode == "score" else self.replica.generate
         # One call per text: each joins the replica's batch queue alongside other clients' requests.
-        outputs = await gather_or_cancel((method.remote(request) for request in classification.engine_requests(jobs, mode)))
+        outputs = await gather_or_cancel((method.remote(request) for request in classification.engine_requests(jobs, mode, scoring or self.settings.scoring)))
         return classification.answers(jobs, mode, list(outputs), self.encoder)

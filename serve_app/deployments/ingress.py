@@ -111,12 +111,12 @@ class Ingress:
 
     @api.post("/classify", response_model=schemas.ClassifyScoreResponse | schemas.ClassifyGenerateResponse, responses=_ERRORS)
     async def classify(self, body: schemas.ClassifyRequest) -> Any:
-        answer = await self._call(self.classifier.classify.remote([body.text], body.labels, body.mode))
+        answer = await self._call(self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring))
         return answer if isinstance(answer, JSONResponse) else answer[0]
 
     @api.post("/classify_batch", response_model=schemas.ClassifyBatchResponse, responses=_ERRORS)
     async def classify_batch(self, body: schemas.ClassifyBatchRequest) -> Any:
-        answer = await self._call(self.classifier.classify.remote(body.texts, body.labels, body.mode))
+        answer = await self._call(self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring))
         return answer if isinstance(answer, JSONResponse) else {"results": answer}
 
     @api.post("/generate", response_model=schemas.GenerateResponse, responses=_ERRORS)

@@ -19,11 +19,11 @@ import torch
 from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
 from serve_app.engine.errors import ModelSpecError
+from serve_app.engine.precision import Precision, choose_precision, quantize_linears
 from serve_app.engine.spec import ResolvedSpec, resolve_spec
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 # Fields of a saved config.json that are not architecture.
 _IGNORED_CONFIG_KEYS = {"model_type", "architectures", "transformers_version", "tie_word_embeddings", "torch_dtype", "dtype", "_name_or_path"}
 
@@ -34,7 +34,11 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     resolved: ResolvedSpec
     device: torch.device
-    dtype: torch.dtype
+    precision: Precision
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
 
     @property
     def is_demo(self) -> bool:
@@ -46,7 +50,8 @@ class LoadedModel:
             "model": self.resolved.spec,
             "demo": self.is_demo,
             "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": self.precision.name,
+            "dtype_reason": self.precision.reason,
         }
 
 
@@ -59,16 +64,6 @@ def choose_device(device: str = "auto") -> torch.device:
         logger.warning("device %r requested but CUDA is not available; using cpu", device)
         return torch.device("cpu")
     return chosen
-
-
-def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on cuda, float32 on cpu (float32 wins at batch 1 on CPU, see BENCHMARKS.md)."""
-    if dtype in ("auto", "", None):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ModelSpecError(f"dtype {dtype!r} is not one of auto, {', '.join(sorted(DTYPES))}") from None
 
 
 def load_config(path: Path) -> MT5Config:
@@ -133,13 +128,15 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Resolve `spec`, load weights and tokenizer, move to device/dtype, eval mode."""
+    """Resolve `spec`, load weights and tokenizer, move to device and precision (precision.py), eval mode."""
     resolved = resolve_spec(spec)
     torch_device = choose_device(device)
-    torch_dtype = choose_dtype(dtype, torch_device)
+    precision = choose_precision(dtype, torch_device)
     model = build_model(load_config(resolved.path), read_state_dict(resolved.path))
-    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    model = model.to(device=torch_device, dtype=precision.dtype).eval()
     model.requires_grad_(False)
+    if precision.int8:
+        model = quantize_linears(model)
     tokenizer = load_tokenizer(resolved.path)
-    logger.info("loaded %s from %s on %s as %s", spec, resolved.path, torch_device, torch_dtype)
-    return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, dtype=torch_dtype)
+    logger.info("loaded %s from %s on %s as %s (%s)", spec, resolved.path, torch_device, precision.name, precision.reason)
+    return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, precision=precision)

@@ -77,10 +77,13 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class ScoringRequest:
-    """One encoder input and the token ids of each candidate label (without the closing </s>)."""
+    """One encoder input and the token ids of each candidate label (without the closing </s>).
+
+    normalization: "vocabulary" (the model's own likelihood) or "label_tokens" (serve_app/engine/scoring.py)."""
 
     input_ids: list[int]
     label_ids: list[list[int]]
+    normalization: str = "vocabulary"
 
 
 @dataclass(frozen=True)

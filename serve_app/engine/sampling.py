@@ -53,8 +53,10 @@ class RowSampling:
 
 @torch.inference_mode()
 def sample_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
-    """logits [rows, vocab] -> next token ids [rows], each row by its own RowSampling."""
-    logits = logits.float()
+    """logits [rows, vocab] -> next token ids [rows], each row by its own RowSampling.
+
+    Selection (argmax, top-k) runs on the logits as the model produced them: casting to float32 is
+    exact and keeps the order, so it only needs to happen to the values that are kept."""
     count, vocab = logits.shape
     sampled = [row for row, sampling in enumerate(rows) if not sampling.greedy]
     if not sampled:
@@ -80,7 +82,7 @@ def _sample(logits: torch.Tensor, rows: list[RowSampling], vocab: int) -> torch.
     # Select first, then scale only the kept values: dividing by a positive temperature keeps the
     # order, and each kept value is the same quotient a full-vocabulary division would give.
     values, indices = logits.topk(width, dim=-1)  # sorted, best first
-    values = values / torch.tensor([row.temperature for row in rows], device=device)[:, None]
+    values = values.float() / torch.tensor([row.temperature for row in rows], device=device)[:, None]
     positions = torch.arange(width, device=device)
     values = values.masked_fill(positions[None, :] >= torch.tensor(limits, device=device)[:, None], float("-inf"))
     probs = torch.softmax(values, dim=-1)
@@ -91,11 +93,14 @@ def _sample(logits: torch.Tensor, rows: list[RowSampling], vocab: int) -> torch.
     # Gumbel-max with each row's own generator, over exactly the row's own top-k: the draw flips only
     # on a near-tie of the two best perturbed scores, so last-bit float differences (thread counts,
     # batch shapes) almost never change a seeded sample, where inverse-CDF sampling flips whenever u
-    # lands near any boundary.
-    log_probs = probs.log()
+    # lands near any boundary. The noise goes to the kept tokens in token-id order, not in rank order:
+    # two nearly equal logits may swap ranks between batch shapes, and must not swap their noise.
+    by_id = indices.masked_fill(positions[None, :] >= torch.tensor(limits, device=device)[:, None], logits.shape[-1]).argsort(dim=-1)
+    log_probs = probs.log().gather(1, by_id)
+    tokens = indices.gather(1, by_id)
     choices = torch.empty(len(rows), dtype=torch.long, device=device)
     for position, (row, limit) in enumerate(zip(rows, limits)):
         uniform = torch.rand(limit, generator=row.generator, device=device)
         gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
         choices[position] = torch.argmax(log_probs[position, :limit] + gumbel)
-    return indices.gather(1, choices[:, None]).squeeze(1)
+    return tokens.gather(1, choices[:, None]).squeeze(1)
