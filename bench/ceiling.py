@@ -27,7 +27,7 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
             device: str = "auto", dtype: str = "auto", threads: int | None = None) -> dict[str, Any]:
     from serve_app import augmentation, classification
     from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
-    from serve_app.engine.tokenization import PromptEncoder
+    from serve_app.tokenization import PromptEncoder
     from serve_app.prompts import Template
     from serve_app.settings import AppSettings
 

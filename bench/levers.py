@@ -32,7 +32,7 @@ import torch
 from bench.workloads import LABELS, chinese_texts
 from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest, Seq2SeqEngine, load_model
 from serve_app.engine.loading import LoadedModel
-from serve_app.engine.tokenization import PromptEncoder
+from serve_app.tokenization import PromptEncoder
 from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, Template
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from serve_app.engine.errors import EmptyTextError, EngineInputError
+from serve_app.engine.errors import EngineInputError
+from serve_app.text_errors import EmptyTextError
 from serve_app.engine.requests import GenerationRequest, SamplingParams
-from serve_app.engine.tokenization import EncodedPrompt, PromptEncoder
+from serve_app.tokenization import EncodedPrompt, PromptEncoder
 from serve_app.prompts import Template
 
 

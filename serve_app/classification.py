@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.engine.errors import DuplicateLabelError, EmptyTextError, EngineInputError, LabelCountError
+from serve_app.engine.errors import EngineInputError
+from serve_app.text_errors import DuplicateLabelError, EmptyTextError, LabelCountError
 from serve_app.engine.requests import GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
-from serve_app.engine.tokenization import EncodedPrompt, PromptEncoder
+from serve_app.tokenization import EncodedPrompt, PromptEncoder
 from serve_app.prompts import Template, classification_values, sanitize_label
 
 MIN_LABELS = 2

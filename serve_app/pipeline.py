@@ -12,7 +12,7 @@ from typing import Any
 from serve_app import augmentation, classification
 from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
 from serve_app.engine.loading import LoadedModel
-from serve_app.engine.tokenization import PromptEncoder
+from serve_app.tokenization import PromptEncoder
 from serve_app.prompts import Template
 from serve_app.settings import AppSettings
 

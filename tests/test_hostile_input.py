@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from serve_app import augmentation, classification
 from serve_app.engine.errors import EngineInputError
-from serve_app.engine.tokenization import PromptEncoder
+from serve_app.tokenization import PromptEncoder
 from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, Template, sanitize_label
 
 TIMEOUT = httpx.Timeout(60.0)

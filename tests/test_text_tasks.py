@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from serve_app import augmentation, classification
-from serve_app.engine.errors import DuplicateLabelError, EmptyTextError, EngineInputError, LabelCountError
-from serve_app.engine.tokenization import PromptEncoder
+from serve_app.engine.errors import EngineInputError
+from serve_app.text_errors import DuplicateLabelError, EmptyTextError, LabelCountError
+from serve_app.tokenization import PromptEncoder
 from serve_app.pipeline import Pipeline
 from serve_app.prompts import CLASSIFICATION_TEMPLATE, Template, sanitize_label
 from serve_app.settings import AppSettings

@@ -10,7 +10,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.engine.loading import load_tokenizer
 from serve_app.engine.spec import resolve_spec
-from serve_app.engine.tokenization import PromptEncoder
+from serve_app.tokenization import PromptEncoder
 from serve_app.settings import AppSettings
 
 T = TypeVar("T")
