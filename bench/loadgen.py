@@ -42,6 +42,10 @@ class PointResult:
     ok: int
     errors: int
     rps: float
+    # Each answer counted as 1 spread over its lifetime, the share inside the window summed: closed loops whose
+    # clients finish together (random weights never stop early) answer in bursts, and counting whole answers
+    # in a window quantises throughput by a burst (up to +-25 % at 32 clients in 50 s).
+    rps_spread: float
     p50_s: float | None
     p95_s: float | None
     p99_s: float | None
@@ -74,6 +78,21 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def spread_throughput(samples: list[Sample], window: tuple[float, float]) -> float:
+    """Answers per second with each answer spread evenly over its own lifetime (see PointResult.rps_spread)."""
+    begin, end = window
+    if end <= begin:
+        return 0.0
+    total = 0.0
+    for sample in samples:
+        life = sample.end - sample.start
+        if life <= 0:
+            total += 1.0 if begin <= sample.end <= end else 0.0
+            continue
+        total += max(0.0, min(sample.end, end) - max(sample.start, begin)) / life
+    return total / (end - begin)
+
+
 def summarize(
     samples: list[Sample],
     *,
@@ -91,6 +110,7 @@ def summarize(
     ok = [s.latency for s in measured if s.status == 200]
     failed = [s for s in measured if s.status != 200]
     rps = len(ok) / duration if duration > 0 else 0.0
+    rps_spread = spread_throughput([s for s in samples if s.status == 200], window)
     examples = sorted({f"{s.status} {s.error or ''}".strip() for s in failed})[:5]
     return PointResult(
         system=system,
@@ -101,6 +121,7 @@ def summarize(
         ok=len(ok),
         errors=len(failed),
         rps=rps,
+        rps_spread=rps_spread,
         p50_s=percentile(ok, 50),
         p95_s=percentile(ok, 95),
         p99_s=percentile(ok, 99),

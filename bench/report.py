@@ -14,9 +14,14 @@ SERVING_SHARE = {"augment": 0.85, "classify": 0.75}  # Serve's requests/s over t
 MIXED_CLASSIFY_LIMIT = 3.0  # /classify p95 among 8 augment clients, over the lone /classify p50
 LONE_LATENCY_LIMIT = 1.1  # at 1 client, our p50 over the baseline's
 CSV_FIELDS = [
-    "system", "workload", "concurrency", "rps", "p50_s", "p95_s", "p99_s", "mean_s", "max_s",
+    "system", "workload", "concurrency", "rps", "rps_spread", "p50_s", "p95_s", "p99_s", "mean_s", "max_s",
     "little_latency_s", "ok", "errors", "sent", "in_flight_at_end", "oldest_in_flight_s", "duration_s", "warmup_s", "peak_rss_mb", "model_cpu_cores", "system_cpu_cores", "client_cpu_cores", "load_average",
 ]
+
+
+def _rps(point: dict[str, Any]) -> float:
+    """Throughput with each answer spread over its lifetime (loadgen.PointResult.rps_spread); answers/s for old results."""
+    return point.get("rps_spread", point["rps"])
 
 
 def _point(points: list[dict[str, Any]], system: str, workload: str, concurrency: int) -> dict[str, Any] | None:
@@ -37,20 +42,20 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     levels = sorted({p["concurrency"] for p in points if p["workload"] in ("classify", "augment") and p["system"] != "engine"})
     top, low = (levels[-1], levels[0]) if levels else (None, None)
     ours, base = _point(points, "serve", "augment", top), _point(points, "baseline", "augment", top)
-    if ours and base and base["rps"] > 0:
-        ratio = ours["rps"] / base["rps"]
+    if ours and base and _rps(base) > 0:
+        ratio = _rps(ours) / _rps(base)
         add(
             f"augment: requests/s at {top} clients >= {AUGMENT_X_BASELINE:g}x baseline, no errors",
-            f"{ratio:.1f}x ({ours['rps']:.2f} vs {base['rps']:.2f} req/s), {ours['errors']} errors",
+            f"{ratio:.1f}x ({_rps(ours):.2f} vs {_rps(base):.2f} req/s), {ours['errors']} errors",
             ratio >= AUGMENT_X_BASELINE and ours["errors"] == 0,
         )
     for workload, share in SERVING_SHARE.items():
         ours, engine = _point(points, "serve", workload, top), _point(points, "engine", workload, top)
-        if ours and engine and engine["rps"] > 0:
+        if ours and engine and _rps(engine) > 0:
             add(
                 f"{workload}: Serve at {top} clients >= {share:.0%} of the engine-only ceiling (batch {top})",
-                f"{ours['rps'] / engine['rps']:.0%} ({ours['rps']:.2f} vs {engine['rps']:.2f} req/s)",
-                ours["rps"] / engine["rps"] >= share,
+                f"{_rps(ours) / _rps(engine):.0%} ({_rps(ours):.2f} vs {_rps(engine):.2f} req/s)",
+                _rps(ours) / _rps(engine) >= share,
             )
     mixed, lone = _point(points, "serve", "mixed:classify", 1), _point(points, "serve", "classify", 1)
     if mixed and lone and mixed["p95_s"] is not None and lone["p50_s"]:
@@ -110,12 +115,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
             series = sorted((p for p in points if p["workload"] == workload and p["system"] == system), key=lambda p: p["concurrency"])
             xs = [p["concurrency"] for p in series]
             label = {"baseline": "baseline (transformers generate, fp32, 1 at a time)", "serve": "Ray Serve app"}.get(system, system)
-            axes[row][0].plot(xs, [p["rps"] for p in series], label=label, **styles.get(system, {}))
+            axes[row][0].plot(xs, [_rps(p) for p in series], label=label, **styles.get(system, {}))
             p95 = [(p["concurrency"], p["p95_s"]) for p in series if p["p95_s"] is not None]
             axes[row][1].plot([x for x, _ in p95], [y for _, y in p95], label=label, **styles.get(system, {}))
         engine = next((p for p in points if p["workload"] == workload and p["system"] == "engine"), None)
         if engine:
-            axes[row][0].axhline(engine["rps"], color="tab:green", linestyle=":", label=f"engine-only ceiling (batch {engine['concurrency']})")
+            axes[row][0].axhline(_rps(engine), color="tab:green", linestyle=":", label=f"engine-only ceiling (batch {engine['concurrency']})")
         for column, (title, unit) in enumerate((("throughput", "requests/s"), ("p95 latency", "seconds"))):
             ax = axes[row][column]
             ax.set_title(f"{workload}: {title}")
@@ -156,7 +161,9 @@ def markdown(results: dict[str, Any], image: str | None = None) -> str:
         "",
         f"Closed loop; per point {results['config']['warmup_s']:g} s warm-up then {results['config']['duration_s']:g} s measured (classify), "
         f"{results['config'].get('augment_warmup_s', results['config']['warmup_s']):g} s + {results['config'].get('augment_duration_s', results['config']['duration_s']):g} s (augment); "
-        "req/s counts answers (HTTP 200) inside the measured window; latencies are over those answers; "
+        "req/s counts each answer (HTTP 200) as 1 spread evenly over its lifetime and sums the shares inside the measured window "
+        "(clients that finish together answer in bursts, and whole answers in a window would quantise throughput by a burst); "
+        "answers/s counts whole answers inside the window; latencies are over those answers; "
         "N/X is clients / throughput (Little's law: the mean latency a closed loop settles at, "
         "which the measured percentiles undershoot when one round of the queue takes longer than the window); "
         "CPU cores = CPU time per second of the point, out of the machine's 2: model = the model process (baseline server; "
@@ -164,13 +171,13 @@ def markdown(results: dict[str, Any], image: str | None = None) -> str:
         "controller, Ray); the rest went to the load generator and to whatever else ran on the shared box; "
         "load = the machine's 1-minute load average at the end of the point (2.0 = both cores busy).",
         "",
-        "| workload | clients | system | req/s | p50 s | p95 s | p99 s | N/X s | answers | errors | peak RSS MiB | CPU cores: model / all | load |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | clients | system | req/s | answers/s | p50 s | p95 s | p99 s | N/X s | answers | errors | peak RSS MiB | CPU cores: model / all | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {"baseline": 0, "serve": 1, "engine": 2}
     for point in sorted(points, key=lambda p: (p["workload"] != "classify", p["workload"], p["concurrency"], order.get(p["system"], 9))):
         lines.append(
-            f"| {point['workload']} | {point['concurrency']} | {point['system']} | {_fmt(point['rps'])} | {_fmt(point['p50_s'])} | "
+            f"| {point['workload']} | {point['concurrency']} | {point['system']} | {_fmt(_rps(point))} | {_fmt(point['rps'])} | {_fmt(point['p50_s'])} | "
             f"{_fmt(point['p95_s'])} | {_fmt(point['p99_s'])} | {_fmt(point['little_latency_s'], 1)} | {point['ok']} | {point['errors']} | "
             f"{_fmt(point.get('peak_rss_mb'), 0)} | {_fmt(point.get('model_cpu_cores'), 1)} / {_fmt(point.get('system_cpu_cores'), 1)} | {_fmt(point.get('load_average'), 1)} |"
         )
@@ -179,10 +186,10 @@ def markdown(results: dict[str, Any], image: str | None = None) -> str:
         for level in sorted({p["concurrency"] for p in points if p["workload"] == workload}):
             ours, base = _point(points, "serve", workload, level), _point(points, "baseline", workload, level)
             engine = _point(points, "engine", workload, level)
-            if ours and base and base["rps"] > 0:
+            if ours and base and _rps(base) > 0:
                 p95 = f"{ours['p95_s'] / base['p95_s']:.2f}x" if ours["p95_s"] and base["p95_s"] else "–"
-                share = f"{ours['rps'] / engine['rps']:.0%}" if engine and engine["rps"] > 0 else "–"
-                ratios.append(f"| {workload} | {level} | {ours['rps'] / base['rps']:.1f}x | {p95} | {share} |")
+                share = f"{_rps(ours) / _rps(engine):.0%}" if engine and _rps(engine) > 0 else "–"
+                ratios.append(f"| {workload} | {level} | {_rps(ours) / _rps(base):.1f}x | {p95} | {share} |")
     if ratios:
         lines += [
             "", "Serve / baseline (and Serve / engine-only ceiling at the same batch), same run:", "",

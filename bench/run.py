@@ -334,9 +334,9 @@ def _histogram_delta(now: dict[str, int], before: dict[str, int] | None) -> dict
     return {bucket: count for bucket, count in delta.items() if count > 0}
 
 
-def engine_ceiling(model: str, workloads: list[str], batch: int, args: argparse.Namespace, dtype: str) -> list[dict[str, Any]]:
+def engine_ceiling(model: str, workloads: list[str], batch: int, args: argparse.Namespace, dtype: str) -> dict[str, dict[str, Any]]:
     """bench.ceiling in a fresh process per workload (alone on the machine, like each system)."""
-    points = []
+    results = {}
     for workload in workloads:
         command = [
             sys.executable, "-m", "bench.ceiling", "--model", model, "--workload", workload, "--batch", str(batch),
@@ -344,11 +344,22 @@ def engine_ceiling(model: str, workloads: list[str], batch: int, args: argparse.
         ]
         log(f"engine ceiling: {workload}, batch {batch}, {dtype} ...")
         done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        log(f"engine ceiling: {workload} {result['requests_per_s']:.2f} req/s (best {result['best_requests_per_s']:.2f})")
+        results[workload] = json.loads(done.stdout.strip().splitlines()[-1])
+        log(f"engine ceiling: {workload} {results[workload]['requests_per_s']:.2f} req/s (best {results[workload]['best_requests_per_s']:.2f})")
+    return results
+
+
+def ceiling_points(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], batch: int, repeats: int) -> list[dict[str, Any]]:
+    """The engine ceiling measured just before and just after Serve ran, averaged: the shared box drifts by
+    +-20 % over minutes, and a ceiling taken at another time than Serve's run would skew the ratio."""
+    points = []
+    for workload, first in before.items():
+        second = after.get(workload, first)
+        rps = (first["requests_per_s"] + second["requests_per_s"]) / 2
         points.append({
-            "system": "engine", "workload": workload, "concurrency": batch, "rps": result["requests_per_s"], "ok": batch * args.ceiling_repeats,
-            "errors": 0, "p50_s": None, "p95_s": None, "p99_s": None, "little_latency_s": None, "ceiling": result,
+            "system": "engine", "workload": workload, "concurrency": batch, "rps": rps, "rps_spread": rps, "ok": 2 * batch * repeats,
+            "errors": 0, "p50_s": None, "p95_s": None, "p99_s": None, "little_latency_s": None,
+            "ceiling": {"before_serve": first, "after_serve": second},
         })
     return points
 
@@ -365,11 +376,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", default=["classify", "augment", "mixed"], choices=["classify", "augment", "mixed"])
     parser.add_argument("--mixed-systems", nargs="+", default=["serve"], choices=["baseline", "serve"], help="systems that run the mixed workload")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the engine-only ceiling (bench.ceiling)")
-    parser.add_argument("--ceiling-repeats", type=int, default=2, help="batches timed per workload for the engine-only ceiling")
+    parser.add_argument("--ceiling-repeats", type=int, default=3, help="batches timed per workload for the engine-only ceiling (before and after Serve)")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per classify point")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each classify point's window")
-    parser.add_argument("--augment-duration", type=float, default=50.0, help="measured seconds per augment point (a 32-client batch takes ~15-25 s here)")
+    parser.add_argument("--augment-duration", type=float, default=80.0, help="measured seconds per augment point (a 32-client cycle takes ~8-12 s here)")
     parser.add_argument("--augment-warmup", type=float, default=10.0, help="unmeasured seconds before each augment point's window")
     parser.add_argument("--drain", type=float, default=15.0, help="seconds in-flight requests may finish after a window")
     parser.add_argument("--serve-patch", type=Path, action="append", default=[], help="run Serve from a copy of the tree with this patch applied (repeatable)")
@@ -458,8 +469,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "The machine is shared with other work: compare the two systems within this run, as ratios.",
         ],
     }
+    ceilings: list[dict[str, dict[str, Any]]] = []
+    ceiling_workloads = [name for name in ("classify", "augment") if name in workloads]
+
+    def measure_ceiling() -> None:
+        if not args.no_ceiling and "serve" in args.systems:
+            from serve_app.engine.loading import choose_device
+            from serve_app.engine.precision import choose_precision
+
+            dtype = choose_precision(args.serve_args.get("dtype", "auto"), choose_device("auto")).name  # what Serve's `auto` runs
+            ceilings.append(engine_ceiling(model, ceiling_workloads, max(args.concurrency), args, dtype))
+
     with tempfile.TemporaryDirectory(prefix="bench-", dir=logs) as scratch:
         for name in args.systems:
+            if name == "serve":
+                measure_ceiling()
             if name == "baseline":
                 system = BaselineProcess(model, logs, threads=args.baseline_threads)
             else:
@@ -471,11 +495,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     (logs / "serve-run.log").write_bytes(system.log_path.read_bytes())
             results["points"] += points
             results["systems"][name] = info
+            if name == "serve":
+                measure_ceiling()
 
-    if not args.no_ceiling:
-        dtype = results["systems"].get("serve", {}).get("health", {}).get("dtype", "auto")
-        ceiling_workloads = [name for name in ("classify", "augment") if name in workloads]
-        results["points"] += engine_ceiling(model, ceiling_workloads, max(args.concurrency), args, dtype)
+    if ceilings:
+        results["points"] += ceiling_points(ceilings[0], ceilings[-1], max(args.concurrency), args.ceiling_repeats)
     results["targets"] = report.evaluate_targets(results)
     paths = report.write_files(results, args.out, args.stem)
     log(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -31,13 +31,15 @@ def test_summary_counts_only_the_measured_window():
     point = summarize(samples, system="x", workload="w", concurrency=1, window=(1.0, 5.0), warmup_s=1.0, in_flight_starts=[3.5], sent=5)
     assert (point.ok, point.errors, point.in_flight_at_end) == (2, 1, 1)
     assert point.rps == pytest.approx(0.5)
+    # spread: (2-1)/1.5 of the second answer, all of the third, (5-3.5)/5.5 of the last, over 4 s
+    assert point.rps_spread == pytest.approx((1 / 1.5 + 1 + 1.5 / 5.5) / 4)
     assert point.p50_s == pytest.approx(1.25) and point.max_s == pytest.approx(1.5)
     assert percentile([], 50) is None and percentile([3.0], 99) == 3.0
 
 
 def test_targets_are_evaluated_against_the_same_run():
     def point(system, workload, concurrency, rps, p50, p95, errors=0):
-        return {"system": system, "workload": workload, "concurrency": concurrency, "rps": rps, "p50_s": p50, "p95_s": p95, "errors": errors}
+        return {"system": system, "workload": workload, "concurrency": concurrency, "rps": rps, "rps_spread": rps, "p50_s": p50, "p95_s": p95, "errors": errors}
 
     results = {
         "points": [
@@ -118,7 +120,7 @@ def test_harness_drives_the_serve_app(tmp_path):
     assert health["dtype"] == ("bfloat16" if cpu_has_amx() else "float32") and health["dtype_reason"].startswith("auto: ")
     by_point = {(p["system"], p["workload"], p["concurrency"]): p for p in results["points"]}
     assert {("serve", "mixed:classify", 1), ("serve", "mixed:augment", 8), ("engine", "classify", 2), ("engine", "augment", 2)} <= set(by_point)
-    assert by_point[("engine", "augment", 2)]["ceiling"]["batch"] == 2
+    assert by_point[("engine", "augment", 2)]["ceiling"]["before_serve"]["batch"] == 2
     # the scheduler's rows-per-step histogram, read from its log, is attached to each Serve point
     assert sum(by_point[("serve", "augment", 2)]["rows_per_step"].values()) > 0
 

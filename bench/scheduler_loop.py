@@ -1,0 +1,117 @@
+"""The serving core without Ray or HTTP: N closed-loop asyncio clients against SchedulerLoop, next to the engine ceiling.
+
+    .venv/bin/python -m bench.scheduler_loop --workload augment --clients 32 --duration 60
+
+Separates what continuous batching itself costs (this) from what Ray Serve's
+processes and HTTP cost (bench.run's serve / this). Imports no Ray: runs alone on a
+GPU box too (`--device cuda`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import torch
+
+from bench.ceiling import measure as ceiling
+from bench.loadgen import Sample, spread_throughput
+from bench.workloads import augment_workload, classify_workload
+
+
+async def closed_loop(loop, requests: list[Any], kind: str, clients: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+    done: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+    counter = {"next": 0}
+
+    async def client() -> None:
+        while not stop.is_set():
+            request = requests[counter["next"] % len(requests)]
+            counter["next"] += 1
+            started = time.perf_counter()
+            await (loop.generate(request) if kind == "augment" else loop.score(request))
+            done.append((started, time.perf_counter()))
+
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    await asyncio.sleep(warmup_s)
+    begin = time.perf_counter()
+    await asyncio.sleep(duration_s)
+    end = time.perf_counter()
+    stop.set()
+    await asyncio.gather(*tasks)
+    window = [(s, e) for s, e in done if begin <= e <= end]
+    latencies = sorted(e - s for s, e in window)
+    return {
+        # each answer spread over its lifetime (bench/loadgen.py: clients that finish together answer in bursts)
+        "requests_per_s": spread_throughput([Sample(s, e, 200) for s, e in done], (begin, end)),
+        "answers_per_s": len(window) / (end - begin),
+        "p50_s": latencies[len(latencies) // 2] if latencies else None,
+        "answers": len(window),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from serve_app import augmentation, classification
+    from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
+    from serve_app.prompts import Template
+    from serve_app.scheduling.config import SchedulerConfig
+    from serve_app.scheduling.loop import SchedulerLoop
+    from serve_app.scheduling.scheduler import Scheduler
+    from serve_app.settings import AppSettings
+    from serve_app.tokenization import PromptEncoder
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="default: the mT5-base-shaped bench checkpoint")
+    parser.add_argument("--workload", choices=["classify", "augment"], default="augment")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=40.0)
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-batch-rows", type=int, default=64)
+    parser.add_argument("--max-prefill-tokens", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.model is None:
+        from bench.checkpoint import build_checkpoint
+
+        args.model = str(build_checkpoint())
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    settings = AppSettings(model=args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, args.device, args.dtype)
+    engine = Seq2SeqEngine(loaded.model, settings.max_input_tokens)
+    encoder = PromptEncoder(loaded.tokenizer, settings.max_input_tokens)
+    if args.workload == "augment":
+        bodies = augment_workload().bodies
+        prompts = [augmentation.prepare(encoder, Template(settings.templates.augment), body["text"]) for body in bodies]
+        requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=2, max_new_tokens=32))
+    else:
+        bodies = classify_workload().bodies
+        jobs = [classification.prepare(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
+        requests = classification.engine_requests(jobs, "score")
+    scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=args.max_batch_rows, max_prefill_tokens=args.max_prefill_tokens))
+    loop = SchedulerLoop(scheduler, torch_threads=threads)
+    try:
+        served = asyncio.run(closed_loop(loop, requests, args.workload, args.clients, args.warmup, args.duration))
+    finally:
+        loop.stop()
+    del engine, loaded
+    engine_only = ceiling(args.model, args.workload, args.clients, repeats=2, device=args.device, dtype=args.dtype, threads=threads)
+    result = {
+        "workload": args.workload,
+        "clients": args.clients,
+        "scheduler_loop": served,
+        "engine_ceiling": engine_only,
+        "share_of_ceiling": served["requests_per_s"] / engine_only["requests_per_s"],
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
