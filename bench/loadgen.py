@@ -135,26 +135,6 @@ def summarize(
     )
 
 
-async def run_point(
-    base_url: str,
-    workload: Workload,
-    concurrency: int,
-    *,
-    system: str = "",
-    duration_s: float = 20.0,
-    warmup_s: float = 5.0,
-    drain_s: float = 15.0,
-    request_timeout_s: float = 600.0,
-    first_index: int = 0,
-) -> PointResult:
-    """One closed-loop point: `concurrency` clients on `workload` for warmup_s + duration_s."""
-    results = await run_mix(
-        base_url, [(workload, concurrency)], system=system, duration_s=duration_s, warmup_s=warmup_s,
-        drain_s=drain_s, request_timeout_s=request_timeout_s, first_index=first_index,
-    )
-    return results[0]
-
-
 async def run_mix(
     base_url: str,
     mix: list[tuple[Workload, int]],

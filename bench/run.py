@@ -258,6 +258,7 @@ def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace) ->
                 asyncio.run(loadgen.warm_up(system.url, part))
         pids = system.model_pids
         log(f"{system.name} model process(es): {pids}")
+        system.idle()  # the warm-up's scheduler summary reaches the log before the first point's snapshot
         rows_seen = system.rows_histogram()
         for name, workload in workloads.items():
             if name == "mixed":

@@ -57,6 +57,9 @@ class AppSettings(BaseModel):
     # GPUs per ModelReplica. "auto": 1 where the cluster has GPUs when the app is built, else 0 (laptops).
     # A number is always asked for (a fraction lets replicas share a GPU): use it where GPU nodes autoscale from zero.
     replica_gpus: float | str = "auto"
+    # How much lower the light deployments' (Ingress, Classifier, Augmenter) CPU priority is than the model's:
+    # added to their nice value, so on a shared CPU node they run in the model's gaps (0 = same priority).
+    light_deployment_nice: int = Field(10, ge=0, le=19)
     # torch intra-op threads per ModelReplica (null: torch's default, one per core).
     torch_threads: int | None = Field(None, ge=1)
     # /classify score mode: "vocabulary" (the model's own likelihood) or "label_tokens" (faster; README).

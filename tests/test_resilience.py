@@ -18,6 +18,8 @@ from tests.servers import ServeRun, free_port, test_config
 TEXTS = ["物流太慢了,等了三天还没发货", "这款手机充电很快", "股市今天大幅上涨", "周末我们去了杭州旅游", "这家面馆的牛肉面味道一般"]
 LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议", "天气", "美食"]
 SINGLE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
+# Short, but with room for the 2-core CI box where the flood's HTTP work competes with the model for the CPUs.
+REQUEST_TIMEOUT_S = 6
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def fragile(tmp_path_factory) -> ServeRun:
             "Augmenter": {"autoscaling_config": SINGLE},
             "Ingress": {"autoscaling_config": SINGLE},
         },
-        args={"request_timeout_s": 4},
+        args={"request_timeout_s": REQUEST_TIMEOUT_S},
     )
     run = ServeRun(config, tmp_path_factory.mktemp("fragile"))
     run.start()
@@ -111,12 +113,12 @@ def test_slow_request_answers_504_instead_of_hanging(fragile):
     response = httpx.post(f"{fragile.url}/augment_batch", json=slow, timeout=60)
     assert response.status_code in (503, 504), response.text
     if response.status_code == 504:
-        assert "4" in response.json()["detail"] and time.monotonic() - started < 30
+        assert str(REQUEST_TIMEOUT_S) in response.json()["detail"] and time.monotonic() - started < 30
     # the abandoned requests leave the model's batch at its next step instead of decoding on (the scheduler logs it)
     deadline = time.monotonic() + 30
     while "cancelled by their callers" not in fragile.log_path.read_text(errors="replace") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert "cancelled by their callers" in fragile.log_path.read_text(errors="replace")
+    assert "cancelled by their callers" in fragile.log_path.read_text(errors="replace"), fragile.log_tail()
     # the service recovers once the abandoned work drains
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -261,7 +261,8 @@ def test_cancelled_requests_free_their_rows_at_the_next_step_and_get_no_answer(e
     scheduler.cancel(gone)
     scheduler.cancel(queued)
     report = scheduler.run_iteration()
-    assert report.cancelled_rows == 2 and report.live_rows == 4  # "next" took the freed rows at once
+    assert report.cancelled_rows == 2 and report.cancelled_waiting == 1
+    assert report.live_rows == 4  # "next" took the freed rows at once
     drain(scheduler)
     assert set(answers.answered) == {"stays", "next"} and not answers.errors
 

@@ -292,3 +292,18 @@ def test_env_override_takes_effect_in_the_running_service(client):
     # The fixture runs the shipped config.yaml (model: the ModelScope id) with MT5_MODEL=demo in the environment.
     assert yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]["model"] != "demo"
     assert client.get("/healthz").json()["model"] == "demo"
+
+
+def test_light_deployments_run_at_lower_cpu_priority_than_the_model(served):
+    """light_deployment_nice (10): on a shared CPU node the text deployments run in the model's gaps."""
+    import os
+
+    from bench.procs import find_replica_pids
+
+    root = served.process.pid
+    model = find_replica_pids(root, "ServeReplica:mt5:ModelReplica")
+    assert model
+    base = os.getpriority(os.PRIO_PROCESS, model[0])
+    for name in ("Ingress", "Classifier", "Augmenter"):
+        pids = find_replica_pids(root, f"ServeReplica:mt5:{name}")
+        assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == min(base + 10, 19) for pid in pids), name

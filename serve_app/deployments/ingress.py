@@ -27,6 +27,7 @@ from serve_app.errors import (
     overloaded_response,
     validation_error_handler,
 )
+from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.security import ApiKeyAuth, load_api_key
 from serve_app.settings import AppSettings
 
@@ -62,6 +63,7 @@ if UI_DIR.is_dir():
 class Ingress:
     def __init__(self, settings: dict[str, Any], classifier: DeploymentHandle, augmenter: DeploymentHandle, replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
+        yield_cpu_to_the_model(self.settings.light_deployment_nice)
         # Middleware is added before the first request builds the stack; settings decide which.
         api_key = load_api_key(self.settings.api_key_env, self.settings.api_key_file)
         if api_key is not None:

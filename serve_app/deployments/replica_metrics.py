@@ -88,6 +88,7 @@ class _Window:
         self.iterations = self.steps = self.rows = self.max_rows = 0
         self.step_seconds = self.busy_seconds = 0.0
         self.prefill_tokens = self.admitted = self.scored = self.finished = self.cancelled_rows = 0
+        self.cancelled_waiting = 0
         self.score_batches = self.score_batch_max = 0
         self.max_wait = 0.0
         self.waiting = 0
@@ -108,6 +109,7 @@ class _Window:
             self.score_batch_max = max(self.score_batch_max, report.scored)
         self.finished += report.finished
         self.cancelled_rows += report.cancelled_rows
+        self.cancelled_waiting += report.cancelled_waiting
         self.max_wait = max([self.max_wait, *(seconds for _, seconds in report.queue_waits)])
         self.waiting = report.waiting
 
@@ -122,5 +124,5 @@ class _Window:
             f"step_ms_mean={1000 * self.step_seconds / steps:.1f} prefill_tokens={self.prefill_tokens} "
             f"admitted={self.admitted} scored={self.scored} score_batches={self.score_batches} "
             f"score_batch_max={self.score_batch_max} finished={self.finished} "
-            f"cancelled_rows={self.cancelled_rows} max_queue_wait_ms={1000 * self.max_wait:.0f} waiting={self.waiting}"
+            f"cancelled_rows={self.cancelled_rows} cancelled_waiting={self.cancelled_waiting} max_queue_wait_ms={1000 * self.max_wait:.0f} waiting={self.waiting}"
         )

@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.engine.loading import load_tokenizer
 from serve_app.engine.spec import resolve_spec
 from serve_app.tokenization import PromptEncoder
+from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.settings import AppSettings
 
 T = TypeVar("T")
@@ -21,6 +22,7 @@ class TextDeployment:
 
     def __init__(self, settings: dict[str, Any], replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
+        yield_cpu_to_the_model(self.settings.light_deployment_nice)
         self.encoder = PromptEncoder(load_tokenizer(resolve_spec(self.settings.model).path), self.settings.max_input_tokens)
         self.replica = replica
 

@@ -79,7 +79,8 @@ class IterationReport:
     score_seconds: float = 0.0
     admitted: int = 0  # generation requests whose rows joined the batch
     finished: int = 0  # requests answered (generation and scoring)
-    cancelled_rows: int = 0
+    cancelled_rows: int = 0  # rows of running requests whose callers gave up
+    cancelled_waiting: int = 0  # queued requests whose callers gave up before they started
     queue_waits: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds) of work started now
     waiting: int = 0  # requests still queued after admission
 
@@ -171,7 +172,7 @@ class Scheduler:
     # ------------------------------------------------- scheduler thread
     def run_iteration(self) -> IterationReport:
         report = IterationReport(started=self.clock())
-        self._drop_cancelled(self._take_cancellations(), report)
+        self._drop_cancelled(self._take_cancellations(report), report)
         admitted = self._admit(report)
         scoring = [work for work in admitted if work.kind == "score"]
         generation = [work for work in admitted if work.kind == "generate"]
@@ -184,13 +185,15 @@ class Scheduler:
         report.seconds = self.clock() - report.started
         return report
 
-    def _take_cancellations(self) -> set[int]:
+    def _take_cancellations(self, report: IterationReport) -> set[int]:
         """Cancelled tickets; those still waiting leave the queue here, running ones in _drop_cancelled."""
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             if cancelled:
+                before = len(self._waiting)
                 self._waiting = deque(work for work in self._waiting if work.ticket not in cancelled)
                 self._waiting_rows = sum(work.rows for work in self._waiting)
+                report.cancelled_waiting = before - len(self._waiting)
         return cancelled
 
     def _admit(self, report: IterationReport) -> list[_Work]:
@@ -218,14 +221,20 @@ class Scheduler:
 
     def _drop_cancelled(self, cancelled: set[int], report: IterationReport) -> None:
         gone = cancelled & self._decoding.keys()
-        if not gone:
-            return
-        rows = self._batch.rows_of(gone)
-        self._batch.drop(rows)
-        for ticket in gone:
-            del self._decoding[ticket]
-        report.cancelled_rows = len(rows)
-        logger.info("scheduler: %d request(s) cancelled by their callers, %d row(s) freed", len(gone), len(rows))
+        if gone:
+            rows = self._batch.rows_of(gone)
+            self._batch.drop(rows)
+            for ticket in gone:
+                del self._decoding[ticket]
+            report.cancelled_rows = len(rows)
+        if gone or report.cancelled_waiting:
+            logger.info(
+                "scheduler: %d request(s) cancelled by their callers (%d running, %d row(s) freed; %d still waiting)",
+                len(gone) + report.cancelled_waiting,
+                len(gone),
+                report.cancelled_rows,
+                report.cancelled_waiting,
+            )
 
     def _score(self, scoring: list[_Work], report: IterationReport) -> None:
         started = self.clock()
