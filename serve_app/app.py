@@ -11,18 +11,22 @@ from serve_app.deployments.augmenter import Augmenter
 from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.model_replica import ModelReplica
+from serve_app.placement import alive_node_cpus, model_replica_cpus
 from serve_app.settings import AppSettings
 
 logger = logging.getLogger("ray.serve")
 
 
-def cluster_gpus() -> float:
-    """GPUs the Ray cluster declares now (0 when Ray is not initialised)."""
+def cluster_nodes() -> list[dict[str, Any]]:
+    """The Ray cluster's nodes now (none when Ray is not initialised)."""
     import ray
 
-    if not ray.is_initialized():
-        return 0.0
-    return float(ray.cluster_resources().get("GPU", 0.0))
+    return ray.nodes() if ray.is_initialized() else []
+
+
+def cluster_gpus(nodes: list[dict[str, Any]]) -> float:
+    """GPUs the alive nodes declare now."""
+    return sum(float(node["Resources"].get("GPU", 0.0)) for node in nodes if node.get("Alive"))
 
 
 def replica_gpus(settings: AppSettings, available: float) -> float:
@@ -38,10 +42,15 @@ def replica_gpus(settings: AppSettings, available: float) -> float:
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     settings = AppSettings.from_args(args)
-    gpus = replica_gpus(settings, cluster_gpus())
-    logger.info("building mt5 app: model=%s device=%s dtype=%s replica_gpus=%s", settings.model, settings.device, settings.dtype, gpus)
+    nodes = cluster_nodes()
+    gpus = replica_gpus(settings, cluster_gpus(nodes))
+    cpus = model_replica_cpus(gpus, alive_node_cpus(nodes))
+    logger.info(
+        "building mt5 app: model=%s device=%s dtype=%s; each ModelReplica reserves %s CPU and %s GPU",
+        settings.model, settings.device, settings.dtype, cpus, gpus,
+    )
     shared = settings.model_dump()
-    replica = ModelReplica.options(ray_actor_options={"num_cpus": 1, "num_gpus": gpus}).bind(shared)
+    replica = ModelReplica.options(ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}).bind(shared)
     classifier = Classifier.bind(shared, replica)
     augmenter = Augmenter.bind(shared, replica)
     return Ingress.bind(shared, classifier, augmenter, replica)

@@ -215,6 +215,11 @@ class HealthResponse(BaseModel):
     dtype_reason: str = Field(description="why: auto's choice for this hardware (AMX or not, CUDA) or the configured value")
 
 
+class HealthUnavailableResponse(BaseModel):
+    status: Literal["unavailable"]
+    detail: str = Field(description="why: no ModelReplica is running (starting, crashed, being rescheduled)")
+
+
 class TaskInfo(BaseModel):
     name: str
     fields: list[str]

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import psutil
 import yaml
 
 from bench.procs import stop_group
@@ -104,3 +106,27 @@ class ServeRun:
 
     def stop(self) -> None:
         stop_group(self.process, timeout_s=60)
+
+
+def replica_processes(run: ServeRun, deployment: str) -> list[psutil.Process]:
+    """This run's replica processes of one deployment (never another cluster's)."""
+    root = psutil.Process(run.process.pid)
+    found = []
+    for proc in root.children(recursive=True):
+        try:
+            if f"ServeReplica:mt5:{deployment}" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def load_client(url: str, timeout_s: float, connections: int) -> aiohttp.ClientSession:
+    """The load generator's HTTP client. aiohttp, not httpx: httpx's AsyncClient drops connections now and
+    then at a few hundred concurrent requests (encode/httpx#3348), which would read as the service's fault.
+
+    A hang is `timeout_s` without a byte from the service (or without a free client connection),
+    not a total: in an open-loop flood much of a request's life is spent queued in this client.
+    """
+    timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+    return aiohttp.ClientSession(base_url=url, timeout=timeout, connector=aiohttp.TCPConnector(limit=connections))

@@ -8,12 +8,10 @@ import os
 import signal
 import time
 
-import aiohttp
 import httpx
-import psutil
 import pytest
 
-from tests.servers import ServeRun, free_port, test_config
+from tests.servers import ServeRun, free_port, load_client, replica_processes, test_config
 
 TEXTS = ["物流太慢了,等了三天还没发货", "这款手机充电很快", "股市今天大幅上涨", "周末我们去了杭州旅游", "这家面馆的牛肉面味道一般"]
 LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议", "天气", "美食"]
@@ -39,30 +37,6 @@ def fragile(tmp_path_factory) -> ServeRun:
     run.start()
     yield run
     run.stop()
-
-
-def replica_processes(run: ServeRun, deployment: str) -> list[psutil.Process]:
-    """This run's replica processes of one deployment (never another cluster's)."""
-    root = psutil.Process(run.process.pid)
-    found = []
-    for proc in root.children(recursive=True):
-        try:
-            if f"ServeReplica:mt5:{deployment}" in " ".join(proc.cmdline()):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def load_client(url: str, timeout_s: float, connections: int) -> aiohttp.ClientSession:
-    """The load generator's HTTP client. aiohttp, not httpx: httpx's AsyncClient drops connections now and
-    then at a few hundred concurrent requests (encode/httpx#3348), which would read as the service's fault.
-
-    A hang is `timeout_s` without a byte from the service (or without a free client connection),
-    not a total: in an open-loop flood much of a request's life is spent queued in this client.
-    """
-    timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
-    return aiohttp.ClientSession(base_url=url, timeout=timeout, connector=aiohttp.TCPConnector(limit=connections))
 
 
 async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60) -> list[tuple[int, dict, float, dict]]:

@@ -169,10 +169,12 @@ def test_batch_augment_round_trip(page):
     page.fill("#batch-texts", "物流太慢了\n商品包装破损\n\n客服回复及时\n")  # blank lines are skipped
     expect(page.get_by_test_id("batch-count")).to_have_text("3 / 50")
     page.select_option("#batch-num", "2")
+    page.click("#batch-advanced summary")
+    page.fill("#batch-seed", "7")  # seeded: the demo model's random draws can be empty or echo the input
     response = _submit(page, "/augment_batch", "#batch-submit")
     assert response.status == 200
     sent = response.request.post_data_json
-    assert sent["texts"] == inputs and sent["num_return_sequences"] == 2
+    assert sent["texts"] == inputs and sent["num_return_sequences"] == 2 and sent["seed"] == 7
     body = response.json()
 
     groups = page.get_by_test_id("batch-group")

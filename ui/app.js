@@ -5,6 +5,7 @@
   const I18N = window.I18N;
   const MAX_BATCH_LINES = 50;
   const REQUEST_TIMEOUT_MS = 150000;
+  const HEALTH_POLL_MS = 3000; // short enough to show a model replica's few seconds of recovery
   const LANG_KEY = "mt5-ui-lang";
   const API_KEY_KEY = "mt5-ui-api-key";
   const PANELS = ["augment", "batch", "classify", "generate"];
@@ -931,9 +932,24 @@
       $("demo-banner").hidden = !data.demo;
     } catch (err) {
       state.healthFailed = true;
-      badge.dataset.state = "error";
-      setMessage($("model-name"), "model.unreachable");
+      if (err.status === 503) {
+        // the service answers but no model replica runs (starting, crashed, being replaced)
+        badge.dataset.state = "unavailable";
+        badge.title = typeof err.detail === "string" ? err.detail : "";
+        setMessage($("model-name"), "model.unavailable");
+      } else {
+        badge.dataset.state = "error";
+        setMessage($("model-name"), "model.unreachable");
+      }
     }
+  }
+
+  // The badge follows the model: unavailable while no model replica runs, back when one does.
+  function watchHealth() {
+    setTimeout(async () => {
+      await loadHealth();
+      watchHealth();
+    }, HEALTH_POLL_MS);
   }
 
   // ------------------------------------------------------------------ API key (only when the service asks for one)
@@ -1090,7 +1106,7 @@
     applyLang();
     updateBatchCount();
     showPanel(location.hash.slice(1) || "augment");
-    loadHealth();
+    loadHealth().then(watchHealth);
     loadTasks();
     document.body.dataset.ready = "true";
   }

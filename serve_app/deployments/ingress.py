@@ -28,6 +28,7 @@ from serve_app.errors import (
     validation_error_handler,
 )
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
+from serve_app.deployments.model_availability import ModelAvailability
 from serve_app.security import ApiKeyAuth, load_api_key
 from serve_app.settings import AppSettings
 
@@ -49,8 +50,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class UpstreamFailed(Exception):
-    """A deployment call ended in an error that is not the client's fault."""
+MODEL_OUTAGE_RETRY_AFTER_S = 5  # a replacement ModelReplica takes seconds to load, not one
+HEALTH_DESCRIBE_TIMEOUT_S = 3  # the model answers describe() in milliseconds when a replica runs
+
+
+def _unavailable(model_info: dict[str, Any], detail: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=503,
+        content={"status": "unavailable", "detail": detail, **model_info},
+        headers={"Retry-After": str(MODEL_OUTAGE_RETRY_AFTER_S)},
+    )
+
+
+def _close(awaitable: Awaitable[Any]) -> None:
+    """Drop a call that will not be awaited: cancel a handle's response (the request is never sent)."""
+    cancel = getattr(awaitable, "cancel", None)
+    if callable(cancel):
+        cancel()
+    elif hasattr(awaitable, "close"):
+        awaitable.close()
 
 
 # Mounted before @serve.ingress copies the app's routes; a later mount would never be served.
@@ -61,7 +79,8 @@ if UI_DIR.is_dir():
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, settings: dict[str, Any], classifier: DeploymentHandle, augmenter: DeploymentHandle, replica: DeploymentHandle) -> None:
+    # async: the model watcher starts on the replica's event loop before the first request
+    async def __init__(self, settings: dict[str, Any], classifier: DeploymentHandle, augmenter: DeploymentHandle, replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
         # Middleware is added before the first request builds the stack; settings decide which.
@@ -80,9 +99,15 @@ class Ingress:
         self.augmenter = augmenter
         self.replica = replica
         self._model_info: dict[str, Any] | None = None
+        self.model = ModelAvailability(serve.get_replica_context().app_name)
+        self.model.start()
 
     async def _call(self, awaitable: Awaitable[T]) -> "T | JSONResponse":
-        """Await a deployment; client mistakes become 422, overload 503, a timeout 504."""
+        """Await a deployment; client mistakes become 422, overload or no model replica 503, a timeout 504."""
+        self.model.start()
+        if not self.model.available:
+            _close(awaitable)
+            return overloaded_response(self.model.describe_outage(), MODEL_OUTAGE_RETRY_AFTER_S)
         try:
             return await asyncio.wait_for(awaitable, timeout=self.settings.request_timeout_s)
         except asyncio.TimeoutError:
@@ -139,10 +164,17 @@ class Ingress:
     async def tasks(self) -> Any:
         return {"tasks": await self.augmenter.tasks.remote()}
 
-    @api.get("/healthz", response_model=schemas.HealthResponse)
+    @api.get("/healthz", response_model=schemas.HealthResponse, responses={503: {"model": schemas.HealthUnavailableResponse, "description": "No model replica is running"}})
     async def healthz(self) -> Any:
-        if self._model_info is None:
-            self._model_info = await self.replica.describe.remote()
+        self.model.start()
+        if self.model.available and self._model_info is None:
+            try:  # the first look at the model; a replica lost meanwhile must not hang the health check
+                self._model_info = await asyncio.wait_for(self.replica.describe.remote(), timeout=HEALTH_DESCRIBE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("healthz: the model did not describe itself: %r", exc)
+                return _unavailable({}, "the model did not answer the health check; it may be starting")
+        if not self.model.available:
+            return _unavailable(self._model_info or {}, self.model.describe_outage())
         return {"status": "ok", **self._model_info}
 
     @api.get("/", include_in_schema=False)

@@ -1,0 +1,66 @@
+"""Whether a ModelReplica is running, as the Serve controller sees it, checked in the background.
+
+While none runs (start-up, a crash, rescheduling) a call through the model's
+handle waits in Serve's router until a replica appears, so without this check
+every request would hang until the ingress timeout. The Ingress asks this
+watcher first and answers 503 with Retry-After at once instead; /healthz and
+the UI say the model is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ray import serve
+
+logger = logging.getLogger("ray.serve")
+
+
+class ModelAvailability:
+    def __init__(self, app_name: str, deployment: str = "ModelReplica", period_s: float = 1.0) -> None:
+        self.app_name = app_name
+        self.deployment = deployment
+        self.period_s = period_s
+        self.running_replicas: int | None = None  # None until the first look: no verdict, requests pass
+        self.unavailable_since: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.running_replicas is None or self.running_replicas > 0
+
+    def describe_outage(self) -> str:
+        since = "" if self.unavailable_since is None else f" for {time.monotonic() - self.unavailable_since:.0f} s"
+        return f"the model is unavailable{since}: no {self.deployment} replica is running (starting or being replaced); retry shortly"
+
+    def start(self) -> None:
+        """Start watching on the running event loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                self._record(await asyncio.to_thread(self._running_now))
+            except Exception as exc:  # noqa: BLE001 - the controller restarting: keep the last verdict, look again
+                logger.warning("model availability: cannot read Serve's status (%s); keeping the last verdict", exc)
+            await asyncio.sleep(self.period_s)
+
+    def _running_now(self) -> int:
+        application = serve.status().applications.get(self.app_name)
+        if application is None or self.deployment not in application.deployments:
+            return 0
+        states = application.deployments[self.deployment].replica_states
+        return sum(count for state, count in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+
+    def _record(self, running: int) -> None:
+        was_available = self.available
+        self.running_replicas = running
+        if was_available and not self.available:
+            self.unavailable_since = time.monotonic()
+            logger.warning("model availability: no %s replica is running; answering 503 until one is", self.deployment)
+        elif not was_available and self.available:
+            logger.info("model availability: %d %s replica(s) running again after %.1f s", running, self.deployment, time.monotonic() - (self.unavailable_since or time.monotonic()))
+            self.unavailable_since = None
