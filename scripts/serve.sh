@@ -8,4 +8,6 @@ cd "$(dirname "$0")/.."
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install -q --disable-pip-version-check -e .
+# The model is fetched here, once, with progress; a model that cannot be had stops here with one message.
+.venv/bin/python -m serve_app.preflight config.yaml
 exec .venv/bin/serve run config.yaml

@@ -11,6 +11,7 @@ from serve_app.deployments.augmenter import Augmenter
 from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.model_replica import ModelReplica
+from serve_app.engine.spec import resolve_spec
 from serve_app.placement import alive_node_cpus, model_replica_cpus
 from serve_app.settings import AppSettings
 
@@ -42,6 +43,11 @@ def replica_gpus(settings: AppSettings, available: float) -> float:
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     settings = AppSettings.from_args(args)
+    # Resolve (and fetch) the model here, once, before any replica starts: a spec that cannot be had
+    # fails the build with the project's one message (`serve status`) instead of every replica
+    # retrying it. Replicas resolve it again on their own node, a cache hit where this ran.
+    resolved = resolve_spec(settings.model)
+    logger.info("model %r resolved at %s", settings.model, resolved.path)
     nodes = cluster_nodes()
     gpus = replica_gpus(settings, cluster_gpus(nodes))
     cpus = model_replica_cpus(gpus, alive_node_cpus(nodes))

@@ -176,12 +176,18 @@ class Load:
                 url = self.urls[(index + sent) % len(self.urls)]
                 sent += 1
                 began = time.monotonic()
+                retry_after = 0.0
                 try:
-                    status: int | str = self.make_request(client, url).status_code
+                    response = self.make_request(client, url)
+                    status: int | str = response.status_code
+                    if status == 503:  # a well-behaved client waits as told (bounded, so the test ends)
+                        retry_after = min(float(response.headers.get("retry-after", "1")), 5.0)
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 done = time.monotonic()
                 self.results.append(Outcome(done, done - began, status))
+                if retry_after:
+                    self._stop.wait(retry_after)
 
     def stop(self) -> list[Outcome]:
         self._stop.set()

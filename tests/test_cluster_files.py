@@ -140,7 +140,8 @@ def test_nginx_config_is_valid_and_says_what_we_rely_on(tmp_path: Path) -> None:
     conf = render_all(tmp_path / "nginx", ["10.0.0.1:7860", "10.0.0.2:7860"], listen="127.0.0.1:18080")
     text = conf.read_text()
     for directive in (
-        "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;",
+        # never on 503: the service's own answer (capacity, no model replica) goes to the client
+        "proxy_next_upstream error timeout http_502 http_504 non_idempotent;",
         "proxy_next_upstream_tries 3;",
         "proxy_connect_timeout 2s;",
         "client_max_body_size 1m;",

@@ -1,18 +1,31 @@
-"""The torch/transformers layer. Imports no Ray: runs in a Serve replica, a bulk job or a bare GPU box."""
+"""The torch/transformers layer. Imports no Ray: runs in a Serve replica, a bulk job or a bare GPU box.
 
-from serve_app.engine.errors import EngineInputError, ModelSpecError
-from serve_app.engine.loading import LoadedModel, load_model, load_tokenizer
-from serve_app.engine.model import Seq2SeqEngine
-from serve_app.engine.requests import GenerationRequest, SamplingParams, ScoringRequest
+Names load on first use (PEP 562), so the torch-free parts (requests, errors,
+spec resolution) can be imported without paying for torch: the preflight check
+and the text layer use them.
+"""
 
-__all__ = [
-    "EngineInputError",
-    "GenerationRequest",
-    "LoadedModel",
-    "ModelSpecError",
-    "SamplingParams",
-    "ScoringRequest",
-    "Seq2SeqEngine",
-    "load_model",
-    "load_tokenizer",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "EngineInputError": "serve_app.engine.errors",
+    "ModelSpecError": "serve_app.engine.errors",
+    "LoadedModel": "serve_app.engine.loading",
+    "load_model": "serve_app.engine.loading",
+    "load_tokenizer": "serve_app.engine.loading",
+    "Seq2SeqEngine": "serve_app.engine.model",
+    "GenerationRequest": "serve_app.engine.requests",
+    "SamplingParams": "serve_app.engine.requests",
+    "ScoringRequest": "serve_app.engine.requests",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

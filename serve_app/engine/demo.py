@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from serve_app.engine.checkpoint import random_mt5, save_checkpoint
 
 DEMO_SPEC = "demo"
 CORPUS_PATH = Path(__file__).with_name("demo_corpus.txt")
@@ -45,6 +44,8 @@ def demo_model_dir() -> Path:
     # Build in a private temp dir and rename: replicas starting together never see half a model.
     staging = Path(tempfile.mkdtemp(prefix="demo-build-", dir=target.parent))
     try:
+        from serve_app.engine.checkpoint import random_mt5, save_checkpoint  # torch: only when building
+
         tokenizer_dir = staging / "tokenizer"
         vocab_size = _train_tokenizer(tokenizer_dir)
         model = random_mt5({**DEMO_SHAPE, "vocab_size": vocab_size}, seed=1234)
