@@ -38,12 +38,12 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
     encoder = PromptEncoder(loaded.tokenizer, settings.max_input_tokens)
     if workload == "classify":
         bodies = classify_workload().bodies
-        jobs = [classification.prepare(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
+        jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
         requests = classification.engine_requests(jobs, "score")
         run = engine.score
     else:
         bodies = augment_workload(num_return_sequences=n, max_length=max_length).bodies
-        prompts = [augmentation.prepare(encoder, Template(settings.templates.augment), b["text"]) for b in bodies]
+        prompts = [augmentation.prepare_paraphrase(encoder, Template(settings.templates.augment), b["text"]) for b in bodies]
         # Seeded like nothing in particular: random weights never stop early, so every row runs max_length steps.
         requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=n, max_new_tokens=max_length))
         run = engine.generate

@@ -82,7 +82,7 @@ def measure(model: str, count: int, device: str, dtypes: list[str]) -> dict[str,
     for dtype in ["float32", *[d for d in dtypes if d != "float32"]]:
         loaded = load_model(model, device, dtype)
         encoder = PromptEncoder(loaded.tokenizer, settings.max_input_tokens)
-        jobs = [classification.prepare(encoder, Template(settings.templates.classification), text, labels) for text, labels in inputs]
+        jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), text, labels) for text, labels in inputs]
         name = f"{loaded.precision.name}, full vocabulary"
         engines[name] = Seq2SeqEngine(loaded.model, settings.max_input_tokens)
         requests[name] = classification.engine_requests(jobs, "score", "vocabulary")

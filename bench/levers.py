@@ -50,7 +50,7 @@ def classify_requests(loaded: LoadedModel, count: int, labels: list[str] | None 
 
     encoder = PromptEncoder(loaded.tokenizer)
     template = Template(CLASSIFICATION_TEMPLATE)
-    jobs = [classification.prepare(encoder, template, text, list(labels or LABELS)) for text in chinese_texts(count, seed)]
+    jobs = [classification.prepare_job(encoder, template, text, list(labels or LABELS)) for text in chinese_texts(count, seed)]
     return [classification.scoring_request(job) for job in jobs]
 
 

@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoder = PromptEncoder(loaded.tokenizer, settings.max_input_tokens)
     if args.workload == "augment":
         bodies = augment_workload().bodies
-        prompts = [augmentation.prepare(encoder, Template(settings.templates.augment), body["text"]) for body in bodies]
+        prompts = [augmentation.prepare_paraphrase(encoder, Template(settings.templates.augment), body["text"]) for body in bodies]
         requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=2, max_new_tokens=32))
     else:
         bodies = classify_workload().bodies
-        jobs = [classification.prepare(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
+        jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
         requests = classification.engine_requests(jobs, "score")
     scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=args.max_batch_rows, max_prefill_tokens=args.max_prefill_tokens))
     loop = SchedulerLoop(scheduler, torch_threads=threads)

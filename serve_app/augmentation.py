@@ -5,21 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from serve_app.engine.errors import EngineInputError
 from serve_app.text_errors import EmptyTextError
 from serve_app.engine.requests import GenerationRequest, SamplingParams
 from serve_app.tokenization import EncodedPrompt, PromptEncoder
 from serve_app.prompts import Template
 
 
-def prepare(encoder: PromptEncoder, template: Template, text: str, field: str = "text") -> EncodedPrompt:
+def prepare_paraphrase(encoder: PromptEncoder, template: Template, text: str, field: str = "text") -> EncodedPrompt:
     if not isinstance(text, str) or not text.strip():
         raise EmptyTextError(field)
     return encoder.encode(template, {"text": text.strip()})
 
 
 def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str]) -> list[EncodedPrompt]:
-    return [prepare(encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}") for i, text in enumerate(texts)]
+    return [prepare_paraphrase(encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}") for i, text in enumerate(texts)]
 
 
 def engine_requests(prompts: list[EncodedPrompt], params: SamplingParams | Sequence[SamplingParams]) -> list[GenerationRequest]:
@@ -52,12 +51,6 @@ def paraphrases(encoder: PromptEncoder, source: str, sequences: list[list[int]])
     return kept
 
 
-def prepare_task(encoder: PromptEncoder, template: Template, values: Mapping[str, Any]) -> EncodedPrompt:
-    """A /generate task: every slot of its template must be a non-empty string."""
-    filled: dict[str, str] = {}
-    for name in template.fields:
-        value = values.get(name)
-        if not isinstance(value, str) or not value.strip():
-            raise EngineInputError(name, "is required by this task and must be a non-empty string")
-        filled[name] = value.strip()
-    return encoder.encode(template, filled)
+def prepare_task(encoder: PromptEncoder, template: Template, values: Mapping[str, Any], task: str | None = None) -> EncodedPrompt:
+    """A /generate task: every slot of its template must be a non-empty string (Template.slot_values)."""
+    return encoder.encode(template, template.slot_values(values, task))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from serve_app.engine.errors import EngineInputError
 from serve_app.text_errors import DuplicateLabelError, EmptyTextError, LabelCountError
-from serve_app.engine.requests import GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
+from serve_app.engine.requests import MAX_NEW_TOKENS, GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
 from serve_app.tokenization import EncodedPrompt, PromptEncoder
 from serve_app.prompts import Template, classification_values, sanitize_label
 
@@ -56,7 +56,7 @@ def clean_labels(labels: list[str]) -> list[str]:
     return cleaned
 
 
-def prepare(encoder: PromptEncoder, template: Template, text: str, labels: list[str], field: str = "text") -> ClassifyJob:
+def prepare_job(encoder: PromptEncoder, template: Template, text: str, labels: list[str], field: str = "text") -> ClassifyJob:
     if not isinstance(text, str) or not text.strip():
         raise EmptyTextError(field)
     labels = clean_labels(labels)
@@ -75,7 +75,7 @@ def text_field(index: int, count: int) -> str:
 
 
 def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str], labels: list[str]) -> list[ClassifyJob]:
-    return [prepare(encoder, template, text, labels, field=text_field(i, len(texts))) for i, text in enumerate(texts)]
+    return [prepare_job(encoder, template, text, labels, field=text_field(i, len(texts))) for i, text in enumerate(texts)]
 
 
 def engine_requests(jobs: list[ClassifyJob], mode: Mode, scoring: Scoring = "vocabulary") -> list[ScoringRequest] | list[GenerationRequest]:
@@ -110,7 +110,7 @@ def score_answer(job: ClassifyJob, result: ScoringResult) -> dict[str, Any]:
 def generation_request(job: ClassifyJob) -> GenerationRequest:
     """Greedy decoding, long enough for the longest label and a little more."""
     longest = max(len(ids) for ids in job.label_ids)
-    params = SamplingParams(num_return_sequences=1, max_new_tokens=min(512, longest + 8), temperature=0.0, top_k=0, top_p=1.0)
+    params = SamplingParams(num_return_sequences=1, max_new_tokens=min(MAX_NEW_TOKENS, longest + 8), temperature=0.0, top_k=0, top_p=1.0)
     return GenerationRequest(input_ids=job.prompt.input_ids, params=params)
 
 

@@ -69,3 +69,42 @@ def is_replica_loss(exc: BaseException) -> bool:
 
     lost = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
     return any(isinstance(e, lost) for e in _chain(exc))
+
+
+class RouteFailure(Exception):
+    """A route could not answer: the one way every failure leaves a route (mapped by `failure_response`).
+
+    `cause` is what went wrong (a deployment's error as Ray delivered it, a timeout, an input error);
+    `status`/`detail`/`retry_after_s` force an answer where the route already knows it."""
+
+    def __init__(self, cause: BaseException | None = None, *, status: int | None = None, detail: str = "", retry_after_s: int | None = None) -> None:
+        super().__init__(detail or repr(cause))
+        self.cause = cause
+        self.status = status
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+def failure_response(failure: RouteFailure) -> JSONResponse:
+    """Every failure's HTTP answer: input 422, overload / no model / lost replica 503, timeout 504, else 500."""
+    if failure.status is not None:
+        if failure.status == 503:
+            return overloaded_response(failure.detail, failure.retry_after_s or RETRY_AFTER_S)
+        return JSONResponse(status_code=failure.status, content={"detail": failure.detail})
+    exc = failure.cause
+    if exc is None:
+        return JSONResponse(status_code=500, content={"detail": "internal error"})
+    if (error := engine_error(exc)) is not None:
+        return engine_error_response(error)
+    if (refusal := admission_refusal(exc)) is not None:
+        return overloaded_response(str(refusal), refusal.retry_after_s)
+    if is_overload(exc):
+        return overloaded_response("the service is at capacity; retry shortly")
+    if is_replica_loss(exc):
+        return overloaded_response("a model replica was lost and is being replaced; retry shortly")
+    logger.error("request failed", exc_info=(type(exc), exc, exc.__traceback__))
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+
+async def route_failure_handler(request: Request, failure: RouteFailure) -> JSONResponse:
+    return failure_response(failure)

@@ -50,6 +50,18 @@ class Template:
                 return name
         return fields[-1]
 
+    def slot_values(self, values: Mapping[str, object], task: str | None = None) -> dict[str, str]:
+        """Every slot's value, stripped; MissingSlotError (422 on the slot) where one is absent or blank."""
+        from serve_app.text_errors import MissingSlotError  # text_errors -> engine.errors: no cycle back here
+
+        filled: dict[str, str] = {}
+        for name in self.fields:
+            value = values.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise MissingSlotError(name, task)
+            filled[name] = value.strip()
+        return filled
+
     def render(self, values: Mapping[str, str]) -> str:
         return _SLOT.sub(lambda match: values.get(match.group(1), match.group(0)), self.text)
 

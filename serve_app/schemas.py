@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from serve_app.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS
+from serve_app.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS, clean_labels
+from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
 
 MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
@@ -34,8 +35,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class SamplingFields(_Strict):
-    num_return_sequences: int = Field(1, ge=1, le=MAX_RETURN_SEQUENCES, description="How many paraphrases to return")
+class SamplingKnobs(_Strict):
+    """The sampling fields every generating route shares; `max_length` on the wire is new tokens inside."""
+
     max_length: int = Field(128, ge=1, le=MAX_NEW_TOKENS, description="Most new tokens per output")
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")
     top_k: int = Field(50, ge=0, le=MAX_TOP_K, description="Sample from the k most likely tokens; 0 = off")
@@ -44,13 +46,34 @@ class SamplingFields(_Strict):
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
-            num_return_sequences=self.num_return_sequences,
+            num_return_sequences=self._sequences(),
             max_new_tokens=self.max_length,
             temperature=float(self.temperature),
             top_k=self.top_k,
             top_p=float(self.top_p),
             seed=self.seed,
         )
+
+    def _sequences(self) -> int:
+        return 1
+
+
+class SamplingFields(SamplingKnobs):
+    num_return_sequences: int = Field(1, ge=1, le=MAX_RETURN_SEQUENCES, description="How many paraphrases to return")
+
+    def _sequences(self) -> int:
+        return self.num_return_sequences
+
+    @staticmethod
+    def wire_fields(params: SamplingParams) -> dict[str, int | float]:
+        """sampling_params() reversed: a client's JSON for `params` (seed left to the caller)."""
+        return {
+            "num_return_sequences": params.num_return_sequences,
+            "max_length": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_k": params.top_k,
+            "top_p": params.top_p,
+        }
 
 
 class AugmentRequest(SamplingFields):
@@ -118,14 +141,11 @@ class _LabelsMixin(_Strict):
     @field_validator("labels")
     @classmethod
     def _distinct(cls, labels: list[str]) -> list[str]:
-        seen = set()
-        for index, label in enumerate(labels):
-            stripped = label.strip()
-            if not stripped:
-                raise ValueError(f"labels[{index}] must contain at least one non-whitespace character")
-            if stripped in seen:
-                raise ValueError(f"labels must be distinct; {stripped!r} appears more than once")
-            seen.add(stripped)
+        """The label rules have one home (classification.clean_labels: distinct once sanitised)."""
+        try:
+            clean_labels(labels)
+        except EngineInputError as error:
+            raise ValueError(error.rule if error.field == "labels" else str(error)) from None
         return labels
 
 
@@ -160,7 +180,7 @@ class ClassifyBatchResponse(BaseModel):
     results: list[ClassifyScoreResponse | ClassifyGenerateResponse]
 
 
-class GenerateRequest(_Strict):
+class GenerateRequest(SamplingKnobs):
     """A model-card task with its fields, or a raw prompt. Greedy by default (temperature 0)."""
 
     task: str | None = Field(None, description="A task from GET /tasks, e.g. summary, title, sentiment")
@@ -171,11 +191,7 @@ class GenerateRequest(_Strict):
     fields: dict[str, Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] = Field(
         default_factory=dict, max_length=16, description="Slots of a custom task template"
     )
-    max_length: int = Field(128, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
-    top_k: int = Field(50, ge=0, le=MAX_TOP_K)
-    top_p: float = Field(0.95, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy (the default here)")
 
     @model_validator(mode="after")
     def _task_or_prompt(self) -> GenerateRequest:
@@ -188,16 +204,6 @@ class GenerateRequest(_Strict):
     def slot_values(self) -> dict[str, str]:
         values = {name: value for name, value in (("text", self.text), ("passage", self.passage), ("answer", self.answer)) if value is not None}
         return {**self.fields, **values}
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            num_return_sequences=1,
-            max_new_tokens=self.max_length,
-            temperature=float(self.temperature),
-            top_k=self.top_k,
-            top_p=float(self.top_p),
-            seed=self.seed,
-        )
 
 
 class GenerateResponse(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.engine.spec import DEFAULT_MODEL_ID
+from serve_app.text_errors import UnknownTaskError
 from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, DEFAULT_TASK_TEMPLATES, Template
 
 # Environment variables that override the file, applied where the app is built.
@@ -95,6 +96,9 @@ class AppSettings(BaseModel):
                 values[key] = environ[variable]
         return cls.model_validate(values)
 
-    def task_template(self, name: str) -> Template | None:
+    def task_template(self, name: str) -> Template:
+        """The template of a /generate task; UnknownTaskError (422 on `task`) naming the known ones."""
         text = self.templates.tasks.get(name)
-        return Template(text) if text is not None else None
+        if text is None:
+            raise UnknownTaskError(name, list(self.templates.tasks))
+        return Template(text)

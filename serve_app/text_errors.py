@@ -15,6 +15,17 @@ class LabelCountError(EngineInputError):
         super().__init__(field, f"needs between {minimum} and {maximum} labels, got {count}")
 
 
+class UnknownTaskError(EngineInputError):
+    def __init__(self, task: str, known: list[str]) -> None:
+        super().__init__("task", f"unknown task {task!r}; known tasks: {', '.join(sorted(known))}")
+
+
+class MissingSlotError(EngineInputError):
+    def __init__(self, slot: str, task: str | None) -> None:
+        owner = f"task {task!r}" if task else "this task"
+        super().__init__(slot, f"is required by {owner} and must be a non-empty string")
+
+
 class DuplicateLabelError(EngineInputError):
     def __init__(self, label: str, field: str = "labels") -> None:
         super().__init__(field, f"labels must be distinct; {label!r} appears more than once")

@@ -111,7 +111,7 @@ any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=600)
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_classification_prompts_fit_the_window_or_fail_cleanly(encoder, text, labels):
     try:
-        job = classification.prepare(encoder, Template(CLASSIFICATION_TEMPLATE), text, labels)
+        job = classification.prepare_job(encoder, Template(CLASSIFICATION_TEMPLATE), text, labels)
     except EngineInputError as error:
         assert error.field and error.rule
         return
@@ -134,7 +134,7 @@ def test_sanitized_labels_hold_no_prompt_separators(label):
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 def test_augment_prompts_fit_the_window_or_fail_cleanly(encoder, text):
     try:
-        prompt = augmentation.prepare(encoder, Template(AUGMENT_TEMPLATE), text)
+        prompt = augmentation.prepare_paraphrase(encoder, Template(AUGMENT_TEMPLATE), text)
     except EngineInputError as error:
         assert error.field == "text"
         return

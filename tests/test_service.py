@@ -107,7 +107,7 @@ def test_augment_whose_every_sample_ends_at_once_answers_an_empty_list(client):
 
     text = "这款手机充电很快,但电池掉电也快"
     pipeline = Pipeline.from_args({"model": "demo", "device": "cpu", "dtype": "float32"})  # as the fixture runs it
-    prompt = augmentation.prepare(pipeline.encoder, Template(pipeline.settings.templates.augment), text)
+    prompt = augmentation.prepare_paraphrase(pipeline.encoder, Template(pipeline.settings.templates.augment), text)
     # Find, in process, a seed whose only sample is empty (</s> is among the demo's top-50 first tokens).
     seeds = range(0, 20_000, 64)
     empty_seed = None

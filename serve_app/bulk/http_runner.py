@@ -18,7 +18,7 @@ import httpx
 from serve_app.bulk.job import Chunk
 from serve_app.bulk.records import Record
 from serve_app.bulk.task import Outcome, TaskSpec
-from serve_app.schemas import MAX_BATCH_TEXTS
+from serve_app.schemas import MAX_BATCH_TEXTS, SamplingFields
 
 RETRY_STATUSES = {429, 502, 503, 504}
 DEFAULT_CHUNK_RECORDS = 16
@@ -60,9 +60,8 @@ class HttpRunner:
 
     @property
     def default_chunk_records(self) -> int:
-        # Each text becomes one ModelReplica request; past its max_ongoing_requests (64 in config.yaml) Serve's
-        # router backs off and throughput collapses (measured on the demo model: 50 texts x 4 in flight gave
-        # 20 records/s, 16 x 4 gave 180). 16 x the default concurrency of 4 stays at 64.
+        # Each text becomes one ModelReplica request; chunks x the default concurrency (4) stay well inside the
+        # replica's max_ongoing_requests (config.yaml), past which Serve's router backs off and throughput collapses.
         return min(DEFAULT_CHUNK_RECORDS, self.max_chunk_records)
 
     @property
@@ -128,14 +127,7 @@ class HttpRunner:
                 body["scoring"] = self.spec.scoring
             return "/classify_batch", body
         params = self.spec.sampling
-        body = {
-            "texts": texts,
-            "num_return_sequences": params.num_return_sequences,
-            "max_length": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_k": params.top_k,
-            "top_p": params.top_p,
-        }
+        body: dict[str, Any] = {"texts": texts, **SamplingFields.wire_fields(params)}
         if params.seed is not None:  # each record its own seed, whatever chunk it lands in
             body["seeds"] = [self.spec.record_params(record.line).seed for record in records]
         return "/augment_batch", body

@@ -115,7 +115,6 @@ class RayRunner:
             # The dashboard costs seconds and memory a batch job on a laptop does not need.
             # address="local": never attach to a cluster some earlier `ray start` left on this machine.
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
-        self._connected = True
 
     def run(self, chunks: Sequence[Chunk]) -> Iterator[list[Outcome]]:
         if not chunks:

@@ -8,7 +8,6 @@ from ray import serve
 
 from serve_app import augmentation
 from serve_app.deployments.text_deployment import TextDeployment, gather_or_cancel
-from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import GenerationRequest, SamplingParams
 from serve_app.prompts import Template
 
@@ -27,11 +26,7 @@ class Augmenter(TextDeployment):
     async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
         """A model-card task by name (its template filled from `values`), or a raw prompt."""
         if task is not None:
-            template = self.settings.task_template(task)
-            if template is None:
-                known = ", ".join(sorted(self.settings.templates.tasks))
-                raise EngineInputError("task", f"unknown task {task!r}; known tasks: {known}")
-            encoded = augmentation.prepare_task(self.encoder, template, values)
+            encoded = augmentation.prepare_task(self.encoder, self.settings.task_template(task), values, task)
         else:
             encoded = augmentation.prepare_task(self.encoder, Template("{prompt}"), {"prompt": prompt or ""})
         output = await self.replica.generate.remote(GenerationRequest(encoded.input_ids, params))

@@ -54,10 +54,6 @@ class SamplingParams:
         check("top_p", _is_number(self.top_p) and 0.0 < self.top_p <= 1.0, "must be a number with 0 < top_p <= 1")
         check("seed", self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63), "must be null or an integer from 0 to 2^63-1")
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
