@@ -232,6 +232,8 @@ def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetClu
     # Every node runs a proxy on the same port, and each answers for the whole application;
     # with no CUDA behind the declared GPUs the replica fell back to the CPU and says so.
     for node in cluster.nodes:
+        # A node's proxy starts once the node hosts a replica; it may still be binding its port here.
+        assert wait_for(lambda: probe(f"{node.ip}:{SERVE_PORT}", timeout_s=2), timeout_s=60), f"no proxy on {node.spec.name}"
         health = httpx.get(f"{node.proxy_url}/healthz", timeout=30).json()
         assert health["status"] == "ok" and health["device"] == "cpu" and health["demo"] is True, (node.spec.name, health)
     proxies = cluster.api("/api/serve/applications/")["proxies"]
@@ -398,8 +400,22 @@ def test_autoscaling_follows_load_up_and_back_down(cluster: NetCluster) -> None:
     assert all(isinstance(outcome.status, int) for outcome in results), Counter(outcome.status for outcome in results)
 
 
+def gpu_node_to_lose(cluster: NetCluster) -> str:
+    """A GPU node whose loss leaves a ModelReplica running elsewhere, where there is one.
+
+    After the autoscaling test Serve may have left both model replicas on one node. Losing that node is
+    a different failure: nothing can answer until Ray declares the node dead (tens of seconds, its
+    health checks to a vanished host time out) and replacements load; this test is about surviving a
+    node, so it loses the other one (still under load, with the light deployments scaled up)."""
+    names = {node.ip: node.spec.name for node in cluster.nodes}
+    details = cluster.app_details() or {"deployments": {}}
+    hosts = Counter(names[r["node_ip"]] for r in details["deployments"]["ModelReplica"]["replicas"] if r["state"] == "RUNNING")
+    both = [name for name in ("gpu1", "gpu2") if hosts[name] and sum(hosts.values()) > hosts[name]]
+    return both[0] if both else min(("gpu2", "gpu1"), key=lambda name: hosts[name])
+
+
 def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> None:
-    victim = cluster.node("gpu2")
+    victim = cluster.node(gpu_node_to_lose(cluster))
     victim_proxy = f"{victim.ip}:{SERVE_PORT}"
     # The active checker, as it would run next to nginx: probes every second, 2 misses = down.
     sync = HealthSync(nginx.state_dir / "upstreams.conf", reload_nginx(nginx.state_dir / "nginx.pid", None), fall=2, rise=2)
@@ -419,17 +435,23 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
         assert wait_for(lambda: cluster.replica_counts().get("Classifier", (0, 0))[0] > 1, timeout_s=60), cluster.replica_counts()
         time.sleep(2)
         killed_at = time.monotonic()
-        cluster.kill_node("gpu2")
+        cluster.kill_node(victim.spec.name)
         assert wait_for(lambda: victim_proxy in sync.down, timeout_s=20, interval_s=0.5), "health_sync did not mark the dead proxy down"
-        time.sleep(20)
+        # If the node took every ModelReplica with it, answers are 503 + Retry-After until Serve has placed and
+        # loaded replacements on the survivors; then only successes.
+        def answering_again() -> bool:
+            return [o.status for o in load.results if o.done > killed_at][-6:] == [200] * 6
+
+        assert wait_for(answering_again, timeout_s=120, interval_s=0.5), Counter(o.status for o in load.results if o.done > killed_at)
+        time.sleep(8)
     finally:
         results = load.stop()
         stop_sync.set()
         checker.join(timeout=15)
     outcomes = Counter(outcome.status for outcome in results)
-    after = Counter(outcome.status for outcome in results if outcome.done > killed_at + 15)
-    print("outcomes:", outcomes, "from 15 s after the kill:", after)
-    for start in range(-5, 45, 5):  # answers per 5 s window around the kill, and the slowest of them
+    after = Counter(outcome.status for outcome in results if outcome.done > results[-1].done - 5)
+    print("outcomes:", outcomes, "in the last 5 s:", after)
+    for start in range(-5, 90, 5):  # answers per 5 s window around the kill, and the slowest of them
         window = [o for o in results if start <= o.done - killed_at < start + 5]
         if window:
             print(f"  {start:+3d}s..{start + 5:+3d}s  {dict(Counter(o.status for o in window))}  slowest {max(o.seconds for o in window):.1f}s")
@@ -437,7 +459,7 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
     assert all(isinstance(outcome, int) for outcome in outcomes), outcomes
     assert all(outcome == 200 or outcome >= 500 for outcome in outcomes), outcomes
     assert outcomes[200] >= 0.8 * len(results), outcomes
-    assert after and set(after) == {200}, after  # once the death is noticed, only successes
+    assert after and set(after) == {200}, after  # once the service has recovered, only successes
     assert f"server {victim_proxy} max_fails=2 fail_timeout=10s down;" in (nginx.state_dir / "upstreams.conf").read_text()
     assert not probe(victim_proxy, timeout_s=1)
 
