@@ -57,23 +57,22 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{_rps(ours) / _rps(engine):.0%} ({_rps(ours):.2f} vs {_rps(engine):.2f} req/s)",
                 _rps(ours) / _rps(engine) >= share,
             )
-    mixed, lone = _point(points, "serve", "mixed:classify", 1), _point(points, "serve", "classify", 1)
-    if mixed and lone and mixed["p95_s"] is not None and lone["p50_s"]:
-        ratio = mixed["p95_s"] / lone["p50_s"]
-        add(
-            f"mixed: /classify p95 while 8 augment clients run <= {MIXED_CLASSIFY_LIMIT:g}x lone /classify p50",
-            f"{ratio:.2f}x (p95 {mixed['p95_s']:.2f} s vs p50 {lone['p50_s']:.2f} s)",
-            ratio <= MIXED_CLASSIFY_LIMIT,
-        )
+    def latency_ratio(target: str, ours: dict | None, ours_key: str, theirs: dict | None, limit: float) -> None:
+        """A latency target: ours[ours_key] over their p50, at most `limit`."""
+        if ours and theirs and ours[ours_key] is not None and theirs["p50_s"]:
+            ratio = ours[ours_key] / theirs["p50_s"]
+            detail = f"{ratio:.2f}x ({ours_key[:3]} {ours[ours_key]:.2f} s vs p50 {theirs['p50_s']:.2f} s)"
+            add(target, detail, ratio <= limit)
+
+    latency_ratio(
+        f"mixed: /classify p95 while 8 augment clients run <= {MIXED_CLASSIFY_LIMIT:g}x lone /classify p50",
+        _point(points, "serve", "mixed:classify", 1), "p95_s", _point(points, "serve", "classify", 1), MIXED_CLASSIFY_LIMIT,
+    )
     for workload in ("classify", "augment"):
-        ours, base = _point(points, "serve", workload, low), _point(points, "baseline", workload, low)
-        if ours and base and ours["p50_s"] is not None and base["p50_s"]:
-            ratio = ours["p50_s"] / base["p50_s"]
-            add(
-                f"{workload}: a lone request's latency <= {LONE_LATENCY_LIMIT:g}x the baseline's (p50, {low} client)",
-                f"{ratio:.2f}x (p50 {ours['p50_s']:.2f} s vs {base['p50_s']:.2f} s)",
-                ratio <= LONE_LATENCY_LIMIT,
-            )
+        latency_ratio(
+            f"{workload}: a lone request's latency <= {LONE_LATENCY_LIMIT:g}x the baseline's (p50, {low} client)",
+            _point(points, "serve", workload, low), "p50_s", _point(points, "baseline", workload, low), LONE_LATENCY_LIMIT,
+        )
     serve = results.get("systems", {}).get("serve", {})
     weights_mb = results.get("checkpoint", {}).get("weights_mb")
     if serve.get("replica_peak_rss_mb") and weights_mb:
