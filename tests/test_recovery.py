@@ -65,6 +65,7 @@ class Load:
                 async with client.post("/classify_batch", json={"texts": texts, "labels": LABELS}) as response:
                     body = await response.json(content_type=None)
                     status = response.status
+                    retry_after = float(response.headers.get("Retry-After", "1"))
             except asyncio.TimeoutError:
                 self.hung += 1
                 continue
@@ -75,7 +76,8 @@ class Load:
                     self.misaligned += 1
             else:
                 detail = str(body.get("detail", ""))[:120] if isinstance(body, dict) else ""
-                await asyncio.sleep(0.2)  # a client that was told to retry does not spin
+                # A well-behaved client waits as told (bounded, so an outage is still sampled).
+                await asyncio.sleep(min(retry_after, 5.0))
             self.outcomes.append(Outcome(sent - self.started, status, seconds, detail))
             i += 1
 

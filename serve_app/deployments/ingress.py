@@ -162,7 +162,7 @@ class Ingress:
                 self._model_info = await asyncio.wait_for(self.replica.describe.remote(), timeout=HEALTH_DESCRIBE_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001
                 logger.warning("healthz: the model did not describe itself: %r", exc)
-                return _unavailable({}, "the model did not answer the health check; it may be starting")
+                return _unavailable({}, f"the model is unavailable: no ModelReplica answered the health check within {HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly")
         if not self.model.available:
             return _unavailable(self._model_info or {}, self.model.describe_outage())
         return {"status": "ok", **self._model_info}

@@ -33,7 +33,7 @@ class ModelAvailability:
 
     def describe_outage(self) -> str:
         since = "" if self.unavailable_since is None else f" for {time.monotonic() - self.unavailable_since:.0f} s"
-        return f"the model is unavailable{since}: no {self.deployment} replica is running (starting or being replaced); retry shortly"
+        return f"the model is unavailable{since}: no {self.deployment} is running (starting or being replaced); retry shortly"
 
     def start(self) -> None:
         """Start watching on the running event loop (idempotent)."""
@@ -60,7 +60,7 @@ class ModelAvailability:
         self.running_replicas = running
         if was_available and not self.available:
             self.unavailable_since = time.monotonic()
-            logger.warning("model availability: no %s replica is running; answering 503 until one is", self.deployment)
+            logger.warning("model availability: no %s is running; answering 503 until one is", self.deployment)
         elif not was_available and self.available:
             logger.info("model availability: %d %s replica(s) running again after %.1f s", running, self.deployment, time.monotonic() - (self.unavailable_since or time.monotonic()))
             self.unavailable_since = None
