@@ -12,7 +12,7 @@ from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.model_replica import ModelReplica
 from serve_app.engine.spec import resolve_spec
-from serve_app.placement import alive_node_cpus, model_replica_cpus
+from serve_app.placement import alive_node_cpus, cluster_gpus, model_replica_cpus
 from serve_app.settings import AppSettings
 
 logger = logging.getLogger("ray.serve")
@@ -23,11 +23,6 @@ def cluster_nodes() -> list[dict[str, Any]]:
     import ray
 
     return ray.nodes() if ray.is_initialized() else []
-
-
-def cluster_gpus(nodes: list[dict[str, Any]]) -> float:
-    """GPUs the alive nodes declare now."""
-    return sum(float(node["Resources"].get("GPU", 0.0)) for node in nodes if node.get("Alive"))
 
 
 def replica_gpus(settings: AppSettings, available: float) -> float:

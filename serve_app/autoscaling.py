@@ -19,7 +19,7 @@ import ray
 from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 
-from serve_app.placement import alive_node_cpus, cluster_has_gpus, model_replica_cpus, replicas_that_fit
+from serve_app.placement import alive_node_cpus, cluster_gpus, model_replica_cpus, replicas_that_fit
 
 _NODES_TTL_S = 5.0  # the policy runs every control-loop tick; the node list changes far more slowly
 _nodes_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -36,7 +36,7 @@ def _nodes() -> list[dict[str, Any]]:
 
 def placeable_model_replicas(nodes: list[dict[str, Any]]) -> int | None:
     """How many ModelReplicas the cluster holds now; None where GPU nodes make it the node autoscaler's call."""
-    if cluster_has_gpus(nodes):
+    if cluster_gpus(nodes) > 0:
         return None
     cpus = alive_node_cpus(nodes)
     return max(1, replicas_that_fit(cpus, model_replica_cpus(0.0, cpus)))

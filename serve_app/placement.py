@@ -31,5 +31,6 @@ def alive_node_cpus(nodes: list[dict[str, Any]]) -> list[float]:
     return [float(node["Resources"].get("CPU", 0.0)) for node in nodes if node.get("Alive") and node["Resources"].get("CPU", 0.0) > 0]
 
 
-def cluster_has_gpus(nodes: list[dict[str, Any]]) -> bool:
-    return any(node.get("Alive") and node["Resources"].get("GPU", 0.0) > 0 for node in nodes)
+def cluster_gpus(nodes: list[dict[str, Any]]) -> float:
+    """GPUs the alive nodes declare now, from `ray.nodes()`."""
+    return sum(float(node["Resources"].get("GPU", 0.0)) for node in nodes if node.get("Alive"))

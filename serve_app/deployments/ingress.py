@@ -5,7 +5,7 @@ so the middleware the settings ask for (API key, CORS) belongs to that replica's
 """
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,15 +46,6 @@ def _unavailable(model_info: dict[str, Any], detail: str) -> JSONResponse:
         content={"status": "unavailable", "detail": detail, **model_info},
         headers={"Retry-After": str(MODEL_OUTAGE_RETRY_AFTER_S)},
     )
-
-
-def _close(awaitable: Awaitable[Any]) -> None:
-    """Drop a call that will not be awaited: cancel a handle's response (the request is never sent)."""
-    cancel = getattr(awaitable, "cancel", None)
-    if callable(cancel):
-        cancel()
-    elif hasattr(awaitable, "close"):
-        awaitable.close()
 
 
 @serve.deployment(name="Ingress")
@@ -113,33 +104,32 @@ class Ingress:
         api.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
         return api
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        """Await a deployment, or raise RouteFailure (errors.failure_response decides the answer)."""
-        self.model.start()
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Make a deployment call and await it, or raise RouteFailure (errors.failure_response decides the
+        answer). Nothing is sent while no model replica runs."""
         if not self.model.available:
-            _close(awaitable)
             raise RouteFailure(status=503, detail=self.model.describe_outage(), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S)
         try:
-            return await asyncio.wait_for(awaitable, timeout=self.settings.request_timeout_s)
+            return await asyncio.wait_for(call(), timeout=self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise RouteFailure(status=504, detail=f"no answer within {self.settings.request_timeout_s} s") from None
         except Exception as exc:  # Ray wraps deployment errors; failure_response looks inside
             raise RouteFailure(exc) from exc
 
     async def augment(self, body: schemas.AugmentRequest) -> Any:
-        answer = await self._call(self.augmenter.augment.remote([body.text], body.sampling_params()))
+        answer = await self._call(lambda: self.augmenter.augment.remote([body.text], body.sampling_params()))
         return answer[0]
 
     async def augment_batch(self, body: schemas.AugmentBatchRequest) -> Any:
-        answer = await self._call(self.augmenter.augment.remote(body.texts, body.sampling_params_per_text()))
+        answer = await self._call(lambda: self.augmenter.augment.remote(body.texts, body.sampling_params_per_text()))
         return {"augmented_texts": [item["augmented_texts"] for item in answer], "truncated": [item["truncated"] for item in answer]}
 
     async def classify(self, body: schemas.ClassifyRequest) -> Any:
-        answer = await self._call(self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring))
+        answer = await self._call(lambda: self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring))
         return answer[0]
 
     async def classify_batch(self, body: schemas.ClassifyBatchRequest) -> Any:
-        answer = await self._call(self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring))
+        answer = await self._call(lambda: self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring))
         return {"results": answer}
 
     async def generate(self, body: schemas.GenerateRequest) -> Any:
@@ -150,13 +140,12 @@ class Ingress:
                 self.settings.task_template(body.task).slot_values(body.slot_values(), body.task)
             except EngineInputError as error:
                 raise RouteFailure(error) from None
-        return await self._call(self.augmenter.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params()))
+        return await self._call(lambda: self.augmenter.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params()))
 
     async def tasks(self) -> Any:
         return {"tasks": await self.augmenter.tasks.remote()}
 
     async def healthz(self) -> Any:
-        self.model.start()
         if self.model.available and self._model_info is None:
             try:  # the first look at the model; a replica lost meanwhile must not hang the health check
                 self._model_info = await asyncio.wait_for(self.replica.describe.remote(), timeout=HEALTH_DESCRIBE_TIMEOUT_S)
