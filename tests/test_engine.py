@@ -92,9 +92,9 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     import huggingface_hub
-    import modelscope
+    from modelscope_hub import compat as modelscope_download
 
-    monkeypatch.setattr(modelscope, "snapshot_download", refuse, raising=False)
+    monkeypatch.setattr(modelscope_download, "snapshot_download", refuse)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
 
 
@@ -114,12 +114,12 @@ def test_local_dir_without_config_is_refused(no_network, tmp_path):
 
 
 def test_modelscope_failure_is_a_clear_error_not_a_fallback(monkeypatch):
-    import modelscope
+    from modelscope_hub import compat as modelscope_download
 
     def offline(model_id, *args, **kwargs):
         raise ConnectionError("no route to modelscope.cn")
 
-    monkeypatch.setattr(modelscope, "snapshot_download", offline)
+    monkeypatch.setattr(modelscope_download, "snapshot_download", offline)
     with pytest.raises(ModelSpecError) as err:
         load_model("iic/nlp_mt5_zero-shot-augment_chinese-base")
     assert "'iic/nlp_mt5_zero-shot-augment_chinese-base'" in str(err.value)

@@ -20,7 +20,7 @@ class Augmenter(TextDeployment):
         `params`: one SamplingParams for every text, or one per text (each with its own seed)."""
         prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
         requests = augmentation.engine_requests(prompts, params)
-        outputs = await gather_or_cancel((self.replica.generate.remote(request) for request in requests))
+        outputs = await gather_or_cancel(self.call_model("generate", request) for request in requests)
         return augmentation.answers(self.encoder, texts, prompts, list(outputs))
 
     async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
@@ -29,7 +29,7 @@ class Augmenter(TextDeployment):
             encoded = augmentation.prepare_task(self.encoder, self.settings.task_template(task), values, task)
         else:
             encoded = augmentation.prepare_task(self.encoder, Template("{prompt}"), {"prompt": prompt or ""})
-        output = await self.replica.generate.remote(GenerationRequest(encoded.input_ids, params))
+        output = await self.call_model("generate", GenerationRequest(encoded.input_ids, params))
         return {"text": self.encoder.decode(output[0]), "task": task, "truncated": encoded.truncated}
 
     def tasks(self) -> list[dict[str, Any]]:

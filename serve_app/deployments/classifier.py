@@ -18,7 +18,8 @@ class Classifier(TextDeployment):
     ) -> list[dict[str, Any]]:
         """One answer per text, in input order; `scoring` None means the configured default."""
         jobs = classification.prepare_batch(self.encoder, Template(self.settings.templates.classification), texts, labels)
-        method = self.replica.score if mode == "score" else self.replica.generate
-        # One call per text: each joins the replica's batch queue alongside other clients' requests.
-        outputs = await gather_or_cancel((method.remote(request) for request in classification.engine_requests(jobs, mode, scoring or self.settings.scoring)))
+        method = "score" if mode == "score" else "generate"
+        # One call per text: each joins the replica's batch alongside other clients' requests.
+        requests = classification.engine_requests(jobs, mode, scoring or self.settings.scoring)
+        outputs = await gather_or_cancel(self.call_model(method, request) for request in requests)
         return classification.answers(jobs, mode, list(outputs), self.encoder)

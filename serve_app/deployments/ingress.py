@@ -107,7 +107,7 @@ class Ingress:
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Make a deployment call and await it, or raise RouteFailure (errors.failure_response decides the
         answer). Nothing is sent while no model replica runs."""
-        if not self.model.available:
+        if not await self.model.available_now():
             raise RouteFailure(status=503, detail=self.model.describe_outage(), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S)
         try:
             return await asyncio.wait_for(call(), timeout=self.settings.request_timeout_s)
@@ -146,13 +146,14 @@ class Ingress:
         return {"tasks": await self.augmenter.tasks.remote()}
 
     async def healthz(self) -> Any:
-        if self.model.available and self._model_info is None:
+        available = await self.model.available_now()
+        if available and self._model_info is None:
             try:  # the first look at the model; a replica lost meanwhile must not hang the health check
                 self._model_info = await asyncio.wait_for(self.replica.describe.remote(), timeout=HEALTH_DESCRIBE_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001
                 logger.warning("healthz: the model did not describe itself: %r", exc)
                 return _unavailable({}, f"the model is unavailable: no ModelReplica answered the health check within {HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly")
-        if not self.model.available:
+        if not available:
             return _unavailable(self._model_info or {}, self.model.describe_outage())
         return {"status": "ok", **self._model_info}
 

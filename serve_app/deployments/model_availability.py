@@ -4,7 +4,10 @@ While none runs (start-up, a crash, rescheduling) a call through the model's
 handle waits in Serve's router until a replica appears, so without this check
 every request would hang until the ingress timeout. The Ingress asks this
 watcher first and answers 503 with Retry-After at once instead; /healthz and
-the UI say the model is unavailable.
+the UI say the model is unavailable. Before it refuses, it looks again when its
+verdict is older than FRESH_S: every Ingress replica watches on its own, and one
+that polled a moment before a replacement started must not refuse what another
+already accepts.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from ray import serve
 
 logger = logging.getLogger("ray.serve")
+FRESH_S = 0.25  # an outage verdict older than this is looked at again before a request is refused
 
 
 class ModelAvailability:
@@ -25,11 +29,24 @@ class ModelAvailability:
         self.period_s = period_s
         self.running_replicas: int | None = None  # None until the first look: no verdict, requests pass
         self.unavailable_since: float | None = None
+        self.looked_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._look_lock: asyncio.Lock | None = None
 
     @property
     def available(self) -> bool:
         return self.running_replicas is None or self.running_replicas > 0
+
+    async def available_now(self) -> bool:
+        """`available`, looked at again first when it says no and is older than FRESH_S (one look at a
+        time however many requests ask, so an outage does not flood the controller)."""
+        if self.available:
+            return True
+        self._look_lock = self._look_lock or asyncio.Lock()
+        async with self._look_lock:
+            if time.monotonic() - self.looked_at > FRESH_S:
+                await self._look()
+        return self.available
 
     def describe_outage(self) -> str:
         since = "" if self.unavailable_since is None else f" for {time.monotonic() - self.unavailable_since:.0f} s"
@@ -42,11 +59,15 @@ class ModelAvailability:
 
     async def _watch(self) -> None:
         while True:
-            try:
-                self._record(await asyncio.to_thread(self._running_now))
-            except Exception as exc:  # noqa: BLE001 - the controller restarting: keep the last verdict, look again
-                logger.warning("model availability: cannot read Serve's status (%s); keeping the last verdict", exc)
+            await self._look()
             await asyncio.sleep(self.period_s)
+
+    async def _look(self) -> None:
+        try:
+            self._record(await asyncio.to_thread(self._running_now))
+        except Exception as exc:  # noqa: BLE001 - the controller restarting: keep the last verdict, look again
+            logger.warning("model availability: cannot read Serve's status (%s); keeping the last verdict", exc)
+        self.looked_at = time.monotonic()
 
     def _running_now(self) -> int:
         application = serve.status().applications.get(self.app_name)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.engine.loading import load_tokenizer
+from serve_app.engine.tokenizer import load_tokenizer
 from serve_app.engine.spec import resolve_spec
 from serve_app.tokenization import PromptEncoder
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
+from serve_app.errors import is_replica_loss
 from serve_app.settings import AppSettings
 
 T = TypeVar("T")
+logger = logging.getLogger("ray.serve")
+MODEL_CALL_ATTEMPTS = 3
 
 
 class TextDeployment:
@@ -23,8 +27,24 @@ class TextDeployment:
     def __init__(self, settings: dict[str, Any], replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
-        self.encoder = PromptEncoder(load_tokenizer(resolve_spec(self.settings.model).path), self.settings.max_input_tokens)
+        self.encoder = PromptEncoder(load_tokenizer(resolve_spec(self.settings.model, files="tokenizer").path), self.settings.max_input_tokens)
         self.replica = replica
+
+    async def call_model(self, method: str, request: Any) -> Any:
+        """`self.replica.<method>(request)`, sent again when the replica that took it died meanwhile.
+
+        A router learns of a lost replica a moment after the controller does, so a call can still land
+        on one that is gone; the work is the same and nobody saw an answer, so another replica takes
+        it (Serve routes only to live ones). The ingress's timeout bounds the retries."""
+        for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
+            try:
+                return await getattr(self.replica, method).remote(request)
+            except Exception as exc:
+                if attempt == MODEL_CALL_ATTEMPTS or not is_replica_loss(exc):
+                    raise
+                logger.warning("ModelReplica lost during %s (%s); sending it again (attempt %d of %d)", method, type(exc).__name__, attempt + 1, MODEL_CALL_ATTEMPTS)
+                await asyncio.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
 
 
 async def gather_or_cancel(responses: Iterable[Awaitable[T]]) -> list[T]:

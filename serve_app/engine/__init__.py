@@ -15,7 +15,7 @@ _HOMES = {
     "ModelSpecError": "serve_app.engine.errors",
     "LoadedModel": "serve_app.engine.loading",
     "load_model": "serve_app.engine.loading",
-    "load_tokenizer": "serve_app.engine.loading",
+    "load_tokenizer": "serve_app.engine.tokenizer",
     "Seq2SeqEngine": "serve_app.engine.model",
     "GenerationRequest": "serve_app.engine.requests",
     "SamplingParams": "serve_app.engine.requests",

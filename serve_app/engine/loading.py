@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
 from serve_app.engine.errors import ModelSpecError
 from serve_app.engine.precision import Precision, choose_precision, quantize_linears
 from serve_app.engine.spec import ResolvedSpec, resolve_spec
+from serve_app.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +113,6 @@ def build_model(config: MT5Config, state: dict[str, torch.Tensor]) -> MT5ForCond
     if missing:
         raise ModelSpecError(f"checkpoint is missing tensors: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
     return model
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer via from_pretrained (transformers 5 converts spiece.model itself)."""
-    path = Path(path)
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:
-        if (path / "spiece.model").is_file():
-            from transformers import T5Tokenizer
-
-            return T5Tokenizer.from_pretrained(str(path), extra_ids=0)
-        raise ModelSpecError(f"{path}: no usable tokenizer (expected spiece.model or tokenizer.json): {exc}") from exc
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:

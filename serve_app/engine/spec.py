@@ -24,6 +24,10 @@ _FIX = (
 )
 
 SpecKind = Literal["demo", "local", "modelscope", "huggingface"]
+# What a caller needs of a hub checkpoint: everything (the model replica), or the tokenizer's files only
+# (the text deployments: a node that runs no model replica never fetches the weights).
+Files = Literal["all", "tokenizer"]
+TOKENIZER_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spiece.model"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,10 @@ def classify_spec(spec: str) -> SpecKind:
     return "local"
 
 
-def resolve_spec(spec: str) -> ResolvedSpec:
-    """Find or fetch the checkpoint a spec names; downloads happen once into the hub's cache."""
+def resolve_spec(spec: str, files: Files = "all") -> ResolvedSpec:
+    """Find or fetch the checkpoint a spec names; downloads happen once into the hub's cache.
+
+    `files="tokenizer"` fetches only TOKENIZER_FILES from a hub (a local or demo checkpoint is used as it is)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"Model spec is empty. {_FIX}")
     spec = spec.strip()
@@ -62,8 +68,12 @@ def resolve_spec(spec: str) -> ResolvedSpec:
     if kind == "local":
         return ResolvedSpec(spec, kind, _local_dir(spec))
     if kind == "huggingface":
-        return ResolvedSpec(spec, kind, _download_hf(spec[len("hf:"):]))
-    return ResolvedSpec(spec, kind, _download_modelscope(spec))
+        return ResolvedSpec(spec, kind, _download_hf(spec[len("hf:"):], _patterns(files)))
+    return ResolvedSpec(spec, kind, _download_modelscope(spec, _patterns(files)))
+
+
+def _patterns(files: Files) -> list[str] | None:
+    return TOKENIZER_FILES if files == "tokenizer" else None
 
 
 def _local_dir(spec: str) -> Path:
@@ -80,14 +90,15 @@ def _local_dir(spec: str) -> Path:
     return path
 
 
-def _download_modelscope(model_id: str) -> Path:
+def _download_modelscope(model_id: str, allow_patterns: list[str] | None = None) -> Path:
     try:
-        from modelscope import snapshot_download
-    except ImportError as exc:  # pragma: no cover - modelscope is a hard dependency
+        # modelscope's own snapshot_download delegates to this one; importing `modelscope` itself imports torch.
+        from modelscope_hub import compat as modelscope_hub
+    except ImportError as exc:  # pragma: no cover - modelscope (which requires modelscope-hub) is a hard dependency
         raise ModelSpecError(f"Model spec {model_id!r} is a ModelScope id, but modelscope is not installed: pip install modelscope") from exc
     try:
         # modelscope shows a progress bar per file and caches under $MODELSCOPE_CACHE.
-        return Path(snapshot_download(model_id))
+        return Path(modelscope_hub.snapshot_download(model_id, allow_patterns=allow_patterns))
     except Exception as exc:
         raise ModelSpecError(
             f"Model spec {model_id!r} looked like a ModelScope id, but downloading it from modelscope.cn failed "
@@ -96,7 +107,7 @@ def _download_modelscope(model_id: str) -> Path:
         ) from exc
 
 
-def _download_hf(repo_id: str) -> Path:
+def _download_hf(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
     if not _REPO_ID.match(repo_id):
         raise ModelSpecError(f"Model spec 'hf:{repo_id}' does not name a Hugging Face repo as 'hf:owner/name'. {_FIX}")
     try:
@@ -104,7 +115,7 @@ def _download_hf(repo_id: str) -> Path:
     except ImportError as exc:  # pragma: no cover - huggingface_hub comes with transformers
         raise ModelSpecError("huggingface_hub is not installed: pip install huggingface_hub") from exc
     try:
-        return Path(snapshot_download(repo_id))
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
     except Exception as exc:
         raise ModelSpecError(
             f"Model spec 'hf:{repo_id}': downloading from the Hugging Face Hub failed ({type(exc).__name__}: {exc}). "
