@@ -21,12 +21,17 @@ def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str]) 
     return [prepare_paraphrase(encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}") for i, text in enumerate(texts)]
 
 
+def params_per_prompt(params: SamplingParams | Sequence[SamplingParams], count: int) -> list[SamplingParams]:
+    """The same sampling for all `count` prompts, or one SamplingParams per prompt (e.g. its own seed)."""
+    per_prompt = [params] * count if isinstance(params, SamplingParams) else list(params)
+    if len(per_prompt) != count:
+        raise ValueError(f"{len(per_prompt)} SamplingParams for {count} prompts")
+    return per_prompt
+
+
 def engine_requests(prompts: list[EncodedPrompt], params: SamplingParams | Sequence[SamplingParams]) -> list[GenerationRequest]:
-    """One request per prompt: the same sampling for all, or one SamplingParams per prompt (e.g. its own seed)."""
-    per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
-    if len(per_prompt) != len(prompts):
-        raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} prompts")
-    return [GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, per_prompt)]
+    """One request per prompt, sampled as `params` says (params_per_prompt)."""
+    return [GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params_per_prompt(params, len(prompts)))]
 
 
 def answers(encoder: PromptEncoder, texts: list[str], prompts: list[EncodedPrompt], outputs: list[list[list[int]]]) -> list[dict[str, Any]]:

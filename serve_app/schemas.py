@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from serve_app.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS, clean_labels
 from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
+from serve_app.label_keeping import MAX_CANDIDATES, OVERSAMPLING, Checks, KeepLabel
 
 MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
 MAX_BATCH_TEXTS = 50
@@ -76,7 +77,77 @@ class SamplingFields(SamplingKnobs):
         }
 
 
-class AugmentRequest(SamplingFields):
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+
+
+def _distinct_labels(labels: list[str]) -> list[str]:
+    """The label rules have one home (classification.clean_labels: distinct once sanitised)."""
+    try:
+        clean_labels(labels)
+    except EngineInputError as error:
+        raise ValueError(error.rule if error.field == "labels" else str(error)) from None
+    return labels
+
+
+class KeepLabelFields(_Strict):
+    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, description="Candidate labels, as /classify takes them")
+    label: Label | None = Field(None, description="The label the paraphrases must keep; null = the text's own top label under `labels`")
+
+    _check_labels = field_validator("labels")(_distinct_labels)
+
+    @field_validator("label")
+    @classmethod
+    def _among_labels(cls, label: str | None, info: ValidationInfo) -> str | None:
+        labels = info.data.get("labels")
+        if label is not None and labels is not None and label.strip() not in [candidate.strip() for candidate in labels]:
+            raise ValueError("must be one of keep_label.labels")
+        return label
+
+
+class AugmentChecks(SamplingFields):
+    """What /augment and /augment_batch may ask of the paraphrases beyond sampling them (label_keeping.py)."""
+
+    keep_label: KeepLabelFields | None = Field(
+        None, description="Return only paraphrases whose top label under `labels` (the /classify scoring) is `label`"
+    )
+    max_candidates: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CANDIDATES,
+        description=f"Most candidates sampled per text to find num_return_sequences that pass the checks; "
+        f"null = {OVERSAMPLING} x num_return_sequences with a check, else num_return_sequences",
+    )
+    min_distance: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="Drop paraphrases closer than this to the input or to a kept one (character-bigram Jaccard distance; 0 = off)",
+    )
+
+    @field_validator("max_candidates")
+    @classmethod
+    def _room_for_the_asked(cls, value: int | None, info: ValidationInfo) -> int | None:
+        asked = info.data.get("num_return_sequences")
+        if value is not None and asked is not None and value < asked:
+            raise ValueError(f"must be at least num_return_sequences ({asked})")
+        return value
+
+    def checks(self) -> Checks:
+        keep = None if self.keep_label is None else KeepLabel(list(self.keep_label.labels), self.keep_label.label)
+        return Checks(keep_label=keep, max_candidates=self.max_candidates, min_distance=float(self.min_distance))
+
+    @staticmethod
+    def wire_fields(checks: Checks) -> dict[str, Any]:
+        """checks() reversed: a client's JSON for `checks` (only what it asks)."""
+        out: dict[str, Any] = {}
+        if checks.keep_label is not None:
+            out["keep_label"] = {"labels": list(checks.keep_label.labels), "label": checks.keep_label.label}
+        if checks.max_candidates is not None:
+            out["max_candidates"] = checks.max_candidates
+        if checks.min_distance:
+            out["min_distance"] = checks.min_distance
+        return out
+
+
+class AugmentRequest(AugmentChecks):
     text: Text
 
     _check_text = field_validator("text")(_not_blank)
@@ -85,7 +156,7 @@ class AugmentRequest(SamplingFields):
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
-class AugmentBatchRequest(SamplingFields):
+class AugmentBatchRequest(AugmentChecks):
     texts: list[Text] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
     seeds: list[Seed] | None = Field(
         None,
@@ -116,17 +187,32 @@ class AugmentBatchRequest(SamplingFields):
         return [dataclasses.replace(shared, seed=seed) for seed in self.seeds]
 
 
+class CandidateCounts(BaseModel):
+    """How a text's paraphrases were found (present when the request asked for checks)."""
+
+    asked: int = Field(description="num_return_sequences")
+    tried: int = Field(description="candidates sampled")
+    kept: int = Field(description="candidates returned: fewer than asked when the budget ran out")
+    max_candidates: int = Field(description="the budget")
+    repeated: int = Field(description="empty, equal to the input or to another candidate")
+    too_close: int = Field(description="within min_distance of the input or of a kept paraphrase")
+    other_label: int = Field(description="with keep_label: another label came out on top")
+
+
 class AugmentResponse(BaseModel):
     augmented_texts: list[str]
     truncated: bool = False
+    label: str | None = Field(None, description="keep_label: the label every returned paraphrase has on top")
+    label_scores: list[float] | None = Field(None, description="keep_label: each paraphrase's probability for `label`")
+    candidates: CandidateCounts | None = None
 
 
 class AugmentBatchResponse(BaseModel):
     augmented_texts: list[list[str]]
     truncated: list[bool]
-
-
-Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+    label: list[str | None] | None = None
+    label_scores: list[list[float]] | None = None
+    candidates: list[CandidateCounts] | None = None
 
 
 class _LabelsMixin(_Strict):
@@ -138,15 +224,7 @@ class _LabelsMixin(_Strict):
         "label_tokens = normalised over the labels' tokens only (faster, a different quantity); null = the service's default",
     )
 
-    @field_validator("labels")
-    @classmethod
-    def _distinct(cls, labels: list[str]) -> list[str]:
-        """The label rules have one home (classification.clean_labels: distinct once sanitised)."""
-        try:
-            clean_labels(labels)
-        except EngineInputError as error:
-            raise ValueError(error.rule if error.field == "labels" else str(error)) from None
-        return labels
+    _check_labels = field_validator("labels")(_distinct_labels)
 
 
 class ClassifyRequest(_LabelsMixin):
@@ -244,3 +322,12 @@ class FieldError(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: list[FieldError] | str
+
+
+def batch_of_augment_answers(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """/augment_batch's columns from one /augment answer per text (checks' fields only where asked)."""
+    out: dict[str, Any] = {"augmented_texts": [a["augmented_texts"] for a in answers], "truncated": [a["truncated"] for a in answers]}
+    for key in ("label", "label_scores", "candidates"):
+        if answers and key in answers[0]:
+            out[key] = [a[key] for a in answers]
+    return out

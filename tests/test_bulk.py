@@ -688,3 +688,40 @@ def test_url_mode_seeded_augment_matches_ray_data(augmented: Path, workdir: Path
     on_ray = augmented.read_text(encoding="utf-8").splitlines()
     assert len(over_http) == 300 - 2  # lines 17 and 250 are malformed
     assert over_http == on_ray[: len(over_http)]
+
+
+# ----------------------------------------------------------------------- augmentation that keeps the label (issue 16)
+KEEP_LABEL_ARGS = ["--num", "2", "--max-length", "10", "--seed", "5", "--keep-label", "--labels", LABELS_ARG, "--min-distance", "0.2"]
+
+
+def test_keep_label_flags_are_checked_before_any_work(workdir: Path, bulk_env: dict[str, str]) -> None:
+    for flags, named in [
+        (["--keep-label"], "--keep-label"),
+        (["--labels", LABELS_ARG], "--keep-label"),
+        (["--keep-label", "--labels", "物流延迟"], "--labels"),
+        (["--keep-label", "--labels", LABELS_ARG, "--label", "价格"], "--label"),
+        (["--num", "3", "--keep-label", "--labels", LABELS_ARG, "--max-candidates", "2"], "--max-candidates"),
+        (["--min-distance", "1.5"], "--min-distance"),
+    ]:
+        result = bulk(["augment", "in.jsonl", "never.jsonl", *flags, "--model", "demo"], bulk_env, workdir, expect=2)
+        assert f"{named}: " in result.stderr, result.stderr
+    assert not (workdir / "never.jsonl").exists()
+
+
+def test_keep_label_bulk_job_on_ray_data_and_over_http_agree_with_classify(
+    workdir: Path, ray_address: str, base_url: str, bulk_env: dict[str, str]
+) -> None:
+    head = b"\n".join((workdir / "in.jsonl").read_bytes().split(b"\n")[:12]) + b"\n"
+    (workdir / "keep.jsonl").write_bytes(head)
+    bulk(["augment", "keep.jsonl", "kept.jsonl", *KEEP_LABEL_ARGS, "--model", "demo", "--address", ray_address], bulk_env, workdir)
+    bulk(["augment", "keep.jsonl", "kept-http.jsonl", *KEEP_LABEL_ARGS, "--url", base_url], bulk_env, workdir)
+    on_ray, over_http = read_jsonl(workdir / "kept.jsonl"), read_jsonl(workdir / "kept-http.jsonl")
+    assert len(on_ray) == len(over_http) == 12
+    labels = list(parse_labels(LABELS_ARG))
+    for a, b in zip(on_ray, over_http):
+        assert set(a) == {"id", "text", "augmented_texts", "truncated", "label", "label_scores", "candidates"}
+        assert (a["id"], a["augmented_texts"], a["label"], a["candidates"]) == (b["id"], b["augmented_texts"], b["label"], b["candidates"])
+        assert a["label_scores"] == pytest.approx(b["label_scores"], abs=1e-5)
+        for text in a["augmented_texts"]:
+            answer = httpx.post(f"{base_url}/classify", json={"text": text, "labels": labels}, timeout=60).json()
+            assert answer["label"] == a["label"]

@@ -193,8 +193,87 @@ def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client,
         assert_same_classification(answer, alone)
 
 
+# ------------------------------------------------------------------ augmentation that keeps the label (issue 16)
+KEEP_LABELS = LABEL_SETS[1]
+
+
+def classify_alone(client, text: str, labels: list[str]) -> dict:
+    response = client.post("/classify", json={"text": text, "labels": labels})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_keep_label_returns_only_paraphrases_classify_puts_under_the_texts_label(client):
+    from serve_app.label_keeping import ngram_distance
+
+    text = TEXTS[1]
+    request = {"text": text, "num_return_sequences": 4, "max_length": 16, "seed": 5, "min_distance": 0.3, "keep_label": {"labels": KEEP_LABELS}}
+    body = client.post("/augment", json=request).json()
+    own = classify_alone(client, text, KEEP_LABELS)
+    assert body["label"] == own["label"]  # no label given: the text's own top label
+    counts = body["candidates"]
+    assert counts["max_candidates"] == 12 and counts["asked"] == 4  # the default budget: 3 x asked
+    assert counts["kept"] == len(body["augmented_texts"]) == len(body["label_scores"]) >= 1
+    assert counts["tried"] <= counts["max_candidates"]
+    assert counts["kept"] + counts["repeated"] + counts["too_close"] + counts["other_label"] <= counts["tried"]
+    if counts["kept"] < counts["asked"]:
+        assert counts["tried"] == counts["max_candidates"]  # fewer than asked only when the budget ran out
+    for paraphrase, probability in zip(body["augmented_texts"], body["label_scores"]):
+        answer = classify_alone(client, paraphrase, KEEP_LABELS)
+        assert answer["label"] == body["label"], (paraphrase, answer)
+        assert abs(dict(zip(answer["labels"], answer["scores"]))[body["label"]] - probability) <= 1e-5
+    kept = [text, *body["augmented_texts"]]
+    assert all(ngram_distance(a, b) >= 0.3 for i, a in enumerate(kept) for b in kept[i + 1 :])
+    assert client.post("/augment", json=request).json() == body  # seeded: the same kept texts
+
+
+def test_keep_label_with_another_label_drops_candidates_and_says_so_within_budget(client):
+    text = TEXTS[1]
+    own = classify_alone(client, text, KEEP_LABELS)["label"]
+    other = next(label for label in KEEP_LABELS if label != own)
+    request = {"text": text, "num_return_sequences": 3, "max_length": 12, "seed": 9, "max_candidates": 5, "keep_label": {"labels": KEEP_LABELS, "label": other}}
+    body = client.post("/augment", json=request).json()
+    counts = body["candidates"]
+    assert body["label"] == other and counts["max_candidates"] == 5 and counts["tried"] <= 5
+    assert counts["kept"] == len(body["augmented_texts"])
+    for paraphrase in body["augmented_texts"]:
+        assert classify_alone(client, paraphrase, KEEP_LABELS)["label"] == other
+    if counts["kept"] < 3:
+        assert counts["tried"] == 5 and counts["other_label"] + counts["repeated"] >= 5 - counts["kept"]
+
+
+def test_keep_label_batch_keeps_order_and_equals_each_text_alone(client):
+    texts = [TEXTS[1], TEXTS[5], TEXTS[1]]
+    seeds = [1, 2, 3]
+    params = {"num_return_sequences": 2, "max_length": 10, "min_distance": 0.2, "keep_label": {"labels": KEEP_LABELS}}
+    body = client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json()
+    assert len(body["augmented_texts"]) == len(body["label"]) == len(body["candidates"]) == 3
+    for i, (text, seed) in enumerate(zip(texts, seeds)):
+        alone = client.post("/augment", json={"text": text, "seed": seed, **params}).json()
+        assert [body["augmented_texts"][i], body["label"][i], body["candidates"][i]] == [alone["augmented_texts"], alone["label"], alone["candidates"]]
+        assert body["label_scores"][i] == pytest.approx(alone["label_scores"], abs=1e-5)
+
+
+def test_min_distance_alone_oversamples_and_drops_near_copies(client):
+    from serve_app.label_keeping import ngram_distance
+
+    text = TEXTS[2]
+    body = client.post("/augment", json={"text": text, "num_return_sequences": 3, "max_length": 12, "seed": 4, "min_distance": 0.5}).json()
+    assert "label" not in body and body["candidates"]["max_candidates"] == 9 and body["candidates"]["other_label"] == 0
+    kept = [text, *body["augmented_texts"]]
+    assert all(ngram_distance(a, b) >= 0.5 for i, a in enumerate(kept) for b in kept[i + 1 :])
+
+
 # ------------------------------------------------------------------ errors
 ERROR_CASES = [
+    ("/augment", {"text": "物流太慢了", "keep_label": {"labels": ["物流", "售后"], "label": "价格"}}, "keep_label.label"),
+    ("/augment", {"text": "物流太慢了", "keep_label": {"labels": ["物流"]}}, "keep_label.labels"),
+    ("/augment", {"text": "物流太慢了", "keep_label": {"labels": ["物流", " 物流 "]}}, "keep_label.labels"),
+    ("/augment", {"text": "物流太慢了", "keep_label": {"label": "物流"}}, "keep_label.labels"),
+    ("/augment", {"text": "物流太慢了", "num_return_sequences": 3, "max_candidates": 2}, "max_candidates"),
+    ("/augment", {"text": "物流太慢了", "max_candidates": 51}, "max_candidates"),
+    ("/augment", {"text": "物流太慢了", "min_distance": 1.5}, "min_distance"),
+    ("/augment_batch", {"texts": ["物流太慢了"], "keep_label": {"labels": ["物流", "售后"], "lable": "物流"}}, "keep_label.lable"),
     ("/augment_batch", {"texts": ["一", "二"], "seeds": [1]}, "seeds"),
     ("/augment_batch", {"texts": ["一"], "seeds": [1], "seed": 1}, "seeds"),
     ("/augment_batch", {"texts": ["一", "二"], "seeds": [1, -1]}, "seeds.1"),

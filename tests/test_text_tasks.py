@@ -125,3 +125,58 @@ def test_augment_through_pipeline_respects_count(pipeline):
     for answer in answers:
         assert 1 <= len(answer["augmented_texts"]) <= 3
         assert len(set(answer["augmented_texts"])) == len(answer["augmented_texts"])
+
+
+# ------------------------------------------------------------------ augmentation that keeps the label (issue 16)
+def test_ngram_distance_is_whitespace_blind_jaccard_over_character_bigrams():
+    from serve_app.label_keeping import ngram_distance
+
+    assert ngram_distance("物流太慢了", "物流 太慢了") == 0.0
+    assert ngram_distance("物流太慢", "售后很好") == 1.0
+    assert ngram_distance("物流太慢", "物流太快") == pytest.approx(1 - 2 / 4)  # {物流, 流太} shared of {物流, 流太, 太慢, 太快}
+    assert ngram_distance("", "") == 0.0 and ngram_distance("好", "好") == 0.0
+
+
+def test_checked_augmentation_keeps_the_label_respects_the_budget_and_repeats_alone_and_in_a_batch(pipeline):
+    from serve_app.engine import SamplingParams
+    from serve_app.label_keeping import Checks, KeepLabel
+
+    labels = ["物流延迟", "商品缺货", "售后响应慢", "价格争议"]
+    texts = ["等了三天还没发货,客服也不回消息", "这款手机充电很快", "等了三天还没发货,客服也不回消息"]
+    params = [SamplingParams(num_return_sequences=3, max_new_tokens=16, seed=seed) for seed in (1, 2, 3)]
+    for label in (None, labels[0]):
+        checks = Checks(keep_label=KeepLabel(labels, label), max_candidates=7, min_distance=0.25)
+        answers = pipeline.augment(texts, params, checks)
+        assert len(answers) == 3
+        for text, p, answer in zip(texts, params, answers):
+            own = pipeline.classify([text], labels)[0]["label"]
+            assert answer["label"] == (label or own)
+            counts = answer["candidates"]
+            assert counts["max_candidates"] == 7 and counts["tried"] <= 7 and counts["kept"] == len(answer["augmented_texts"]) <= 3
+            if answer["augmented_texts"]:
+                assert [a["label"] for a in pipeline.classify(answer["augmented_texts"], labels)] == [answer["label"]] * counts["kept"]
+            assert pipeline.augment([text], p, checks) == [answer]  # alone, the same answer
+
+
+def test_checks_refuse_bad_combinations_naming_the_field(pipeline):
+    from serve_app.engine import SamplingParams
+    from serve_app.label_keeping import Checks, KeepLabel
+
+    cases = [
+        (Checks(keep_label=KeepLabel(["物流", "售后"], "价格")), "keep_label.label"),
+        (Checks(keep_label=KeepLabel(["物流"])), "keep_label.labels"),
+        (Checks(max_candidates=2), "max_candidates"),
+        (Checks(min_distance=2.0), "min_distance"),
+    ]
+    for checks, field in cases:
+        with pytest.raises(EngineInputError) as error:
+            pipeline.augment(["物流太慢了"], SamplingParams(num_return_sequences=3), checks)
+        assert error.value.field == field
+
+
+def test_without_checks_augmentation_is_unchanged(pipeline):
+    from serve_app.engine import SamplingParams
+    from serve_app.label_keeping import Checks
+
+    params = SamplingParams(num_return_sequences=3, max_new_tokens=12, seed=5)
+    assert pipeline.augment(["物流太慢了"], params, Checks()) == pipeline.augment(["物流太慢了"], params)

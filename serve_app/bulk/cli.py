@@ -1,6 +1,7 @@
 """`mt5-bulk augment|classify IN OUT ...`: a file of texts through the model, on Ray Data or a running service.
 
     mt5-bulk augment in.jsonl out.jsonl --num 3 --seed 1
+    mt5-bulk augment in.jsonl out.jsonl --num 3 --keep-label --labels 物流延迟,商品缺货,其他 --min-distance 0.3
     mt5-bulk classify in.csv out.csv --labels 物流延迟,商品缺货,其他
     mt5-bulk classify in.csv out.csv --labels ... --url http://127.0.0.1:7860
 
@@ -24,6 +25,7 @@ from serve_app.bulk.records import InputError, ResultFormat, file_format, read_i
 from serve_app.bulk.task import TaskSpec, parse_labels
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError, ModelSpecError
+from serve_app.label_keeping import OVERSAMPLING, Checks, KeepLabel
 from serve_app.security import load_api_key
 from serve_app.settings import ENV_OVERRIDES, AppSettings
 
@@ -33,7 +35,12 @@ if TYPE_CHECKING:
 RAY_CHUNK_RECORDS = 32  # one engine batch per chunk: big enough to batch well, small enough to commit often
 EXIT_INTERRUPTED = 130
 API_KEY_ENV = AppSettings.model_fields["api_key_env"].default  # MT5_API_KEY, as the service reads it
-_FLAGS = {"num_return_sequences": "--num", "max_length": "--max-length", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}
+_FLAGS = {
+    "keep_label": "--keep-label",
+    "keep_label.label": "--label",
+    "max_candidates": "--max-candidates",
+    "min_distance": "--min-distance",
+    "num_return_sequences": "--num", "max_length": "--max-length", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--top-k", type=int, default=50, help="0 = off (default: 50)")
     augment.add_argument("--top-p", type=float, default=0.95, help="(default: 0.95)")
     augment.add_argument("--seed", type=int, help="same seed, same paraphrases, however the job is batched or resumed")
+    checks = augment.add_argument_group("checks (README, \"Augmentation that keeps the label\")")
+    checks.add_argument("--keep-label", action="store_true", help="keep only paraphrases whose top label under --labels is the text's own (or --label)")
+    checks.add_argument("--labels", dest="keep_labels", help="with --keep-label: candidate labels, comma or full-width comma separated")
+    checks.add_argument("--label", dest="keep_label_name", help="with --keep-label: the label to keep (default: each text's own top label)")
+    checks.add_argument("--max-candidates", type=int, help=f"candidates sampled per text at most (default with a check: {OVERSAMPLING} x --num)")
+    checks.add_argument("--min-distance", type=float, default=0.0, help="drop paraphrases closer than this (0-1, character bigrams) to the text or a kept one")
     classify = tasks.add_parser("classify", parents=[common], help="zero-shot classification of each text")
     classify.add_argument("--labels", required=True, help="candidate labels, comma or full-width comma separated")
     classify.add_argument("--mode", choices=["score", "generate"], default="score", help="(default: score)")
@@ -83,7 +96,12 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
     if args.task == "classify":
         return TaskSpec("classify", labels=parse_labels(args.labels), mode=args.mode, scoring=args.scoring)
     sampling = SamplingParams(args.num, args.max_length, args.temperature, args.top_k, args.top_p, args.seed)
-    return TaskSpec("augment", sampling=sampling)
+    if args.keep_label != (args.keep_labels is not None):
+        raise EngineInputError("keep_label", "--keep-label needs --labels, and --labels (for augment) needs --keep-label")
+    if args.keep_label_name is not None and not args.keep_label:
+        raise EngineInputError("keep_label", "--label needs --keep-label")
+    keep = KeepLabel(list(parse_labels(args.keep_labels)), args.keep_label_name) if args.keep_label else None
+    return TaskSpec("augment", sampling=sampling, checks=Checks(keep_label=keep, max_candidates=args.max_candidates, min_distance=args.min_distance))
 
 
 def app_settings(args: argparse.Namespace) -> AppSettings:
@@ -99,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = task_spec(args)
     except EngineInputError as exc:
-        flag = "--labels" if exc.field.startswith("labels") else _FLAGS.get(exc.field, f"--{exc.field}")
+        flag = "--labels" if exc.field.startswith(("labels", "keep_label.labels")) else _FLAGS.get(exc.field, f"--{exc.field}")
         parser.error(f"{flag}: {exc.rule}")
     for name in ("batch_size", "workers", "concurrency"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

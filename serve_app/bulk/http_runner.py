@@ -18,7 +18,7 @@ import httpx
 from serve_app.bulk.job import Chunk
 from serve_app.bulk.records import Record
 from serve_app.bulk.task import Outcome, TaskSpec
-from serve_app.schemas import MAX_BATCH_TEXTS, SamplingFields
+from serve_app.schemas import MAX_BATCH_TEXTS, AugmentChecks, SamplingFields
 
 RETRY_STATUSES = {429, 502, 503, 504}
 DEFAULT_CHUNK_RECORDS = 16
@@ -130,15 +130,14 @@ class HttpRunner:
         body: dict[str, Any] = {"texts": texts, **SamplingFields.wire_fields(params)}
         if params.seed is not None:  # each record its own seed, whatever chunk it lands in
             body["seeds"] = [self.spec.record_params(record.line).seed for record in records]
+        body.update(AugmentChecks.wire_fields(self.spec.checks))
         return "/augment_batch", body
 
     def _outcomes(self, answer: dict[str, Any]) -> list[Outcome]:
         if self.spec.kind == "classify":
             return [Outcome(answer=result) for result in answer["results"]]
-        return [
-            Outcome(answer={"augmented_texts": texts, "truncated": truncated})
-            for texts, truncated in zip(answer["augmented_texts"], answer["truncated"], strict=True)
-        ]
+        columns = [key for key in ("augmented_texts", "truncated", "label", "label_scores", "candidates") if key in answer]
+        return [Outcome(answer=dict(zip(columns, values, strict=True))) for values in zip(*(answer[key] for key in columns), strict=True)]
 
     def _post(self, route: str, body: dict[str, Any]) -> httpx.Response:
         """POST with retries on overload and dropped connections, waiting as the server asks."""

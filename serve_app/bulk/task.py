@@ -16,6 +16,7 @@ from typing import Any, Literal
 from serve_app.classification import Mode, Scoring, clean_labels
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError
+from serve_app.label_keeping import Checks, check_rules
 from serve_app.pipeline import Pipeline
 
 TaskKind = Literal["augment", "classify"]
@@ -36,8 +37,11 @@ class TaskSpec:
     mode: Mode = "score"
     scoring: Scoring = "vocabulary"  # score mode's normalisation (README, "How classification scores a label")
     sampling: SamplingParams = SamplingParams()  # seed: the job's seed, from which each record's seed derives
+    checks: Checks = Checks()  # augment: keep the label, oversample, drop near-copies (label_keeping.py)
 
     def __post_init__(self) -> None:
+        if self.kind == "augment" and self.checks.active:
+            check_rules(self.checks, self.sampling.num_return_sequences)
         if self.kind == "classify":
             clean_labels(list(self.labels))  # raises EngineInputError, before any model work starts
             if self.mode not in ("score", "generate"):
@@ -49,7 +53,8 @@ class TaskSpec:
     def columns(self) -> list[str]:
         """Output fields, in order; the answer's `sequence` is the input text, written as `text`."""
         if self.kind == "augment":
-            return ["id", "text", "augmented_texts", "truncated"]
+            keep_label = ["label", "label_scores"] if self.checks.keep_label is not None else []
+            return ["id", "text", "augmented_texts", "truncated", *keep_label, *(["candidates"] if self.checks.active else [])]
         if self.mode == "score":
             return ["id", "text", "label", "labels", "scores", "truncated"]
         return ["id", "text", "label", "generated", "truncated"]
@@ -62,7 +67,8 @@ class TaskSpec:
         """The settings that decide the answers (part of the resume fingerprint)."""
         if self.kind == "classify":
             return {"kind": self.kind, "labels": list(self.labels), "mode": self.mode, "scoring": self.scoring}
-        return {"kind": self.kind, **dataclasses.asdict(self.sampling)}
+        checks = {"checks": dataclasses.asdict(self.checks)} if self.checks.active else {}
+        return {"kind": self.kind, **dataclasses.asdict(self.sampling), **checks}
 
 
 def parse_labels(value: str) -> tuple[str, ...]:
@@ -93,5 +99,5 @@ def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[s
     if spec.kind == "classify":
         return pipeline.classify(texts, list(spec.labels), spec.mode, spec.scoring)
     if spec.sampling.seed is None:
-        return pipeline.augment(texts, spec.sampling)
-    return pipeline.augment(texts, [spec.record_params(line) for line in lines])  # each record its own seed, one batch
+        return pipeline.augment(texts, spec.sampling, spec.checks)
+    return pipeline.augment(texts, [spec.record_params(line) for line in lines], spec.checks)  # each record its own seed, one batch

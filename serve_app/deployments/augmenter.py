@@ -6,22 +6,26 @@ from typing import Any
 
 from ray import serve
 
-from serve_app import augmentation
-from serve_app.deployments.text_deployment import TextDeployment, gather_or_cancel
+from serve_app import augmentation, label_keeping
+from serve_app.deployments.text_deployment import TextDeployment
+from serve_app.label_keeping import Checks
 from serve_app.engine.requests import GenerationRequest, SamplingParams
 from serve_app.prompts import Template
 
 
 @serve.deployment(name="Augmenter")
 class Augmenter(TextDeployment):
-    async def augment(self, texts: list[str], params: SamplingParams | list[SamplingParams]) -> list[dict[str, Any]]:
+    async def augment(self, texts: list[str], params: SamplingParams | list[SamplingParams], checks: Checks | None = None) -> list[dict[str, Any]]:
         """Per text, in input order: distinct paraphrases (none equal to the input) and whether it was truncated.
 
-        `params`: one SamplingParams for every text, or one per text (each with its own seed)."""
+        `params`: one SamplingParams for every text, or one per text (each with its own seed). `checks`:
+        keep the label, oversample, drop near-copies (label_keeping.py); scored like /classify."""
+        if checks is not None and checks.active:
+            templates = label_keeping.Templates(Template(self.settings.templates.augment), Template(self.settings.templates.classification))
+            return await label_keeping.augment_checked(self, self.encoder, templates, texts, params, checks, self.settings.scoring)
         prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
-        requests = augmentation.engine_requests(prompts, params)
-        outputs = await gather_or_cancel(self.call_model("generate", request) for request in requests)
-        return augmentation.answers(self.encoder, texts, prompts, list(outputs))
+        outputs = await self.generate_many(augmentation.engine_requests(prompts, params))
+        return augmentation.answers(self.encoder, texts, prompts, outputs)
 
     async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
         """A model-card task by name (its template filled from `values`), or a raw prompt."""

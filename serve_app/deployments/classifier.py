@@ -7,7 +7,7 @@ from typing import Any
 from ray import serve
 
 from serve_app import classification
-from serve_app.deployments.text_deployment import TextDeployment, gather_or_cancel
+from serve_app.deployments.text_deployment import TextDeployment
 from serve_app.prompts import Template
 
 
@@ -18,8 +18,6 @@ class Classifier(TextDeployment):
     ) -> list[dict[str, Any]]:
         """One answer per text, in input order; `scoring` None means the configured default."""
         jobs = classification.prepare_batch(self.encoder, Template(self.settings.templates.classification), texts, labels)
-        method = "score" if mode == "score" else "generate"
-        # One call per text: each joins the replica's batch alongside other clients' requests.
         requests = classification.engine_requests(jobs, mode, scoring or self.settings.scoring)
-        outputs = await gather_or_cancel(self.call_model(method, request) for request in requests)
+        outputs = await (self.score_many(requests) if mode == "score" else self.generate_many(requests))
         return classification.answers(jobs, mode, list(outputs), self.encoder)

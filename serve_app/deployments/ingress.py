@@ -88,8 +88,9 @@ class Ingress:
             api.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
 
         post = {"methods": ["POST"], "responses": _ERRORS}
-        api.add_api_route("/augment", self.augment, response_model=schemas.AugmentResponse, **post)
-        api.add_api_route("/augment_batch", self.augment_batch, response_model=schemas.AugmentBatchResponse, **post)
+        # Fields a request did not ask for (keep_label's) are left out, not sent as null.
+        api.add_api_route("/augment", self.augment, response_model=schemas.AugmentResponse, response_model_exclude_none=True, **post)
+        api.add_api_route("/augment_batch", self.augment_batch, response_model=schemas.AugmentBatchResponse, response_model_exclude_none=True, **post)
         api.add_api_route("/classify", self.classify, response_model=schemas.ClassifyScoreResponse | schemas.ClassifyGenerateResponse, **post)
         api.add_api_route("/classify_batch", self.classify_batch, response_model=schemas.ClassifyBatchResponse, **post)
         api.add_api_route("/generate", self.generate, response_model=schemas.GenerateResponse, **post)
@@ -117,12 +118,12 @@ class Ingress:
             raise RouteFailure(exc) from exc
 
     async def augment(self, body: schemas.AugmentRequest) -> Any:
-        answer = await self._call(lambda: self.augmenter.augment.remote([body.text], body.sampling_params()))
+        answer = await self._call(lambda: self.augmenter.augment.remote([body.text], body.sampling_params(), body.checks()))
         return answer[0]
 
     async def augment_batch(self, body: schemas.AugmentBatchRequest) -> Any:
-        answer = await self._call(lambda: self.augmenter.augment.remote(body.texts, body.sampling_params_per_text()))
-        return {"augmented_texts": [item["augmented_texts"] for item in answer], "truncated": [item["truncated"] for item in answer]}
+        answer = await self._call(lambda: self.augmenter.augment.remote(body.texts, body.sampling_params_per_text(), body.checks()))
+        return schemas.batch_of_augment_answers(answer)
 
     async def classify(self, body: schemas.ClassifyRequest) -> Any:
         answer = await self._call(lambda: self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring))

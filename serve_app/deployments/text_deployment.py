@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
 from serve_app.engine.tokenizer import load_tokenizer
 from serve_app.engine.spec import resolve_spec
 from serve_app.tokenization import PromptEncoder
@@ -45,6 +46,13 @@ class TextDeployment:
                 logger.warning("ModelReplica lost during %s (%s); sending it again (attempt %d of %d)", method, type(exc).__name__, attempt + 1, MODEL_CALL_ATTEMPTS)
                 await asyncio.sleep(0.5 * attempt)
         raise AssertionError("unreachable")
+
+    # label_keeping.ModelCalls: one call per request, each joining a replica's batch alongside other work.
+    async def generate_many(self, requests: Sequence[GenerationRequest]) -> list[list[list[int]]]:
+        return await gather_or_cancel(self.call_model("generate", request) for request in requests)
+
+    async def score_many(self, requests: Sequence[ScoringRequest]) -> list[ScoringResult]:
+        return await gather_or_cancel(self.call_model("score", request) for request in requests)
 
 
 async def gather_or_cancel(responses: Iterable[Awaitable[T]]) -> list[T]:
