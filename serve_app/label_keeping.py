@@ -1,7 +1,8 @@
 """Augmentation with checks: paraphrases that keep the text's label and are not near-copies.
 
 A text's candidates are sampled in rounds of at most MAX_RETURN_SEQUENCES, within its
-budget (`max_candidates`). A candidate is kept when it is new (not empty, not the input,
+budget (`max_candidates`), each round sized for what is still missing at the keep rate
+seen so far. A candidate is kept when it is new (not empty, not the input,
 not a repeat) and at least `min_distance` from the input and from every text kept
 before it, and, with `keep_label`, when /classify's own scoring (the same prompt, the
 same scoring, the same tie rule) puts the wanted label on top. Rounds stop once a text
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +31,7 @@ from serve_app.tokenization import EncodedPrompt, PromptEncoder
 MAX_CANDIDATES = 50  # candidates sampled per text at most, whatever the request asks
 OVERSAMPLING = 3  # the default budget with checks: this many candidates per paraphrase asked for
 NGRAM = 2  # min_distance compares character bigrams (Jaccard), blind to whitespace
+FIRST_ROUND_RATE = 0.5  # before a text's first round, assume half its candidates pass: sample twice what is missing
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,12 @@ class Selection:
         return len(self.kept) >= self.asked or self.tried >= self.budget
 
     def next_request(self) -> GenerationRequest:
-        size = min(MAX_RETURN_SEQUENCES, self.budget - self.tried)
+        """The next round: enough candidates for what is still missing at the keep rate seen so far
+        (FIRST_ROUND_RATE before any), within the budget and one request's limit."""
+        missing = self.asked - len(self.kept)
+        rate = len(self.kept) / self.tried if self.tried else FIRST_ROUND_RATE
+        wanted = math.ceil(missing / rate) if rate > 0 else self.budget
+        size = max(1, min(MAX_RETURN_SEQUENCES, self.budget - self.tried, wanted))
         params = dataclasses.replace(self.params, num_return_sequences=size, seed=round_seed(self.params.seed, self.rounds))
         self.rounds += 1
         return GenerationRequest(self.prompt.input_ids, params)

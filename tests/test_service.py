@@ -386,3 +386,20 @@ def test_light_deployments_run_at_lower_cpu_priority_than_the_model(served):
     for name in ("Ingress", "Classifier", "Augmenter"):
         pids = find_replica_pids(root, f"ServeReplica:mt5:{name}")
         assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == min(base + 10, 19) for pid in pids), name
+
+
+def test_light_deployments_hold_no_torch(served, client):
+    """Ingress, Classifier and Augmenter tokenize without torch (engine/tokenizer.py): no libtorch mapped
+    in their processes, and each far below the ModelReplica's memory (figures in BENCHMARKS.md)."""
+    from tests.servers import replica_processes
+
+    assert client.post("/classify", json={"text": TEXTS[0], "labels": LABEL_SETS[0]}).status_code == 200  # every deployment is up
+    model = replica_processes(served, "ModelReplica")[0]
+    assert any("libtorch" in m.path for m in model.memory_maps())
+    resident = {}
+    for name in ("Ingress", "Classifier", "Augmenter"):
+        for proc in replica_processes(served, name):
+            assert not [m.path for m in proc.memory_maps() if "libtorch" in m.path], name
+            resident[name] = proc.memory_info().rss
+    print("resident MiB:", {name: round(rss / 2**20) for name, rss in resident.items()}, "ModelReplica:", round(model.memory_info().rss / 2**20))
+    assert set(resident) == {"Ingress", "Classifier", "Augmenter"}

@@ -347,6 +347,180 @@ def test_api_422_is_shown_next_to_its_field(page):
     expect(error).to_contain_text("100")
 
 
+# ------------------------------------------------------------------ keeping the label
+KEEP_TEXT = "等了三天还没发货,客服也不回消息"
+KEEP_LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议"]
+
+
+def _fill_keep_label_form(page) -> None:
+    """The seeded single augmentation with "keep the label" on (labels typed with a comma list)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("aug-keep-label")).not_to_be_checked()
+    expect(page.get_by_test_id("aug-keep-labels")).to_be_hidden()  # off: the extra fields stay out of the way
+    page.fill("#aug-text", KEEP_TEXT)
+    page.fill("#aug-num", "2")
+    page.fill("#aug-max-length", "12")
+    page.fill("#aug-seed", "5")
+    page.get_by_test_id("aug-keep-label").check()
+    for testid in ("aug-keep-labels", "aug-keep-label-name", "aug-min-distance", "aug-max-candidates"):
+        expect(page.get_by_test_id(testid)).to_be_visible()
+    expect(page.get_by_test_id("aug-min-distance")).to_have_value("0.3")
+    expect(page.get_by_test_id("aug-max-candidates")).to_have_value("")
+    page.get_by_test_id("aug-keep-labels").fill(",".join(KEEP_LABELS))
+
+
+def test_single_augment_keep_label_round_trip(page, base_url: str, output_dir: Path):
+    import re
+
+    import httpx
+    from playwright.sync_api import expect
+
+    _fill_keep_label_form(page)
+    response = _submit(page, "/augment", "#aug-submit")
+    assert response.status == 200, response.text()
+    sent = response.request.post_data_json
+    expected = {
+        "text": KEEP_TEXT,
+        "num_return_sequences": 2,
+        "max_length": 12,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 0.95,
+        "seed": 5,
+        "keep_label": {"labels": KEEP_LABELS},  # no label: the text's own top label
+        "min_distance": 0.3,
+    }
+    assert sent == expected
+    body = response.json()
+    direct = httpx.post(base_url + "/augment", json=expected, timeout=TIMEOUT_MS / 1000)
+    assert direct.status_code == 200, direct.text
+    api = direct.json()
+    assert body["augmented_texts"] == api["augmented_texts"] and body["candidates"] == api["candidates"] and body["label"] == api["label"]
+    label, counts, texts = api["label"], api["candidates"], api["augmented_texts"]
+    assert label in KEEP_LABELS
+    assert counts["asked"] == 2 and counts["kept"] == len(texts) and counts["max_candidates"] == 6  # 3 x asked by default
+
+    # The meta line names the label kept and the counts.
+    meta = page.get_by_test_id("aug-meta")
+    kept = page.get_by_test_id("aug-kept-meta")
+    expect(kept).to_have_text(f"保持类别：{label} · 保留 {counts['kept']} / 尝试 {counts['tried']}")
+    expect(meta).to_contain_text(f"保持类别：{label}")
+    assert (kept.get_attribute("data-label"), kept.get_attribute("data-kept"), kept.get_attribute("data-tried")) == (label, str(counts["kept"]), str(counts["tried"]))
+
+    # Each paraphrase with its probability for the label; the same texts as the API's for the same seeded request.
+    items = page.get_by_test_id("aug-result")
+    expect(items).to_have_count(len(texts))
+    assert page.locator("[data-testid=aug-result] .result-text").all_text_contents() == texts
+    scores = page.locator("[data-testid=aug-result] [data-testid=aug-label-score]")
+    expect(scores).to_have_count(len(texts))
+    for i, (shown, p) in enumerate(zip(scores.all_text_contents(), api["label_scores"])):
+        assert re.fullmatch(rf"{re.escape(label)} \d{{1,3}}\.\d%", shown), shown
+        assert float(shown.split()[-1].rstrip("%")) == pytest.approx(p * 100, abs=0.06), (i, shown, p)
+        assert float(scores.nth(i).get_attribute("data-score")) == pytest.approx(p, abs=1e-5)
+
+    # Fewer than asked within the budget: a visible note saying so.
+    note = page.get_by_test_id("aug-shortfall")
+    if counts["kept"] < counts["asked"]:
+        expect(note).to_be_visible()
+        expect(note).to_contain_text(f"{counts['max_candidates']} 个候选的预算")
+    else:
+        expect(note).to_be_hidden()
+
+    page.click("#lang-toggle")
+    expect(kept).to_have_text(f"Label kept: {label} · kept {counts['kept']} of {counts['tried']} tried")
+    if counts["kept"] < counts["asked"]:
+        expect(note).to_contain_text(f"budget of {counts['max_candidates']} candidates")
+    expect(page.locator("label[for=aug-keep-label] .switch-text")).to_have_text("Keep the label")
+    page.click("#lang-toggle")
+
+    # A label the demo model's paraphrases miss, on the smallest budget: fewer than asked (the seeded demo model
+    # keeps none today), said in a note that names the budget.
+    page.get_by_test_id("aug-keep-label-name").fill("物流延迟")
+    page.get_by_test_id("aug-max-candidates").fill("2")
+    response = _submit(page, "/augment", "#aug-submit")
+    assert response.status == 200, response.text()
+    narrow = {**expected, "keep_label": {"labels": KEEP_LABELS, "label": "物流延迟"}, "max_candidates": 2}
+    assert response.request.post_data_json == narrow
+    api = httpx.post(base_url + "/augment", json=narrow, timeout=TIMEOUT_MS / 1000).json()
+    counts = api["candidates"]
+    assert api["label"] == "物流延迟" and counts["max_candidates"] == 2 and response.json()["augmented_texts"] == api["augmented_texts"]
+    expect(kept).to_have_text(f"保持类别：物流延迟 · 保留 {counts['kept']} / 尝试 {counts['tried']}")
+    assert page.locator("[data-testid=aug-result] .result-text").all_text_contents() == api["augmented_texts"]
+    if counts["kept"] < counts["asked"]:
+        expect(note).to_be_visible()
+        expect(note).to_contain_text(f"只找到 {counts['kept']} 条（要求 2 条）：2 个候选的预算已用完")
+    else:
+        expect(note).to_be_hidden()
+    if not api["augmented_texts"]:
+        expect(page.locator("#aug-results .result-none")).to_have_text("没有候选通过检查。")
+    page.get_by_test_id("aug-keep-label-name").fill("")
+    page.get_by_test_id("aug-max-candidates").fill("")
+
+    # Phone width: the switch's fields fit without sideways scrolling.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.get_by_test_id("aug-keep-labels")).to_be_visible()
+    overflow = page.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= 390, f"augment with keep-label at 390px scrolls sideways ({overflow}px wide)"
+    shots = output_dir / "ui"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "augment-keep-label-390px.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # Switched off, the request is exactly as before and the results lose the label.
+    page.get_by_test_id("aug-keep-label").uncheck()
+    expect(page.get_by_test_id("aug-keep-labels")).to_be_hidden()
+    response = _submit(page, "/augment", "#aug-submit")
+    assert response.status == 200
+    assert response.request.post_data_json == {k: v for k, v in expected.items() if k not in ("keep_label", "min_distance")}
+    expect(page.get_by_test_id("aug-kept-meta")).to_have_count(0)
+    expect(page.get_by_test_id("aug-label-score")).to_have_count(0)
+    expect(note).to_be_hidden()
+    expect(page.get_by_test_id("aug-result")).to_have_count(len(response.json()["augmented_texts"]))
+
+
+def test_keep_label_422_is_shown_next_to_the_label_input(page):
+    from playwright.sync_api import expect
+
+    _fill_keep_label_form(page)
+    page.get_by_test_id("aug-keep-label-name").fill("价格")  # not one of the labels
+    response = _submit(page, "/augment", "#aug-submit")
+    assert response.status == 422
+    assert response.request.post_data_json["keep_label"] == {"labels": KEEP_LABELS, "label": "价格"}
+    detail = response.json()["detail"]
+    assert [item["field"] for item in detail] == ["keep_label.label"]
+
+    error = page.locator(".field:has(#aug-keep-label-name) .field-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(detail[0]["msg"])
+    assert error.get_attribute("id") == "aug-keep-label-name-error"
+    expect(page.get_by_test_id("error-aug-keep-label-name")).to_be_visible()
+    expect(page.get_by_test_id("aug-keep-label-name")).to_have_attribute("aria-invalid", "true")
+    control, message = page.get_by_test_id("aug-keep-label-name").bounding_box(), error.bounding_box()
+    assert 0 <= message["y"] - (control["y"] + control["height"]) < 120, (control, message)
+    expect(page.get_by_test_id("error-aug-keep-labels")).to_be_hidden()
+    expect(page.get_by_test_id("augment-error")).to_be_hidden()
+    expect(page.get_by_test_id("aug-result")).to_have_count(0)
+    page.get_by_test_id("aug-keep-label-name").fill("物流延迟")  # editing the field clears its error
+    expect(error).to_be_hidden()
+
+    # The other new fields: each error next to its own input.
+    page.get_by_test_id("aug-max-candidates").fill("1")  # under num_return_sequences (2)
+    page.get_by_test_id("aug-min-distance").fill("2")  # over 1
+    response = _submit(page, "/augment", "#aug-submit")
+    assert response.status == 422
+    sent = response.request.post_data_json
+    assert (sent["max_candidates"], sent["min_distance"]) == (1, 2)
+    detail = {item["field"]: item["msg"] for item in response.json()["detail"]}
+    assert set(detail) == {"max_candidates", "min_distance"}
+    for field, testid in (("max_candidates", "aug-max-candidates"), ("min_distance", "aug-min-distance")):
+        expect(page.get_by_test_id(f"error-{testid}")).to_be_visible()
+        expect(page.get_by_test_id(f"error-{testid}")).to_contain_text(detail[field])
+        expect(page.get_by_test_id(testid)).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("error-aug-keep-label-name")).to_be_hidden()
+    expect(page.get_by_test_id("augment-error")).to_be_hidden()
+
+
 # ------------------------------------------------------------------ screenshots
 def test_screenshots_of_each_panel_at_desktop_and_phone_width(page, output_dir: Path):
     from playwright.sync_api import expect
