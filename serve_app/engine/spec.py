@@ -121,3 +121,47 @@ def _download_hf(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
             f"Model spec 'hf:{repo_id}': downloading from the Hugging Face Hub failed ({type(exc).__name__}: {exc}). "
             f"Check the repo name, the network or HF_TOKEN, or point MT5_MODEL at a local copy. {_FIX}"
         ) from exc
+
+
+@dataclass(frozen=True)
+class PartialDownload:
+    """Partial files an interrupted fetch of a hub spec left in the hub's cache."""
+
+    files: list[Path]
+    size: int
+    resumable: bool  # the hub's client carries on from these bytes; else they are of no use
+
+    def describe(self, spec: str) -> str:
+        what = f"an earlier download of {spec!r} stopped part-way ({self.size / 2**20:.1f} MiB in {len(self.files)} partial file(s))"
+        if self.resumable:
+            return f"{what}: the ModelScope client resumes them from where they stopped"
+        return f"{what}: the Hugging Face client cannot resume them across runs, so they are removed and those files fetched again"
+
+    def discard_if_useless(self) -> None:
+        if not self.resumable:
+            for path in self.files:
+                path.unlink(missing_ok=True)
+
+
+def find_partial_downloads(spec: str) -> PartialDownload | None:
+    """What an interrupted fetch of `spec` left behind (`*.incomplete` files), or None.
+
+    ModelScope resumes its `<file>.incomplete` parts across runs; huggingface_hub writes each attempt
+    to a file of its own and resumes only within one run (a kill -9 leaves its file behind for good)."""
+    kind = classify_spec(spec)
+    if kind == "huggingface":
+        from huggingface_hub import constants
+
+        folders = [Path(constants.HF_HUB_CACHE) / ("models--" + spec[len("hf:") :].replace("/", "--"))]
+    elif kind == "modelscope":
+        from modelscope_hub.utils.file_utils import get_cache_dir
+
+        owner, name = spec.split("/", 1)
+        root = get_cache_dir()
+        folders = [root / "models" / f"{owner}--{name}", root / "models" / owner / name, root / "hub" / "models" / owner / name]
+    else:
+        return None
+    files = sorted(path for folder in folders if folder.is_dir() for path in folder.rglob("*.incomplete"))
+    if not files:
+        return None
+    return PartialDownload(files, sum(path.stat().st_size for path in files), resumable=kind == "modelscope")
