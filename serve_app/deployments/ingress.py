@@ -22,7 +22,7 @@ from serve_app.body_limit import BodySizeLimit
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.model_availability import ModelAvailability
 from serve_app.engine.errors import EngineInputError
-from serve_app.errors import RouteFailure, is_replica_loss, logger, route_failure_handler, validation_error_handler
+from serve_app.errors import RouteFailure, logger, route_failure_handler, validation_error_handler
 from serve_app.security import ApiKeyAuth, load_api_key
 from serve_app.settings import AppSettings
 
@@ -113,11 +113,8 @@ class Ingress:
         try:
             return await asyncio.wait_for(call(), timeout=self.settings.request_timeout_s)
         except asyncio.TimeoutError:
-            self.model.suspect()
             raise RouteFailure(status=504, detail=f"no answer within {self.settings.request_timeout_s} s") from None
         except Exception as exc:  # Ray wraps deployment errors; failure_response looks inside
-            if is_replica_loss(exc):
-                self.model.suspect()
             raise RouteFailure(exc) from exc
 
     async def augment(self, body: schemas.AugmentRequest) -> Any:

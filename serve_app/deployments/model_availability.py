@@ -20,24 +20,18 @@ from ray import serve
 
 logger = logging.getLogger("ray.serve")
 FRESH_S = 0.25  # an outage verdict older than this is looked at again before a request is refused
-# serve.status() costs the Ingress tens of ms of CPU a look (BENCHMARKS.md, "Light deployments"): while the
-# model runs, look seldom and let a failed call (suspect) bring the next look forward; during an outage,
-# look every period_s so the replacement is seen at once.
-HEALTHY_PERIOD_S = 5.0
 
 
 class ModelAvailability:
-    def __init__(self, app_name: str, deployment: str = "ModelReplica", period_s: float = 1.0, healthy_period_s: float = HEALTHY_PERIOD_S) -> None:
+    def __init__(self, app_name: str, deployment: str = "ModelReplica", period_s: float = 1.0) -> None:
         self.app_name = app_name
         self.deployment = deployment
         self.period_s = period_s
-        self.healthy_period_s = healthy_period_s
         self.running_replicas: int | None = None  # None until the first look: no verdict, requests pass
         self.unavailable_since: float | None = None
         self.looked_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._look_lock: asyncio.Lock | None = None
-        self._look_now: asyncio.Event | None = None
 
     @property
     def available(self) -> bool:
@@ -61,23 +55,12 @@ class ModelAvailability:
     def start(self) -> None:
         """Start watching on the running event loop (idempotent)."""
         if self._task is None or self._task.done():
-            self._look_now = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
-    def suspect(self) -> None:
-        """A call to the model failed as if its replica were gone: look now, not at the next period."""
-        if self._look_now is not None:
-            self._look_now.set()
-
     async def _watch(self) -> None:
-        assert self._look_now is not None
         while True:
             await self._look()
-            self._look_now.clear()
-            try:
-                await asyncio.wait_for(self._look_now.wait(), timeout=self.healthy_period_s if self.available else self.period_s)
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.sleep(self.period_s)
 
     async def _look(self) -> None:
         try:
