@@ -205,6 +205,7 @@ def test_health_says_the_model_is_unavailable_until_its_replacement_runs(shipped
     # Whichever Ingress replica takes it (the test before scaled them up): none may refuse what /healthz accepted.
     answered = httpx.post(f"{shipped.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=30)
     assert answered.status_code == 200, answered.text
+    assert "using serve.status()" not in shipped.log_path.read_text(errors="replace")  # the cheap look works on this Ray
 
 
 def test_chaos_repeated_and_combined_kills_under_steady_load(shipped):
@@ -241,6 +242,7 @@ def test_chaos_repeated_and_combined_kills_under_steady_load(shipped):
     # Whichever Ingress replica takes it (the test before scaled them up): none may refuse what /healthz accepted.
     answered = httpx.post(f"{shipped.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=30)
     assert answered.status_code == 200, answered.text
+    assert "using serve.status()" not in shipped.log_path.read_text(errors="replace")  # the cheap look works on this Ray
 
 
 def test_the_ui_shows_the_model_unavailable_and_back(shipped):

@@ -30,6 +30,7 @@ class ModelAvailability:
         self.running_replicas: int | None = None  # None until the first look: no verdict, requests pass
         self.unavailable_since: float | None = None
         self.looked_at = 0.0
+        self._fell_back = False
         self._task: asyncio.Task[None] | None = None
         self._look_lock: asyncio.Lock | None = None
 
@@ -70,6 +71,25 @@ class ModelAvailability:
         self.looked_at = time.monotonic()
 
     def _running_now(self) -> int:
+        try:
+            return self._running_from_details()
+        except (ImportError, AttributeError, KeyError, TypeError) as exc:  # another Ray's client: the public way
+            if not self._fell_back:
+                logger.warning("model availability: cannot read the controller's details (%r); using serve.status(), which costs more CPU", exc)
+                self._fell_back = True
+            return self._running_from_status()
+
+    def _running_from_details(self) -> int:
+        """The controller's details as it sends them. serve.status() builds the same into pydantic models
+        first, about 50 ms of this replica's CPU a look, every second (BENCHMARKS.md, "Light deployments")."""
+        from ray.serve.context import _get_global_client
+
+        applications = _get_global_client().get_serve_details()["applications"]
+        deployments = applications[self.app_name]["deployments"] if self.app_name in applications else {}
+        replicas = deployments[self.deployment]["replicas"] if self.deployment in deployments else []
+        return sum(1 for replica in replicas if replica["state"] == "RUNNING")
+
+    def _running_from_status(self) -> int:
         application = serve.status().applications.get(self.app_name)
         if application is None or self.deployment not in application.deployments:
             return 0
