@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
 import random
@@ -144,13 +143,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import shlex
-    import sys
-
     from bench.checkpoint import build_checkpoint
-    from bench.report import update_section
-    from bench.run import machine_description
-    from serve_app.engine.precision import cpu_has_amx
+    from bench.report import run_header, save_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bench", "demo"], help="'bench' (mT5-base-shaped checkpoint), 'demo', or a model spec")
@@ -163,15 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-md", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    machine = machine_description()
-    results: dict[str, Any] = {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": ".venv/bin/python -m bench.fidelity" + (" " + shlex.join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else ""),
-        "machine": machine["description"] + f"; torch reports AMX: {cpu_has_amx()}",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "models": [],
-    }
+    results: dict[str, Any] = {**run_header("bench.fidelity", argv), "models": []}
     for name in args.models:
         spec = str(build_checkpoint()) if name == "bench" else name
         print(f"[fidelity] {name}: {args.inputs} inputs ...", flush=True)
@@ -180,10 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for variant, figures in measured["variants"].items():
             print(f"[fidelity] {name} {variant}: {json.dumps(figures)}", flush=True)
         results["models"].append(measured)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    if not args.no_md:
-        update_section(args.md, "fidelity", markdown(results), "Fidelity: precision and normalisation (bench.fidelity)")
+    save_results(results, args.out, None if args.no_md else args.md, "fidelity", markdown(results), "Fidelity: precision and normalisation (bench.fidelity)")
     return results
 
 

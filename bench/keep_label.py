@@ -18,12 +18,9 @@ Writes bench/results/keep_label.json and the keep-label section of BENCHMARKS.md
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import random
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -156,9 +153,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from bench.checkpoint import build_checkpoint
-    from bench.report import update_section
-    from bench.run import machine_description
-    from serve_app.engine.precision import cpu_has_amx
+    from bench.report import run_header, save_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bench", help="the checkpoint whose sampling and scoring are timed: 'bench' (mT5-base-shaped), or a model spec")
@@ -173,21 +168,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     spec = str(build_checkpoint()) if args.model == "bench" else args.model
-    given = argv if argv is not None else sys.argv[1:]
-    results: dict[str, Any] = {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": ".venv/bin/python -m bench.keep_label" + (" " + shlex.join(given) if given else ""),
-        "machine": machine_description()["description"] + f"; torch reports AMX: {cpu_has_amx()}",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    results = run_header("bench.keep_label", argv)
     results["parts"] = measure_parts(spec, args.texts, args.asked, args.max_new_tokens, args.rounds)
     results["flow"] = measure_flow(args.flow_model, args.texts, args.asked, args.max_new_tokens, args.rounds)
     print(json.dumps(results, indent=2, ensure_ascii=False))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    if not args.no_md:
-        update_section(args.md, "keep-label", markdown(results), "Augmentation that keeps the label: what the check costs (bench.keep_label)")
+    md = None if args.no_md else args.md
+    save_results(results, args.out, md, "keep-label", markdown(results), "Augmentation that keeps the label: what the check costs (bench.keep_label)")
     return results
 
 

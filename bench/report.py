@@ -225,3 +225,32 @@ def update_section(md_path: Path, name: str, body: str, title: str) -> None:
     else:
         text = text.rstrip() + f"\n\n## {title}\n\n{block}\n"
     md_path.write_text(text)
+
+
+def run_header(module: str, argv: list[str] | None) -> dict[str, Any]:
+    """When, how and on what a bench module ran: the head of its results json (torch already configured)."""
+    import datetime as dt
+    import shlex
+    import sys
+
+    import torch
+
+    from bench.run import machine_description
+    from serve_app.engine.precision import cpu_has_amx
+
+    given = argv if argv is not None else sys.argv[1:]
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": f".venv/bin/python -m {module}" + (" " + shlex.join(given) if given else ""),
+        "machine": machine_description()["description"] + f"; torch reports AMX: {cpu_has_amx()}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def save_results(results: dict[str, Any], out: Path, md_path: Path | None, section: str, body: str, title: str) -> None:
+    """The results json at `out` and, unless md_path is None, their section of BENCHMARKS.md."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    if md_path is not None:
+        update_section(md_path, section, body, title)

@@ -42,8 +42,13 @@ def answers(encoder: PromptEncoder, texts: list[str], prompts: list[EncodedPromp
     ]
 
 
+def whitespace_blind(text: str) -> str:
+    """The text as paraphrases are compared: without any whitespace."""
+    return "".join(text.split())
+
+
 def _same_text(a: str, b: str) -> bool:
-    return "".join(a.split()) == "".join(b.split())
+    return whitespace_blind(a) == whitespace_blind(b)
 
 
 def paraphrases(encoder: PromptEncoder, source: str, sequences: list[list[int]]) -> list[str]:

@@ -26,6 +26,7 @@ from serve_app import augmentation, classification
 from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import MAX_RETURN_SEQUENCES, GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
 from serve_app.prompts import Template
+from serve_app.settings import AppSettings
 from serve_app.tokenization import EncodedPrompt, PromptEncoder
 
 MAX_CANDIDATES = 50  # candidates sampled per text at most, whatever the request asks
@@ -89,7 +90,7 @@ def ngram_distance(a: str, b: str, n: int = NGRAM) -> float:
 
 
 def _ngrams(text: str, n: int) -> set[str]:
-    compact = "".join(text.split())
+    compact = augmentation.whitespace_blind(text)
     if len(compact) < n:
         return {compact} if compact else set()
     return {compact[i : i + n] for i in range(len(compact) - n + 1)}
@@ -154,8 +155,8 @@ class Selection:
         self.tried += len(texts)
         out = []
         for text in texts:
-            key = "".join(text.split())
-            if not key or key in self._seen or key == "".join(self.source.split()):
+            key = augmentation.whitespace_blind(text)
+            if not key or key in self._seen or key == augmentation.whitespace_blind(self.source):
                 self.repeated += 1
             elif self.min_distance and ngram_distance(text, self.source) < self.min_distance:
                 self.too_close += 1
@@ -201,6 +202,10 @@ class Selection:
 class Templates:
     augment: Template
     classification: Template
+
+    @classmethod
+    def of(cls, settings: AppSettings) -> Templates:
+        return cls(Template(settings.templates.augment), Template(settings.templates.classification))
 
 
 async def augment_checked(

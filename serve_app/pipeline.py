@@ -46,8 +46,7 @@ class Pipeline:
         """One /augment answer per text, in order; `params` for all texts or one per text; `checks` as
         /augment's keep_label, max_candidates and min_distance ask (label_keeping.py)."""
         if checks is not None and checks.active:
-            templates = label_keeping.Templates(Template(self.settings.templates.augment), Template(self.settings.templates.classification))
-            work = label_keeping.augment_checked(self, self.encoder, templates, texts, params or SamplingParams(), checks, self.settings.scoring)
+            work = label_keeping.augment_checked(self, self.encoder, label_keeping.Templates.of(self.settings), texts, params or SamplingParams(), checks, self.settings.scoring)
             return asyncio.run(work)
         prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
         outputs = self.engine.generate(augmentation.engine_requests(prompts, params or SamplingParams()))

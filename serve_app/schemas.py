@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from serve_app.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS, clean_labels
 from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
-from serve_app.label_keeping import MAX_CANDIDATES, OVERSAMPLING, Checks, KeepLabel
+from serve_app.label_keeping import MAX_CANDIDATES, OVERSAMPLING, Checks, KeepLabel, check_rules, wanted_label
 
 MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
 MAX_BATCH_TEXTS = 50
@@ -98,9 +98,14 @@ class KeepLabelFields(_Strict):
     @field_validator("label")
     @classmethod
     def _among_labels(cls, label: str | None, info: ValidationInfo) -> str | None:
+        """The rule has one home (label_keeping.wanted_label); the labels' own errors are reported on them."""
         labels = info.data.get("labels")
-        if label is not None and labels is not None and label.strip() not in [candidate.strip() for candidate in labels]:
-            raise ValueError("must be one of keep_label.labels")
+        if label is not None and labels is not None:
+            try:
+                wanted_label(KeepLabel(list(labels), label))
+            except EngineInputError as error:
+                if error.field == "keep_label.label":
+                    raise ValueError(error.rule) from None
         return label
 
 
@@ -125,9 +130,13 @@ class AugmentChecks(SamplingFields):
     @field_validator("max_candidates")
     @classmethod
     def _room_for_the_asked(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """The budget's rule has one home (label_keeping.check_rules)."""
         asked = info.data.get("num_return_sequences")
-        if value is not None and asked is not None and value < asked:
-            raise ValueError(f"must be at least num_return_sequences ({asked})")
+        if value is not None and asked is not None:
+            try:
+                check_rules(Checks(max_candidates=value), asked)
+            except EngineInputError as error:
+                raise ValueError(error.rule) from None
         return value
 
     def checks(self) -> Checks:

@@ -21,8 +21,7 @@ class Augmenter(TextDeployment):
         `params`: one SamplingParams for every text, or one per text (each with its own seed). `checks`:
         keep the label, oversample, drop near-copies (label_keeping.py); scored like /classify."""
         if checks is not None and checks.active:
-            templates = label_keeping.Templates(Template(self.settings.templates.augment), Template(self.settings.templates.classification))
-            return await label_keeping.augment_checked(self, self.encoder, templates, texts, params, checks, self.settings.scoring)
+            return await label_keeping.augment_checked(self, self.encoder, label_keeping.Templates.of(self.settings), texts, params, checks, self.settings.scoring)
         prompts = augmentation.prepare_batch(self.encoder, Template(self.settings.templates.augment), texts)
         outputs = await self.generate_many(augmentation.engine_requests(prompts, params))
         return augmentation.answers(self.encoder, texts, prompts, outputs)
