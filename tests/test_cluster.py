@@ -103,10 +103,17 @@ class Nginx:
         os.kill(self.process.pid, signal.SIGHUP)
         time.sleep(2)  # new workers take over; the old ones finish and close their connections
 
-    def upstreams_used(self, since: int) -> list[str]:
-        """Upstream addresses in access-log lines after byte offset `since` (one per attempt)."""
-        text = (self.state_dir / "access.log").read_bytes()[since:].decode(errors="replace")
-        attempts = [addr for used in re.findall(r" upstream=(.*?) upstream_status=", text) for addr in re.split(r"[,:] ", used)]
+    def upstreams_used(self, since: int, requests: int = 0) -> list[str]:
+        """Upstream addresses in access-log lines after byte offset `since` (one per attempt). nginx logs a
+        request after its answer has left, so wait (up to 5 s) until `requests` lines are there."""
+        deadline = time.monotonic() + 5
+        while True:
+            text = (self.state_dir / "access.log").read_bytes()[since:].decode(errors="replace")
+            lines = re.findall(r" upstream=(.*?) upstream_status=", text)
+            if len(lines) >= requests or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        attempts = [addr for used in lines for addr in re.split(r"[,:] ", used)]
         return [addr for addr in attempts if addr != "-"]
 
     def log_size(self) -> int:
@@ -301,7 +308,7 @@ def test_nginx_spreads_over_proxies_and_skips_one_marked_down(cluster: NetCluste
         start = nginx.log_size()
         with httpx.Client(timeout=30) as client:  # a new client: no keepalive to pre-reload workers
             assert all(classify(client, nginx.url).status_code == 200 for _ in range(10))
-        used = Counter(nginx.upstreams_used(start))
+        used = Counter(nginx.upstreams_used(start, requests=10))
         assert gone not in used and sum(used.values()) >= 10, used
     finally:
         nginx.mark_down(set())
