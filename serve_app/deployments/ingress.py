@@ -5,9 +5,9 @@ so the middleware the settings ask for (API key, CORS) belongs to that replica's
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -15,11 +15,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve_app import schemas
 from serve_app.body_limit import BodySizeLimit
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
+from serve_app.deployments.handle_calls import await_or_cancel
 from serve_app.deployments.model_availability import ModelAvailability
 from serve_app.engine.errors import EngineInputError
 from serve_app.errors import RouteFailure, logger, route_failure_handler, validation_error_handler
@@ -27,7 +28,6 @@ from serve_app.security import ApiKeyAuth, load_api_key
 from serve_app.settings import AppSettings
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
-T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": schemas.ErrorResponse, "description": "A field breaks a rule; `detail` names it"},
@@ -105,13 +105,14 @@ class Ingress:
         api.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
         return api
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], DeploymentResponse]) -> Any:
         """Make a deployment call and await it, or raise RouteFailure (errors.failure_response decides the
         answer). Nothing is sent while no model replica runs."""
         if not await self.model.available_now():
             raise RouteFailure(status=503, detail=self.model.describe_outage(), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S)
         try:
-            return await asyncio.wait_for(call(), timeout=self.settings.request_timeout_s)
+            # On timeout the call is cancelled, not only abandoned: its rows leave the model's batch.
+            return await asyncio.wait_for(await_or_cancel(call()), timeout=self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise RouteFailure(status=504, detail=f"no answer within {self.settings.request_timeout_s} s") from None
         except Exception as exc:  # Ray wraps deployment errors; failure_response looks inside
@@ -150,7 +151,7 @@ class Ingress:
         available = await self.model.available_now()
         if available and self._model_info is None:
             try:  # the first look at the model; a replica lost meanwhile must not hang the health check
-                self._model_info = await asyncio.wait_for(self.replica.describe.remote(), timeout=HEALTH_DESCRIBE_TIMEOUT_S)
+                self._model_info = await asyncio.wait_for(await_or_cancel(self.replica.describe.remote()), timeout=HEALTH_DESCRIBE_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001
                 logger.warning("healthz: the model did not describe itself: %r", exc)
                 return _unavailable({}, f"the model is unavailable: no ModelReplica answered the health check within {HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly")

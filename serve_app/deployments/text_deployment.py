@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
@@ -14,10 +14,10 @@ from serve_app.engine.tokenizer import load_tokenizer
 from serve_app.engine.spec import resolve_spec
 from serve_app.tokenization import PromptEncoder
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
+from serve_app.deployments.handle_calls import await_or_cancel, gather_or_cancel
 from serve_app.errors import is_replica_loss
 from serve_app.settings import AppSettings
 
-T = TypeVar("T")
 logger = logging.getLogger("ray.serve")
 MODEL_CALL_ATTEMPTS = 3
 
@@ -39,7 +39,7 @@ class TextDeployment:
         it (Serve routes only to live ones). The ingress's timeout bounds the retries."""
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
-                return await getattr(self.replica, method).remote(request)
+                return await await_or_cancel(getattr(self.replica, method).remote(request))
             except Exception as exc:
                 if attempt == MODEL_CALL_ATTEMPTS or not is_replica_loss(exc):
                     raise
@@ -54,14 +54,3 @@ class TextDeployment:
     async def score_many(self, requests: Sequence[ScoringRequest]) -> list[ScoringResult]:
         return await gather_or_cancel(self.call_model("score", request) for request in requests)
 
-
-async def gather_or_cancel(responses: Iterable[Awaitable[T]]) -> list[T]:
-    """Every response, in order; on the first failure the others are cancelled (their rows leave the
-    model's batch at its next step instead of computing answers nobody will read) and the failure is raised."""
-    tasks = [asyncio.ensure_future(response) for response in responses]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise
