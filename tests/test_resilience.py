@@ -78,6 +78,23 @@ def test_slow_request_answers_504_instead_of_hanging(fragile):
         pytest.fail("service did not recover after a timed-out request")
 
 
+def test_a_client_that_hangs_up_frees_its_rows(fragile):
+    """Serve cancels the request of a client that closes its connection, down to the scheduler."""
+    log_seen = len(fragile.log_path.read_text(errors="replace"))
+    # one request of more rows than a whole batch: it runs alone for seconds (~2.5 s here)
+    body = {"text": TEXTS[2], "num_return_sequences": 10, "max_length": 512, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{fragile.url}/augment", json=body, timeout=httpx.Timeout(60, read=1.0))
+
+    def cancelled_while_running() -> bool:
+        return "cancelled by their callers (1 running" in fragile.log_path.read_text(errors="replace")[log_seen:]
+
+    deadline = time.monotonic() + 30
+    while not cancelled_while_running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cancelled_while_running(), fragile.log_tail()
+
+
 def test_overload_answers_503_with_retry_after_at_once(fragile):
     heavy = {"num_return_sequences": 4, "max_length": 64, "temperature": 1.0}
     flood = [("/augment", {"text": TEXTS[i % 5] + str(i), **heavy}) for i in range(60)]
