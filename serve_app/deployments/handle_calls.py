@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentResponse
 T = TypeVar("T")
 
 
-async def await_or_cancel(response: DeploymentResponse) -> T:
+async def await_or_cancel(response: DeploymentResponse[T]) -> T:
     """The response's result; if this await is cancelled, the call is cancelled too."""
     try:
         return await response
