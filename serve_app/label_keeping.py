@@ -131,6 +131,9 @@ class Selection:
     rounds: int = 0
     _seen: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self._seen.add(augmentation.whitespace_blind(self.source))  # the input itself counts as seen
+
     @property
     def asked(self) -> int:
         return self.params.num_return_sequences
@@ -156,7 +159,7 @@ class Selection:
         out = []
         for text in texts:
             key = augmentation.whitespace_blind(text)
-            if not key or key in self._seen or key == augmentation.whitespace_blind(self.source):
+            if not key or key in self._seen:
                 self.repeated += 1
             elif self.min_distance and ngram_distance(text, self.source) < self.min_distance:
                 self.too_close += 1

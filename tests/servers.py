@@ -101,6 +101,18 @@ class ServeRun:
         self.stop()
         raise TimeoutError(f"service not healthy within {timeout_s}s:\n{self.log_tail()}")
 
+    def log_size(self) -> int:
+        return len(self.log_path.read_text(errors="replace"))
+
+    def wait_for_log(self, text: str, since: int = 0, timeout_s: float = 30) -> bool:
+        """Whether `text` appears in the log after character `since` within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log_path.read_text(errors="replace")[since:]:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

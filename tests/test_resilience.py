@@ -18,6 +18,8 @@ LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议", "�
 SINGLE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
 # Short, but with room for the 2-core CI box where the flood's HTTP work competes with the model for the CPUs.
 REQUEST_TIMEOUT_S = 6
+# Sampling that runs to max_length on the demo model: with more rows than a batch, seconds of decoding alone.
+LONG_SAMPLING = {"num_return_sequences": 10, "max_length": 512, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +60,13 @@ def test_slow_request_answers_504_instead_of_hanging(fragile):
     nothing and the ingress's timeout is what ends the request."""
     # Four texts fit the Augmenter's router queue to the model (max_queued_requests 4 here), so all four reach
     # the scheduler. Each asks more rows than a whole batch, so they run one after another (~2.5 s each here).
-    slow = {"texts": [f"{TEXTS[i % 5]}{i}" for i in range(4)], "num_return_sequences": 10, "max_length": 512, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    slow = {"texts": [f"{TEXTS[i % 5]}{i}" for i in range(4)], **LONG_SAMPLING}
     started = time.monotonic()
     response = httpx.post(f"{fragile.url}/augment_batch", json=slow, timeout=60)
     assert response.status_code == 504, response.text
     assert str(REQUEST_TIMEOUT_S) in response.json()["detail"] and time.monotonic() - started < 30
     # the timed-out call is cancelled down to the model: its rows leave the batch at the next step (the scheduler logs it)
-    deadline = time.monotonic() + 30
-    while "cancelled by their callers" not in fragile.log_path.read_text(errors="replace") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert "cancelled by their callers" in fragile.log_path.read_text(errors="replace"), fragile.log_tail()
+    assert fragile.wait_for_log("cancelled by their callers"), fragile.log_tail()
     # the service recovers once the abandoned work drains
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -80,19 +79,11 @@ def test_slow_request_answers_504_instead_of_hanging(fragile):
 
 def test_a_client_that_hangs_up_frees_its_rows(fragile):
     """Serve cancels the request of a client that closes its connection, down to the scheduler."""
-    log_seen = len(fragile.log_path.read_text(errors="replace"))
+    log_seen = fragile.log_size()
     # one request of more rows than a whole batch: it runs alone for seconds (~2.5 s here)
-    body = {"text": TEXTS[2], "num_return_sequences": 10, "max_length": 512, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{fragile.url}/augment", json=body, timeout=httpx.Timeout(60, read=1.0))
-
-    def cancelled_while_running() -> bool:
-        return "cancelled by their callers (1 running" in fragile.log_path.read_text(errors="replace")[log_seen:]
-
-    deadline = time.monotonic() + 30
-    while not cancelled_while_running() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert cancelled_while_running(), fragile.log_tail()
+        httpx.post(f"{fragile.url}/augment", json={"text": TEXTS[2], **LONG_SAMPLING}, timeout=httpx.Timeout(60, read=1.0))
+    assert fragile.wait_for_log("cancelled by their callers (1 running", since=log_seen), fragile.log_tail()
 
 
 def test_overload_answers_503_with_retry_after_at_once(fragile):
