@@ -277,9 +277,9 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
     running = [0]
     looks: list[float] = []
 
-    def running_now(self) -> int:
+    def running_now(self) -> tuple[int, int]:
         looks.append(time.monotonic())
-        return running[0]
+        return running[0], 0
 
     monkeypatch.setattr(ModelAvailability, "_running_now", running_now)
 
@@ -293,6 +293,49 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
         running[0] = 1  # the replacement is RUNNING; the next poll is an hour away
         assert all(await asyncio.gather(*(watcher.available_now() for _ in range(50))))
         assert len(looks) == 2  # fifty requests, one look
+        watcher._task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_waiting_for_the_model_is_given_up_when_nothing_runs_or_holds_calls(monkeypatch):
+    """An Ingress replica that had not yet seen an outage passed a call on; Serve's router would hold it until
+    a replacement runs. The next look that finds no ModelReplica running or holding calls gives it up (the
+    call cancelled, ModelOutage raised); one that finds a replica still holding calls (STOPPING, a redeploy's
+    drain) leaves it to finish."""
+    from serve_app.deployments.model_availability import ModelAvailability, ModelOutage
+
+    replicas = [(1, 0)]  # (RUNNING, holding calls) as the controller reports them
+    monkeypatch.setattr(ModelAvailability, "_running_now", lambda self: replicas[0])
+
+    async def scenario() -> None:
+        watcher = ModelAvailability("mt5", period_s=0.05)
+        watcher.start()
+        await asyncio.sleep(0.1)
+        assert await watcher.unless_outage(asyncio.sleep(0.01, result="answered")) == "answered"
+
+        # A call in flight while the only replica drains: left alone, it finishes.
+        drained = asyncio.get_running_loop().create_future()
+        replicas[0] = (0, 1)
+        waiting = asyncio.ensure_future(watcher.unless_outage(drained))
+        await asyncio.sleep(0.2)  # four looks
+        assert not waiting.done() and not watcher.available
+        drained.set_result("finished while draining")
+        assert await waiting == "finished while draining"
+
+        # Nothing runs or holds calls: a call waiting for a replica is given up, and cancelled.
+        never = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(watcher.unless_outage(never))
+        replicas[0] = (0, 0)
+        with pytest.raises(ModelOutage, match="became unavailable while this request waited"):
+            await asyncio.wait_for(waiting, timeout=2)
+        assert never.cancelled()
+        # Already in an outage: given up at once. Back again: calls pass.
+        with pytest.raises(ModelOutage):
+            await asyncio.wait_for(watcher.unless_outage(asyncio.sleep(10)), timeout=1)
+        replicas[0] = (1, 0)
+        await asyncio.sleep(0.1)
+        assert watcher.available and await watcher.unless_outage(asyncio.sleep(0.01, result="answered")) == "answered"
         watcher._task.cancel()
 
     asyncio.run(scenario())

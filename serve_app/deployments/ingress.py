@@ -21,7 +21,7 @@ from serve_app import schemas
 from serve_app.body_limit import BodySizeLimit
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.handle_calls import await_or_cancel
-from serve_app.deployments.model_availability import ModelAvailability
+from serve_app.deployments.model_availability import ModelAvailability, ModelOutage
 from serve_app.engine.errors import EngineInputError
 from serve_app.errors import RouteFailure, logger, route_failure_handler, validation_error_handler
 from serve_app.security import ApiKeyAuth, load_api_key
@@ -107,12 +107,15 @@ class Ingress:
 
     async def _call(self, call: Callable[[], DeploymentResponse]) -> Any:
         """Make a deployment call and await it, or raise RouteFailure (errors.failure_response decides the
-        answer). Nothing is sent while no model replica runs."""
+        answer). Nothing is sent while no model replica runs, and a call still waiting when this replica
+        sees that none runs is given up."""
         if not await self.model.available_now():
             raise RouteFailure(status=503, detail=self.model.describe_outage(), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S)
         try:
             # On timeout the call is cancelled, not only abandoned: its rows leave the model's batch.
-            return await asyncio.wait_for(await_or_cancel(call()), timeout=self.settings.request_timeout_s)
+            return await asyncio.wait_for(self.model.unless_outage(await_or_cancel(call())), timeout=self.settings.request_timeout_s)
+        except ModelOutage as outage:
+            raise RouteFailure(status=503, detail=str(outage), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S) from None
         except asyncio.TimeoutError:
             raise RouteFailure(status=504, detail=f"no answer within {self.settings.request_timeout_s} s") from None
         except Exception as exc:  # Ray wraps deployment errors; failure_response looks inside

@@ -8,6 +8,13 @@ the UI say the model is unavailable. Before it refuses, it looks again when its
 verdict is older than FRESH_S: every Ingress replica watches on its own, and one
 that polled a moment before a replacement started must not refuse what another
 already accepts.
+
+The other way round, a replica that has not yet seen an outage passes a request on,
+and Serve's router holds it until a replacement runs. `unless_outage` ends such a
+wait when this replica's next look finds no ModelReplica running or holding calls:
+nothing can then answer before a replacement, so the caller is refused like the
+requests that come after it. A replica that is not RUNNING but alive (STOPPING in a
+redeploy's drain, HOLDING_STATES) still finishes what it holds, so calls are left alone then.
 """
 
 from __future__ import annotations
@@ -15,11 +22,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from ray import serve
 
 logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 FRESH_S = 0.25  # an outage verdict older than this is looked at again before a request is refused
+# Replica states that are not RUNNING yet may still hold calls and finish them (a redeploy drains STOPPING ones).
+HOLDING_STATES = ("STOPPING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")
+
+
+class ModelOutage(Exception):
+    """No ModelReplica runs or holds calls: a call waiting for one was given up (`ModelAvailability.unless_outage`)."""
 
 
 class ModelAvailability:
@@ -28,11 +44,13 @@ class ModelAvailability:
         self.deployment = deployment
         self.period_s = period_s
         self.running_replicas: int | None = None  # None until the first look: no verdict, requests pass
+        self.holding_replicas = 0  # alive but not RUNNING (HOLDING_STATES): the calls they hold may still finish
         self.unavailable_since: float | None = None
         self.looked_at = 0.0
         self._fell_back = False
         self._task: asyncio.Task[None] | None = None
         self._look_lock: asyncio.Lock | None = None
+        self._outage: asyncio.Event | None = None  # set while no replica runs or holds calls
 
     @property
     def available(self) -> bool:
@@ -48,6 +66,25 @@ class ModelAvailability:
             if time.monotonic() - self.looked_at > FRESH_S:
                 await self._look()
         return self.available
+
+    async def unless_outage(self, work: Awaitable[T]) -> T:
+        """`work`'s result, unless a look finds no ModelReplica running or holding calls first: then `work` is
+        cancelled (its deployment call too, when it awaits through `await_or_cancel`) and ModelOutage raised."""
+        task = asyncio.ensure_future(work)
+        outage = asyncio.ensure_future(self._outage_event().wait())
+        try:
+            await asyncio.wait({task, outage}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                raise ModelOutage(f"the model became unavailable while this request waited: no {self.deployment} is running (being replaced); retry shortly")
+            return task.result()
+        finally:
+            outage.cancel()
+            task.cancel()  # a no-op once done; on ModelOutage or our own cancellation it stops the call
+
+    def _outage_event(self) -> asyncio.Event:
+        if self._outage is None:
+            self._outage = asyncio.Event()
+        return self._outage
 
     def describe_outage(self) -> str:
         since = "" if self.unavailable_since is None else f" for {time.monotonic() - self.unavailable_since:.0f} s"
@@ -70,7 +107,8 @@ class ModelAvailability:
             logger.warning("model availability: cannot read Serve's status (%s); keeping the last verdict", exc)
         self.looked_at = time.monotonic()
 
-    def _running_now(self) -> int:
+    def _running_now(self) -> tuple[int, int]:
+        """The deployment's RUNNING replicas, and those in HOLDING_STATES."""
         try:
             return self._running_from_details()
         except (ImportError, AttributeError, KeyError, TypeError) as exc:  # another Ray's client: the public way
@@ -79,7 +117,7 @@ class ModelAvailability:
                 self._fell_back = True
             return self._running_from_status()
 
-    def _running_from_details(self) -> int:
+    def _running_from_details(self) -> tuple[int, int]:
         """The controller's details as it sends them. serve.status() builds the same into pydantic models
         first, about 50 ms of this replica's CPU a look, every second (BENCHMARKS.md, "Light deployments")."""
         from ray.serve.context import _get_global_client
@@ -87,18 +125,24 @@ class ModelAvailability:
         applications = _get_global_client().get_serve_details()["applications"]
         deployments = applications[self.app_name]["deployments"] if self.app_name in applications else {}
         replicas = deployments[self.deployment]["replicas"] if self.deployment in deployments else []
-        return sum(1 for replica in replicas if replica["state"] == "RUNNING")
+        states = [replica["state"] for replica in replicas]
+        return states.count("RUNNING"), sum(map(states.count, HOLDING_STATES))
 
-    def _running_from_status(self) -> int:
+    def _running_from_status(self) -> tuple[int, int]:
         application = serve.status().applications.get(self.app_name)
         if application is None or self.deployment not in application.deployments:
-            return 0
-        states = application.deployments[self.deployment].replica_states
-        return sum(count for state, count in states.items() if str(getattr(state, "value", state)) == "RUNNING")
+            return 0, 0
+        states = {str(getattr(state, "value", state)): count for state, count in application.deployments[self.deployment].replica_states.items()}
+        return states.get("RUNNING", 0), sum(states.get(state, 0) for state in HOLDING_STATES)
 
-    def _record(self, running: int) -> None:
+    def _record(self, replicas: tuple[int, int]) -> None:
         was_available = self.available
+        running, self.holding_replicas = replicas
         self.running_replicas = running
+        if running == 0 and self.holding_replicas == 0:
+            self._outage_event().set()
+        else:
+            self._outage_event().clear()
         if was_available and not self.available:
             self.unavailable_since = time.monotonic()
             logger.warning("model availability: no %s is running; answering 503 until one is", self.deployment)
