@@ -19,7 +19,7 @@ CSV_FIELDS = [
 ]
 
 
-def _rps(point: dict[str, Any]) -> float:
+def throughput(point: dict[str, Any]) -> float:
     """Throughput with each answer spread over its lifetime (loadgen.PointResult.rps_spread); answers/s for old results."""
     return point.get("rps_spread", point["rps"])
 
@@ -42,20 +42,20 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     levels = sorted({p["concurrency"] for p in points if p["workload"] in ("classify", "augment") and p["system"] != "engine"})
     top, low = (levels[-1], levels[0]) if levels else (None, None)
     ours, base = _point(points, "serve", "augment", top), _point(points, "baseline", "augment", top)
-    if ours and base and _rps(base) > 0:
-        ratio = _rps(ours) / _rps(base)
+    if ours and base and throughput(base) > 0:
+        ratio = throughput(ours) / throughput(base)
         add(
             f"augment: requests/s at {top} clients >= {AUGMENT_X_BASELINE:g}x baseline, no errors",
-            f"{ratio:.1f}x ({_rps(ours):.2f} vs {_rps(base):.2f} req/s), {ours['errors']} errors",
+            f"{ratio:.1f}x ({throughput(ours):.2f} vs {throughput(base):.2f} req/s), {ours['errors']} errors",
             ratio >= AUGMENT_X_BASELINE and ours["errors"] == 0,
         )
     for workload, share in SERVING_SHARE.items():
         ours, engine = _point(points, "serve", workload, top), _point(points, "engine", workload, top)
-        if ours and engine and _rps(engine) > 0:
+        if ours and engine and throughput(engine) > 0:
             add(
                 f"{workload}: Serve at {top} clients >= {share:.0%} of the engine-only ceiling (batch {top})",
-                f"{_rps(ours) / _rps(engine):.0%} ({_rps(ours):.2f} vs {_rps(engine):.2f} req/s)",
-                _rps(ours) / _rps(engine) >= share,
+                f"{throughput(ours) / throughput(engine):.0%} ({throughput(ours):.2f} vs {throughput(engine):.2f} req/s)",
+                throughput(ours) / throughput(engine) >= share,
             )
     def latency_ratio(target: str, ours: dict | None, ours_key: str, theirs: dict | None, limit: float) -> None:
         """A latency target: ours[ours_key] over their p50, at most `limit`."""
@@ -114,12 +114,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
             series = sorted((p for p in points if p["workload"] == workload and p["system"] == system), key=lambda p: p["concurrency"])
             xs = [p["concurrency"] for p in series]
             label = {"baseline": "baseline (transformers generate, fp32, 1 at a time)", "serve": "Ray Serve app"}.get(system, system)
-            axes[row][0].plot(xs, [_rps(p) for p in series], label=label, **styles.get(system, {}))
+            axes[row][0].plot(xs, [throughput(p) for p in series], label=label, **styles.get(system, {}))
             p95 = [(p["concurrency"], p["p95_s"]) for p in series if p["p95_s"] is not None]
             axes[row][1].plot([x for x, _ in p95], [y for _, y in p95], label=label, **styles.get(system, {}))
         engine = next((p for p in points if p["workload"] == workload and p["system"] == "engine"), None)
         if engine:
-            axes[row][0].axhline(_rps(engine), color="tab:green", linestyle=":", label=f"engine-only ceiling (batch {engine['concurrency']})")
+            axes[row][0].axhline(throughput(engine), color="tab:green", linestyle=":", label=f"engine-only ceiling (batch {engine['concurrency']})")
         for column, (title, unit) in enumerate((("throughput", "requests/s"), ("p95 latency", "seconds"))):
             ax = axes[row][column]
             ax.set_title(f"{workload}: {title}")
@@ -176,7 +176,7 @@ def markdown(results: dict[str, Any], image: str | None = None) -> str:
     order = {"baseline": 0, "serve": 1, "engine": 2}
     for point in sorted(points, key=lambda p: (p["workload"] != "classify", p["workload"], p["concurrency"], order.get(p["system"], 9))):
         lines.append(
-            f"| {point['workload']} | {point['concurrency']} | {point['system']} | {_fmt(_rps(point))} | {_fmt(point['rps'])} | {_fmt(point['p50_s'])} | "
+            f"| {point['workload']} | {point['concurrency']} | {point['system']} | {_fmt(throughput(point))} | {_fmt(point['rps'])} | {_fmt(point['p50_s'])} | "
             f"{_fmt(point['p95_s'])} | {_fmt(point['p99_s'])} | {_fmt(point['little_latency_s'], 1)} | {point['ok']} | {point['errors']} | "
             f"{_fmt(point.get('peak_rss_mb'), 0)} | {_fmt(point.get('model_cpu_cores'), 1)} / {_fmt(point.get('system_cpu_cores'), 1)} | {_fmt(point.get('load_average'), 1)} |"
         )
@@ -185,10 +185,10 @@ def markdown(results: dict[str, Any], image: str | None = None) -> str:
         for level in sorted({p["concurrency"] for p in points if p["workload"] == workload}):
             ours, base = _point(points, "serve", workload, level), _point(points, "baseline", workload, level)
             engine = _point(points, "engine", workload, level)
-            if ours and base and _rps(base) > 0:
+            if ours and base and throughput(base) > 0:
                 p95 = f"{ours['p95_s'] / base['p95_s']:.2f}x" if ours["p95_s"] and base["p95_s"] else "–"
-                share = f"{_rps(ours) / _rps(engine):.0%}" if engine and _rps(engine) > 0 else "–"
-                ratios.append(f"| {workload} | {level} | {_rps(ours) / _rps(base):.1f}x | {p95} | {share} |")
+                share = f"{throughput(ours) / throughput(engine):.0%}" if engine and throughput(engine) > 0 else "–"
+                ratios.append(f"| {workload} | {level} | {throughput(ours) / throughput(base):.1f}x | {p95} | {share} |")
     if ratios:
         lines += [
             "", "Serve / baseline (and Serve / engine-only ceiling at the same batch), same run:", "",

@@ -335,6 +335,14 @@ def _histogram_delta(now: dict[str, int], before: dict[str, int] | None) -> dict
     return {bucket: count for bucket, count in delta.items() if count > 0}
 
 
+def serve_dtype(serve_args: dict[str, Any]) -> str:
+    """The dtype Serve's ModelReplica runs on this machine with these app args (`auto` resolved)."""
+    from serve_app.engine.loading import choose_device
+    from serve_app.engine.precision import choose_precision
+
+    return choose_precision(serve_args.get("dtype", "auto"), choose_device("auto")).name
+
+
 def engine_ceiling(model: str, workloads: list[str], batch: int, args: argparse.Namespace, dtype: str) -> dict[str, dict[str, Any]]:
     """bench.ceiling in a fresh process per workload (alone on the machine, like each system)."""
     results = {}
@@ -475,11 +483,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def measure_ceiling() -> None:
         if not args.no_ceiling and "serve" in args.systems:
-            from serve_app.engine.loading import choose_device
-            from serve_app.engine.precision import choose_precision
-
-            dtype = choose_precision(args.serve_args.get("dtype", "auto"), choose_device("auto")).name  # what Serve's `auto` runs
-            ceilings.append(engine_ceiling(model, ceiling_workloads, max(args.concurrency), args, dtype))
+            ceilings.append(engine_ceiling(model, ceiling_workloads, max(args.concurrency), args, serve_dtype(args.serve_args)))
 
     with tempfile.TemporaryDirectory(prefix="bench-", dir=logs) as scratch:
         for name in args.systems:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from bench import levers, report, run
+from bench import levers, report, run, share
 from bench.loadgen import Sample, percentile, summarize
 from bench.workloads import LABELS, augment_workload, chinese_texts, classify_workload
 from serve_app.engine import ScoringRequest, Seq2SeqEngine
@@ -62,6 +62,29 @@ def test_targets_are_evaluated_against_the_same_run():
     assert met["classify: a lone request's latency <= 1.1x the baseline's (p50, 1 client)"] is False  # 1.2x
     assert met["augment: a lone request's latency <= 1.1x the baseline's (p50, 1 client)"] is True  # 1.04x
     assert met["one copy of the weights per replica (ModelReplica peak RSS < 2x the weights)"] is True
+
+
+def test_serving_share_is_taken_against_the_ceilings_around_each_round():
+    def serve(workload, rps):
+        return {"system": "serve", "workload": workload, "concurrency": 32, "rps": rps - 0.5, "rps_spread": rps, "errors": 0}
+
+    def ceiling(classify, augment):
+        return {"classify": {"requests_per_s": classify}, "augment": {"requests_per_s": augment}}
+
+    ceilings = [ceiling(10.0, 4.0), ceiling(12.0, 6.0), ceiling(8.0, 4.0), ceiling(10.0, 4.0)]
+    served = [(8.8, 4.5), (7.5, 4.0), (6.0, 3.0)]
+    rounds = [
+        share.round_shares([serve("classify", c), serve("augment", a)], ceilings[i], ceilings[i + 1]) for i, (c, a) in enumerate(served)
+    ]
+    # Round 1: 8.8 over the mean of 10 and 12 = 80 %; round 2: 7.5 / 10 = 75 %; round 3: 6.0 / 9 = 67 %.
+    assert [r["classify"]["share"] for r in rounds] == pytest.approx([0.8, 0.75, 6.0 / 9])
+    assert [r["augment"]["share"] for r in rounds] == pytest.approx([0.9, 0.8, 0.75])
+    assert rounds[0]["classify"]["ceiling_before_rps"] == 10.0 and rounds[0]["classify"]["ceiling_after_rps"] == 12.0
+    summary = share.verdict(rounds)
+    assert summary["classify"]["median"] == pytest.approx(0.75) and summary["classify"]["met"] is True  # target 75 %
+    assert summary["augment"]["median"] == pytest.approx(0.8) and summary["augment"]["met"] is False  # target 85 %
+    assert (summary["augment"]["low"], summary["augment"]["high"]) == pytest.approx((0.75, 0.9))
+    assert "**75%** (67%–80%; target 75%: met)" in share.markdown(rounds, summary)
 
 
 def test_harness_end_to_end_against_the_real_baseline_server(tmp_path):

@@ -1,0 +1,127 @@
+"""The serving layer's share of the engine-only ceiling (issue 11's targets), in paired rounds.
+
+bench.run measures the ceiling once before and once after Serve. On a shared machine the
+ceiling moved by 20-40 % within one such run (BENCHMARKS.md, session 7): more than the
+distance to the targets. Here each round starts the shipped config.yaml afresh, measures
+/classify and /augment at one concurrency, and stops it; the ceiling is measured before the
+first round and after every round, so each round sits between two ceilings taken minutes
+apart. A round's share is Serve's throughput over the mean of those two; the figure is the
+median over rounds, and every round is kept.
+
+    .venv/bin/python -m bench.share --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.run import RESULTS_DIR, ServeProcess, bench_system, build_workloads, engine_ceiling, log, machine_description, serve_dtype
+from bench.run import parse_args as bench_run_args
+
+WORKLOADS = ("classify", "augment")
+Ceiling = dict[str, dict[str, Any]]  # workload -> bench.ceiling's result
+
+
+def round_shares(points: list[dict[str, Any]], before: Ceiling, after: Ceiling) -> dict[str, dict[str, float]]:
+    """One round: per workload, Serve's throughput, the two ceilings around it, and the share of their mean."""
+    shares = {}
+    for point in points:
+        workload = point["workload"]
+        if point["system"] != "serve" or workload not in before:
+            continue
+        ceiling = (before[workload]["requests_per_s"] + after[workload]["requests_per_s"]) / 2
+        shares[workload] = {
+            "serve_rps": report.throughput(point),
+            "ceiling_before_rps": before[workload]["requests_per_s"],
+            "ceiling_after_rps": after[workload]["requests_per_s"],
+            "share": report.throughput(point) / ceiling,
+            "errors": point["errors"],
+        }
+    return shares
+
+
+def verdict(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Per workload: the median share over rounds, its range, and whether the median meets the target."""
+    summary = {}
+    for workload, target in report.SERVING_SHARE.items():
+        shares = [measured[workload]["share"] for measured in rounds if workload in measured]
+        if shares:
+            median = statistics.median(shares)
+            summary[workload] = {"target": target, "median": median, "low": min(shares), "high": max(shares), "rounds": len(shares), "met": median >= target}
+    return summary
+
+
+def markdown(rounds: list[dict[str, dict[str, float]]], summary: dict[str, dict[str, Any]]) -> str:
+    lines = ["| round | workload | Serve req/s | ceiling before → after | share |", "|---|---|---|---|---|"]
+    for index, measured in enumerate(rounds, 1):
+        for workload, m in measured.items():
+            lines.append(
+                f"| {index} | {workload} | {m['serve_rps']:.2f} | {m['ceiling_before_rps']:.2f} → {m['ceiling_after_rps']:.2f} | {m['share']:.0%} |"
+            )
+    for workload, s in summary.items():
+        lines.append(f"| median | {workload} | | | **{s['median']:.0%}** ({s['low']:.0%}–{s['high']:.0%}; target {s['target']:.0%}: {'met' if s['met'] else 'not met'}) |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """This tool's options, and the bench.run options they imply (durations, workloads, checkpoint)."""
+    parser = argparse.ArgumentParser(description="Serve's share of the engine-only ceiling, in paired rounds (issue 11).")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default=None, help="model spec (default: build/reuse the mT5-base-shaped random checkpoint)")
+    parser.add_argument("--concurrency", type=int, default=32, help="clients of Serve, and the ceiling's batch")
+    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds of /classify per round")
+    parser.add_argument("--augment-duration", type=float, default=120.0, help="measured seconds of /augment per round")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "share.json")
+    ours = parser.parse_args(argv)
+    run_argv = ["--workloads", *WORKLOADS, "--concurrency", str(ours.concurrency), "--duration", str(ours.duration), "--augment-duration", str(ours.augment_duration)]
+    return ours, bench_run_args(run_argv + (["--model", ours.model] if ours.model else []))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ours, args = parse_args(argv)
+    if args.model:
+        model = args.model
+    else:
+        from bench.checkpoint import build_checkpoint
+
+        model = str(build_checkpoint(args.checkpoint_dir, log=log))
+    dtype = serve_dtype(args.serve_args)
+    workloads = build_workloads(list(WORKLOADS), args.augment_n, args.augment_max_length)
+    ceilings = [engine_ceiling(model, list(WORKLOADS), ours.concurrency, args, dtype)]
+    rounds = []
+    for index in range(ours.rounds):
+        log(f"round {index + 1} of {ours.rounds}")
+        with tempfile.TemporaryDirectory(prefix="bench-share-") as scratch:
+            points, _ = bench_system(ServeProcess(model, Path(scratch), args.serve_args, {}), workloads, args)
+        ceilings.append(engine_ceiling(model, list(WORKLOADS), ours.concurrency, args, dtype))
+        rounds.append(round_shares(points, ceilings[-2], ceilings[-1]))
+    summary = verdict(rounds)
+    results = {
+        "command": ".venv/bin/python -m bench.share " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "model": model,
+        "dtype": dtype,
+        "concurrency": ours.concurrency,
+        "rounds": rounds,
+        "ceilings": ceilings,
+        "summary": summary,
+    }
+    ours.out.parent.mkdir(parents=True, exist_ok=True)
+    ours.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    print(markdown(rounds, summary))
+    log(f"wrote {ours.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
