@@ -4,6 +4,7 @@ replaced without hangs or misaligned answers, and a bounded soak leaves the serv
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -87,6 +88,7 @@ def test_a_client_that_hangs_up_frees_its_rows(fragile):
 
 
 def test_overload_answers_503_with_retry_after_at_once(fragile):
+    since = fragile.log_size()
     heavy = {"num_return_sequences": 4, "max_length": 64, "temperature": 1.0}
     flood = [("/augment", {"text": TEXTS[i % 5] + str(i), **heavy}) for i in range(60)]
     results = asyncio.run(fire(fragile.url, flood))
@@ -100,6 +102,50 @@ def test_overload_answers_503_with_retry_after_at_once(fragile):
     # rejections come straight back instead of waiting in an unbounded queue
     assert sorted(s for s, *_ in rejected)[len(rejected) // 2] < max(served)
     assert httpx.get(f"{fragile.url}/healthz").status_code == 200
+    # The Augmenter's refusals (the model's queue was full) are one WARNING line each in Serve's log, not
+    # Serve's "Request failed." traceback, whose last line names the exception with its module.
+    assert fragile.wait_for_log("Request refused: BackPressureError: Request dropped due to backpressure", since=since)
+    assert "ray.serve.exceptions.BackPressureError" not in fragile.log_path.read_text(errors="replace")[since:]
+
+
+def test_a_refusal_is_logged_in_one_line_and_a_fault_with_its_traceback():
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    from serve_app.deployments.replica_logging import RefusalsInOneLine
+    from serve_app.engine.errors import EngineInputError
+    from serve_app.scheduling.errors import AdmissionRefused
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("test.replica_logging")
+    logger.addHandler(handler)
+    logger.addFilter(RefusalsInOneLine())
+    logger.propagate = False
+
+    def raised(error: BaseException, message: str = "Request failed.") -> logging.LogRecord:
+        try:
+            raise error
+        except BaseException:  # noqa: BLE001
+            logger.exception(message)  # what Serve's replica does with a method's exception
+        return records[-1]
+
+    overload = raised(BackPressureError(num_queued_requests=4, max_queued_requests=4))
+    assert (overload.levelname, overload.exc_info) == ("WARNING", None)
+    assert overload.getMessage() == "Request refused: BackPressureError: Request dropped due to backpressure (num_queued_requests=4, max_queued_requests=4)."
+    late = raised(AdmissionRefused(90.0, 60.0))
+    assert late.levelname == "WARNING" and late.getMessage().startswith("Request refused: AdmissionRefused: ")
+    bad_input = raised(EngineInputError("labels", "must not be empty"))
+    assert bad_input.getMessage() == "Request refused: EngineInputError: labels: must not be empty"
+    # As the Augmenter sees a ModelReplica's refusal: wrapped by Ray on its way through the handle.
+    wrapped = raised(RayTaskError("score", "traceback", AdmissionRefused(90.0, 60.0)).as_instanceof_cause())
+    assert wrapped.levelname == "WARNING" and wrapped.exc_info is None
+    # A fault of ours keeps Serve's ERROR line and its traceback; so does any other message.
+    fault = raised(RuntimeError("a bug"))
+    assert fault.levelname == "ERROR" and fault.exc_info is not None and fault.getMessage() == "Request failed."
+    other = raised(BackPressureError(num_queued_requests=1, max_queued_requests=1), "something else")
+    assert other.levelname == "ERROR" and other.exc_info is not None
 
 
 def test_request_with_more_sequences_than_a_whole_batch_runs_alone(fragile):

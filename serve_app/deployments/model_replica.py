@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from ray import serve
 
-from serve_app.deployments.replica_logging import send_project_logs_to_serve
+from serve_app.deployments.replica_logging import log_refusals_in_one_line, send_project_logs_to_serve
 from serve_app.deployments.replica_metrics import SchedulerMetrics
 from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine, load_model
 from serve_app.engine.requests import ScoringResult
@@ -32,6 +32,7 @@ logger = logging.getLogger("ray.serve")
 class ModelReplica:
     def __init__(self, settings: dict[str, Any]) -> None:
         send_project_logs_to_serve()  # the dtype choice and the scheduler's own lines
+        log_refusals_in_one_line()  # an input check or a refusal of admission is not a failure of ours
         self.settings = AppSettings.model_validate(settings)
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): null means every core of the node instead
         # (BENCHMARKS.md, "threads").

@@ -15,6 +15,7 @@ from serve_app.engine.spec import resolve_spec
 from serve_app.tokenization import PromptEncoder
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.handle_calls import await_or_cancel, gather_or_cancel
+from serve_app.deployments.replica_logging import log_refusals_in_one_line
 from serve_app.errors import is_replica_loss
 from serve_app.settings import AppSettings
 
@@ -28,6 +29,7 @@ class TextDeployment:
     def __init__(self, settings: dict[str, Any], replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
+        log_refusals_in_one_line()  # a full model queue is answered 503, not a failure to trace
         self.encoder = PromptEncoder(load_tokenizer(resolve_spec(self.settings.model, files="tokenizer").path), self.settings.max_input_tokens)
         self.replica = replica
 
