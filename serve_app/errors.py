@@ -62,6 +62,11 @@ def is_overload(exc: BaseException) -> bool:
     return any(isinstance(e, BackPressureError) for e in _chain(exc))
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """Answered 422 or 503 + Retry-After by design (bad input, a full queue, a late start): not a fault of ours."""
+    return engine_error(exc) is not None or is_overload(exc) or admission_refusal(exc) is not None
+
+
 def is_replica_loss(exc: BaseException) -> bool:
     """A replica died or became unreachable mid-request: Serve replaces it, the client should retry."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError

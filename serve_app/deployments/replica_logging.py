@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from serve_app.errors import admission_refusal, engine_error, is_overload
+from serve_app.errors import is_refusal
 
 PROJECT_LOGGER = "serve_app"
 SERVE_LOGGER = "ray.serve"
@@ -35,11 +35,6 @@ def send_project_logs_to_serve(level: int = logging.INFO) -> None:
         if handler not in project.handlers:
             project.addHandler(handler)
     project.propagate = False  # no second copy through the root logger
-
-
-def is_refusal(exc: BaseException) -> bool:
-    """An error the client gets a definite answer for (503 + Retry-After, or 422), not a fault of ours."""
-    return is_overload(exc) or admission_refusal(exc) is not None or engine_error(exc) is not None
 
 
 class RefusalsInOneLine(logging.Filter):
