@@ -4,9 +4,12 @@
 
 Prompts are built and tokenized as the service builds them (outside the timing);
 the clock covers `engine.score` / `engine.generate` on `batch` requests at once,
-the same shape 32 closed-loop clients give the service. Serve's throughput over
-this is the serving layer's efficiency. The engine imports no Ray, so this also
-runs alone on a GPU box.
+the same shape 32 closed-loop clients give the service. With lanes (the
+service's `scheduler_lanes`, "auto" resolved the same way) the batch is split
+evenly and each part runs on its own thread with its share of the torch threads,
+as the ModelReplica's lanes run under load. Serve's throughput over this is the
+serving layer's efficiency. The engine imports no Ray, so this also runs alone
+on a GPU box.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -24,14 +28,16 @@ from bench.workloads import augment_workload, classify_workload
 
 
 def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max_length: int = 32,
-            device: str = "auto", dtype: str = "auto", threads: int | None = None) -> dict[str, Any]:
+            device: str = "auto", dtype: str = "auto", threads: int | None = None, lanes: int | str = "auto") -> dict[str, Any]:
     from serve_app import augmentation, classification
     from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
     from serve_app.tokenization import PromptEncoder
     from serve_app.prompts import Template
+    from serve_app.scheduling.lanes import lane_count
     from serve_app.settings import AppSettings
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     settings = AppSettings(model=model, device=device, dtype=dtype)
     loaded = load_model(model, device, dtype)
     engine = Seq2SeqEngine(loaded.model, settings.max_input_tokens)
@@ -48,16 +54,21 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
         requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=n, max_new_tokens=max_length))
         run = engine.generate
     sync = torch.cuda.synchronize if loaded.device.type == "cuda" else (lambda: None)
-    run(requests[:2])  # warm-up: first-call allocations
+    lanes = lane_count(lanes, loaded.device.type, threads)
+    # Each lane's thread runs torch on its share of the threads, as CoreShare gives busy lanes in the service.
+    pool = ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads, initargs=(max(1, threads // lanes),))
+    list(pool.map(lambda part: run(part), [requests[:2]] * lanes))  # warm-up: first-call allocations, every lane thread
     seconds = []
     for repeat in range(repeats):
         chunk = requests[(repeat * batch) % len(requests):][:batch]
         chunk = chunk + requests[: batch - len(chunk)]
+        parts = [chunk[lane::lanes] for lane in range(lanes)]
         sync()
         started = time.perf_counter()
-        run(chunk)
+        list(pool.map(run, parts))
         sync()
         seconds.append(time.perf_counter() - started)
+    pool.shutdown()
     return {
         "workload": workload,
         "batch": batch,
@@ -67,7 +78,8 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
         "best_requests_per_s": batch / min(seconds),
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        "lanes": lanes,
         "device_name": torch.cuda.get_device_name(0) if loaded.device.type == "cuda" else "cpu",
     }
 
@@ -83,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--lanes", default="auto", help='batches run side by side, each on threads/lanes torch threads ("auto": as the service)')
     args = parser.parse_args(argv)
-    result = measure(args.model, args.workload, args.batch, args.repeats, args.n, args.max_length, args.device, args.dtype, args.threads)
+    lanes = args.lanes if args.lanes == "auto" else int(args.lanes)
+    result = measure(args.model, args.workload, args.batch, args.repeats, args.n, args.max_length, args.device, args.dtype, args.threads, lanes)
     print(json.dumps(result))
 
 

@@ -146,11 +146,11 @@ class ServeProcess:
         time.sleep(3.0)
 
     def rows_histogram(self) -> dict[str, int] | None:
-        """The schedulers' cumulative rows-per-step histogram: the last summary line of each replica process, summed."""
+        """The schedulers' cumulative rows-per-step histogram: the last summary line of each replica's lane, summed."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         last: dict[str, str] = {}
-        for pid, histogram in re.findall(r"pid=(\d+)[^\n]*rows_hist=\{([^}]*)\}", text):
-            last[pid] = histogram
+        for pid, lane, histogram in re.findall(r"pid=(\d+)[^\n]*scheduler(?:\[lane=(\d+)\])?: [^\n]*rows_hist=\{([^}]*)\}", text):
+            last[f"{pid}/{lane}"] = histogram
         total: dict[str, int] = {}
         for histogram in last.values():
             for bucket, count in (item.split(":") for item in histogram.split(",") if item):
@@ -350,11 +350,13 @@ def engine_ceiling(model: str, workloads: list[str], batch: int, args: argparse.
         command = [
             sys.executable, "-m", "bench.ceiling", "--model", model, "--workload", workload, "--batch", str(batch),
             "--repeats", str(args.ceiling_repeats), "--n", str(args.augment_n), "--max-length", str(args.augment_max_length), "--dtype", dtype,
+            # the same lanes as Serve's ModelReplica: the ceiling is the engine's best on the same split of the work
+            "--lanes", str(args.serve_args.get("scheduler_lanes", "auto")),
         ]
         log(f"engine ceiling: {workload}, batch {batch}, {dtype} ...")
         done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True)
         results[workload] = json.loads(done.stdout.strip().splitlines()[-1])
-        log(f"engine ceiling: {workload} {results[workload]['requests_per_s']:.2f} req/s (best {results[workload]['best_requests_per_s']:.2f})")
+        log(f"engine ceiling: {workload} {results[workload]['requests_per_s']:.2f} req/s (best {results[workload]['best_requests_per_s']:.2f}, {results[workload]['lanes']} lane(s))")
     return results
 
 

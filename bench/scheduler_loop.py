@@ -1,4 +1,4 @@
-"""The serving core without Ray or HTTP: N closed-loop asyncio clients against SchedulerLoop, next to the engine ceiling.
+"""The serving core without Ray or HTTP: N closed-loop asyncio clients against the scheduler lanes, next to the engine ceiling.
 
     .venv/bin/python -m bench.scheduler_loop --workload augment --clients 32 --duration 60
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
     from serve_app.prompts import Template
     from serve_app.scheduling.config import SchedulerConfig
-    from serve_app.scheduling.loop import SchedulerLoop
+    from serve_app.scheduling.lanes import Lanes, lane_count
     from serve_app.scheduling.scheduler import Scheduler
     from serve_app.settings import AppSettings
     from serve_app.tokenization import PromptEncoder
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-batch-rows", type=int, default=64)
     parser.add_argument("--max-prefill-tokens", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--lanes", default="auto", help='scheduler lanes ("auto": as the service)')
     args = parser.parse_args(argv)
     if args.model is None:
         from bench.checkpoint import build_checkpoint
@@ -94,14 +95,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bodies = classify_workload().bodies
         jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
         requests = classification.engine_requests(jobs, "score")
-    scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=args.max_batch_rows, max_prefill_tokens=args.max_prefill_tokens))
-    loop = SchedulerLoop(scheduler, torch_threads=threads)
+    lanes = lane_count(args.lanes if args.lanes == "auto" else int(args.lanes), loaded.device.type, threads)
+    config = SchedulerConfig(max_batch_rows=args.max_batch_rows, max_prefill_tokens=args.max_prefill_tokens)
+    loop = Lanes([Scheduler(engine, config) for _ in range(lanes)], cores=threads)
     try:
         served = asyncio.run(closed_loop(loop, requests, args.workload, args.clients, args.warmup, args.duration))
     finally:
         loop.stop()
     del engine, loaded
-    engine_only = ceiling(args.model, args.workload, args.clients, repeats=2, device=args.device, dtype=args.dtype, threads=threads)
+    engine_only = ceiling(args.model, args.workload, args.clients, repeats=2, device=args.device, dtype=args.dtype, threads=threads, lanes=lanes)
     result = {
         "workload": args.workload,
         "clients": args.clients,

@@ -63,6 +63,9 @@ class AppSettings(BaseModel):
     light_deployment_nice: int = Field(10, ge=0, le=19)
     # torch intra-op threads per ModelReplica (null: torch's default, one per core).
     torch_threads: int | None = Field(None, ge=1)
+    # Independent batches per ModelReplica, sharing its torch threads (serve_app/scheduling/lanes.py).
+    # "auto": 2 on a CPU with at least 2 threads, 1 on a GPU.
+    scheduler_lanes: int | Literal["auto"] = "auto"
     # /classify score mode: "vocabulary" (the model's own likelihood) or "label_tokens" (faster; README).
     scoring: Literal["vocabulary", "label_tokens"] = "vocabulary"
     # The ingress answers 504 rather than waiting longer than this for a deployment.
@@ -73,6 +76,13 @@ class AppSettings(BaseModel):
     # Browser origins allowed to call the API from other sites; empty = CORS off.
     cors_allow_origins: list[str] = Field(default_factory=list)
     templates: Templates = Field(default_factory=Templates)
+
+    @field_validator("scheduler_lanes")
+    @classmethod
+    def _lanes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("scheduler_lanes is 'auto' or a whole number from 1 to 64")
+        return value
 
     @field_validator("replica_gpus")
     @classmethod

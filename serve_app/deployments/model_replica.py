@@ -1,10 +1,11 @@
 """ModelReplica: the only deployment that holds weights and touches torch.
 
-Requests from every Classifier/Augmenter replica meet in one Scheduler, whose loop
-owns the engine and works per decoding step (continuous batching): new requests
-join the running batch between steps and each answers the moment its own rows
-finish (serve_app/scheduling). The loop runs on its own thread, so the event loop
-keeps accepting requests while the model computes.
+Requests from every Classifier/Augmenter replica meet in the replica's schedulers,
+whose loops share the engine and work per decoding step (continuous batching): new
+requests join a running batch between steps and each answers the moment its own
+rows finish (serve_app/scheduling). On a CPU two such lanes split the load and the
+cores (serve_app/scheduling/lanes.py). The loops run on their own threads, so the
+event loop keeps accepting requests while the model computes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from serve_app.deployments.replica_metrics import SchedulerMetrics
 from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine, load_model
 from serve_app.engine.requests import ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
-from serve_app.scheduling.loop import SchedulerLoop
+from serve_app.scheduling.lanes import Lanes, lane_count
 from serve_app.scheduling.scheduler import Scheduler
 from serve_app.settings import AppSettings
 
@@ -40,31 +41,32 @@ class ModelReplica:
         torch.set_num_threads(threads)
         self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype)
         self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens)
+        lanes = lane_count(self.settings.scheduler_lanes, self.loaded.device.type, threads)
         # A request that could not start before the ingress gives up is refused at once (503).
-        self.scheduler = Scheduler(self.engine, SchedulerConfig(), deadline_s=self.settings.request_timeout_s)
-        metrics = SchedulerMetrics()
-        self.loop = SchedulerLoop(self.scheduler, torch_threads=threads, on_iteration=metrics.record, on_idle=metrics.flush)
-        logger.info("ModelReplica ready: %s", self.loaded.describe())
+        schedulers = [Scheduler(self.engine, SchedulerConfig(), deadline_s=self.settings.request_timeout_s) for _ in range(lanes)]
+        metrics = SchedulerMetrics(lanes)
+        self.lanes = Lanes(schedulers, cores=threads, on_iteration=metrics.record, on_idle=metrics.flush)
+        logger.info("ModelReplica ready: %s; %d scheduler lane(s) on %d torch thread(s)", self.loaded.describe(), lanes, threads)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live scheduler budgets from config.yaml's user_config (no restart)."""
         config = SchedulerConfig.model_validate(user_config or {})
-        self.scheduler.reconfigure(config)
+        self.lanes.reconfigure(config)
         logger.info("ModelReplica scheduler budgets: %s", config.model_dump())
 
     # Each request is validated alone before it joins the batch, so a bad one fails by itself.
     async def generate(self, request: GenerationRequest) -> list[list[int]]:
         self.engine.check_request(request)
-        return await self.loop.generate(request)
+        return await self.lanes.generate(request)
 
     async def score(self, request: ScoringRequest) -> ScoringResult:
         self.engine.check_request(request)
-        return await self.loop.score(request)
+        return await self.lanes.score(request)
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()
 
     def __del__(self) -> None:
-        loop = getattr(self, "loop", None)
-        if loop is not None:
-            loop.stop(timeout_s=1.0)
+        lanes = getattr(self, "lanes", None)
+        if lanes is not None:
+            lanes.stop(timeout_s=1.0)

@@ -28,58 +28,80 @@ def row_bucket(rows: int) -> str:
 
 
 class SchedulerMetrics:
-    """Records every iteration; logs a summary (with the cumulative rows-per-step histogram) every 10 s and when idle."""
+    """Records every iteration of each lane; logs each lane's summary (with its cumulative rows-per-step histogram) every 10 s and when idle.
 
-    def __init__(self) -> None:
-        self.step_rows = Histogram("mt5_step_rows", description="Live decoder rows per decoding step", boundaries=ROW_BUCKETS)
-        self.step_seconds = Histogram("mt5_step_seconds", description="Time of one decoding step", boundaries=TIME_BUCKETS)
+    Each lane's loop calls `record`/`flush` with its own lane number from its own thread, so the
+    per-lane windows need no lock; Ray's metric objects are shared, told apart by the "lane" tag.
+    """
+
+    def __init__(self, lanes: int = 1) -> None:
+        self.lanes = lanes
+        self.step_rows = Histogram(
+            "mt5_step_rows", description="Live decoder rows per decoding step", boundaries=ROW_BUCKETS, tag_keys=("lane",)
+        )
+        self.step_seconds = Histogram(
+            "mt5_step_seconds", description="Time of one decoding step", boundaries=TIME_BUCKETS, tag_keys=("lane",)
+        )
         self.prefill_tokens = Histogram(
-            "mt5_prefill_tokens", description="Prompt tokens encoded per scheduler iteration", boundaries=TOKEN_BUCKETS
+            "mt5_prefill_tokens", description="Prompt tokens encoded per scheduler iteration", boundaries=TOKEN_BUCKETS, tag_keys=("lane",)
         )
-        self.score_batch = Histogram("mt5_score_batch_size", description="Requests per scoring batch", boundaries=ROW_BUCKETS)
-        self.score_seconds = Histogram("mt5_score_seconds", description="Time of one scoring batch", boundaries=TIME_BUCKETS)
+        self.score_batch = Histogram(
+            "mt5_score_batch_size", description="Requests per scoring batch", boundaries=ROW_BUCKETS, tag_keys=("lane",)
+        )
+        self.score_seconds = Histogram(
+            "mt5_score_seconds", description="Time of one scoring batch", boundaries=TIME_BUCKETS, tag_keys=("lane",)
+        )
         self.queue_wait = Histogram(
-            "mt5_queue_wait_seconds", description="Time a request waited before it started", boundaries=TIME_BUCKETS, tag_keys=("kind",)
+            "mt5_queue_wait_seconds",
+            description="Time a request waited before it started",
+            boundaries=TIME_BUCKETS,
+            tag_keys=("kind", "lane"),
         )
-        self.admitted = MetricCounter("mt5_requests_admitted", description="Requests that started", tag_keys=("kind",))
-        self.finished = MetricCounter("mt5_requests_finished", description="Requests answered by the scheduler")
-        self.tokens = MetricCounter("mt5_generated_tokens", description="Tokens generated (one per live row per step)")
-        self.live_rows = Gauge("mt5_live_rows", description="Decoder rows in the running batch")
-        self.waiting = Gauge("mt5_waiting_requests", description="Requests queued in the scheduler")
-        self.rows_histogram: Counter[str] = Counter()  # since start, for the log line
-        self._window = _Window()
+        self.admitted = MetricCounter("mt5_requests_admitted", description="Requests that started", tag_keys=("kind", "lane"))
+        self.finished = MetricCounter("mt5_requests_finished", description="Requests answered by the scheduler", tag_keys=("lane",))
+        self.tokens = MetricCounter(
+            "mt5_generated_tokens", description="Tokens generated (one per live row per step)", tag_keys=("lane",)
+        )
+        self.live_rows = Gauge("mt5_live_rows", description="Decoder rows in the running batch", tag_keys=("lane",))
+        self.waiting = Gauge("mt5_waiting_requests", description="Requests queued in the scheduler", tag_keys=("lane",))
+        self.rows_histograms: list[Counter[str]] = [Counter() for _ in range(lanes)]  # since start, for the log line
+        self._windows = [_Window() for _ in range(lanes)]
 
-    def record(self, report: IterationReport) -> None:
+    def record(self, lane: int, report: IterationReport) -> None:
+        tags = {"lane": str(lane)}
         if report.live_rows:
-            self.step_rows.observe(report.live_rows)
-            self.step_seconds.observe(report.step_seconds)
-            self.tokens.inc(report.live_rows)
-            self.rows_histogram[row_bucket(report.live_rows)] += 1
+            self.step_rows.observe(report.live_rows, tags=tags)
+            self.step_seconds.observe(report.step_seconds, tags=tags)
+            self.tokens.inc(report.live_rows, tags=tags)
+            self.rows_histograms[lane][row_bucket(report.live_rows)] += 1
         if report.prefill_tokens:
-            self.prefill_tokens.observe(report.prefill_tokens)
+            self.prefill_tokens.observe(report.prefill_tokens, tags=tags)
         if report.scored:
-            self.score_batch.observe(report.scored)
-            self.score_seconds.observe(report.score_seconds)
+            self.score_batch.observe(report.scored, tags=tags)
+            self.score_seconds.observe(report.score_seconds, tags=tags)
         for kind, seconds in report.queue_waits:
-            self.queue_wait.observe(seconds, tags={"kind": kind})
-            self.admitted.inc(1, tags={"kind": kind})
+            self.queue_wait.observe(seconds, tags={"kind": kind, **tags})
+            self.admitted.inc(1, tags={"kind": kind, **tags})
         if report.finished:  # Ray counters refuse inc(0)
-            self.finished.inc(report.finished)
-        self.live_rows.set(report.live_rows)
-        self.waiting.set(report.waiting)
-        self._window.add(report)
-        if self._window.elapsed() >= SUMMARY_EVERY_S:
-            self.flush()
+            self.finished.inc(report.finished, tags=tags)
+        self.live_rows.set(report.live_rows, tags=tags)
+        self.waiting.set(report.waiting, tags=tags)
+        self._windows[lane].add(report)
+        if self._windows[lane].elapsed() >= SUMMARY_EVERY_S:
+            self.flush(lane)
 
-    def flush(self) -> None:
-        """Log the window's summary now (the loop calls this when it goes idle) and start a new window."""
-        if self._window.iterations:
-            logger.info("scheduler: %s rows_hist={%s}", self._window.summary(), self._histogram())
-        self._window = _Window()
+    def flush(self, lane: int) -> None:
+        """Log the lane's window summary now (its loop calls this when it goes idle) and start a new window."""
+        window = self._windows[lane]
+        if window.iterations:
+            name = "scheduler" if self.lanes == 1 else f"scheduler[lane={lane}]"
+            logger.info("%s: %s rows_hist={%s}", name, window.summary(), _histogram(self.rows_histograms[lane]))
+        self._windows[lane] = _Window()
 
-    def _histogram(self) -> str:
-        order = sorted(self.rows_histogram, key=lambda bucket: int(bucket.split("-")[-1]))
-        return ",".join(f"{bucket}:{self.rows_histogram[bucket]}" for bucket in order)
+
+def _histogram(histogram: Counter[str]) -> str:
+    order = sorted(histogram, key=lambda bucket: int(bucket.split("-")[-1]))
+    return ",".join(f"{bucket}:{histogram[bucket]}" for bucket in order)
 
 
 class _Window:

@@ -21,6 +21,30 @@ from serve_app.scheduling.scheduler import IterationReport, Scheduler
 logger = logging.getLogger(__name__)
 
 
+class CoreShare:
+    """The cores of one replica, shared by its busy loops: each busy loop runs torch on cores // busy threads.
+
+    A lone request gets every core; when several lanes (serve_app/scheduling/lanes.py) work at once,
+    each gets its part, so their torch threads never outnumber the cores.
+    """
+
+    def __init__(self, cores: int) -> None:
+        self.cores = max(1, cores)
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self._busy += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._busy = max(0, self._busy - 1)
+
+    def threads_per_loop(self) -> int:
+        return max(1, self.cores // max(1, self._busy))
+
+
 class SchedulerLoop:
     def __init__(
         self,
@@ -28,13 +52,17 @@ class SchedulerLoop:
         torch_threads: int | None = None,
         on_iteration: Callable[[IterationReport], None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        cores: CoreShare | None = None,
+        name: str = "mt5-scheduler",
     ) -> None:
         self.scheduler = scheduler
-        self.torch_threads = torch_threads
+        # Either a fixed thread count, or a share of cores that follows how many loops are busy.
+        self.cores = cores or (CoreShare(torch_threads) if torch_threads else None)
         self.on_iteration = on_iteration
         self.on_idle = on_idle
+        self._threads_now = 0
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mt5-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     async def generate(self, request: GenerationRequest) -> list[list[int]]:
@@ -62,20 +90,42 @@ class SchedulerLoop:
             raise
 
     def _run(self) -> None:
-        if self.torch_threads:  # torch's intra-op thread count is per thread: set it where the work runs
-            torch.set_num_threads(self.torch_threads)
+        busy = False
         while not self._stopping.is_set():
             if not self.scheduler.has_work():
+                if busy and self.cores is not None:
+                    self.cores.leave()
+                busy = False
                 if self.on_idle is not None:
                     self.on_idle()
                 self.scheduler.wait_for_work(timeout_s=0.5)
                 continue
+            if not busy and self.cores is not None:
+                self.cores.enter()
+            busy = True
+            self._set_threads()
             try:
                 report = self.scheduler.run_iteration()
                 if self.on_iteration is not None:
                     self.on_iteration(report)
             except Exception:  # noqa: BLE001 - the loop must outlive any one iteration
                 logger.exception("scheduler iteration failed")
+        if busy and self.cores is not None:
+            self.cores.leave()
+
+    def _set_threads(self) -> None:
+        """Torch's intra-op thread count is per thread (OpenMP): set it here, where the work runs, when it changes."""
+        if self.cores is None:
+            return
+        threads = self.cores.threads_per_loop()
+        if threads != self._threads_now:
+            torch.set_num_threads(threads)
+            self._threads_now = threads
+
+    @property
+    def torch_threads(self) -> int:
+        """The torch threads this loop ran its last iteration on (0 before its first)."""
+        return self._threads_now
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -123,6 +123,7 @@ class Scheduler:
         self._next_ticket = 0
         self._batch = engine.new_batch(capacity=self.config.max_batch_rows)
         self._decoding: dict[int, _Decoding] = {}
+        self._open: set[int] = set()  # tickets not yet answered nor cancelled (queued, scoring, prefilling or decoding)
 
     # ------------------------------------------------------ any thread
     def reconfigure(self, config: SchedulerConfig) -> None:
@@ -162,6 +163,11 @@ class Scheduler:
         return ahead / rate if rate > 0 else math.inf
 
     @property
+    def outstanding(self) -> int:
+        """Requests submitted here and not yet answered or cancelled: the work ahead of a new one."""
+        return len(self._open)
+
+    @property
     def live_rows(self) -> int:
         return self._batch.rows
 
@@ -189,6 +195,7 @@ class Scheduler:
         """Cancelled tickets; those still waiting leave the queue here, running ones in _drop_cancelled."""
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
+            self._open -= cancelled
             if cancelled:
                 before = len(self._waiting)
                 self._waiting = deque(work for work in self._waiting if work.ticket not in cancelled)
@@ -243,10 +250,10 @@ class Scheduler:
         except Exception as error:  # noqa: BLE001 - every caller must get an answer
             logger.exception("scheduler: scoring batch failed")
             for work in scoring:
-                _answer(work, None, error)
+                self._answer(work, None, error)
             return
         for work, result in zip(scoring, results):
-            _answer(work, result, None)
+            self._answer(work, result, None)
         report.scored = len(scoring)
         report.finished += len(scoring)
         report.prefill_tokens += sum(work.tokens for work in scoring)
@@ -259,7 +266,7 @@ class Scheduler:
         except Exception as error:  # noqa: BLE001
             logger.exception("scheduler: prefill failed")
             for work in generation:
-                _answer(work, None, error)
+                self._answer(work, None, error)
             return
         self._batch.merge(fresh)
         for work in generation:
@@ -277,7 +284,7 @@ class Scheduler:
         except Exception as error:  # noqa: BLE001 - fail the batch, keep serving
             logger.exception("scheduler: decoding step failed; failing the %d request(s) in the batch", len(self._decoding))
             for decoding in self._decoding.values():
-                _answer(decoding.work, None, error)
+                self._answer(decoding.work, None, error)
             self._decoding.clear()
             self._batch = self.engine.new_batch(capacity=self.config.max_batch_rows)
             return
@@ -288,7 +295,7 @@ class Scheduler:
             decoding.remaining -= 1
             if decoding.remaining == 0:
                 del self._decoding[row.owner.key]
-                _answer(decoding.work, decoding.sequences, None)
+                self._answer(decoding.work, decoding.sequences, None)
                 report.finished += 1
         self.drain.record(len(finished), self.clock() - report.started)
 
@@ -297,6 +304,7 @@ class Scheduler:
         ticket = self._next_ticket
         self._next_ticket += 1
         work = _Work(ticket, kind, request, on_done, self.clock())
+        self._open.add(ticket)
         self._waiting.append(work)
         self._waiting_rows += work.rows
         self._lock.notify()
@@ -310,8 +318,9 @@ class Scheduler:
             raise AdmissionRefused(wait, self.deadline_s)
 
 
-def _answer(work: _Work, result: Any, error: BaseException | None) -> None:
-    try:
-        work.on_done(result, error)
-    except Exception:  # noqa: BLE001 - a caller's callback must not stop the loop
-        logger.exception("scheduler: answer callback failed")
+    def _answer(self, work: _Work, result: Any, error: BaseException | None) -> None:
+        self._open.discard(work.ticket)
+        try:
+            work.on_done(result, error)
+        except Exception:  # noqa: BLE001 - a caller's callback must not stop the loop
+            logger.exception("scheduler: answer callback failed")

@@ -1,0 +1,87 @@
+"""Several schedulers over one engine, each on its own thread ("lanes"), sharing the replica's cores.
+
+On a CPU node one batch split across all cores loses time at every op's barrier,
+and more so when another process takes a core mid-op; independent batches do
+not wait for each other. Measured on the 2-core AMX box (BENCHMARKS.md, "Lanes"):
+two lanes of one torch thread each scored 12.6–13.3 req/s where one lane of two
+threads scored 10.6. A request goes to the lane with the least outstanding work,
+so load splits evenly; a lane's torch threads follow how many lanes are busy
+(CoreShare), so a lone request still runs on every core.
+
+Each lane is a complete Scheduler: continuous batching, admission and
+cancellation work per lane exactly as with one. The weights are shared (the
+engine holds no per-call state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from serve_app.engine import GenerationRequest, ScoringRequest
+from serve_app.engine.requests import ScoringResult
+from serve_app.scheduling.config import SchedulerConfig
+from serve_app.scheduling.loop import CoreShare, SchedulerLoop
+from serve_app.scheduling.scheduler import IterationReport, Scheduler
+
+
+class Lanes:
+    def __init__(
+        self,
+        schedulers: Sequence[Scheduler],
+        cores: int,
+        on_iteration: Callable[[int, IterationReport], None] | None = None,
+        on_idle: Callable[[int], None] | None = None,
+    ) -> None:
+        if not schedulers:
+            raise ValueError("Lanes needs at least one scheduler")
+        self.cores = CoreShare(cores)
+        self.schedulers = list(schedulers)
+        self.loops = [
+            SchedulerLoop(
+                scheduler,
+                cores=self.cores,
+                on_iteration=None if on_iteration is None else _bind(on_iteration, lane),
+                on_idle=None if on_idle is None else _bind(on_idle, lane),
+                name=f"mt5-scheduler-{lane}",
+            )
+            for lane, scheduler in enumerate(self.schedulers)
+        ]
+
+    async def generate(self, request: GenerationRequest) -> list[list[int]]:
+        return await self.loops[self.pick()].generate(request)
+
+    async def score(self, request: ScoringRequest) -> ScoringResult:
+        return await self.loops[self.pick()].score(request)
+
+    def pick(self) -> int:
+        return least_outstanding(self.schedulers)
+
+    def reconfigure(self, config: SchedulerConfig) -> None:
+        """Each lane gets the same budgets (rows and prefill tokens are per lane)."""
+        for scheduler in self.schedulers:
+            scheduler.reconfigure(config)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        for loop in self.loops:
+            loop.stop(timeout_s)
+
+
+def least_outstanding(schedulers: Sequence[Scheduler]) -> int:
+    """The lane with the fewest outstanding requests (the first of equals, so a lone request takes lane 0)."""
+    return min(range(len(schedulers)), key=lambda lane: schedulers[lane].outstanding)
+
+
+def _bind(callback: Callable, lane: int) -> Callable:
+    return lambda *args: callback(lane, *args)
+
+
+def lane_count(setting: int | str, device_type: str, threads: int) -> int:
+    """config.yaml's `scheduler_lanes`: "auto" is 2 on a CPU with at least 2 threads and 1 on a GPU.
+
+    On a GPU one batch already keeps the device busy, and lanes would only split it. On a CPU a
+    number is capped at one lane per torch thread.
+    """
+    if setting == "auto":
+        return 1 if device_type != "cpu" else min(2, max(1, threads))
+    lanes = int(setting)
+    return min(lanes, max(1, threads)) if device_type == "cpu" else lanes

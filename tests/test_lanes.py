@@ -1,0 +1,127 @@
+"""Scheduler lanes (serve_app/scheduling/lanes.py): several schedulers over one engine, sharing the cores.
+
+The routing rule and the core share are driven directly; the lanes' loops are driven
+through their public async face with the demo model, and their answers compared
+with the engine's answers alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest, Seq2SeqEngine
+from serve_app.scheduling.config import SchedulerConfig
+from serve_app.scheduling.lanes import Lanes, lane_count, least_outstanding
+from serve_app.scheduling.loop import CoreShare
+from serve_app.scheduling.scheduler import IterationReport, Scheduler
+from serve_app.settings import AppSettings
+
+PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
+LABELS = ["天气", "美食", "旅游", "新能源汽车"]
+
+
+@pytest.fixture(scope="module")
+def engine(demo_model) -> Seq2SeqEngine:
+    return Seq2SeqEngine(demo_model.model)
+
+
+@pytest.fixture(scope="module")
+def tok(demo_model):
+    return demo_model.tokenizer
+
+
+def gen(tok, index: int, **params) -> GenerationRequest:
+    defaults = {"num_return_sequences": 2, "max_new_tokens": 8 + 4 * (index % 3), "temperature": 0.9, "top_k": 20, "top_p": 0.9, "seed": 7 + index}
+    return GenerationRequest(tok(PROMPTS[index % len(PROMPTS)]).input_ids, SamplingParams(**{**defaults, **params}))
+
+
+def score(tok, index: int) -> ScoringRequest:
+    labels = [tok(label).input_ids[:-1] for label in LABELS[: 2 + index % 3]]
+    return ScoringRequest(tok(f"文本分类。\n候选标签：天气,美食。\n文本内容：{PROMPTS[index % len(PROMPTS)]}").input_ids, labels)
+
+
+def test_a_new_request_goes_to_the_lane_with_the_fewest_outstanding(engine, tok):
+    lanes = [Scheduler(engine, SchedulerConfig()) for _ in range(3)]
+    assert least_outstanding(lanes) == 0, "equals: the first lane, so a lone request takes lane 0"
+    for index in range(3):
+        lanes[0].submit_generation(gen(tok, index), lambda result, error: None)
+    lanes[1].submit_scoring(score(tok, 0), lambda result, error: None)
+    assert [lane.outstanding for lane in lanes] == [3, 1, 0]
+    assert least_outstanding(lanes) == 2
+    lanes[2].submit_scoring(score(tok, 1), lambda result, error: None)
+    lanes[2].submit_scoring(score(tok, 2), lambda result, error: None)
+    assert least_outstanding(lanes) == 1
+    lanes[1].run_iteration()  # its scoring request is answered: no longer outstanding
+    assert lanes[1].outstanding == 0 and least_outstanding(lanes) == 1
+    ticket = lanes[1].submit_generation(gen(tok, 1), lambda result, error: None)
+    lanes[1].cancel(ticket)
+    lanes[1].run_iteration()  # a caller that gave up no longer counts either
+    assert lanes[1].outstanding == 0
+    assert lanes[0].outstanding == 3, "requests in the running batch count until they are answered"
+    lanes[0].run_iteration()
+    assert lanes[0].outstanding == 3 and lanes[0].live_rows == 6
+
+
+def test_busy_loops_share_the_cores_and_a_lone_loop_gets_them_all():
+    cores = CoreShare(4)
+    assert cores.threads_per_loop() == 4
+    cores.enter()
+    assert cores.threads_per_loop() == 4
+    cores.enter()
+    assert cores.threads_per_loop() == 2
+    cores.enter()
+    assert cores.threads_per_loop() == 1, "never fewer than one thread, never more threads than cores in all"
+    cores.leave()
+    cores.leave()
+    assert cores.threads_per_loop() == 4
+
+
+def test_lanes_answer_concurrent_callers_as_the_engine_alone_and_share_the_threads(engine, tok):
+    generation = [gen(tok, index) for index in range(8)]
+    scoring = [score(tok, index) for index in range(6)]
+    expected_texts = [engine.generate([request])[0] for request in generation]
+    expected_scores = [engine.score([request])[0] for request in scoring]
+    seen: list[tuple[int, int, int]] = []  # (lane, torch threads of its iteration, live rows of the other lane)
+
+    def on_iteration(lane: int, report: IterationReport) -> None:
+        seen.append((lane, lanes.loops[lane].torch_threads, lanes.schedulers[1 - lane].live_rows))
+
+    lanes = Lanes([Scheduler(engine, SchedulerConfig(max_batch_rows=8)) for _ in range(2)], cores=2, on_iteration=on_iteration)
+    try:
+
+        async def lone() -> list[list[int]]:
+            return await lanes.generate(generation[0])
+
+        assert asyncio.run(lone()) == expected_texts[0]
+        assert {lane for lane, _, _ in seen} == {0} and all(threads == 2 for _, threads, _ in seen), "a lone request runs on lane 0 with every core"
+        seen.clear()
+
+        async def crowd() -> list:
+            return await asyncio.gather(*(lanes.generate(request) for request in generation), *(lanes.score(request) for request in scoring))
+
+        results = asyncio.run(crowd())
+    finally:
+        lanes.stop()
+    assert results[: len(generation)] == expected_texts, "seeded texts are the same whichever lane ran them, beside whatever"
+    for got, expected in zip(results[len(generation) :], expected_scores):
+        assert got.log_scores == pytest.approx(expected.log_scores, abs=1e-5)
+    assert {lane for lane, _, _ in seen} == {0, 1}, "concurrent work is split across both lanes"
+    both_busy = [threads for _, threads, other_rows in seen if other_rows]
+    assert both_busy and all(threads <= 2 for threads in both_busy)
+    assert 1 in both_busy, "while both lanes decode, a lane runs on its share of the cores"
+
+
+def test_lane_count_auto_is_two_on_a_cpu_and_one_on_a_gpu():
+    assert lane_count("auto", "cpu", 2) == 2
+    assert lane_count("auto", "cpu", 16) == 2
+    assert lane_count("auto", "cpu", 1) == 1, "one thread: one lane"
+    assert lane_count("auto", "cuda", 16) == 1
+    assert lane_count(4, "cpu", 2) == 2, "at most one lane per torch thread on a CPU"
+    assert lane_count(3, "cuda", 1) == 3
+    assert AppSettings(scheduler_lanes=3).scheduler_lanes == 3
+    for bad in (0, 65, "many"):
+        with pytest.raises(ValidationError, match="scheduler_lanes"):
+            AppSettings(scheduler_lanes=bad)
