@@ -23,7 +23,7 @@ from bench.loadgen import Sample, spread_throughput
 from bench.workloads import augment_workload, classify_workload
 
 
-async def closed_loop(loop, requests: list[Any], kind: str, clients: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+async def closed_loop(loop, requests: list[Any], kind: str, clients: int, warmup_s: float, duration_s: float, round_trip_s: float = 0.0) -> dict[str, Any]:
     done: list[tuple[float, float]] = []
     stop = asyncio.Event()
     counter = {"next": 0}
@@ -33,7 +33,9 @@ async def closed_loop(loop, requests: list[Any], kind: str, clients: int, warmup
             request = requests[counter["next"] % len(requests)]
             counter["next"] += 1
             started = time.perf_counter()
+            await asyncio.sleep(round_trip_s / 2)  # the way in through Serve's hops (proxy, ingress, text deployment)
             await (loop.generate(request) if kind == "augment" else loop.score(request))
+            await asyncio.sleep(round_trip_s / 2)  # and the way back
             done.append((started, time.perf_counter()))
 
     tasks = [asyncio.create_task(client()) for _ in range(clients)]
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-prefill-tokens", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--lanes", default="auto", help='scheduler lanes ("auto": as the service)')
+    parser.add_argument("--round-trip", type=float, default=0.0, help="seconds each request spends outside the scheduler (Serve's hops stand-in)")
     args = parser.parse_args(argv)
     if args.model is None:
         from bench.checkpoint import build_checkpoint
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = SchedulerConfig(max_batch_rows=args.max_batch_rows, max_prefill_tokens=args.max_prefill_tokens)
     loop = Lanes([Scheduler(engine, config) for _ in range(lanes)], cores=threads)
     try:
-        served = asyncio.run(closed_loop(loop, requests, args.workload, args.clients, args.warmup, args.duration))
+        served = asyncio.run(closed_loop(loop, requests, args.workload, args.clients, args.warmup, args.duration, args.round_trip))
     finally:
         loop.stop()
     del engine, loaded
