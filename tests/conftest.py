@@ -26,6 +26,20 @@ def demo_model():
 
 
 @pytest.fixture(scope="session")
+def engine(demo_model):
+    """The engine over the demo model (engine, scheduler and lanes tests)."""
+    from serve_app.engine import Seq2SeqEngine
+
+    return Seq2SeqEngine(demo_model.model)
+
+
+@pytest.fixture(scope="session")
+def tok(demo_model):
+    """The demo model's tokenizer."""
+    return demo_model.tokenizer
+
+
+@pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeRun]:
     """The shipped config.yaml running for real under `serve run`, on the demo model, on a loopback port.
 

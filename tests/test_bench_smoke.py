@@ -7,6 +7,7 @@ Starting Serve takes ~30 s here, so the Serve side runs only with BENCH_SMOKE_SE
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -144,6 +145,10 @@ def test_harness_drives_the_serve_app(tmp_path):
     by_point = {(p["system"], p["workload"], p["concurrency"]): p for p in results["points"]}
     assert {("serve", "mixed:classify", 1), ("serve", "mixed:augment", 8), ("engine", "classify", 2), ("engine", "augment", 2)} <= set(by_point)
     assert by_point[("engine", "augment", 2)]["ceiling"]["before_serve"]["batch"] == 2
+    # the ceiling splits its batch into the lanes Serve's ModelReplica runs here (scheduler_lanes: auto)
+    from serve_app.scheduling.lanes import lane_count
+
+    assert by_point[("engine", "augment", 2)]["ceiling"]["before_serve"]["lanes"] == lane_count("auto", "cpu", os.cpu_count() or 1)
     # the scheduler's rows-per-step histogram, read from its log, is attached to each Serve point
     assert sum(by_point[("serve", "augment", 2)]["rows_per_step"].values()) > 0
 

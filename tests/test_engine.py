@@ -23,11 +23,6 @@ def tiny_model(demo_model):
     return random_mt5({**TINY, "vocab_size": len(demo_model.tokenizer)}, seed=7)
 
 
-@pytest.fixture(scope="module")
-def engine(demo_model) -> Seq2SeqEngine:
-    return Seq2SeqEngine(demo_model.model)
-
-
 def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text).input_ids
 

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest, Seq2SeqEngine
+from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.lanes import Lanes, lane_count, least_outstanding
 from serve_app.scheduling.loop import CoreShare
@@ -21,16 +21,6 @@ from serve_app.settings import AppSettings
 
 PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
 LABELS = ["天气", "美食", "旅游", "新能源汽车"]
-
-
-@pytest.fixture(scope="module")
-def engine(demo_model) -> Seq2SeqEngine:
-    return Seq2SeqEngine(demo_model.model)
-
-
-@pytest.fixture(scope="module")
-def tok(demo_model):
-    return demo_model.tokenizer
 
 
 def gen(tok, index: int, **params) -> GenerationRequest:

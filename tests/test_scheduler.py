@@ -14,7 +14,7 @@ import threading
 import pytest
 import torch
 
-from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest, Seq2SeqEngine
+from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest
 from serve_app.engine.decode_batch import DecodeBatch
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.errors import AdmissionRefused
@@ -23,16 +23,6 @@ from serve_app.scheduling.scheduler import Scheduler
 
 PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后", "股市今天大幅上涨,银行板块领涨"]
 LABELS = ["天气", "美食", "旅游", "新能源汽车", "物流延迟"]
-
-
-@pytest.fixture(scope="module")
-def engine(demo_model) -> Seq2SeqEngine:
-    return Seq2SeqEngine(demo_model.model)
-
-
-@pytest.fixture(scope="module")
-def tok(demo_model):
-    return demo_model.tokenizer
 
 
 def gen(tok, index: int, **params) -> GenerationRequest:
