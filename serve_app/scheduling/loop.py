@@ -1,7 +1,9 @@
 """Run a Scheduler on its own thread and await its answers from asyncio (the ModelReplica's event loop).
 
-The thread owns the engine: torch work never blocks the event loop, which keeps
-accepting requests that join the running batch at the next step.
+The thread runs all of its scheduler's torch work, so it never blocks the event loop,
+which keeps accepting requests that join the running batch at the next step. Several
+loops may share one engine (scheduling/lanes.py); CoreShare splits the torch threads
+between the busy ones.
 """
 
 from __future__ import annotations
@@ -49,15 +51,14 @@ class SchedulerLoop:
     def __init__(
         self,
         scheduler: Scheduler,
-        torch_threads: int | None = None,
         on_iteration: Callable[[IterationReport], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         cores: CoreShare | None = None,
         name: str = "mt5-scheduler",
     ) -> None:
         self.scheduler = scheduler
-        # Either a fixed thread count, or a share of cores that follows how many loops are busy.
-        self.cores = cores or (CoreShare(torch_threads) if torch_threads else None)
+        # The torch threads follow this share of the cores; None leaves torch's own setting alone.
+        self.cores = cores
         self.on_iteration = on_iteration
         self.on_idle = on_idle
         self._threads_now = 0
