@@ -57,7 +57,7 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
     lanes = lane_count(lanes, loaded.device.type, threads)
     # Each lane's thread runs torch on its share of the threads, as CoreShare gives busy lanes in the service.
     pool = ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads, initargs=(max(1, threads // lanes),))
-    list(pool.map(lambda part: run(part), [requests[:2]] * lanes))  # warm-up: first-call allocations, every lane thread
+    list(pool.map(run, [requests[:2]] * lanes))  # warm-up: first-call allocations, every lane thread
     seconds = []
     for repeat in range(repeats):
         chunk = requests[(repeat * batch) % len(requests):][:batch]
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--lanes", default="auto", help='batches run side by side, each on threads/lanes torch threads ("auto": as the service)')
     args = parser.parse_args(argv)
-    lanes = args.lanes if args.lanes == "auto" else int(args.lanes)
-    result = measure(args.model, args.workload, args.batch, args.repeats, args.n, args.max_length, args.device, args.dtype, args.threads, lanes)
+    result = measure(args.model, args.workload, args.batch, args.repeats, args.n, args.max_length, args.device, args.dtype, args.threads, args.lanes)
     print(json.dumps(result))
 
 

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bodies = classify_workload().bodies
         jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
         requests = classification.engine_requests(jobs, "score")
-    lanes = lane_count(args.lanes if args.lanes == "auto" else int(args.lanes), loaded.device.type, threads)
+    lanes = lane_count(args.lanes, loaded.device.type, threads)
     config = SchedulerConfig(max_batch_rows=args.max_batch_rows, max_prefill_tokens=args.max_prefill_tokens)
     loop = Lanes([Scheduler(engine, config) for _ in range(lanes)], cores=threads)
     try:

@@ -27,7 +27,7 @@ from bench import report
 from bench.run import RESULTS_DIR, ServeProcess, bench_system, build_workloads, engine_ceiling, log, machine_description, serve_dtype
 from bench.run import parse_args as bench_run_args
 
-WORKLOADS = ("classify", "augment")
+WORKLOADS = ["classify", "augment"]
 Ceiling = dict[str, dict[str, Any]]  # workload -> bench.ceiling's result
 
 
@@ -95,14 +95,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         model = str(build_checkpoint(args.checkpoint_dir, log=log))
     dtype = serve_dtype(args.serve_args)
-    workloads = build_workloads(list(WORKLOADS), args.augment_n, args.augment_max_length)
-    ceilings = [engine_ceiling(model, list(WORKLOADS), ours.concurrency, args, dtype)]
+    workloads = build_workloads(WORKLOADS, args.augment_n, args.augment_max_length)
+    ceilings = [engine_ceiling(model, WORKLOADS, ours.concurrency, args, dtype)]
     rounds = []
     for index in range(ours.rounds):
         log(f"round {index + 1} of {ours.rounds}")
         with tempfile.TemporaryDirectory(prefix="bench-share-") as scratch:
             points, _ = bench_system(ServeProcess(model, Path(scratch), args.serve_args, {}), workloads, args)
-        ceilings.append(engine_ceiling(model, list(WORKLOADS), ours.concurrency, args, dtype))
+        ceilings.append(engine_ceiling(model, WORKLOADS, ours.concurrency, args, dtype))
         rounds.append(round_shares(points, ceilings[-2], ceilings[-1]))
     summary = verdict(rounds)
     results = {
