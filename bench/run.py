@@ -106,7 +106,13 @@ class ServeProcess:
     name = "serve"
 
     def __init__(
-        self, model: str, workdir: Path, args: dict[str, Any], overrides: dict[str, dict[str, Any]], patches: list[Path] | None = None
+        self,
+        model: str,
+        workdir: Path,
+        args: dict[str, Any],
+        overrides: dict[str, dict[str, Any]],
+        patches: list[Path] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         from tests.servers import ServeRun, free_port, test_config
 
@@ -114,7 +120,7 @@ class ServeProcess:
         self.overrides = overrides
         self.patches = list(patches or [])
         self.tree = patched_tree(self.patches, workdir) if self.patches else None
-        env = {"MT5_MODEL": model}
+        env = {"MT5_MODEL": model, **(env or {})}  # env: extra variables for serve run (Ray's runtime switches)
         if self.tree is not None:
             env["PYTHONPATH"] = str(self.tree)  # Serve's workers import serve_app from the patched copy
         self.run = ServeRun(test_config(free_port(), overrides, args), workdir, env=env)

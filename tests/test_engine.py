@@ -396,3 +396,32 @@ def test_nearly_tied_logits_swapping_ranks_do_not_change_a_seeded_draw():
             two = sample_next_tokens(swapped, [RowSampling.for_sequence(params, 0, torch.device("cpu"))])
             differing += int(one != two)
         assert differing <= 2, (top_k, differing)  # only where the perturbed scores themselves nearly tie
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [250_112, 70_001])  # mT5's vocabulary (whole groups), and one with a partial last group
+def test_top_k_selects_what_torch_topk_selects(dtype: torch.dtype, vocab: int) -> None:
+    """The grouped top-k gives torch.topk's values, best first, from distinct columns holding them."""
+    from serve_app.engine.sampling import GROUP_COLUMNS, top_k
+
+    generator = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(6, vocab, generator=generator) * 4).to(dtype)  # bfloat16: many equal values near the cut
+    logits[1, -1] = 100.0  # the best value in the last, partial group (or the last whole one)
+    logits[2, : 3 * GROUP_COLUMNS] = 50.0  # the best values all in a few groups, tied
+    logits[3] = -torch.inf
+    logits[3, 12345] = 0.0
+    for k in (1, 50, 97):
+        expected, _ = logits.topk(k, dim=-1)
+        values, columns = top_k(logits, k)
+        assert torch.equal(values, expected), k
+        assert torch.equal(logits.gather(1, columns), values), k
+        assert all(len(set(row)) == k for row in columns.tolist()), k
+    assert top_k(logits, 1)[1][1].item() == vocab - 1
+    assert top_k(logits, 1)[1][3].item() == 12345
+
+
+def test_top_k_of_a_narrow_row_is_torch_topk() -> None:
+    from serve_app.engine.sampling import top_k
+
+    logits = torch.randn(3, 4000)
+    assert all(torch.equal(a, b) for a, b in zip(top_k(logits, 50), logits.topk(50, dim=-1)))

@@ -20,6 +20,9 @@ from serve_app.engine.requests import SamplingParams
 # Below this, logits / temperature can overflow float32 (inf, then NaN probabilities): such rows decode greedily.
 MIN_SAMPLING_TEMPERATURE = 1e-30
 
+# Columns per group in top_k's first pass over a wide row.
+GROUP_COLUMNS = 256
+
 
 def row_seed(request_seed: int, sequence_index: int) -> int:
     """The generator seed of the `sequence_index`-th returned sequence of a seeded request."""
@@ -81,7 +84,7 @@ def _sample(logits: torch.Tensor, rows: list[RowSampling], vocab: int) -> torch.
     width = max(limits)
     # Select first, then scale only the kept values: dividing by a positive temperature keeps the
     # order, and each kept value is the same quotient a full-vocabulary division would give.
-    values, indices = logits.topk(width, dim=-1)  # sorted, best first
+    values, indices = top_k(logits, width)  # sorted, best first
     values = values.float() / torch.tensor([row.temperature for row in rows], device=device)[:, None]
     positions = torch.arange(width, device=device)
     values = values.masked_fill(positions[None, :] >= torch.tensor(limits, device=device)[:, None], float("-inf"))
@@ -104,3 +107,29 @@ def _sample(logits: torch.Tensor, rows: list[RowSampling], vocab: int) -> torch.
         gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
         choices[position] = torch.argmax(log_probs[position, :limit] + gumbel)
     return tokens.gather(1, choices[:, None]).squeeze(1)
+
+
+def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values of each row of logits [rows, vocab] and their columns, best first.
+
+    The same values as `logits.topk(k)` (among equal values either may pick other columns), in a
+    quarter of its time when k is far below the vocabulary: 32 rows of mT5's 250,112 logits took
+    25 ms on one CPU thread, 14 % of a decoding step. A row's k best values lie in the k groups of
+    GROUP_COLUMNS columns whose maxima are largest (any other group's values are each at most those
+    k maxima), so one max per group, a top-k over the maxima and a top-k over the chosen groups'
+    columns replace the top-k over the whole row. Each row is chosen from its own values alone.
+    """
+    rows, vocab = logits.shape
+    groups = vocab // GROUP_COLUMNS
+    if 4 * k * GROUP_COLUMNS > vocab:  # the chosen groups would cover a large part of the row: no gain
+        return logits.topk(k, dim=-1)
+    logits = logits.contiguous()
+    grouped = logits.as_strided((rows, groups, GROUP_COLUMNS), (vocab, GROUP_COLUMNS, 1))
+    best_groups = grouped.amax(dim=-1).topk(k, dim=-1).indices  # [rows, k]
+    offsets = torch.arange(GROUP_COLUMNS, device=logits.device)
+    columns = (best_groups[:, :, None] * GROUP_COLUMNS + offsets).reshape(rows, k * GROUP_COLUMNS)
+    if groups * GROUP_COLUMNS < vocab:  # the last columns, fewer than a group, are always candidates
+        tail = torch.arange(groups * GROUP_COLUMNS, vocab, device=logits.device)
+        columns = torch.cat([columns, tail.expand(rows, -1)], dim=1)
+    values, picked = logits.gather(1, columns).topk(k, dim=-1)
+    return values, columns.gather(1, picked)
