@@ -33,17 +33,16 @@ from bench.run import RESULTS_DIR, ServeProcess, build_workloads, log, machine_d
 SUMMARY = re.compile(r"scheduler(?:\[lane=(\d+)\])?: iterations=\d+ busy=\S+ steps=(\d+) rows_per_step_mean=([\d.]+) .*?step_ms_mean=([\d.]+)")
 
 
-def process_role(pid: int) -> str:
-    """A short name for one of Serve's processes: the deployment or Ray component it runs."""
-    command = procs.cmdline(pid)
+def role_of(command: str) -> str:
+    """A short name for one of Serve's processes, from its command line: the deployment or Ray component it runs."""
     if command.startswith("ray::"):
         # ray::ServeReplica:<app>:<Deployment>[.<method running now>], ray::ServeController[.<method>]
         return command.split()[0].removeprefix("ray::").removeprefix("ServeReplica:").split(":")[-1].split(".")[0]
     words = command.split()
     scripts = [Path(word).stem for word in words if word.endswith(".py")]
-    if "serve" in words and "run" in words:
+    if "run" in words and any(Path(word).name == "serve" for word in words):
         return "serve run (driver)"
-    return scripts[0] if scripts else Path(words[0]).name if words else str(pid)
+    return scripts[0] if scripts else Path(words[0]).name if words else "?"
 
 
 def cpu_by_role(seconds_before: dict[int, float | None], wall: float) -> dict[str, float]:
@@ -53,7 +52,7 @@ def cpu_by_role(seconds_before: dict[int, float | None], wall: float) -> dict[st
         after = procs.cpu_seconds(pid)
         if before is None or after is None:
             continue
-        role = process_role(pid)
+        role = role_of(procs.cmdline(pid))
         cores[role] = cores.get(role, 0.0) + (after - before) / wall
     return dict(sorted(cores.items(), key=lambda item: -item[1]))
 

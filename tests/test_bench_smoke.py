@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from bench import levers, report, run, share
+from bench import cpu_breakdown, levers, report, run, share
 from bench.loadgen import Sample, percentile, summarize
 from bench.workloads import LABELS, augment_workload, chinese_texts, classify_workload
 from serve_app.engine import ScoringRequest, Seq2SeqEngine
@@ -86,6 +86,30 @@ def test_serving_share_is_taken_against_the_ceilings_around_each_round():
     assert summary["augment"]["median"] == pytest.approx(0.8) and summary["augment"]["met"] is False  # target 85 %
     assert (summary["augment"]["low"], summary["augment"]["high"]) == pytest.approx((0.75, 0.9))
     assert "**75%** (67%–80%; target 75%: met)" in share.markdown(rounds, summary)
+
+
+def test_cpu_breakdown_names_serve_processes_and_reads_the_lanes_summaries():
+    from serve_app.deployments.replica_metrics import _Window
+    from serve_app.scheduling.scheduler import IterationReport
+
+    role = cpu_breakdown.role_of
+    assert role("ray::ServeReplica:mt5:Augmenter.handle_request_with_rejection") == "Augmenter"
+    assert role("ray::ServeController.get_serve_instance_details") == "ServeController"
+    assert role("ray::ProxyActor") == "ProxyActor"
+    assert role("/x/.venv/lib/python3.11/site-packages/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp") == "gcs_server"
+    assert role("/x/.venv/bin/python3 -u /x/ray/_private/log_monitor.py --session-dir=/tmp") == "log_monitor"
+    assert role("/x/.venv/bin/python /x/.venv/bin/serve run /tmp/config.yaml") == "serve run (driver)"
+
+    def summary_line(lane, steps):  # the replica's own summary format, as serve run prints it
+        window = _Window()
+        for rows, seconds in steps:
+            window.add(IterationReport(started=0.0, seconds=seconds, live_rows=rows, step_seconds=seconds))
+        return f"INFO replica.py:1 pid=42 scheduler[lane={lane}]: {window.summary()} rows_hist={{17-32:9}}"
+
+    text = "\n".join([summary_line(0, [(32, 0.25), (30, 0.35)]), summary_line(1, [(2, 0.1)]), summary_line(0, [(32, 0.3)])])
+    lanes = cpu_breakdown.lane_steps(text)
+    assert lanes["0"] == pytest.approx({"steps": 3, "rows_mean": 94 / 3, "step_ms_mean": 300.0})
+    assert lanes["1"] == pytest.approx({"steps": 1, "rows_mean": 2.0, "step_ms_mean": 100.0})
 
 
 def test_harness_end_to_end_against_the_real_baseline_server(tmp_path):
