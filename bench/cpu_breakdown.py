@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import loadgen, procs, report
 from bench.run import RESULTS_DIR, ServeProcess, build_workloads, log, machine_description
+from bench.run import parse_args as bench_run_args
 
 # Scheduler summary lines in serve run's output (serve_app/deployments/replica_metrics.py).
 SUMMARY = re.compile(r"scheduler(?:\[lane=(\d+)\])?: iterations=\d+ busy=\S+ steps=(\d+) rows_per_step_mean=([\d.]+) .*?step_ms_mean=([\d.]+)")
@@ -70,7 +71,8 @@ def lane_steps(log_text: str) -> dict[str, dict[str, float]]:
 
 
 def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
-    workload = build_workloads([workload_name], 2, 32)[workload_name]
+    shape = bench_run_args([])  # the augment workload's shape (n, max_length) as bench.run and bench.share use it
+    workload = build_workloads([workload_name], shape.augment_n, shape.augment_max_length)[workload_name]
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as scratch:
         serve = ServeProcess(model, Path(scratch), {}, {}, env=env)
         serve.start()
