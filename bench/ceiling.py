@@ -59,6 +59,7 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
     pool = ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads, initargs=(max(1, threads // lanes),))
     list(pool.map(run, [requests[:2]] * lanes))  # warm-up: first-call allocations, every lane thread
     seconds = []
+    cpu_started = time.process_time()  # every thread of this process: the lanes' torch work
     for repeat in range(repeats):
         chunk = requests[(repeat * batch) % len(requests):][:batch]
         chunk = chunk + requests[: batch - len(chunk)]
@@ -68,6 +69,7 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
         list(pool.map(run, parts))
         sync()
         seconds.append(time.perf_counter() - started)
+    cpu_seconds = time.process_time() - cpu_started
     pool.shutdown()
     return {
         "workload": workload,
@@ -76,6 +78,8 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
         "seconds": seconds,
         "requests_per_s": batch / statistics.mean(seconds),
         "best_requests_per_s": batch / min(seconds),
+        # cores the engine kept busy: with requests_per_s, the work it does per CPU second
+        "cpu_cores": cpu_seconds / sum(seconds),
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "threads": threads,

@@ -32,20 +32,37 @@ Ceiling = dict[str, dict[str, Any]]  # workload -> bench.ceiling's result
 
 
 def round_shares(points: list[dict[str, Any]], before: Ceiling, after: Ceiling) -> dict[str, dict[str, float]]:
-    """One round: per workload, Serve's throughput, the two ceilings around it, and the share of their mean."""
+    """One round: per workload, Serve's throughput, the two ceilings around it, and the share of their mean.
+
+    Where both sides report their CPU, the share splits into two factors (share = cpu_share x
+    work_per_cpu): the cores Serve's model process got against the cores the engine alone kept
+    busy, and the requests each of its CPU seconds served against the engine's. A work_per_cpu
+    near 1 says the serving core wastes nothing; the rest of the loss is CPU taken by other processes.
+    """
     shares = {}
     for point in points:
         workload = point["workload"]
         if point["system"] != "serve" or workload not in before:
             continue
         ceiling = (before[workload]["requests_per_s"] + after[workload]["requests_per_s"]) / 2
-        shares[workload] = {
-            "serve_rps": report.throughput(point),
+        serve_rps = report.throughput(point)
+        measured = {
+            "serve_rps": serve_rps,
             "ceiling_before_rps": before[workload]["requests_per_s"],
             "ceiling_after_rps": after[workload]["requests_per_s"],
-            "share": report.throughput(point) / ceiling,
+            "share": serve_rps / ceiling,
             "errors": point["errors"],
         }
+        model_cores = point.get("model_cpu_cores")
+        ceiling_cores = [side[workload].get("cpu_cores") for side in (before, after)]
+        if model_cores and all(ceiling_cores):
+            cores = statistics.mean(ceiling_cores)
+            work_per_cpu = [side[workload]["requests_per_s"] / side[workload]["cpu_cores"] for side in (before, after)]
+            measured["serve_model_cores"] = model_cores
+            measured["ceiling_cores"] = cores
+            measured["cpu_share"] = model_cores / cores
+            measured["work_per_cpu"] = (serve_rps / model_cores) / statistics.mean(work_per_cpu)
+        shares[workload] = measured
     return shares
 
 
@@ -57,18 +74,31 @@ def verdict(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, An
         if shares:
             median = statistics.median(shares)
             summary[workload] = {"target": target, "median": median, "low": min(shares), "high": max(shares), "rounds": len(shares), "met": median >= target}
+            for factor in ("cpu_share", "work_per_cpu"):
+                values = [measured[workload][factor] for measured in rounds if factor in measured.get(workload, {})]
+                if values:
+                    summary[workload][f"median_{factor}"] = statistics.median(values)
     return summary
 
 
 def markdown(rounds: list[dict[str, dict[str, float]]], summary: dict[str, dict[str, Any]]) -> str:
-    lines = ["| round | workload | Serve req/s | ceiling before → after | share |", "|---|---|---|---|---|"]
+    lines = [
+        "| round | workload | Serve req/s | ceiling before → after | share | model cores / engine cores | work per CPU second |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for index, measured in enumerate(rounds, 1):
         for workload, m in measured.items():
+            cpu = f"{m['serve_model_cores']:.2f} / {m['ceiling_cores']:.2f} = {m['cpu_share']:.0%}" if "cpu_share" in m else ""
+            work = f"{m['work_per_cpu']:.0%}" if "work_per_cpu" in m else ""
             lines.append(
-                f"| {index} | {workload} | {m['serve_rps']:.2f} | {m['ceiling_before_rps']:.2f} → {m['ceiling_after_rps']:.2f} | {m['share']:.0%} |"
+                f"| {index} | {workload} | {m['serve_rps']:.2f} | {m['ceiling_before_rps']:.2f} → {m['ceiling_after_rps']:.2f} | {m['share']:.0%} | {cpu} | {work} |"
             )
     for workload, s in summary.items():
-        lines.append(f"| median | {workload} | | | **{s['median']:.0%}** ({s['low']:.0%}–{s['high']:.0%}; target {s['target']:.0%}: {'met' if s['met'] else 'not met'}) |")
+        cpu = f"{s['median_cpu_share']:.0%}" if "median_cpu_share" in s else ""
+        work = f"{s['median_work_per_cpu']:.0%}" if "median_work_per_cpu" in s else ""
+        lines.append(
+            f"| median | {workload} | | | **{s['median']:.0%}** ({s['low']:.0%}–{s['high']:.0%}; target {s['target']:.0%}: {'met' if s['met'] else 'not met'}) | {cpu} | {work} |"
+        )
     return "\n".join(lines)
 
 

@@ -88,6 +88,21 @@ def test_serving_share_is_taken_against_the_ceilings_around_each_round():
     assert "**75%** (67%–80%; target 75%: met)" in share.markdown(rounds, summary)
 
 
+def test_serving_share_splits_into_the_cores_serve_got_and_its_work_per_cpu_second():
+    # The engine alone: 5 req/s on 2.0 cores, then 4 req/s on 2.0 cores (2.5 and 2.0 req/s per core).
+    before = {"augment": {"requests_per_s": 5.0, "cpu_cores": 2.0}}
+    after = {"augment": {"requests_per_s": 4.0, "cpu_cores": 2.0}}
+    # Serve: 3.6 req/s with its model process on 1.7 cores.
+    point = {"system": "serve", "workload": "augment", "concurrency": 32, "rps": 3.5, "rps_spread": 3.6, "errors": 0, "model_cpu_cores": 1.7}
+    measured = share.round_shares([point], before, after)["augment"]
+    assert measured["share"] == pytest.approx(3.6 / 4.5)
+    assert measured["cpu_share"] == pytest.approx(1.7 / 2.0)
+    assert measured["work_per_cpu"] == pytest.approx((3.6 / 1.7) / 2.25)
+    summary = share.verdict([{"augment": measured}])
+    assert summary["augment"]["median_cpu_share"] == pytest.approx(0.85)
+    assert "| 1.70 / 2.00 = 85% | 94% |" in share.markdown([{"augment": measured}], summary)
+
+
 def test_cpu_breakdown_names_serve_processes_and_reads_the_lanes_summaries():
     from serve_app.deployments.replica_metrics import _Window
     from serve_app.scheduling.scheduler import IterationReport
@@ -173,6 +188,8 @@ def test_harness_drives_the_serve_app(tmp_path):
     from serve_app.scheduling.lanes import lane_count
 
     assert by_point[("engine", "augment", 2)]["ceiling"]["before_serve"]["lanes"] == lane_count("auto", "cpu", os.cpu_count() or 1)
+    # and reports the cores its lanes kept busy, the measure of its work per CPU second
+    assert 0.2 < by_point[("engine", "augment", 2)]["ceiling"]["before_serve"]["cpu_cores"] <= (os.cpu_count() or 1) + 0.1
     # the scheduler's rows-per-step histogram, read from its log, is attached to each Serve point
     assert sum(by_point[("serve", "augment", 2)]["rows_per_step"].values()) > 0
 
