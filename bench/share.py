@@ -57,11 +57,11 @@ def round_shares(points: list[dict[str, Any]], before: Ceiling, after: Ceiling) 
         ceiling_cores = [side[workload].get("cpu_cores") for side in (before, after)]
         if model_cores and all(ceiling_cores):
             cores = statistics.mean(ceiling_cores)
-            work_per_cpu = [side[workload]["requests_per_s"] / side[workload]["cpu_cores"] for side in (before, after)]
+            engine_rps_per_core = statistics.mean(side[workload]["requests_per_s"] / side[workload]["cpu_cores"] for side in (before, after))
             measured["serve_model_cores"] = model_cores
             measured["ceiling_cores"] = cores
             measured["cpu_share"] = model_cores / cores
-            measured["work_per_cpu"] = (serve_rps / model_cores) / statistics.mean(work_per_cpu)
+            measured["work_per_cpu"] = (serve_rps / model_cores) / engine_rps_per_core
         shares[workload] = measured
     return shares
 
