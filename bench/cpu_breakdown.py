@@ -70,11 +70,12 @@ def lane_steps(log_text: str) -> dict[str, dict[str, float]]:
     return {lane: {"steps": s, "rows_mean": r / s, "step_ms_mean": ms / s} for lane, (s, r, ms) in sorted(totals.items()) if s}
 
 
-def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: int, warmup_s: float, duration_s: float,
+                serve_args: dict[str, Any] | None = None) -> dict[str, Any]:
     shape = bench_run_args([])  # the augment workload's shape (n, max_length) as bench.run and bench.share use it
     workload = build_workloads([workload_name], shape.augment_n, shape.augment_max_length)[workload_name]
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as scratch:
-        serve = ServeProcess(model, Path(scratch), {}, {}, env=env)
+        serve = ServeProcess(model, Path(scratch), serve_args or {}, {}, env=env)
         serve.start()
         try:
             asyncio.run(loadgen.warm_up(serve.url, workload))
@@ -104,6 +105,7 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
         "env": env,
         "requests_per_s": report.throughput(point),
         "errors": point["errors"],
+        "p50_s": point["p50_s"],
         "cores": {role: round(value, 3) for role, value in cores.items()},
         "model_cores": round(model_cores, 3),
         "rest_of_serve_cores": round(sum(cores.values()) - model_cores, 3),
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--arm", type=json.loads, action="append", default=None, help="JSON environment for serve run (repeatable; default: one arm, {})")
     parser.add_argument("--rounds", type=int, default=1, help="times every arm runs, alternating")
+    parser.add_argument("--serve-args", type=json.loads, default={}, help='JSON merged into config.yaml app args in every arm, e.g. \'{"torch_threads": 1}\'')
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "cpu_breakdown.json")
     args = parser.parse_args(argv)
     if args.model:
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for round_index in range(args.rounds):
         for env in arms:
             log(f"round {round_index + 1}: serve run with {env or 'the default environment'}")
-            run = measure_arm(model, env, args.workload, args.clients, args.warmup, args.duration)
+            run = measure_arm(model, env, args.workload, args.clients, args.warmup, args.duration, args.serve_args)
             run["round"] = round_index + 1
             runs.append(run)
             top = ", ".join(f"{role} {value:.3f}" for role, value in list(run["cores"].items())[:8])
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_description(),
         "workload": args.workload,
+        "serve_args": args.serve_args,
         "clients": args.clients,
         "duration_s": args.duration,
         "runs": runs,

@@ -349,18 +349,26 @@ def serve_dtype(serve_args: dict[str, Any]) -> str:
     return choose_precision(serve_args.get("dtype", "auto"), choose_device("auto")).name
 
 
+def ceiling_command(model: str, workload: str, batch: int, args: argparse.Namespace, dtype: str) -> list[str]:
+    """bench.ceiling's command line for the engine as Serve's ModelReplica runs it: the same dtype, lanes and torch threads."""
+    command = [
+        sys.executable, "-m", "bench.ceiling", "--model", model, "--workload", workload, "--batch", str(batch),
+        "--repeats", str(args.ceiling_repeats), "--n", str(args.augment_n), "--max-length", str(args.augment_max_length), "--dtype", dtype,
+        # the same lanes as Serve's ModelReplica: the ceiling is the engine's best on the same split of the work
+        "--lanes", str(args.serve_args.get("scheduler_lanes", "auto")),
+    ]
+    if args.serve_args.get("torch_threads"):  # and the same torch threads, where Serve's are set
+        command += ["--threads", str(args.serve_args["torch_threads"])]
+    return command
+
+
 def engine_ceiling(model: str, workloads: list[str], batch: int, args: argparse.Namespace, dtype: str) -> dict[str, dict[str, Any]]:
     """bench.ceiling in a fresh process per workload (alone on the machine, like each system)."""
     results = {}
     for workload in workloads:
-        command = [
-            sys.executable, "-m", "bench.ceiling", "--model", model, "--workload", workload, "--batch", str(batch),
-            "--repeats", str(args.ceiling_repeats), "--n", str(args.augment_n), "--max-length", str(args.augment_max_length), "--dtype", dtype,
-            # the same lanes as Serve's ModelReplica: the ceiling is the engine's best on the same split of the work
-            "--lanes", str(args.serve_args.get("scheduler_lanes", "auto")),
-        ]
         log(f"engine ceiling: {workload}, batch {batch}, {dtype} ...")
-        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True)
+        done = subprocess.run(ceiling_command(model, workload, batch, args, dtype), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, check=True)
         results[workload] = json.loads(done.stdout.strip().splitlines()[-1])
         log(f"engine ceiling: {workload} {results[workload]['requests_per_s']:.2f} req/s (best {results[workload]['best_requests_per_s']:.2f}, {results[workload]['lanes']} lane(s))")
     return results

@@ -111,8 +111,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     parser.add_argument("--duration", type=float, default=60.0, help="measured seconds of /classify per round")
     parser.add_argument("--augment-duration", type=float, default=120.0, help="measured seconds of /augment per round")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "share.json")
+    parser.add_argument("--serve-args", default="{}", help='JSON merged into config.yaml app args for Serve and followed by the ceiling (torch_threads, scheduler_lanes, dtype), e.g. \'{"torch_threads": 1}\'')
     ours = parser.parse_args(argv)
-    run_argv = ["--workloads", *WORKLOADS, "--concurrency", str(ours.concurrency), "--duration", str(ours.duration), "--augment-duration", str(ours.augment_duration)]
+    run_argv = ["--workloads", *WORKLOADS, "--concurrency", str(ours.concurrency), "--duration", str(ours.duration), "--augment-duration", str(ours.augment_duration),
+                "--serve-args", ours.serve_args]
     return ours, bench_run_args(run_argv + (["--model", ours.model] if ours.model else []))
 
 

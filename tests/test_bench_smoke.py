@@ -103,6 +103,21 @@ def test_serving_share_splits_into_the_cores_serve_got_and_its_work_per_cpu_seco
     assert "| 1.70 / 2.00 = 85% | 94% |" in share.markdown([{"augment": measured}], summary)
 
 
+def test_serving_share_runs_serve_and_the_ceiling_on_the_same_threads_and_lanes():
+    """--serve-args reaches Serve, and the ceiling follows its torch threads and lanes (a core left to Ray)."""
+    ours, run_args = share.parse_args(["--serve-args", '{"torch_threads": 1, "scheduler_lanes": 1}', "--rounds", "2"])
+    assert ours.rounds == 2
+    assert run_args.serve_args == {"torch_threads": 1, "scheduler_lanes": 1}
+    command = run.ceiling_command("/ckpt", "augment", 32, run_args, "bfloat16")
+    assert command[command.index("--threads") + 1] == "1"
+    assert command[command.index("--lanes") + 1] == "1"
+    _, shipped = share.parse_args([])
+    assert shipped.serve_args == {}
+    default = run.ceiling_command("/ckpt", "classify", 32, shipped, "bfloat16")
+    assert "--threads" not in default  # every core, as the shipped ModelReplica
+    assert default[default.index("--lanes") + 1] == "auto"
+
+
 def test_cpu_breakdown_names_serve_processes_and_reads_the_lanes_summaries():
     from serve_app.deployments.replica_metrics import _Window
     from serve_app.scheduling.scheduler import IterationReport
