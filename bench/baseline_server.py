@@ -1,16 +1,7 @@
 """The baseline: how this model is usually served. One process, FastAPI + uvicorn, transformers
 `generate` per request in float32, one request at a time.
 
-- /classify: free generation as the model card does (greedy `generate` on the card's prompt,
-  then match the text against the candidates). Generation is capped at the longest
-  label's token count + 1 (the label and </s>): what a trained model spends when it
-  answers with a label. A random-weight model never emits </s>, so an uncapped
-  baseline would be charged for tokens the real model would not produce.
-- /augment: `generate(do_sample=True, top_k, top_p, temperature, num_return_sequences=n,
-  max_new_tokens=max_length)` on the augment prompt.
-
-Weights load through serve_app.engine.loading.load_model (the same checkpoint, the same
-tensors as the Serve app), then the stock `model.generate` does the work.
+/classify and /augment as bench/baseline.py describes them; one lock makes it one request at a time.
 
     .venv/bin/python -m bench.baseline_server --model /path/to/checkpoint --port 8100
 """
@@ -26,75 +17,18 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel, Field
 
-from serve_app.engine.loading import load_model
-from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, LABEL_SEPARATOR
+from bench.baseline import AugmentBody, Baseline, ClassifyBody
 
 logger = logging.getLogger("bench.baseline")
 
 
-class ClassifyBody(BaseModel):
-    text: str = Field(min_length=1)
-    labels: list[str] = Field(min_length=2)
-
-
-class AugmentBody(BaseModel):
-    text: str = Field(min_length=1)
-    num_return_sequences: int = Field(1, ge=1, le=10)
-    max_length: int = Field(128, ge=1, le=512)
-    temperature: float = Field(1.0, gt=0.0, le=2.0)
-    top_k: int = Field(50, ge=0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-
-
-class Baseline:
-    """The model and the two handlers; `lock` makes it one request at a time."""
-
-    def __init__(self, spec: str, device: str = "cpu", dtype: str = "float32", max_input_tokens: int = 512, loaded=None) -> None:
-        self.loaded = loaded or load_model(spec, device, dtype)
-        self.model = self.loaded.model
-        self.tokenizer = self.loaded.tokenizer
-        self.device = self.loaded.device
-        self.max_input_tokens = max_input_tokens
-        self.lock = asyncio.Lock()
-        self.served = 0
-        self.skipped = 0
-
-    def _inputs(self, prompt: str) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=self.max_input_tokens)
-        return {key: value.to(self.device) for key, value in encoded.items()}
-
-    @torch.no_grad()
-    def classify(self, body: ClassifyBody) -> dict[str, Any]:
-        labels = [label.strip() for label in body.labels]
-        prompt = CLASSIFICATION_TEMPLATE.replace("{labels}", LABEL_SEPARATOR.join(labels)).replace("{text}", body.text.strip())
-        longest = max(len(self.tokenizer(label, add_special_tokens=False).input_ids) for label in labels)
-        output = self.model.generate(**self._inputs(prompt), do_sample=False, num_beams=1, max_new_tokens=longest + 1)
-        generated = self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
-        return {"label": generated if generated in labels else None, "generated": generated}
-
-    @torch.no_grad()
-    def augment(self, body: AugmentBody) -> dict[str, Any]:
-        prompt = AUGMENT_TEMPLATE.replace("{text}", body.text.strip())
-        output = self.model.generate(
-            **self._inputs(prompt),
-            do_sample=True,
-            temperature=body.temperature,
-            top_k=body.top_k,
-            top_p=body.top_p,
-            num_return_sequences=body.num_return_sequences,
-            max_new_tokens=body.max_length,
-        )
-        texts = [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in output]
-        return {"augmented_texts": texts}
-
-
 def build_app(baseline: Baseline) -> FastAPI:
     app = FastAPI(title="baseline: transformers generate, one request at a time")
+    lock = asyncio.Lock()
 
     async def serve_one(request: Request, handler, body) -> Any:
-        async with baseline.lock:
+        async with lock:
             # A client that gave up while queued (the bench ending a load point) is not served:
             # otherwise abandoned requests would keep the model busy into the next point.
             if await request.is_disconnected():
@@ -118,7 +52,7 @@ def build_app(baseline: Baseline) -> FastAPI:
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        return {"busy": baseline.lock.locked(), "served": baseline.served, "skipped": baseline.skipped}
+        return {"busy": lock.locked(), "served": baseline.served, "skipped": baseline.skipped}
 
     return app
 

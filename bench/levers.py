@@ -132,7 +132,7 @@ class Levers:
     def ceiling(self) -> dict[str, Any]:
         """The baseline's own calls (bench/baseline_server.py, one request at a time) vs the engine's 32-request
         batches, in one process, interleaved: the throughput ratio the service could reach with HTTP and Serve free."""
-        from bench.baseline_server import AugmentBody, Baseline, ClassifyBody
+        from bench.baseline import AugmentBody, Baseline, ClassifyBody
 
         baseline = Baseline(self.args.model, loaded=self.loaded)
         texts = chinese_texts(32, seed=7)

@@ -56,7 +56,10 @@ async def closed_loop(loop, requests: list[Any], kind: str, clients: int, warmup
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def measure(model: str, workload: str, clients: int, duration_s: float, warmup_s: float, device: str = "auto", dtype: str = "auto",
+            threads: int | None = None, lanes: int | str = "auto", round_trip_s: float = 0.0, max_batch_rows: int = 64,
+            max_prefill_tokens: int = 2048, ceiling_repeats: int = 2) -> dict[str, Any]:
+    """The serving core's closed-loop throughput for `workload`, then the engine ceiling at a batch of `clients`, in one process."""
     from serve_app import augmentation, classification
     from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
     from serve_app.prompts import Template
@@ -66,6 +69,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from serve_app.settings import AppSettings
     from serve_app.tokenization import PromptEncoder
 
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    settings = AppSettings(model=model, device=device, dtype=dtype)
+    loaded = load_model(model, device, dtype)
+    engine = Seq2SeqEngine(loaded.model, settings.max_input_tokens)
+    encoder = PromptEncoder(loaded.tokenizer, settings.max_input_tokens)
+    if workload == "augment":
+        bodies = augment_workload().bodies
+        prompts = [augmentation.prepare_paraphrase(encoder, Template(settings.templates.augment), body["text"]) for body in bodies]
+        requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=2, max_new_tokens=32))
+    else:
+        bodies = classify_workload().bodies
+        jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
+        requests = classification.engine_requests(jobs, "score")
+    lane_total = lane_count(lanes, loaded.device.type, threads)
+    config = SchedulerConfig(max_batch_rows=max_batch_rows, max_prefill_tokens=max_prefill_tokens)
+    loop = Lanes([Scheduler(engine, config) for _ in range(lane_total)], cores=threads)
+    try:
+        served = asyncio.run(closed_loop(loop, requests, workload, clients, warmup_s, duration_s, round_trip_s))
+    finally:
+        loop.stop()
+    del engine, loaded
+    engine_only = ceiling(model, workload, clients, repeats=ceiling_repeats, device=device, dtype=dtype, threads=threads, lanes=lane_total)
+    return {
+        "workload": workload,
+        "clients": clients,
+        "scheduler_loop": served,
+        "engine_ceiling": engine_only,
+        "share_of_ceiling": served["requests_per_s"] / engine_only["requests_per_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the mT5-base-shaped bench checkpoint")
     parser.add_argument("--workload", choices=["classify", "augment"], default="augment")
@@ -84,36 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from bench.checkpoint import build_checkpoint
 
         args.model = str(build_checkpoint())
-    threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    settings = AppSettings(model=args.model, device=args.device, dtype=args.dtype)
-    loaded = load_model(args.model, args.device, args.dtype)
-    engine = Seq2SeqEngine(loaded.model, settings.max_input_tokens)
-    encoder = PromptEncoder(loaded.tokenizer, settings.max_input_tokens)
-    if args.workload == "augment":
-        bodies = augment_workload().bodies
-        prompts = [augmentation.prepare_paraphrase(encoder, Template(settings.templates.augment), body["text"]) for body in bodies]
-        requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=2, max_new_tokens=32))
-    else:
-        bodies = classify_workload().bodies
-        jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
-        requests = classification.engine_requests(jobs, "score")
-    lanes = lane_count(args.lanes, loaded.device.type, threads)
-    config = SchedulerConfig(max_batch_rows=args.max_batch_rows, max_prefill_tokens=args.max_prefill_tokens)
-    loop = Lanes([Scheduler(engine, config) for _ in range(lanes)], cores=threads)
-    try:
-        served = asyncio.run(closed_loop(loop, requests, args.workload, args.clients, args.warmup, args.duration, args.round_trip))
-    finally:
-        loop.stop()
-    del engine, loaded
-    engine_only = ceiling(args.model, args.workload, args.clients, repeats=2, device=args.device, dtype=args.dtype, threads=threads, lanes=lanes)
-    result = {
-        "workload": args.workload,
-        "clients": args.clients,
-        "scheduler_loop": served,
-        "engine_ceiling": engine_only,
-        "share_of_ceiling": served["requests_per_s"] / engine_only["requests_per_s"],
-    }
+    result = measure(args.model, args.workload, args.clients, args.duration, args.warmup, args.device, args.dtype, args.threads, args.lanes,
+                     args.round_trip, args.max_batch_rows, args.max_prefill_tokens)
     print(json.dumps(result, indent=2))
     return result
 

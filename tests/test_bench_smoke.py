@@ -238,3 +238,24 @@ def test_packed_and_bucketed_scoring_equal_per_label_rows(demo_model):
         for got, want in zip(results, reference):
             assert got.log_scores == pytest.approx(want.log_scores, abs=1e-4)
             assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)
+
+
+def test_gpu_suite_runs_every_part_on_the_demo_model(tmp_path):
+    """The one command a session lent a GPU runs (bench/gpu_suite.sh): here on the CPU, seconds-long windows."""
+    from bench import gpu_suite
+
+    results = gpu_suite.main(["--device", "cpu", "--model", "demo", "--quick", "--clients", "4", "--out", str(tmp_path)])
+    parts = results["parts"]
+    assert list(parts) == ["levers", "serving_core_augment", "serving_core_classify", "lone_augment", "lone_classify", "fidelity"]
+    assert not [name for name, part in parts.items() if "error" in part]
+    for name in ("serving_core_augment", "serving_core_classify"):
+        measured = parts[name]["result"]
+        assert measured["clients"] == 4 and measured["engine_ceiling"]["batch"] == 4
+        assert measured["scheduler_loop"]["answers"] > 0 and measured["share_of_ceiling"] > 0
+    assert parts["lone_augment"]["result"]["engine_ceiling"]["batch"] == 1
+    assert parts["levers"]["result"]["ceiling"]["variants"]["augment n=2 x 32 tokens, engine batch 32"]["x_baseline"] > 0
+    saved = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert saved["parts"].keys() == parts.keys()
+    summary = (tmp_path / "gpu_suite.md").read_text()
+    assert "serving_core_augment: scheduler" in summary and "bfloat16, full vocabulary against float32" in summary
+
