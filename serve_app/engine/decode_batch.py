@@ -61,11 +61,11 @@ class DecodeBatch:
     """
 
     @torch.inference_mode()
-    def __init__(self, shape: BatchShape, capacity: int = 8, encoder_columns: int = 1) -> None:
+    def __init__(self, shape: BatchShape, capacity: int = 8, encoder_columns: int = 1, self_columns: int = INITIAL_COLUMNS) -> None:
         self.shape = shape
         self.rows = 0
         self.length = 0  # self-attention columns written so far (shared time axis)
-        self.self_kv = self._zeros_kv(capacity, INITIAL_COLUMNS)
+        self.self_kv = self._zeros_kv(capacity, self_columns)
         self.cross_kv = self._zeros_kv(capacity, encoder_columns)
         self.next_token = torch.zeros(capacity, dtype=torch.long, device=shape.device)
         self.start = torch.zeros(capacity, dtype=torch.long, device=shape.device)
@@ -106,10 +106,14 @@ class DecodeBatch:
         sampling: list[RowSampling],
         max_new_tokens: list[int],
     ) -> DecodeBatch:
-        """Fresh rows that have not decoded yet: `cross_kv` [layers, 2, rows, heads, encoder, head_dim]."""
+        """Fresh rows that have not decoded yet: `cross_kv` [layers, 2, rows, heads, encoder, head_dim], which the batch takes as is.
+
+        No self-attention columns yet: the first step reserves them. A scheduler merges these rows
+        into its running batch at once, so allocating (and zero-filling) them here would be waste.
+        """
         rows = cross_kv.shape[2]
-        batch = cls(shape, capacity=rows, encoder_columns=cross_kv.shape[4])
-        batch.cross_kv.copy_(cross_kv)
+        batch = cls(shape, capacity=rows, encoder_columns=0, self_columns=0)
+        batch.cross_kv = cross_kv.contiguous()
         batch.encoder_length[:rows] = encoder_length
         batch.next_token[:rows] = start_token
         batch.rows = rows
@@ -181,7 +185,7 @@ class DecodeBatch:
             if first_used * 2 >= self.length and first_used > 0:
                 self._compact(first_used)
             else:
-                self._reserve(rows=self.rows, columns=2 * self.length, encoder_columns=0)
+                self._reserve(rows=self.rows, columns=max(INITIAL_COLUMNS, 2 * self.length), encoder_columns=0)
         return self.length
 
     def _compact(self, first_used: int) -> None:
