@@ -47,8 +47,6 @@ class Baseline:
         self.tokenizer = self.loaded.tokenizer
         self.device = self.loaded.device
         self.max_input_tokens = max_input_tokens
-        self.served = 0
-        self.skipped = 0
 
     def _inputs(self, prompt: str) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=self.max_input_tokens)

@@ -26,16 +26,17 @@ logger = logging.getLogger("bench.baseline")
 def build_app(baseline: Baseline) -> FastAPI:
     app = FastAPI(title="baseline: transformers generate, one request at a time")
     lock = asyncio.Lock()
+    counts = {"served": 0, "skipped": 0}
 
     async def serve_one(request: Request, handler, body) -> Any:
         async with lock:
             # A client that gave up while queued (the bench ending a load point) is not served:
             # otherwise abandoned requests would keep the model busy into the next point.
             if await request.is_disconnected():
-                baseline.skipped += 1
+                counts["skipped"] += 1
                 return Response(status_code=499)
             result = await asyncio.to_thread(handler, body)
-            baseline.served += 1
+            counts["served"] += 1
             return result
 
     @app.post("/classify")
@@ -52,7 +53,7 @@ def build_app(baseline: Baseline) -> FastAPI:
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        return {"busy": lock.locked(), "served": baseline.served, "skipped": baseline.skipped}
+        return {"busy": lock.locked(), **counts}
 
     return app
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import time
 import traceback
 from collections.abc import Callable
@@ -34,25 +33,11 @@ from typing import Any
 import torch
 
 from bench import scheduler_loop
+from bench.run import log, machine_description
 
 # Closed-loop windows (seconds) per part: full, and --quick for a smoke run on the demo model.
 WINDOWS = {"full": {"warmup": 5.0, "duration": 20.0, "lone_warmup": 2.0, "lone_duration": 8.0},
            "quick": {"warmup": 0.5, "duration": 1.5, "lone_warmup": 0.2, "lone_duration": 0.8}}
-
-
-def log(message: str) -> None:
-    print(f"[gpu_suite {dt.datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
-def describe_device(device: str) -> dict[str, Any]:
-    cuda = device.startswith("cuda") and torch.cuda.is_available()
-    return {
-        "device": device,
-        "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if cuda else None,
-        "python": platform.python_version(),
-    }
 
 
 def parts(args: argparse.Namespace, model: str) -> dict[str, Callable[[], Any]]:
@@ -90,7 +75,8 @@ def parts(args: argparse.Namespace, model: str) -> dict[str, Callable[[], Any]]:
 
 def summary(results: dict[str, Any]) -> str:
     """The figures issue 11 and issue 5 ask for, one line each (missing parts say why)."""
-    lines = [f"# GPU suite: {results['machine']['device_name']} ({results['machine']['device']}, torch {results['machine']['torch']}), {results['date']}", ""]
+    machine = results["machine"]
+    lines = [f"# GPU suite on {machine['description']}: device {results['device']} (torch {machine['torch']}, CUDA {results['cuda']}), {results['date']}", ""]
     for name, part in results["parts"].items():
         if "error" in part:
             lines.append(f"- {name}: failed after {part['seconds']:.0f} s: {part['error'].splitlines()[-1]}")
@@ -133,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from bench.checkpoint import build_checkpoint
 
         args.model = str(build_checkpoint(log=log))
-    results: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": describe_device(args.device),
-                               "model": args.model, "dtype": args.dtype, "clients": args.clients, "quick": args.quick, "parts": {}}
+    results: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine_description(),
+                               "device": args.device, "cuda": torch.version.cuda, "model": args.model, "dtype": args.dtype, "clients": args.clients, "quick": args.quick, "parts": {}}
     for name, run in parts(args, args.model).items():
         if args.parts and name not in args.parts:
             continue
