@@ -19,7 +19,9 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,17 +29,28 @@ import torch
 from bench.workloads import augment_workload, classify_workload
 
 
-def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max_length: int = 32,
-            device: str = "auto", dtype: str = "auto", threads: int | None = None, lanes: int | str = "auto") -> dict[str, Any]:
+@dataclass
+class EngineWork:
+    """The benchmark's requests, built as the service builds them, and the engine call that runs a list of them."""
+
+    run: Callable[[list[Any]], Any]
+    requests: list[Any]
+    device: torch.device
+    dtype: torch.dtype
+
+    def chunk(self, start: int, size: int) -> list[Any]:
+        """`size` requests from `start`, wrapping around, so every batch has the same shape."""
+        part = self.requests[start % len(self.requests):][:size]
+        return part + self.requests[: size - len(part)]
+
+
+def engine_work(model: str, workload: str, n: int = 2, max_length: int = 32, device: str = "auto", dtype: str = "auto") -> EngineWork:
     from serve_app import augmentation, classification
     from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
-    from serve_app.tokenization import PromptEncoder
     from serve_app.prompts import Template
-    from serve_app.scheduling.lanes import lane_count
     from serve_app.settings import AppSettings
+    from serve_app.tokenization import PromptEncoder
 
-    threads = threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
     settings = AppSettings(model=model, device=device, dtype=dtype)
     loaded = load_model(model, device, dtype)
     engine = Seq2SeqEngine(loaded.model, settings.max_input_tokens)
@@ -45,24 +58,31 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
     if workload == "classify":
         bodies = classify_workload().bodies
         jobs = [classification.prepare_job(encoder, Template(settings.templates.classification), b["text"], b["labels"]) for b in bodies]
-        requests = classification.engine_requests(jobs, "score")
-        run = engine.score
-    else:
-        bodies = augment_workload(num_return_sequences=n, max_length=max_length).bodies
-        prompts = [augmentation.prepare_paraphrase(encoder, Template(settings.templates.augment), b["text"]) for b in bodies]
-        # Seeded like nothing in particular: random weights never stop early, so every row runs max_length steps.
-        requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=n, max_new_tokens=max_length))
-        run = engine.generate
-    sync = torch.cuda.synchronize if loaded.device.type == "cuda" else (lambda: None)
-    lanes = lane_count(lanes, loaded.device.type, threads)
+        return EngineWork(engine.score, classification.engine_requests(jobs, "score"), loaded.device, loaded.dtype)
+    bodies = augment_workload(num_return_sequences=n, max_length=max_length).bodies
+    prompts = [augmentation.prepare_paraphrase(encoder, Template(settings.templates.augment), b["text"]) for b in bodies]
+    # Seeded like nothing in particular: random weights never stop early, so every row runs max_length steps.
+    requests = augmentation.engine_requests(prompts, SamplingParams(num_return_sequences=n, max_new_tokens=max_length))
+    return EngineWork(engine.generate, requests, loaded.device, loaded.dtype)
+
+
+def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max_length: int = 32,
+            device: str = "auto", dtype: str = "auto", threads: int | None = None, lanes: int | str = "auto") -> dict[str, Any]:
+    from serve_app.scheduling.lanes import lane_count
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    work = engine_work(model, workload, n, max_length, device, dtype)
+    requests, run = work.requests, work.run
+    sync = torch.cuda.synchronize if work.device.type == "cuda" else (lambda: None)
+    lanes = lane_count(lanes, work.device.type, threads)
     # Each lane's thread runs torch on its share of the threads, as CoreShare gives busy lanes in the service.
     pool = ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads, initargs=(max(1, threads // lanes),))
     list(pool.map(run, [requests[:2]] * lanes))  # warm-up: first-call allocations, every lane thread
     seconds = []
     cpu_started = time.process_time()  # every thread of this process: the lanes' torch work
     for repeat in range(repeats):
-        chunk = requests[(repeat * batch) % len(requests):][:batch]
-        chunk = chunk + requests[: batch - len(chunk)]
+        chunk = work.chunk(repeat * batch, batch)
         parts = [chunk[lane::lanes] for lane in range(lanes)]
         sync()
         started = time.perf_counter()
@@ -80,11 +100,11 @@ def measure(model: str, workload: str, batch: int, repeats: int, n: int = 2, max
         "best_requests_per_s": batch / min(seconds),
         # cores the engine kept busy: with requests_per_s, the work it does per CPU second
         "cpu_cores": cpu_seconds / sum(seconds),
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": str(work.device),
+        "dtype": str(work.dtype).removeprefix("torch."),
         "threads": threads,
         "lanes": lanes,
-        "device_name": torch.cuda.get_device_name(0) if loaded.device.type == "cuda" else "cpu",
+        "device_name": torch.cuda.get_device_name(0) if work.device.type == "cuda" else "cpu",
     }
 
 

@@ -58,6 +58,22 @@ def cpu_by_role(seconds_before: dict[int, float | None], wall: float) -> dict[st
     return dict(sorted(cores.items(), key=lambda item: -item[1]))
 
 
+def preemptions(pid: int) -> int:
+    """Times any thread of `pid` has been preempted (involuntary context switches, summed over its threads)."""
+    total = 0
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for thread in threads:
+        try:
+            status = (thread / "status").read_text()
+        except OSError:
+            continue
+        total += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
 def lane_steps(log_text: str) -> dict[str, dict[str, float]]:
     """Per lane: decoding steps, their mean rows and mean wall milliseconds, from the summary lines."""
     totals: dict[str, list[float]] = {}
@@ -89,11 +105,14 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
             time.sleep(warmup_s)  # the CPU window is the load's measured window
             pids = [serve.root_pid, *procs.descendants(serve.root_pid)]
             before = {pid: procs.cpu_seconds(pid) for pid in pids}
+            replicas = procs.find_replica_pids(serve.root_pid)
+            preempted = sum(preemptions(pid) for pid in replicas)
             log_offset = serve.log_path.stat().st_size
             started = time.monotonic()
             time.sleep(duration_s)
             wall = time.monotonic() - started
             cores = cpu_by_role(before, wall)
+            preempted = sum(preemptions(pid) for pid in replicas) - preempted
             load.join()
             serve.idle()  # the lanes' last summaries reach the log
             lanes = lane_steps(serve.log_path.read_text(errors="replace")[log_offset:])
@@ -110,6 +129,8 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
         "model_cores": round(model_cores, 3),
         "rest_of_serve_cores": round(sum(cores.values()) - model_cores, 3),
         "lanes": lanes,
+        # how often the model's threads lost their core to another thread (bench.neighbour measures what that costs)
+        "model_preempted_per_s": round(preempted / wall, 1),
     }
 
 
@@ -140,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run["round"] = round_index + 1
             runs.append(run)
             top = ", ".join(f"{role} {value:.3f}" for role, value in list(run["cores"].items())[:8])
-            log(f"  {run['requests_per_s']:.2f} req/s, {run['errors']} errors; cores: {top}; lanes {run['lanes']}")
+            log(f"  {run['requests_per_s']:.2f} req/s, {run['errors']} errors; cores: {top}; model preempted {run['model_preempted_per_s']}/s; lanes {run['lanes']}")
     results = {
         "command": ".venv/bin/python -m bench.cpu_breakdown " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -259,3 +259,29 @@ def test_gpu_suite_runs_every_part_on_the_demo_model(tmp_path):
     summary = (tmp_path / "gpu_suite.md").read_text()
     assert "serving_core_augment: scheduler" in summary and "bfloat16, full vocabulary against float32" in summary
 
+
+
+def test_neighbour_runs_every_arm_each_round_and_leaves_no_neighbour_behind(tmp_path):
+    """bench.neighbour on the demo model: each arm once per round, its ratios taken, the neighbours gone after."""
+    from bench import neighbour, procs
+
+    before = set(procs.descendants(os.getpid()))
+    out = tmp_path / "neighbour.json"
+    result = neighbour.main(["--model", "demo", "--batch", "4", "--rounds", "3", "--duty", "0.5", "--out", str(out)])
+    assert {arm: len(seconds) for arm, seconds in result["seconds"].items()} == {"none": 3, "python": 3, "memory": 3, "chatty": 3}
+    assert set(result["slowdown"]) == {"python", "memory", "chatty"}
+    assert all(ratio["wall"] > 0 and ratio["cpu"] > 0 for ratio in result["slowdown"].values())
+    # the neighbours really ran while their arm did: python and memory about half a core (one process each),
+    # chatty's eight processes whatever the box's cores give them
+    cores = result["neighbour_cores"]
+    assert 0.2 < cores["python"] < 1.05 and 0.2 < cores["memory"] < 1.05 and 0 < cores["chatty"] < (os.cpu_count() or 1) + 0.05, cores
+    assert set(procs.descendants(os.getpid())) == before
+    assert json.loads(out.read_text())["machine"]
+
+
+def test_a_neighbour_program_keeps_to_its_duty():
+    from bench.neighbour import NeighbourKind, neighbour_source
+
+    source = neighbour_source(NeighbourKind(1, 0.005, "bytes(block)"), 0.25)
+    compile(source, "neighbour", "exec")
+    assert "time.sleep(0.015)" in source and "bytes(block)" in source
