@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen, procs, report
-from bench.run import RESULTS_DIR, ServeProcess, build_workloads, log, machine_description
+from bench.run import RESULTS_DIR, ServeProcess, build_workloads, log
 from bench.run import parse_args as bench_run_args
 
 # Scheduler summary lines in serve run's output (serve_app/deployments/replica_metrics.py).
@@ -162,18 +160,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs.append(run)
             top = ", ".join(f"{role} {value:.3f}" for role, value in list(run["cores"].items())[:8])
             log(f"  {run['requests_per_s']:.2f} req/s, {run['errors']} errors; cores: {top}; model preempted {run['model_preempted_per_s']}/s; lanes {run['lanes']}")
-    results = {
-        "command": ".venv/bin/python -m bench.cpu_breakdown " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_description(),
+    results = report.run_header("bench.cpu_breakdown", argv) | {
         "workload": args.workload,
         "serve_args": args.serve_args,
         "clients": args.clients,
         "duration_s": args.duration,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    report.save_results(results, args.out, None, "", "", "")
     log(f"wrote {args.out}")
     return results
 

@@ -28,8 +28,6 @@ times a second that thread was preempted (involuntary context switches). Neighbo
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import random
 import signal
 import statistics
@@ -43,8 +41,9 @@ from typing import Any
 
 import torch
 
+from bench import report
 from bench.ceiling import engine_work
-from bench.run import RESULTS_DIR, log, machine_description
+from bench.run import RESULTS_DIR, log
 
 @dataclass(frozen=True)
 class NeighbourKind:
@@ -199,17 +198,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from bench.checkpoint import build_checkpoint
 
         model = str(build_checkpoint(None, log=log))
-    result = measure(model, args.workload, args.batch, args.rounds, args.duty, args.threads)
-    result.update({
-        "command": ".venv/bin/python -m bench.neighbour " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_description(),
-    })
+    result = report.run_header("bench.neighbour", argv) | measure(model, args.workload, args.batch, args.rounds, args.duty, args.threads)
     for arm, ratio in result["slowdown"].items():
         log(f"{arm} neighbour ({result['neighbour_cores'][arm]:.2f} cores, engine preempted {result['engine_preempted_per_s'][arm]:.0f}/s): "
             f"batches {ratio['wall']:.3f}x as long, {ratio['cpu']:.3f}x the engine's CPU")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    report.save_results(result, args.out, None, "", "", "")
     log(f"wrote {args.out}")
     return result
 
