@@ -1,34 +1,37 @@
-"""What a neighbour on another core costs the engine: its batches with a neighbour process paused, then running.
+"""What neighbour processes cost the engine: its batches with the neighbours held, then one kind running.
 
     .venv/bin/python -m bench.neighbour --rounds 12
 
 Serve's hops (proxy, Ingress, Augmenter, controller, Ray's own processes) have to
 run somewhere; on a box the size of the model's node they run on the cores beside
 it. On a virtual machine those cores share the host's caches and memory, and may be
-hyperthreads of one physical core, so a process on one core slows the work on
-another. That cost falls on Serve's ModelReplica and never on the engine-only
-ceiling, which runs with the box to itself (issue 11's share targets).
+hyperthreads of one physical core, so a process on one core may slow the work on
+another; and a process that wakes on the engine's own core preempts it. That cost
+falls on Serve's ModelReplica and never on the engine-only ceiling, which runs with
+the box to itself (issue 11's share targets).
 
 This measures it, without Ray: one engine on `--threads` torch threads runs batches of
 the benchmark's work; before each batch one kind of neighbour is let run (SIGCONT) or
 all are held (SIGSTOP). Arms are shuffled in every round, so the box's drift falls on
 all of them alike, and each arm is compared with the neighbour-free batch of its own
-round, by wall time and by the CPU the engine's thread used for the same work, with the
-times a second that thread was preempted (involuntary context switches). Neighbours
-(what each really took is reported):
+round, by wall time and by the CPU the engine's process used for the same work (all its
+torch threads), with the times a second its threads were preempted (involuntary context
+switches). Neighbours (what each really took is reported):
 - python: one process, a pure-Python loop busy `--duty` of the time in 5 ms bursts
   (about what Serve's other processes take under /augment: 0.24-0.26 of a core);
 - memory: the same with copies of a 64 MiB buffer (memory traffic, the other thing
   cores share);
 - chatty: eight processes waking every 6 ms for 0.4 ms of copying each, which is how
-  Ray's and Serve's processes take their CPU (many short wake-ups: the ModelReplica's
-  lane thread is preempted about 90 times a second under load, the engine alone twice).
+  Ray's and Serve's processes take their CPU (many short wake-ups: under /augment the
+  ModelReplica's threads are preempted 136-180 times a second with one torch thread and
+  about 1,340 as shipped, the engine alone 2 and 32 times; BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import resource
 import signal
 import statistics
 import subprocess
@@ -83,15 +86,14 @@ def cpu_ns(pid: int) -> int:
 
 
 def preemptions() -> int:
-    """Times the calling thread has been preempted (Linux)."""
-    status = Path("/proc/thread-self/status").read_text()
-    return int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+    """Times this process's threads (the engine's torch threads among them) have been preempted."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
 @dataclass(frozen=True)
 class Batch:
     wall_s: float
-    cpu_s: float  # the engine thread's
+    cpu_s: float  # the engine process's (all its torch threads)
     preempted_per_s: float
     neighbour_cores: float
 
@@ -115,9 +117,9 @@ class Neighbours:
         try:
             time.sleep(0.2)  # the neighbours are back in their stride
             theirs = sum(cpu_ns(process.pid) for process in group)
-            preempted, wall, cpu = preemptions(), time.perf_counter(), time.thread_time()
+            preempted, wall, cpu = preemptions(), time.perf_counter(), time.process_time()
             work()
-            wall, cpu, preempted = time.perf_counter() - wall, time.thread_time() - cpu, preemptions() - preempted
+            wall, cpu, preempted = time.perf_counter() - wall, time.process_time() - cpu, preemptions() - preempted
             theirs = sum(cpu_ns(process.pid) for process in group) - theirs
             return Batch(wall, cpu, preempted / wall, theirs / 1e9 / wall)
         finally:
@@ -175,7 +177,7 @@ def measure(model: str, workload: str, batch: int, rounds: int, duty: float, thr
         # what each neighbour kind really took (all its processes, as the kernel gave it), median over rounds
         "neighbour_cores": {arm: median(arm, "neighbour_cores") for arm in neighbours},
         "engine_preempted_per_s": {arm: median(arm, "preempted_per_s") for arm in arms},
-        # >1: the batch took longer (wall) and more of the engine thread's CPU (cpu) with the neighbour running
+        # >1: the batch took longer (wall) and more of the engine's CPU (cpu) with the neighbour running
         "slowdown": {arm: {key: round(value, 3) for key, value in slowdown(runs, arm).items()} for arm in neighbours},
     }
 
