@@ -48,8 +48,11 @@ from bench import report
 from bench.ceiling import engine_work
 from bench.run import RESULTS_DIR, log
 
+
 @dataclass(frozen=True)
 class NeighbourKind:
+    """How a neighbour takes its CPU: how many processes, each busy in bursts of `burst_s` doing `step`."""
+
     processes: int
     burst_s: float
     step: str  # one step of the busy loop
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workload", choices=["classify", "augment"], default="augment")
     parser.add_argument("--batch", type=int, default=16, help="requests per batch (16: one lane's part of 32 clients)")
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--duty", type=float, default=0.25, help="the share of one core each neighbour keeps busy")
+    parser.add_argument("--duty", type=float, default=0.25, help="the share of one core the python and memory neighbours keep busy (chatty keeps its own)")
     parser.add_argument("--threads", type=int, default=1, help="the engine's torch threads (1 leaves the other cores to the neighbour)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "neighbour.json")
     args = parser.parse_args(argv)
