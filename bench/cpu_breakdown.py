@@ -56,22 +56,6 @@ def cpu_by_role(seconds_before: dict[int, float | None], wall: float) -> dict[st
     return dict(sorted(cores.items(), key=lambda item: -item[1]))
 
 
-def preemptions(pid: int) -> int:
-    """Times any thread of `pid` has been preempted (involuntary context switches, summed over its threads)."""
-    total = 0
-    try:
-        threads = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return 0
-    for thread in threads:
-        try:
-            status = (thread / "status").read_text()
-        except OSError:
-            continue
-        total += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
-    return total
-
-
 def lane_steps(log_text: str) -> dict[str, dict[str, float]]:
     """Per lane: decoding steps, their mean rows and mean wall milliseconds, from the summary lines."""
     totals: dict[str, list[float]] = {}
@@ -104,13 +88,13 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
             pids = [serve.root_pid, *procs.descendants(serve.root_pid)]
             before = {pid: procs.cpu_seconds(pid) for pid in pids}
             replicas = procs.find_replica_pids(serve.root_pid)
-            preempted = sum(preemptions(pid) for pid in replicas)
+            preempted = sum(procs.preemptions(pid) for pid in replicas)
             log_offset = serve.log_path.stat().st_size
             started = time.monotonic()
             time.sleep(duration_s)
             wall = time.monotonic() - started
             cores = cpu_by_role(before, wall)
-            preempted = sum(preemptions(pid) for pid in replicas) - preempted
+            preempted = sum(procs.preemptions(pid) for pid in replicas) - preempted
             load.join()
             serve.idle()  # the lanes' last summaries reach the log
             lanes = lane_steps(serve.log_path.read_text(errors="replace")[log_offset:])

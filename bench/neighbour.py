@@ -44,31 +44,32 @@ from typing import Any
 
 import torch
 
-from bench import report
+from bench import procs, report
 from bench.ceiling import engine_work
 from bench.run import RESULTS_DIR, log
 
 
 @dataclass(frozen=True)
 class NeighbourKind:
-    """How a neighbour takes its CPU: how many processes, each busy in bursts of `burst_s` doing `step`."""
+    """How a neighbour takes its CPU: how many processes, each busy `duty` of the time in bursts of `burst_s` doing `step`."""
 
     processes: int
     burst_s: float
     step: str  # one step of the busy loop
+    duty: float
 
 
-def kinds(duty: float) -> dict[str, tuple[NeighbourKind, float]]:
-    """Each neighbour kind and the duty each of its processes keeps."""
+def kinds(duty: float) -> dict[str, NeighbourKind]:
+    """The neighbour kinds; python and memory keep `duty`, chatty its own."""
     return {
-        "python": (NeighbourKind(1, 0.005, "sum(range(1000))"), duty),
-        "memory": (NeighbourKind(1, 0.005, "bytes(block)"), duty),
-        "chatty": (NeighbourKind(8, 0.0004, "bytes(block[:1048576])"), 0.0004 / 0.0064),
+        "python": NeighbourKind(1, 0.005, "sum(range(1000))", duty),
+        "memory": NeighbourKind(1, 0.005, "bytes(block)", duty),
+        "chatty": NeighbourKind(8, 0.0004, "bytes(block[:1048576])", 0.0004 / 0.0064),
     }
 
 
-def neighbour_source(kind: NeighbourKind, duty: float) -> str:
-    """A program busy `duty` of the time in bursts of `kind.step`, until killed."""
+def neighbour_source(kind: NeighbourKind) -> str:
+    """A program busy `kind.duty` of the time in bursts of `kind.step`, until killed."""
     return (
         "import time\n"
         "block = bytearray(64 * 1024 * 1024)\n"
@@ -76,19 +77,11 @@ def neighbour_source(kind: NeighbourKind, duty: float) -> str:
         f"    until = time.perf_counter() + {kind.burst_s}\n"
         "    while time.perf_counter() < until:\n"
         f"        {kind.step}\n"
-        f"    time.sleep({kind.burst_s * (1 - duty) / duty})\n"
+        f"    time.sleep({kind.burst_s * (1 - kind.duty) / kind.duty})\n"
     )
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time a process's main thread has run, in nanoseconds (schedstat: finer than /proc's clock ticks)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def preemptions() -> int:
+def own_preemptions() -> int:
     """Times this process's threads (the engine's torch threads among them) have been preempted."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
@@ -106,8 +99,8 @@ class Neighbours:
 
     def __init__(self, duty: float) -> None:
         self.processes = {
-            name: [subprocess.Popen([sys.executable, "-c", neighbour_source(kind, kind_duty)]) for _ in range(kind.processes)]
-            for name, (kind, kind_duty) in kinds(duty).items()
+            name: [subprocess.Popen([sys.executable, "-c", neighbour_source(kind)]) for _ in range(kind.processes)]
+            for name, kind in kinds(duty).items()
         }
         time.sleep(1.0)  # started and in their loops before they are held
         for group in self.processes.values():
@@ -119,11 +112,11 @@ class Neighbours:
         self._signal(group, signal.SIGCONT)
         try:
             time.sleep(0.2)  # the neighbours are back in their stride
-            theirs = sum(cpu_ns(process.pid) for process in group)
-            preempted, wall, cpu = preemptions(), time.perf_counter(), time.process_time()
+            theirs = sum(procs.cpu_ns(process.pid) for process in group)
+            preempted, wall, cpu = own_preemptions(), time.perf_counter(), time.process_time()
             work()
-            wall, cpu, preempted = time.perf_counter() - wall, time.process_time() - cpu, preemptions() - preempted
-            theirs = sum(cpu_ns(process.pid) for process in group) - theirs
+            wall, cpu, preempted = time.perf_counter() - wall, time.process_time() - cpu, own_preemptions() - preempted
+            theirs = sum(procs.cpu_ns(process.pid) for process in group) - theirs
             return Batch(wall, cpu, preempted / wall, theirs / 1e9 / wall)
         finally:
             self._signal(group, signal.SIGSTOP)

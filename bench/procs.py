@@ -99,6 +99,30 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def preemptions(pid: int) -> int:
+    """Times any thread of `pid` has been preempted (involuntary context switches, summed over its threads)."""
+    total = 0
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for thread in threads:
+        try:
+            status = (thread / "status").read_text()
+        except OSError:
+            continue
+        total += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time a process's main thread has run, in nanoseconds (schedstat: finer than /proc/<pid>/stat's clock ticks)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def stop_group(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT, timeout_s: float = 30) -> None:
     """Stop a process started with start_new_session=True and everything it spawned: `sig`, then SIGKILL."""
     if process is None or process.poll() is not None:

@@ -282,6 +282,6 @@ def test_neighbour_runs_every_arm_each_round_and_leaves_no_neighbour_behind(tmp_
 def test_a_neighbour_program_keeps_to_its_duty():
     from bench.neighbour import NeighbourKind, neighbour_source
 
-    source = neighbour_source(NeighbourKind(1, 0.005, "bytes(block)"), 0.25)
+    source = neighbour_source(NeighbourKind(1, 0.005, "bytes(block)", 0.25))
     compile(source, "neighbour", "exec")
     assert "time.sleep(0.015)" in source and "bytes(block)" in source
