@@ -21,6 +21,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,21 @@ def role_of(command: str) -> str:
     return scripts[0] if scripts else Path(words[0]).name if words else "?"
 
 
-def cpu_by_role(seconds_before: dict[int, float | None], wall: float) -> dict[str, float]:
-    """Cores (CPU seconds per second) each role used since `seconds_before` was taken."""
-    cores: dict[str, float] = {}
-    for pid, before in seconds_before.items():
-        after = procs.cpu_seconds(pid)
-        if before is None or after is None:
+def by_role(before: dict[int, float | None], read: Callable[[int], float | None], wall: float) -> dict[str, float]:
+    """Per role, how much `read(pid)` grew per second since `before` was taken (all of the role's processes), largest first."""
+    rates: dict[str, float] = {}
+    for pid, start in before.items():
+        end = read(pid)
+        if start is None or end is None:
             continue
         role = role_of(procs.cmdline(pid))
-        cores[role] = cores.get(role, 0.0) + (after - before) / wall
-    return dict(sorted(cores.items(), key=lambda item: -item[1]))
+        rates[role] = rates.get(role, 0.0) + (end - start) / wall
+    return dict(sorted(rates.items(), key=lambda item: -item[1]))
+
+
+def cpu_by_role(seconds_before: dict[int, float | None], wall: float) -> dict[str, float]:
+    """Cores (CPU seconds per second) each role used since `seconds_before` was taken."""
+    return by_role(seconds_before, procs.cpu_seconds, wall)
 
 
 def lane_steps(log_text: str) -> dict[str, dict[str, float]]:
@@ -87,6 +93,7 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
             time.sleep(warmup_s)  # the CPU window is the load's measured window
             pids = [serve.root_pid, *procs.descendants(serve.root_pid)]
             before = {pid: procs.cpu_seconds(pid) for pid in pids}
+            slept: dict[int, float | None] = {pid: procs.wakeups(pid) for pid in pids}
             replicas = procs.find_replica_pids(serve.root_pid)
             preempted = sum(procs.preemptions(pid) for pid in replicas)
             log_offset = serve.log_path.stat().st_size
@@ -94,6 +101,7 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
             time.sleep(duration_s)
             wall = time.monotonic() - started
             cores = cpu_by_role(before, wall)
+            woke = by_role(slept, procs.wakeups, wall)
             preempted = sum(procs.preemptions(pid) for pid in replicas) - preempted
             load.join()
             serve.idle()  # the lanes' last summaries reach the log
@@ -113,6 +121,8 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
         "lanes": lanes,
         # how often the model's threads lost their core to another thread (bench.neighbour measures what that costs)
         "model_preempted_per_s": round(preempted / wall, 1),
+        # how often each role's threads went to sleep, hence woke and took a core from whatever ran there
+        "wakeups_per_s": {role: round(value) for role, value in woke.items()},
     }
 
 
@@ -143,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run["round"] = round_index + 1
             runs.append(run)
             top = ", ".join(f"{role} {value:.3f}" for role, value in list(run["cores"].items())[:8])
-            log(f"  {run['requests_per_s']:.2f} req/s, {run['errors']} errors; cores: {top}; model preempted {run['model_preempted_per_s']}/s; lanes {run['lanes']}")
+            log(f"  {run['requests_per_s']:.2f} req/s, {run['errors']} errors; cores: {top}; model preempted {run['model_preempted_per_s']}/s; "
+                f"wake-ups/s: {', '.join(f'{role} {value}' for role, value in list(run['wakeups_per_s'].items())[:8])}; lanes {run['lanes']}")
     results = report.run_header("bench.cpu_breakdown", argv) | {
         "workload": args.workload,
         "serve_args": args.serve_args,

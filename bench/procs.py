@@ -99,20 +99,31 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def preemptions(pid: int) -> int:
-    """Times any thread of `pid` has been preempted (involuntary context switches, summed over its threads)."""
+def _context_switches(pid: int, kind: str) -> int | None:
+    """`kind`_ctxt_switches of /proc/<pid>/task/*/status, summed over the process's threads (None: no such process)."""
     total = 0
     try:
         threads = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return 0
+        return None
     for thread in threads:
         try:
             status = (thread / "status").read_text()
         except OSError:
             continue
-        total += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+        total += int(status.split(f"\n{kind}_ctxt_switches:")[1].split()[0])
     return total
+
+
+def preemptions(pid: int) -> int:
+    """Times any thread of `pid` has been preempted (involuntary context switches, summed over its threads)."""
+    return _context_switches(pid, "nonvoluntary") or 0
+
+
+def wakeups(pid: int) -> int | None:
+    """Times the threads of `pid` have gone to sleep (voluntary context switches): each sleep ends in a wake-up
+    that takes a core from whatever runs there, so this counts how often a process interrupts the others."""
+    return _context_switches(pid, "voluntary")
 
 
 def cpu_ns(pid: int) -> int:

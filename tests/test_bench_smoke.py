@@ -142,6 +142,30 @@ def test_cpu_breakdown_names_serve_processes_and_reads_the_lanes_summaries():
     assert lanes["1"] == pytest.approx({"steps": 1, "rows_mean": 2.0, "step_ms_mean": 100.0})
 
 
+def test_wakeups_count_a_process_s_sleeps_and_are_taken_per_role():
+    """procs.wakeups counts the sleeps of every thread of a process; cpu_breakdown.by_role turns them into rates per role."""
+    import subprocess
+    import sys
+
+    from bench import procs
+
+    sleeper = subprocess.Popen(
+        [sys.executable, "-u", "-c", "import sys, time\nfor _ in range(60): time.sleep(0.001)\nprint('slept')\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert sleeper.stdout.readline() == b"slept\n"
+        slept = procs.wakeups(sleeper.pid)
+        assert slept is not None and slept >= 60  # each time.sleep is one voluntary switch at least
+        rates = cpu_breakdown.by_role({sleeper.pid: 0}, lambda pid: slept, 2.0)
+        assert rates == {cpu_breakdown.role_of(procs.cmdline(sleeper.pid)): pytest.approx(slept / 2.0)}
+    finally:
+        sleeper.stdin.close()
+        sleeper.wait(timeout=10)
+    assert procs.wakeups(sleeper.pid) is None and procs.preemptions(sleeper.pid) == 0  # gone: no rate, not a negative one
+    assert cpu_breakdown.by_role({sleeper.pid: 5}, procs.wakeups, 1.0) == {}
+
+
 def test_harness_end_to_end_against_the_real_baseline_server(tmp_path):
     """bench.run's real command path: baseline server subprocess, closed-loop load, json/csv/png/markdown."""
     md = tmp_path / "BENCHMARKS.md"
