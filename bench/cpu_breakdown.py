@@ -7,8 +7,8 @@ bench.run reports the model process against all of Serve. This splits the rest (
 Ingress, Classifier / Augmenter, GCS, raylet, dashboard, log monitor), because on a CPU box every
 core they take is a core the engine ceiling has and the ModelReplica does not (issue 11's share
 targets); and how often each process's threads wake (each wake-up on a busy core preempts what runs
-there: the model's lanes, when both cores are theirs). The replica's own side comes from its scheduler log lines over the same window: mean
-rows and wall milliseconds per decoding step, per lane. Each --arm is a set of environment
+there: the model's lanes, when both cores are theirs). The replica's own side comes from its
+scheduler log lines over the same window: mean rows and wall milliseconds per decoding step, per lane. Each --arm is a set of environment
 variables for `serve run` (Ray's runtime switches); arms alternate, a fresh Serve each, so drift on
 a shared box falls on every arm alike.
 """
