@@ -8,9 +8,9 @@ Ingress, Classifier / Augmenter, GCS, raylet, dashboard, log monitor), because o
 core they take is a core the engine ceiling has and the ModelReplica does not (issue 11's share
 targets); and how often each process's threads wake (each wake-up on a busy core preempts what runs
 there: the model's lanes, when both cores are theirs). The replica's own side comes from its
-scheduler log lines over the same window: mean rows and wall milliseconds per decoding step, per lane. Each --arm is a set of environment
-variables for `serve run` (Ray's runtime switches); arms alternate, a fresh Serve each, so drift on
-a shared box falls on every arm alike.
+scheduler log lines over the same window: mean rows and wall milliseconds per decoding step, per
+lane. Each --arm is a set of environment variables for `serve run` (Ray's runtime switches); arms
+alternate, a fresh Serve each, so drift on a shared box falls on every arm alike.
 """
 
 from __future__ import annotations
@@ -58,11 +58,6 @@ def by_role(before: dict[int, float | None], read: Callable[[int], float | None]
     return dict(sorted(rates.items(), key=lambda item: -item[1]))
 
 
-def cpu_by_role(seconds_before: dict[int, float | None], wall: float) -> dict[str, float]:
-    """Cores (CPU seconds per second) each role used since `seconds_before` was taken."""
-    return by_role(seconds_before, procs.cpu_seconds, wall)
-
-
 def lane_steps(log_text: str) -> dict[str, dict[str, float]]:
     """Per lane: decoding steps, their mean rows and mean wall milliseconds, from the summary lines."""
     totals: dict[str, list[float]] = {}
@@ -101,7 +96,7 @@ def measure_arm(model: str, env: dict[str, str], workload_name: str, clients: in
             started = time.monotonic()
             time.sleep(duration_s)
             wall = time.monotonic() - started
-            cores = cpu_by_role(before, wall)
+            cores = by_role(before, procs.cpu_seconds, wall)  # CPU seconds per second: cores
             woke = by_role(slept, procs.wakeups, wall)
             preempted = sum(procs.preemptions(pid) for pid in replicas) - preempted
             load.join()
@@ -163,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "duration_s": args.duration,
         "runs": runs,
     }
-    report.save_results(results, args.out, None, "", "", "")
+    report.save_results(results, args.out)
     log(f"wrote {args.out}")
     return results
 

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for arm, ratio in result["slowdown"].items():
         log(f"{arm} neighbour ({result['neighbour_cores'][arm]:.2f} cores, engine preempted {result['engine_preempted_per_s'][arm]:.0f}/s): "
             f"batches {ratio['wall']:.3f}x as long, {ratio['cpu']:.3f}x the engine's CPU")
-    report.save_results(result, args.out, None, "", "", "")
+    report.save_results(result, args.out)
     log(f"wrote {args.out}")
     return result
 

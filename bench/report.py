@@ -248,7 +248,7 @@ def run_header(module: str, argv: list[str] | None) -> dict[str, Any]:
     }
 
 
-def save_results(results: dict[str, Any], out: Path, md_path: Path | None, section: str, body: str, title: str) -> None:
+def save_results(results: dict[str, Any], out: Path, md_path: Path | None = None, section: str = "", body: str = "", title: str = "") -> None:
     """The results json at `out` and, unless md_path is None, their section of BENCHMARKS.md."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False))

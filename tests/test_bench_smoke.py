@@ -284,7 +284,6 @@ def test_gpu_suite_runs_every_part_on_the_demo_model(tmp_path):
     assert "serving_core_augment: scheduler" in summary and "bfloat16, full vocabulary against float32" in summary
 
 
-
 def test_neighbour_runs_every_arm_each_round_and_leaves_no_neighbour_behind(tmp_path):
     """bench.neighbour on the demo model: each arm once per round, its ratios taken, the neighbours gone after."""
     from bench import neighbour, procs
