@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from serve_app.engine.loading import load_model
-from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, LABEL_SEPARATOR
+from serve_app.text.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, LABEL_SEPARATOR
 
 
 class ClassifyBody(BaseModel):

@@ -47,9 +47,9 @@ class EngineWork:
 def engine_work(model: str, workload: str, n: int = 2, max_length: int = 32, device: str = "auto", dtype: str = "auto") -> EngineWork:
     from serve_app import augmentation, classification
     from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
-    from serve_app.prompts import Template
+    from serve_app.text.prompts import Template
     from serve_app.settings import AppSettings
-    from serve_app.tokenization import PromptEncoder
+    from serve_app.text.tokenization import PromptEncoder
 
     settings = AppSettings(model=model, device=device, dtype=dtype)
     loaded = load_model(model, device, dtype)

@@ -69,9 +69,9 @@ def compare(reference: list[list[float]], other: list[list[float]]) -> dict[str,
 def measure(model: str, count: int, device: str, dtypes: list[str]) -> dict[str, Any]:
     from serve_app import classification
     from serve_app.engine import Seq2SeqEngine, load_model
-    from serve_app.prompts import Template
+    from serve_app.text.prompts import Template
     from serve_app.settings import AppSettings
-    from serve_app.tokenization import PromptEncoder
+    from serve_app.text.tokenization import PromptEncoder
 
     settings = AppSettings(model=model)
     inputs = classify_inputs(count)

@@ -35,7 +35,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def variants(labels: list[str]) -> dict[str, Any]:
-    from serve_app.label_keeping import Checks, KeepLabel
+    from serve_app.text.label_keeping import Checks, KeepLabel
 
     return {
         "plain": None,
@@ -54,7 +54,7 @@ def measure_parts(model: str, texts: int, asked: int, max_new_tokens: int, round
     from serve_app import augmentation, classification
     from serve_app.engine import SamplingParams
     from serve_app.pipeline import Pipeline
-    from serve_app.prompts import Template
+    from serve_app.text.prompts import Template
     from serve_app.settings import AppSettings
 
     pipeline = Pipeline(AppSettings(model=model))

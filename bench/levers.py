@@ -32,8 +32,8 @@ import torch
 from bench.workloads import LABELS, chinese_texts
 from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest, Seq2SeqEngine, load_model
 from serve_app.engine.loading import LoadedModel
-from serve_app.tokenization import PromptEncoder
-from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, Template
+from serve_app.text.tokenization import PromptEncoder
+from serve_app.text.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, Template
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_LEVERS = ["ceiling", "dtype", "vocab", "packed", "buckets", "fanout", "inference_mode", "attention", "batch", "threads", "int8"]

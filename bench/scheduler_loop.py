@@ -62,12 +62,12 @@ def measure(model: str, workload: str, clients: int, duration_s: float, warmup_s
     """The serving core's closed-loop throughput for `workload`, then the engine ceiling at a batch of `clients`, in one process."""
     from serve_app import augmentation, classification
     from serve_app.engine import SamplingParams, Seq2SeqEngine, load_model
-    from serve_app.prompts import Template
+    from serve_app.text.prompts import Template
     from serve_app.scheduling.config import SchedulerConfig
     from serve_app.scheduling.lanes import Lanes, lane_count
     from serve_app.scheduling.scheduler import Scheduler
     from serve_app.settings import AppSettings
-    from serve_app.tokenization import PromptEncoder
+    from serve_app.text.tokenization import PromptEncoder
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -37,7 +37,7 @@ CLUSTER: dict[str, Any] = {
     "ray_version": "2.60.0",
     "metrics_port": 8080,
     # The head runs the GCS, dashboard, Serve controller, a proxy, and the CPU
-    # deployments (Classifier, Augmenter, Ingress: 0.25 CPU each, up to 4 replicas each).
+    # deployments (Classifier, Generator, Ingress: 0.25 CPU each, up to 4 replicas each).
     "head": {"cpu": "8", "memory": "16Gi"},
     # One GPU per pod, like a g5.xlarge (4 vCPU, 16 GiB, one A10G).
     "gpu_worker": {"cpu": "4", "memory": "14Gi", "gpus": 1},

@@ -7,12 +7,12 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.deployments.augmenter import Augmenter
 from serve_app.deployments.classifier import Classifier
-from serve_app.deployments.ingress import Ingress
+from serve_app.deployments.generator import Generator
 from serve_app.deployments.model_replica import ModelReplica
+from serve_app.deployments.placement import alive_node_cpus, cluster_gpus, model_replica_cpus
 from serve_app.engine.spec import resolve_spec
-from serve_app.placement import alive_node_cpus, cluster_gpus, model_replica_cpus
+from serve_app.ingress.ingress import Ingress
 from serve_app.settings import AppSettings
 
 logger = logging.getLogger("ray.serve")
@@ -53,5 +53,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     shared = settings.model_dump()
     replica = ModelReplica.options(ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}).bind(shared)
     classifier = Classifier.bind(shared, replica)
-    augmenter = Augmenter.bind(shared, replica)
-    return Ingress.bind(shared, classifier, augmenter, replica)
+    generator = Generator.bind(shared, replica)
+    return Ingress.bind(shared, classifier, generator, replica)

@@ -9,8 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.engine.spec import DEFAULT_MODEL_ID
-from serve_app.text_errors import UnknownTaskError
-from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, DEFAULT_TASK_TEMPLATES, Template
+from serve_app.text.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, DEFAULT_TASK_TEMPLATES, PromptTemplates, Template
 
 # Environment variables that override the file, applied where the app is built.
 ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype", "MT5_REPLICA_GPUS": "replica_gpus"}
@@ -58,7 +57,7 @@ class AppSettings(BaseModel):
     # GPUs per ModelReplica. "auto": 1 where the cluster has GPUs when the app is built, else 0 (laptops).
     # A number is always asked for (a fraction lets replicas share a GPU): use it where GPU nodes autoscale from zero.
     replica_gpus: float | str = "auto"
-    # How much lower the light deployments' (Ingress, Classifier, Augmenter) CPU priority is than the model's:
+    # How much lower the light deployments' (Ingress, Classifier, Generator) CPU priority is than the model's:
     # added to their nice value, so on a shared CPU node they run in the model's gaps (0 = same priority).
     light_deployment_nice: int = Field(10, ge=0, le=19)
     # torch intra-op threads per ModelReplica (null: torch's default, one per core).
@@ -106,9 +105,9 @@ class AppSettings(BaseModel):
                 values[key] = environ[variable]
         return cls.model_validate(values)
 
-    def task_template(self, name: str) -> Template:
-        """The template of a /generate task; UnknownTaskError (422 on `task`) naming the known ones."""
-        text = self.templates.tasks.get(name)
-        if text is None:
-            raise UnknownTaskError(name, list(self.templates.tasks))
-        return Template(text)
+    def prompt_templates(self) -> PromptTemplates:
+        """config.yaml's templates, as the text layer renders them."""
+        templates = self.templates
+        return PromptTemplates(
+            Template(templates.classification), Template(templates.augment), {name: Template(text) for name, text in templates.tasks.items()}
+        )

@@ -123,7 +123,7 @@ def test_cpu_breakdown_names_serve_processes_and_reads_the_lanes_summaries():
     from serve_app.scheduling.scheduler import IterationReport
 
     role = cpu_breakdown.role_of
-    assert role("ray::ServeReplica:mt5:Augmenter.handle_request_with_rejection") == "Augmenter"
+    assert role("ray::ServeReplica:mt5:Generator.handle_request_with_rejection") == "Generator"
     assert role("ray::ServeController.get_serve_instance_details") == "ServeController"
     assert role("ray::ProxyActor") == "ProxyActor"
     assert role("/x/.venv/lib/python3.11/site-packages/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp") == "gcs_server"

@@ -34,6 +34,7 @@ from serve_app.bulk.records import BadRecord, InputError, Record, ResultFormat, 
 from serve_app.bulk.task import Outcome, TaskSpec, parse_labels, record_seed, run_chunk
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError
+from serve_app.text.errors import TextInputError
 from tests.servers import assert_same_classification, free_port
 
 BIN = Path(sys.executable).parent
@@ -240,9 +241,9 @@ def test_record_seed_depends_on_job_seed_and_line_only() -> None:
 
 def test_labels_and_task_validation() -> None:
     assert parse_labels("物流延迟,商品缺货，质量问题 , ,其他") == ("物流延迟", "商品缺货", "质量问题", "其他")
-    with pytest.raises(EngineInputError, match="between 2 and 50"):
+    with pytest.raises(TextInputError, match="between 2 and 50"):
         TaskSpec("classify", labels=("只有一个",))
-    with pytest.raises(EngineInputError, match="distinct"):
+    with pytest.raises(TextInputError, match="distinct"):
         TaskSpec("classify", labels=("重复", "重复"))
 
 

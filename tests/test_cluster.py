@@ -41,7 +41,7 @@ FAST = {"upscale_delay_s": 1, "downscale_delay_s": 6, "look_back_period_s": 4}
 SCALING = {
     "ModelReplica": {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 2, **FAST},
     "Classifier": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2, **FAST},
-    "Augmenter": {"min_replicas": 1, "max_replicas": 1},
+    "Generator": {"min_replicas": 1, "max_replicas": 1},
     "Ingress": {"min_replicas": 2, "max_replicas": 2},
 }
 # Half a GPU per ModelReplica: two per GPU node, four at most on this cluster.

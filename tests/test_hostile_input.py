@@ -11,10 +11,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_app import augmentation, classification
-from serve_app.engine.errors import EngineInputError
-from serve_app.tokenization import PromptEncoder
-from serve_app.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, Template, sanitize_label
+from serve_app.text import augmentation, classification
+from serve_app.text.errors import TextInputError
+from serve_app.text.tokenization import PromptEncoder
+from serve_app.text.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, Template, sanitize_label
 
 TIMEOUT = httpx.Timeout(60.0)
 
@@ -112,7 +112,7 @@ any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=600)
 def test_classification_prompts_fit_the_window_or_fail_cleanly(encoder, text, labels):
     try:
         job = classification.prepare_job(encoder, Template(CLASSIFICATION_TEMPLATE), text, labels)
-    except EngineInputError as error:
+    except TextInputError as error:
         assert error.field and error.rule
         return
     assert len(job.prompt.input_ids) <= 128
@@ -135,7 +135,7 @@ def test_sanitized_labels_hold_no_prompt_separators(label):
 def test_augment_prompts_fit_the_window_or_fail_cleanly(encoder, text):
     try:
         prompt = augmentation.prepare_paraphrase(encoder, Template(AUGMENT_TEMPLATE), text)
-    except EngineInputError as error:
+    except TextInputError as error:
         assert error.field == "text"
         return
     assert 1 < len(prompt.input_ids) <= 128

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from serve_app.engine.demo import demo_model_dir
 from serve_app.engine.spec import TOKENIZER_FILES, resolve_spec
-from serve_app.prompts import CLASSIFICATION_TEMPLATE, Template, classification_values
+from serve_app.text.prompts import CLASSIFICATION_TEMPLATE, Template, classification_values
 
 SAMPLES = [
     "等了三天还没发货,客服也不回消息",
@@ -26,11 +26,11 @@ SAMPLES = [
 # What a light replica does on start and per request, in a fresh interpreter; it prints what it saw.
 LIGHT_PROCESS = """
 import json, sys
-import serve_app.deployments.ingress, serve_app.deployments.classifier, serve_app.deployments.augmenter
+import serve_app.ingress.ingress, serve_app.deployments.classifier, serve_app.deployments.generator
 from serve_app.engine.spec import resolve_spec
 from serve_app.engine.tokenizer import load_tokenizer
-from serve_app.tokenization import PromptEncoder
-from serve_app.prompts import Template
+from serve_app.text.tokenization import PromptEncoder
+from serve_app.text.prompts import Template
 encoder = PromptEncoder(load_tokenizer(resolve_spec(sys.argv[1], files="tokenizer").path))
 samples = json.loads(sys.argv[2])
 print(json.dumps({

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.autoscaling import placeable_model_replicas
-from serve_app.placement import alive_node_cpus, model_replica_cpus, replicas_that_fit
+from serve_app.deployments.autoscaling import placeable_model_replicas
+from serve_app.deployments.placement import alive_node_cpus, model_replica_cpus, replicas_that_fit
 
 
 def node(cpus: float, gpus: float = 0.0, alive: bool = True) -> dict[str, Any]:
@@ -26,10 +26,10 @@ def test_the_light_deployments_reserve_no_cpu_in_the_shipped_config():
     from tests.servers import CONFIG
 
     deployments = {d["name"]: d for d in yaml.safe_load(CONFIG.read_text())["applications"][0]["deployments"]}
-    for name in ("Ingress", "Classifier", "Augmenter"):
+    for name in ("Ingress", "Classifier", "Generator"):
         assert deployments[name]["ray_actor_options"]["num_cpus"] == 0, name
     policy = deployments["ModelReplica"]["autoscaling_config"]["policy"]["policy_function"]
-    assert policy == "serve_app.autoscaling:model_replicas_that_fit"
+    assert policy == "serve_app.deployments.autoscaling:model_replicas_that_fit"
 
 
 def test_dead_and_cpu_less_nodes_hold_no_replica():

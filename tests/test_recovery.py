@@ -154,7 +154,7 @@ def test_killed_model_replica_comes_back_while_the_light_deployments_are_scaled_
         runner = asyncio.create_task(load.run())
         # Sustained load until Serve scales a light deployment up (upscale_delay_s is 10 s in config.yaml).
         await wait_until(lambda: replica_count(shipped, "Classifier") > 1 or replica_count(shipped, "Ingress") > 1, timeout_s=90)
-        scaled = {name: replica_count(shipped, name) for name in ("Ingress", "Classifier", "Augmenter")}
+        scaled = {name: replica_count(shipped, name) for name in ("Ingress", "Classifier", "Generator")}
         [victim] = replica_processes(shipped, "ModelReplica")
         killed_at = time.monotonic() - load.started
         kill([victim])
@@ -180,7 +180,7 @@ def test_killed_model_replica_comes_back_while_the_light_deployments_are_scaled_
     # 96 clients ask Serve's default policy for 4 ModelReplicas; this 1-node CPU cluster holds one, and
     # the project's policy never asks for a replica that would wait forever to be placed.
     log = shipped.log_path.read_text(errors="replace")
-    assert "Using custom autoscaling policy 'serve_app.autoscaling:model_replicas_that_fit'" in log
+    assert "Using custom autoscaling policy 'serve_app.deployments.autoscaling:model_replicas_that_fit'" in log
     assert "Upscaling Deployment(name='ModelReplica'" not in log and "taken more than 30s to be scheduled" not in log
 
 
@@ -272,7 +272,7 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
     """Each Ingress replica polls on its own: one that polled just before a replacement came up must look
     again (at most once per FRESH_S, however many requests ask) rather than refuse what another accepts."""
     from serve_app.deployments import model_availability
-    from serve_app.deployments.model_availability import ModelAvailability
+    from serve_app.ingress.model_availability import ModelAvailability
 
     running = [0]
     looks: list[float] = []
@@ -303,7 +303,7 @@ def test_a_call_waiting_for_the_model_is_given_up_when_nothing_runs_or_holds_cal
     a replacement runs. The next look that finds no ModelReplica running or holding calls gives it up (the
     call cancelled, ModelOutage raised); one that finds a replica still holding calls (STOPPING, a redeploy's
     drain) leaves it to finish."""
-    from serve_app.deployments.model_availability import ModelAvailability, ModelOutage
+    from serve_app.ingress.model_availability import ModelAvailability, ModelOutage
 
     replicas = [(1, 0)]  # (RUNNING, holding calls) as the controller reports them
     monkeypatch.setattr(ModelAvailability, "_running_now", lambda self: replicas[0])

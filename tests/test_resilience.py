@@ -31,7 +31,7 @@ def fragile(tmp_path_factory) -> ServeRun:
         deployment_overrides={
             "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_rows": 4}, "autoscaling_config": SINGLE},
             "Classifier": {"autoscaling_config": SINGLE},
-            "Augmenter": {"autoscaling_config": SINGLE},
+            "Generator": {"autoscaling_config": SINGLE},
             "Ingress": {"autoscaling_config": SINGLE},
         },
         args={"request_timeout_s": REQUEST_TIMEOUT_S},
@@ -59,7 +59,7 @@ async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60
 def test_slow_request_answers_504_instead_of_hanging(fragile):
     """The first test of this module on purpose: no drain rate is measured yet, so the scheduler refuses
     nothing and the ingress's timeout is what ends the request."""
-    # Four texts fit the Augmenter's router queue to the model (max_queued_requests 4 here), so all four reach
+    # Four texts fit the Generator's router queue to the model (max_queued_requests 4 here), so all four reach
     # the scheduler. Each asks more rows than a whole batch, so they run one after another (~2.5 s each here).
     slow = {"texts": [f"{TEXTS[i % 5]}{i}" for i in range(4)], **LONG_SAMPLING}
     started = time.monotonic()
@@ -102,7 +102,7 @@ def test_overload_answers_503_with_retry_after_at_once(fragile):
     # rejections come straight back instead of waiting in an unbounded queue
     assert sorted(s for s, *_ in rejected)[len(rejected) // 2] < max(served)
     assert httpx.get(f"{fragile.url}/healthz").status_code == 200
-    # The Augmenter's refusals (the model's queue was full) are one WARNING line each in Serve's log, not
+    # The Generator's refusals (the model's queue was full) are one WARNING line each in Serve's log, not
     # Serve's "Request failed." traceback, whose last line names the exception with its module.
     assert fragile.wait_for_log("Request refused: BackPressureError: Request dropped due to backpressure", since=since)
     assert "ray.serve.exceptions.BackPressureError" not in fragile.log_path.read_text(errors="replace")[since:]
@@ -138,7 +138,7 @@ def test_a_refusal_is_logged_in_one_line_and_a_fault_with_its_traceback():
     assert late.levelname == "WARNING" and late.getMessage().startswith("Request refused: AdmissionRefused: ")
     bad_input = raised(EngineInputError("labels", "must not be empty"))
     assert bad_input.getMessage() == "Request refused: EngineInputError: labels: must not be empty"
-    # As the Augmenter sees a ModelReplica's refusal: wrapped by Ray on its way through the handle.
+    # As the Generator sees a ModelReplica's refusal: wrapped by Ray on its way through the handle.
     wrapped = raised(RayTaskError("score", "traceback", AdmissionRefused(90.0, 60.0)).as_instanceof_cause())
     assert wrapped.levelname == "WARNING" and wrapped.exc_info is None
     # A fault of ours keeps Serve's ERROR line and its traceback; so does any other message.

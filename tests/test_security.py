@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serve_app.security import ApiKeyAuth, load_api_key
+from serve_app.ingress.auth import ApiKeyAuth, load_api_key
 from tests.servers import ServeRun, free_port, test_config
 
 KEY = "s3cret-key-for-tests-0123456789"

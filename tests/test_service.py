@@ -100,10 +100,10 @@ def test_seeded_augment_repeats_even_under_concurrent_load(client, base_url):
 
 def test_augment_whose_every_sample_ends_at_once_answers_an_empty_list(client):
     """A sample may draw </s> first: a batch that generated no token at all is a normal answer, not a 500."""
-    from serve_app import augmentation
+    from serve_app.text import augmentation
     from serve_app.engine import GenerationRequest, SamplingParams
     from serve_app.pipeline import Pipeline
-    from serve_app.prompts import Template
+    from serve_app.text.prompts import Template
 
     text = "这款手机充电很快,但电池掉电也快"
     pipeline = Pipeline.from_args({"model": "demo", "device": "cpu", "dtype": "float32"})  # as the fixture runs it
@@ -204,7 +204,7 @@ def classify_alone(client, text: str, labels: list[str]) -> dict:
 
 
 def test_keep_label_returns_only_paraphrases_classify_puts_under_the_texts_label(client):
-    from serve_app.label_keeping import ngram_distance
+    from serve_app.text.label_keeping import ngram_distance
 
     text = TEXTS[1]
     request = {"text": text, "num_return_sequences": 4, "max_length": 16, "seed": 5, "min_distance": 0.3, "keep_label": {"labels": KEEP_LABELS}}
@@ -255,7 +255,7 @@ def test_keep_label_batch_keeps_order_and_equals_each_text_alone(client):
 
 
 def test_min_distance_alone_oversamples_and_drops_near_copies(client):
-    from serve_app.label_keeping import ngram_distance
+    from serve_app.text.label_keeping import ngram_distance
 
     text = TEXTS[2]
     body = client.post("/augment", json={"text": text, "num_return_sequences": 3, "max_length": 12, "seed": 4, "min_distance": 0.5}).json()
@@ -352,7 +352,7 @@ def test_config_yaml_passes_serve_schema():
     assert app.import_path == "serve_app.app:build_app"
     assert config["http_options"]["port"] == 7860 and config["http_options"]["host"] == "0.0.0.0"
     by_name = {deployment.name: deployment for deployment in app.deployments}
-    assert set(by_name) == {"ModelReplica", "Classifier", "Augmenter", "Ingress"}
+    assert set(by_name) == {"ModelReplica", "Classifier", "Generator", "Ingress"}
     replica = by_name["ModelReplica"]
     assert replica.max_ongoing_requests >= replica.user_config["max_batch_rows"]
     for deployment in by_name.values():
@@ -383,13 +383,13 @@ def test_light_deployments_run_at_lower_cpu_priority_than_the_model(served):
     model = find_replica_pids(root, "ServeReplica:mt5:ModelReplica")
     assert model
     base = os.getpriority(os.PRIO_PROCESS, model[0])
-    for name in ("Ingress", "Classifier", "Augmenter"):
+    for name in ("Ingress", "Classifier", "Generator"):
         pids = find_replica_pids(root, f"ServeReplica:mt5:{name}")
         assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == min(base + 10, 19) for pid in pids), name
 
 
 def test_light_deployments_hold_no_torch(served, client):
-    """Ingress, Classifier and Augmenter tokenize without torch (engine/tokenizer.py): no libtorch mapped
+    """Ingress, Classifier and Generator tokenize without torch (engine/tokenizer.py): no libtorch mapped
     in their processes, and each far below the ModelReplica's memory (figures in BENCHMARKS.md)."""
     from tests.servers import replica_processes
 
@@ -397,9 +397,9 @@ def test_light_deployments_hold_no_torch(served, client):
     model = replica_processes(served, "ModelReplica")[0]
     assert any("libtorch" in m.path for m in model.memory_maps())
     resident = {}
-    for name in ("Ingress", "Classifier", "Augmenter"):
+    for name in ("Ingress", "Classifier", "Generator"):
         for proc in replica_processes(served, name):
             assert not [m.path for m in proc.memory_maps() if "libtorch" in m.path], name
             resident[name] = proc.memory_info().rss
     print("resident MiB:", {name: round(rss / 2**20) for name, rss in resident.items()}, "ModelReplica:", round(model.memory_info().rss / 2**20))
-    assert set(resident) == {"Ingress", "Classifier", "Augmenter"}
+    assert set(resident) == {"Ingress", "Classifier", "Generator"}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app import augmentation, classification
-from serve_app.engine.errors import EngineInputError
-from serve_app.text_errors import DuplicateLabelError, EmptyTextError, LabelCountError
-from serve_app.tokenization import PromptEncoder
+from serve_app.text import augmentation, classification
+from serve_app.text.errors import DuplicateLabelError, EmptyTextError, LabelCountError, TextInputError
+from serve_app.text.tokenization import PromptEncoder
 from serve_app.pipeline import Pipeline
-from serve_app.prompts import CLASSIFICATION_TEMPLATE, Template, sanitize_label
+from serve_app.text.prompts import CLASSIFICATION_TEMPLATE, Template, sanitize_label
 from serve_app.settings import AppSettings
 
 CLASSIFY = Template(CLASSIFICATION_TEMPLATE)
@@ -77,7 +76,7 @@ def test_template_rendering_keeps_braces_in_user_text_literal():
         ("今天", ["天气"], LabelCountError),
         ("今天", [f"l{i}" for i in range(51)], LabelCountError),
         ("今天", ["天气", " 天气 "], DuplicateLabelError),
-        ("今天", ["天气", "  "], EngineInputError),
+        ("今天", ["天气", "  "], TextInputError),
     ],
 )
 def test_bad_classification_input_gets_distinct_errors(encoder, text, labels, error):
@@ -129,7 +128,7 @@ def test_augment_through_pipeline_respects_count(pipeline):
 
 # ------------------------------------------------------------------ augmentation that keeps the label (issue 16)
 def test_ngram_distance_is_whitespace_blind_jaccard_over_character_bigrams():
-    from serve_app.label_keeping import ngram_distance
+    from serve_app.text.label_keeping import ngram_distance
 
     assert ngram_distance("物流太慢了", "物流 太慢了") == 0.0
     assert ngram_distance("物流太慢", "售后很好") == 1.0
@@ -139,7 +138,7 @@ def test_ngram_distance_is_whitespace_blind_jaccard_over_character_bigrams():
 
 def test_checked_augmentation_keeps_the_label_respects_the_budget_and_repeats_alone_and_in_a_batch(pipeline):
     from serve_app.engine import SamplingParams
-    from serve_app.label_keeping import Checks, KeepLabel
+    from serve_app.text.label_keeping import Checks, KeepLabel
 
     labels = ["物流延迟", "商品缺货", "售后响应慢", "价格争议"]
     texts = ["等了三天还没发货,客服也不回消息", "这款手机充电很快", "等了三天还没发货,客服也不回消息"]
@@ -160,7 +159,7 @@ def test_checked_augmentation_keeps_the_label_respects_the_budget_and_repeats_al
 
 def test_checks_refuse_bad_combinations_naming_the_field(pipeline):
     from serve_app.engine import SamplingParams
-    from serve_app.label_keeping import Checks, KeepLabel
+    from serve_app.text.label_keeping import Checks, KeepLabel
 
     cases = [
         (Checks(keep_label=KeepLabel(["物流", "售后"], "价格")), "keep_label.label"),
@@ -169,14 +168,14 @@ def test_checks_refuse_bad_combinations_naming_the_field(pipeline):
         (Checks(min_distance=2.0), "min_distance"),
     ]
     for checks, field in cases:
-        with pytest.raises(EngineInputError) as error:
+        with pytest.raises(TextInputError) as error:
             pipeline.augment(["物流太慢了"], SamplingParams(num_return_sequences=3), checks)
         assert error.value.field == field
 
 
 def test_without_checks_augmentation_is_unchanged(pipeline):
     from serve_app.engine import SamplingParams
-    from serve_app.label_keeping import Checks
+    from serve_app.text.label_keeping import Checks
 
     params = SamplingParams(num_return_sequences=3, max_new_tokens=12, seed=5)
     assert pipeline.augment(["物流太慢了"], params, Checks()) == pipeline.augment(["物流太慢了"], params)

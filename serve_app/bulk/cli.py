@@ -25,9 +25,10 @@ from serve_app.bulk.records import InputError, ResultFormat, file_format, read_i
 from serve_app.bulk.task import TaskSpec, parse_labels
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError, ModelSpecError
-from serve_app.label_keeping import OVERSAMPLING, Checks, KeepLabel
-from serve_app.security import load_api_key
+from serve_app.ingress.auth import load_api_key
 from serve_app.settings import ENV_OVERRIDES, AppSettings
+from serve_app.text.errors import TextInputError
+from serve_app.text.label_keeping import OVERSAMPLING, Checks, KeepLabel
 
 if TYPE_CHECKING:
     from serve_app.bulk.ray_runner import RayRunner  # imported where used: only Ray runs pay for importing Ray
@@ -97,9 +98,9 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
         return TaskSpec("classify", labels=parse_labels(args.labels), mode=args.mode, scoring=args.scoring)
     sampling = SamplingParams(args.num, args.max_length, args.temperature, args.top_k, args.top_p, args.seed)
     if args.keep_label != (args.keep_labels is not None):
-        raise EngineInputError("keep_label", "--keep-label needs --labels, and --labels (for augment) needs --keep-label")
+        raise TextInputError("keep_label", "--keep-label needs --labels, and --labels (for augment) needs --keep-label")
     if args.keep_label_name is not None and not args.keep_label:
-        raise EngineInputError("keep_label", "--label needs --keep-label")
+        raise TextInputError("keep_label", "--label needs --keep-label")
     keep = KeepLabel(list(parse_labels(args.keep_labels)), args.keep_label_name) if args.keep_label else None
     return TaskSpec("augment", sampling=sampling, checks=Checks(keep_label=keep, max_candidates=args.max_candidates, min_distance=args.min_distance))
 
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser: argparse.ArgumentParser = args.subparser
     try:
         spec = task_spec(args)
-    except EngineInputError as exc:
+    except (EngineInputError, TextInputError) as exc:
         flag = "--labels" if exc.field.startswith(("labels", "keep_label.labels")) else _FLAGS.get(exc.field, f"--{exc.field}")
         parser.error(f"{flag}: {exc.rule}")
     for name in ("batch_size", "workers", "concurrency"):

@@ -18,7 +18,7 @@ import httpx
 from serve_app.bulk.job import Chunk
 from serve_app.bulk.records import Record
 from serve_app.bulk.task import Outcome, TaskSpec
-from serve_app.schemas import MAX_BATCH_TEXTS, AugmentChecks, SamplingFields
+from serve_app.ingress.schemas import MAX_BATCH_TEXTS, AugmentChecks, SamplingFields
 
 RETRY_STATUSES = {429, 502, 503, 504}
 DEFAULT_CHUNK_RECORDS = 16

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from serve_app.schemas import MAX_TEXT_CHARS
+from serve_app.ingress.schemas import MAX_TEXT_CHARS
 
 Format = Literal["jsonl", "csv", "tsv"]
 # Not .json: a JSON array file would read as one malformed record per line.

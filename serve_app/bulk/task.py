@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.classification import Mode, Scoring, clean_labels
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError
-from serve_app.label_keeping import Checks, check_rules
 from serve_app.pipeline import Pipeline
+from serve_app.text.classification import Mode, Scoring, clean_labels
+from serve_app.text.errors import TextInputError
+from serve_app.text.label_keeping import Checks, check_rules
 
 TaskKind = Literal["augment", "classify"]
 
@@ -43,11 +44,11 @@ class TaskSpec:
         if self.kind == "augment" and self.checks.active:
             check_rules(self.checks, self.sampling.num_return_sequences)
         if self.kind == "classify":
-            clean_labels(list(self.labels))  # raises EngineInputError, before any model work starts
+            clean_labels(list(self.labels))  # raises TextInputError, before any model work starts
             if self.mode not in ("score", "generate"):
-                raise EngineInputError("mode", "must be 'score' or 'generate'")
+                raise TextInputError("mode", "must be 'score' or 'generate'")
             if self.scoring not in ("vocabulary", "label_tokens"):
-                raise EngineInputError("scoring", "must be 'vocabulary' or 'label_tokens'")
+                raise TextInputError("scoring", "must be 'vocabulary' or 'label_tokens'")
 
     @property
     def columns(self) -> list[str]:
@@ -88,7 +89,7 @@ def run_chunk(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[
     """The engine's answers for one chunk, as one batch; a text the engine refuses only fails itself."""
     try:
         return [Outcome(answer=answer) for answer in _answers(pipeline, spec, lines, texts)]
-    except EngineInputError as exc:
+    except (EngineInputError, TextInputError) as exc:
         if len(texts) == 1:
             return [Outcome(error=f"{exc.field}: {exc.rule}")]
     # Rare (the reader already refuses blank and over-long texts): find the culprit one text at a time.

@@ -1,1 +1,1 @@
-"""Ray Serve deployments: ModelReplica (tensors), Classifier and Augmenter (text), Ingress (HTTP)."""
+"""Ray Serve deployments: ModelReplica (tensors), Classifier and Generator (text); the HTTP edge, Ingress, is serve_app/ingress."""

@@ -1,6 +1,6 @@
 """Light deployments yield the CPU to the model replica where they share a node.
 
-On a CPU-only node the proxy, Ingress, Classifier and Augmenter run beside the
+On a CPU-only node the proxy, Ingress, Classifier and Generator run beside the
 ModelReplica's torch threads; each time one of them takes a core mid-step, the
 replica's other thread waits at the next barrier. A lower scheduling priority
 (a higher `nice`) lets them run in the gaps instead (BENCHMARKS.md, "CPU priority").

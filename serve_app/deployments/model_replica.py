@@ -1,6 +1,6 @@
 """ModelReplica: the only deployment that holds weights and touches torch.
 
-Requests from every Classifier/Augmenter replica meet in the replica's schedulers,
+Requests from every Classifier/Generator replica meet in the replica's schedulers,
 whose loops share the engine and work per decoding step (continuous batching): new
 requests join a running batch between steps and each answers the moment its own
 rows finish (serve_app/scheduling). On a CPU two such lanes split the load and the

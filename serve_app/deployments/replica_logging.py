@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from serve_app.errors import is_refusal
+from serve_app.deployments.failures import is_refusal
 
 PROJECT_LOGGER = "serve_app"
 SERVE_LOGGER = "ray.serve"

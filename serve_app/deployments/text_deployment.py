@@ -1,4 +1,4 @@
-"""What Classifier and Augmenter share: settings, the tokenizer, and the ModelReplica handle."""
+"""What Classifier and Generator share: settings, the text tasks over the tokenizer, and the ModelReplica handle."""
 
 from __future__ import annotations
 
@@ -9,28 +9,33 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
-from serve_app.engine.tokenizer import load_tokenizer
-from serve_app.engine.spec import resolve_spec
-from serve_app.tokenization import PromptEncoder
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
+from serve_app.deployments.failures import is_replica_loss
 from serve_app.deployments.handle_calls import await_or_cancel, gather_or_cancel
 from serve_app.deployments.replica_logging import log_refusals_in_one_line
-from serve_app.errors import is_replica_loss
+from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
+from serve_app.engine.spec import resolve_spec
+from serve_app.engine.tokenizer import load_tokenizer
 from serve_app.settings import AppSettings
+from serve_app.text.tasks import TextTasks
+from serve_app.text.tokenization import PromptEncoder
 
 logger = logging.getLogger("ray.serve")
 MODEL_CALL_ATTEMPTS = 3
 
 
 class TextDeployment:
-    """CPU-side text work: holds a tokenizer (no weights) and a handle to the model replicas."""
+    """CPU-side text work: holds a tokenizer (no weights) and a handle to the model replicas.
+
+    It is the text tasks' ModelCalls: each request goes to a ModelReplica on its own call, and
+    joins that replica's batch alongside everyone else's work."""
 
     def __init__(self, settings: dict[str, Any], replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
         log_refusals_in_one_line()  # a full model queue is answered 503, not a failure to trace
-        self.encoder = PromptEncoder(load_tokenizer(resolve_spec(self.settings.model, files="tokenizer").path), self.settings.max_input_tokens)
+        tokenizer = load_tokenizer(resolve_spec(self.settings.model, files="tokenizer").path)
+        self.text_tasks = TextTasks(PromptEncoder(tokenizer, self.settings.max_input_tokens), self.settings.prompt_templates(), self.settings.scoring)
         self.replica = replica
 
     async def call_model(self, method: str, request: Any) -> Any:
@@ -49,10 +54,8 @@ class TextDeployment:
                 await asyncio.sleep(0.5 * attempt)
         raise AssertionError("unreachable")
 
-    # label_keeping.ModelCalls: one call per request, each joining a replica's batch alongside other work.
     async def generate_many(self, requests: Sequence[GenerationRequest]) -> list[list[list[int]]]:
         return await gather_or_cancel(self.call_model("generate", request) for request in requests)
 
     async def score_many(self, requests: Sequence[ScoringRequest]) -> list[ScoringResult]:
         return await gather_or_cancel(self.call_model("score", request) for request in requests)
-

@@ -1,6 +1,6 @@
 """The checkpoint's tokenizer, loaded without torch.
 
-The text deployments (Ingress, Classifier, Augmenter) need only this, and in
+The text deployments (Ingress, Classifier, Generator) need only this, and in
 transformers 5 `AutoTokenizer` imports torch whenever torch is installed
 (hundreds of MiB per light replica and seconds of start-up). The model family
 is fixed (t5 / mt5, checked by loading.load_config), so the class AutoTokenizer

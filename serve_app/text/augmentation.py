@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from serve_app.text_errors import EmptyTextError
 from serve_app.engine.requests import GenerationRequest, SamplingParams
-from serve_app.tokenization import EncodedPrompt, PromptEncoder
-from serve_app.prompts import Template
+from serve_app.text.errors import EmptyTextError
+from serve_app.text.prompts import Template
+from serve_app.text.tokenization import EncodedPrompt, PromptEncoder
 
 
 def prepare_paraphrase(encoder: PromptEncoder, template: Template, text: str, field: str = "text") -> EncodedPrompt:

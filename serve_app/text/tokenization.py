@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from serve_app.engine.errors import EngineInputError
-from serve_app.prompts import Template
+from serve_app.text.errors import TextInputError
+from serve_app.text.prompts import Template
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class PromptEncoder:
         budget = self.max_input_tokens - fixed
         if budget < 1:
             other = [name for name in template.fields if name != field] or [field]
-            raise EngineInputError(
+            raise TextInputError(
                 other[0], f"leaves no room for {field!r} within the {self.max_input_tokens}-token input window"
             )
         text = values[field]
@@ -47,7 +47,7 @@ class PromptEncoder:
             if len(ids) <= self.max_input_tokens:
                 return EncodedPrompt(ids, truncated=True)
             budget -= max(1, len(ids) - self.max_input_tokens)
-        raise EngineInputError(field, f"cannot be fitted into the {self.max_input_tokens}-token input window")
+        raise TextInputError(field, f"cannot be fitted into the {self.max_input_tokens}-token input window")
 
     def label_ids(self, label: str) -> list[int]:
         """A label's tokens as the model would generate them, without the closing </s>."""

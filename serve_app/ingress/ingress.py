@@ -1,4 +1,4 @@
-"""Ingress: the HTTP contract (design.md) on FastAPI, the UI at /, every failure mapped by errors.py.
+"""Ingress: the HTTP contract (docs/http-api.md) on FastAPI, the UI at /, every failure mapped by errors.py.
 
 Each replica builds its own FastAPI app after its constructor (`__serve_build_asgi_app__`),
 so the middleware the settings ask for (API key, CORS) belongs to that replica's app.
@@ -17,15 +17,15 @@ from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from serve_app import schemas
-from serve_app.body_limit import BodySizeLimit
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.handle_calls import await_or_cancel
-from serve_app.deployments.model_availability import ModelAvailability, ModelOutage
-from serve_app.engine.errors import EngineInputError
-from serve_app.errors import RouteFailure, logger, route_failure_handler, validation_error_handler
-from serve_app.security import ApiKeyAuth, load_api_key
+from serve_app.ingress import schemas
+from serve_app.ingress.auth import ApiKeyAuth, load_api_key
+from serve_app.ingress.body_limit import BodySizeLimit
+from serve_app.ingress.errors import RouteFailure, logger, route_failure_handler, validation_error_handler
+from serve_app.ingress.model_availability import ModelAvailability, ModelOutage
 from serve_app.settings import AppSettings
+from serve_app.text.errors import TextInputError
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 
@@ -52,11 +52,12 @@ def _unavailable(model_info: dict[str, Any], detail: str) -> JSONResponse:
 @serve.ingress()  # the app comes from __serve_build_asgi_app__, one per replica
 class Ingress:
     # async: the model watcher starts on the replica's event loop before the first request
-    async def __init__(self, settings: dict[str, Any], classifier: DeploymentHandle, augmenter: DeploymentHandle, replica: DeploymentHandle) -> None:
+    async def __init__(self, settings: dict[str, Any], classifier: DeploymentHandle, generator: DeploymentHandle, replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
+        self.templates = self.settings.prompt_templates()
         self.classifier = classifier
-        self.augmenter = augmenter
+        self.generator = generator
         self.replica = replica
         self._model_info: dict[str, Any] | None = None
         self.model = ModelAvailability(serve.get_replica_context().app_name)
@@ -122,11 +123,11 @@ class Ingress:
             raise RouteFailure(exc) from exc
 
     async def augment(self, body: schemas.AugmentRequest) -> Any:
-        answer = await self._call(lambda: self.augmenter.augment.remote([body.text], body.sampling_params(), body.checks()))
+        answer = await self._call(lambda: self.generator.augment.remote([body.text], body.sampling_params(), body.checks()))
         return answer[0]
 
     async def augment_batch(self, body: schemas.AugmentBatchRequest) -> Any:
-        answer = await self._call(lambda: self.augmenter.augment.remote(body.texts, body.sampling_params_per_text(), body.checks()))
+        answer = await self._call(lambda: self.generator.augment.remote(body.texts, body.sampling_params_per_text(), body.checks()))
         return schemas.batch_of_augment_answers(answer)
 
     async def classify(self, body: schemas.ClassifyRequest) -> Any:
@@ -139,16 +140,16 @@ class Ingress:
 
     async def generate(self, body: schemas.GenerateRequest) -> Any:
         if body.task is not None:
-            # The same rules the Augmenter applies, checked before the hop too, so a client's typo is a
+            # The same rules the Generator applies, checked before the hop too, so a client's typo is a
             # plain 422 here and not an error logged by a deployment.
             try:
-                self.settings.task_template(body.task).slot_values(body.slot_values(), body.task)
-            except EngineInputError as error:
+                self.templates.task_values(body.task, body.slot_values())
+            except TextInputError as error:
                 raise RouteFailure(error) from None
-        return await self._call(lambda: self.augmenter.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params()))
+        return await self._call(lambda: self.generator.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params()))
 
     async def tasks(self) -> Any:
-        return {"tasks": await self.augmenter.tasks.remote()}
+        return {"tasks": await self.generator.tasks.remote()}
 
     async def healthz(self) -> Any:
         available = await self.model.available_now()

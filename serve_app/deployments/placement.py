@@ -4,7 +4,7 @@ On a GPU node a replica reserves its GPU share and one CPU. On a CPU node the
 engine's torch threads use every core (continuous batching keeps them busy), so
 a replica reserves every CPU of a node: two replicas on one CPU node would only
 fight over the same cores. The light deployments (Ingress, Classifier,
-Augmenter) reserve no CPU at all (config.yaml), so they can never keep a
+Generator) reserve no CPU at all (config.yaml), so they can never keep a
 ModelReplica from being placed or replaced; they yield the CPU by priority
 instead (cpu_priority.py). cluster/README.md, "Resources", explains the choice.
 """

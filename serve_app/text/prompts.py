@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from serve_app.text.errors import MissingSlotError, UnknownTaskError
 
 CLASSIFICATION_TEMPLATE = "文本分类。\n候选标签：{labels}。\n文本内容：{text}"
 # The card shows no paraphrase prompt; this one is unverified and configurable.
 AUGMENT_TEMPLATE = "生成与下列文字相同意思的句子：\n{text}"
 LABEL_SEPARATOR = ","
 
-# Tasks behind /generate, as the model card shows them (model-notes.md).
+# Tasks behind /generate, as the model card shows them (docs/model.md).
 DEFAULT_TASK_TEMPLATES: dict[str, str] = {
     "sentiment": "情感分析：{text}",
     "keywords": "抽取关键词：\n{text}",
@@ -52,8 +54,6 @@ class Template:
 
     def slot_values(self, values: Mapping[str, object], task: str | None = None) -> dict[str, str]:
         """Every slot's value, stripped; MissingSlotError (422 on the slot) where one is absent or blank."""
-        from serve_app.text_errors import MissingSlotError  # text_errors -> engine.errors: no cycle back here
-
         filled: dict[str, str] = {}
         for name in self.fields:
             value = values.get(name)
@@ -64,6 +64,29 @@ class Template:
 
     def render(self, values: Mapping[str, str]) -> str:
         return _SLOT.sub(lambda match: values.get(match.group(1), match.group(0)), self.text)
+
+
+RAW_PROMPT = Template("{prompt}")  # /generate with a raw prompt instead of a task
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """Every prompt the service renders: classification, augmentation and the /generate tasks by name."""
+
+    classification: Template = Template(CLASSIFICATION_TEMPLATE)
+    augment: Template = Template(AUGMENT_TEMPLATE)
+    tasks: Mapping[str, Template] = field(default_factory=lambda: {name: Template(text) for name, text in DEFAULT_TASK_TEMPLATES.items()})
+
+    def task(self, name: str) -> Template:
+        """The template of a /generate task; UnknownTaskError (422 on `task`) naming the known ones."""
+        template = self.tasks.get(name)
+        if template is None:
+            raise UnknownTaskError(name, list(self.tasks))
+        return template
+
+    def task_values(self, name: str, values: Mapping[str, object]) -> dict[str, str]:
+        """A /generate task's slot values, after its rules: the task exists, every slot is a non-empty string."""
+        return self.task(name).slot_values(values, name)
 
 
 def sanitize_label(label: str) -> str:

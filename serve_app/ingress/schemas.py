@@ -1,4 +1,4 @@
-"""HTTP request and response models: the public contract (design.md), its defaults and limits."""
+"""HTTP request and response models: the public contract (docs/http-api.md), its defaults and limits."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from serve_app.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS, clean_labels
-from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
-from serve_app.label_keeping import MAX_CANDIDATES, OVERSAMPLING, Checks, KeepLabel, check_rules, wanted_label
+from serve_app.text.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS, clean_labels
+from serve_app.text.errors import TextInputError
+from serve_app.text.label_keeping import MAX_CANDIDATES, OVERSAMPLING, Checks, KeepLabel, check_rules, wanted_label
 
 MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
 MAX_BATCH_TEXTS = 50
@@ -84,7 +84,7 @@ def _distinct_labels(labels: list[str]) -> list[str]:
     """The label rules have one home (classification.clean_labels: distinct once sanitised)."""
     try:
         clean_labels(labels)
-    except EngineInputError as error:
+    except TextInputError as error:
         raise ValueError(error.rule if error.field == "labels" else str(error)) from None
     return labels
 
@@ -103,7 +103,7 @@ class KeepLabelFields(_Strict):
         if label is not None and labels is not None:
             try:
                 wanted_label(KeepLabel(list(labels), label))
-            except EngineInputError as error:
+            except TextInputError as error:
                 if error.field == "keep_label.label":
                     raise ValueError(error.rule) from None
         return label
@@ -135,7 +135,7 @@ class AugmentChecks(SamplingFields):
         if value is not None and asked is not None:
             try:
                 check_rules(Checks(max_candidates=value), asked)
-            except EngineInputError as error:
+            except TextInputError as error:
                 raise ValueError(error.rule) from None
         return value
 

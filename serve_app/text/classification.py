@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.engine.errors import EngineInputError
-from serve_app.text_errors import DuplicateLabelError, EmptyTextError, LabelCountError
 from serve_app.engine.requests import MAX_NEW_TOKENS, GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
-from serve_app.tokenization import EncodedPrompt, PromptEncoder
-from serve_app.prompts import Template, classification_values, sanitize_label
+from serve_app.text.errors import DuplicateLabelError, EmptyTextError, LabelCountError, TextInputError
+from serve_app.text.prompts import Template, classification_values, sanitize_label
+from serve_app.text.tokenization import EncodedPrompt, PromptEncoder
 
 MIN_LABELS = 2
 MAX_LABELS = 50
@@ -42,13 +41,13 @@ def clean_labels(labels: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     for index, label in enumerate(labels):
         if not isinstance(label, str) or not label.strip():
-            raise EngineInputError(f"labels.{index}", "must be a non-empty string")
+            raise TextInputError(f"labels.{index}", "must be a non-empty string")
         label = label.strip()
         if len(label) > MAX_LABEL_CHARS:
-            raise EngineInputError(f"labels.{index}", f"must be at most {MAX_LABEL_CHARS} characters")
+            raise TextInputError(f"labels.{index}", f"must be at most {MAX_LABEL_CHARS} characters")
         key = sanitize_label(label)
         if not key:
-            raise EngineInputError(f"labels.{index}", "must contain at least one visible character")
+            raise TextInputError(f"labels.{index}", "must contain at least one visible character")
         if key in seen:
             raise DuplicateLabelError(label if seen[key] == label else f"{seen[key]}' / '{label}")
         seen[key] = label
@@ -65,7 +64,7 @@ def prepare_job(encoder: PromptEncoder, template: Template, text: str, labels: l
     label_ids = [encoder.label_ids(label) for label in prompt_labels]
     for index, ids in enumerate(label_ids):
         if not ids:  # e.g. only characters the tokenizer drops: nothing to score
-            raise EngineInputError(f"labels.{index}", "has no characters the model can read")
+            raise TextInputError(f"labels.{index}", "has no characters the model can read")
     return ClassifyJob(text=text, labels=labels, prompt=prompt, label_ids=label_ids)
 
 

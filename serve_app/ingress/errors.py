@@ -1,4 +1,4 @@
-"""Map validation errors, engine errors and overload onto HTTP answers: 422 / 413 / 503 / 504, never 500 for client input."""
+"""Every failure's HTTP answer: 422 for a broken rule, 503 (+ Retry-After) for overload or no model, 504, never 500 for client input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from serve_app.engine.errors import EngineInputError
-from serve_app.scheduling.errors import AdmissionRefused
+from serve_app.deployments.failures import InputError, admission_refusal, input_error, is_overload, is_replica_loss
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 1
@@ -29,51 +28,12 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
     return JSONResponse(status_code=422, content={"detail": field_errors(list(exc.errors()))})
 
 
-def engine_error(exc: BaseException) -> EngineInputError | None:
-    """The EngineInputError behind `exc`, also when Ray wrapped it on its way through a handle."""
-    return next((e for e in _chain(exc) if isinstance(e, EngineInputError)), None)
-
-
-def engine_error_response(exc: EngineInputError) -> JSONResponse:
+def input_error_response(exc: InputError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": [{"field": exc.field, "msg": exc.rule, "type": "value_error"}]})
 
 
 def overloaded_response(reason: str, retry_after_s: int = RETRY_AFTER_S) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": reason}, headers={"Retry-After": str(retry_after_s)})
-
-
-def admission_refusal(exc: BaseException) -> AdmissionRefused | None:
-    """The scheduler's refusal behind `exc`: the request could not have started before its deadline."""
-    return next((e for e in _chain(exc) if isinstance(e, AdmissionRefused)), None)
-
-
-def _chain(exc: BaseException | None):
-    seen = 0
-    while exc is not None and seen < 8:
-        yield exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-        seen += 1
-
-
-def is_overload(exc: BaseException) -> bool:
-    """The service is at capacity (a deployment's max_queued_requests was reached)."""
-    from ray.serve.exceptions import BackPressureError
-
-    return any(isinstance(e, BackPressureError) for e in _chain(exc))
-
-
-def is_refusal(exc: BaseException) -> bool:
-    """Answered 422 or 503 + Retry-After by design (bad input, a full queue, a late start): not a fault of ours."""
-    return engine_error(exc) is not None or is_overload(exc) or admission_refusal(exc) is not None
-
-
-def is_replica_loss(exc: BaseException) -> bool:
-    """A replica died or became unreachable mid-request: Serve replaces it, the client should retry."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
-
-    lost = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
-    return any(isinstance(e, lost) for e in _chain(exc))
 
 
 class RouteFailure(Exception):
@@ -99,8 +59,8 @@ def failure_response(failure: RouteFailure) -> JSONResponse:
     exc = failure.cause
     if exc is None:
         return JSONResponse(status_code=500, content={"detail": "internal error"})
-    if (error := engine_error(exc)) is not None:
-        return engine_error_response(error)
+    if (error := input_error(exc)) is not None:
+        return input_error_response(error)
     if (refusal := admission_refusal(exc)) is not None:
         return overloaded_response(str(refusal), refusal.retry_after_s)
     if is_overload(exc):

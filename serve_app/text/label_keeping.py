@@ -9,8 +9,7 @@ same scoring, the same tie rule) puts the wanted label on top. Rounds stop once 
 has what it asked for. A text's rounds depend only on its own seed and its own
 candidates, so with a seed its answer is the same alone and in any batch.
 
-The model is reached through ModelCalls: the Augmenter sends to the ModelReplicas
-(batched there with other work), the in-process Pipeline calls its engine.
+The model is reached through ModelCalls (model_calls.py).
 """
 
 from __future__ import annotations
@@ -20,14 +19,14 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from serve_app import augmentation, classification
-from serve_app.engine.errors import EngineInputError
-from serve_app.engine.requests import MAX_RETURN_SEQUENCES, GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
-from serve_app.prompts import Template
-from serve_app.settings import AppSettings
-from serve_app.tokenization import EncodedPrompt, PromptEncoder
+from serve_app.engine.requests import MAX_RETURN_SEQUENCES, GenerationRequest, SamplingParams
+from serve_app.text import augmentation, classification
+from serve_app.text.errors import TextInputError
+from serve_app.text.model_calls import ModelCalls
+from serve_app.text.prompts import PromptTemplates, Template
+from serve_app.text.tokenization import EncodedPrompt, PromptEncoder
 
 MAX_CANDIDATES = 50  # candidates sampled per text at most, whatever the request asks
 OVERSAMPLING = 3  # the default budget with checks: this many candidates per paraphrase asked for
@@ -60,11 +59,11 @@ class Checks:
 
 
 def check_rules(checks: Checks, asked: int) -> None:
-    """The rules of a Checks object (raise EngineInputError naming the field), for callers without the HTTP schema."""
+    """The rules of a Checks object (raise TextInputError naming the field), for callers without the HTTP schema."""
     if checks.max_candidates is not None and not (asked <= checks.max_candidates <= MAX_CANDIDATES):
-        raise EngineInputError("max_candidates", f"must be from num_return_sequences ({asked}) to {MAX_CANDIDATES}")
+        raise TextInputError("max_candidates", f"must be from num_return_sequences ({asked}) to {MAX_CANDIDATES}")
     if not 0.0 <= checks.min_distance <= 1.0:
-        raise EngineInputError("min_distance", "must be from 0 to 1")
+        raise TextInputError("min_distance", "must be from 0 to 1")
     if checks.keep_label is not None:
         wanted_label(checks.keep_label)
 
@@ -73,12 +72,12 @@ def wanted_label(keep: KeepLabel) -> str | None:
     """The asked label as it appears in `keep.labels` (trimmed), after the labels' own rules."""
     try:
         labels = classification.clean_labels(keep.labels)
-    except EngineInputError as error:
-        raise EngineInputError(f"keep_label.{error.field}", error.rule) from None
+    except TextInputError as error:
+        raise TextInputError(f"keep_label.{error.field}", error.rule) from None
     if keep.label is None:
         return None
     if keep.label.strip() not in labels:
-        raise EngineInputError("keep_label.label", "must be one of the labels (keep_label.labels)")
+        raise TextInputError("keep_label.label", "must be one of the labels (keep_label.labels)")
     return keep.label.strip()
 
 
@@ -102,14 +101,6 @@ def round_seed(seed: int | None, round_index: int) -> int | None:
         return seed
     digest = hashlib.sha256(f"{seed}:round:{round_index}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1  # SamplingParams takes seeds below 2**63
-
-
-class ModelCalls(Protocol):
-    """The model as this module needs it: each call's requests are answered in order."""
-
-    async def generate_many(self, requests: Sequence[GenerationRequest]) -> list[list[list[int]]]: ...
-
-    async def score_many(self, requests: Sequence[ScoringRequest]) -> list[ScoringResult]: ...
 
 
 @dataclass
@@ -201,20 +192,10 @@ class Selection:
         return out
 
 
-@dataclass(frozen=True)
-class Templates:
-    augment: Template
-    classification: Template
-
-    @classmethod
-    def of(cls, settings: AppSettings) -> Templates:
-        return cls(Template(settings.templates.augment), Template(settings.templates.classification))
-
-
 async def augment_checked(
     model: ModelCalls,
     encoder: PromptEncoder,
-    templates: Templates,
+    templates: PromptTemplates,
     texts: list[str],
     params: SamplingParams | Sequence[SamplingParams],
     checks: Checks,

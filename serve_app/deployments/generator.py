@@ -1,0 +1,25 @@
+"""Generator: every route that generates text, /augment, /augment_batch and /generate, and the /tasks listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from serve_app.deployments.text_deployment import TextDeployment
+from serve_app.engine.requests import SamplingParams
+from serve_app.text.label_keeping import Checks
+
+
+@serve.deployment(name="Generator")
+class Generator(TextDeployment):
+    async def augment(self, texts: list[str], params: SamplingParams | list[SamplingParams], checks: Checks | None = None) -> list[dict[str, Any]]:
+        """Per text, in input order: its paraphrases (TextTasks.augment)."""
+        return await self.text_tasks.augment(self, texts, params, checks)
+
+    async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
+        """A model-card task by name (its template filled from `values`), or a raw prompt."""
+        return await self.text_tasks.generate(self, task, prompt, values, params)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return self.text_tasks.task_list()
