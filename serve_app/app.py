@@ -10,7 +10,11 @@ from ray import serve
 from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.generator import Generator
 from serve_app.deployments.model_replica import ModelReplica
-from serve_app.deployments.placement import alive_node_cpus, cluster_gpus, model_replica_cpus
+from serve_app.deployments.placement import (
+    alive_node_cpus,
+    cluster_gpus,
+    model_replica_cpus,
+)
 from serve_app.engine.spec import resolve_spec
 from serve_app.ingress.ingress import Ingress
 from serve_app.settings import AppSettings

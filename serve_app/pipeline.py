@@ -10,7 +10,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest, Seq2SeqEngine, load_model
+from serve_app.engine import (
+    GenerationRequest,
+    SamplingParams,
+    ScoringRequest,
+    Seq2SeqEngine,
+    load_model,
+)
 from serve_app.engine.loading import LoadedModel
 from serve_app.engine.requests import ScoringResult
 from serve_app.settings import AppSettings

@@ -9,7 +9,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.engine.spec import DEFAULT_MODEL_ID
-from serve_app.text.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, DEFAULT_TASK_TEMPLATES, PromptTemplates, Template
+from serve_app.text.prompts import (
+    AUGMENT_TEMPLATE,
+    CLASSIFICATION_TEMPLATE,
+    DEFAULT_TASK_TEMPLATES,
+    PromptTemplates,
+    Template,
+)
 
 # Environment variables that override the file, applied where the app is built.
 ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype", "MT5_REPLICA_GPUS": "replica_gpus"}

@@ -1,3 +1,14 @@
+"""Shared fixtures, the suite's markers, and the order that lets tests share one service start-up.
+
+Every test carries one of the markers registered in pyproject.toml: `unit` (in-process, seconds),
+`service` (starts `serve run` or Ray), `cluster` (several Ray nodes), `browser` (headless Chromium).
+`pytest -m unit` is the quick loop.
+
+The session's shared service (`served`) starts once. The tests that use it are run one after
+the other, those that disrupt it (kill its replicas) last, and it is stopped as soon as the last
+of them has run, so an idle Ray does not take CPU from the tests after it.
+"""
+
 from __future__ import annotations
 
 import os
@@ -6,9 +17,42 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ServeRun, free_port, test_config
+from tests.servers import ServeRun, service
 
 OUTPUT_ROOT = Path(os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parents[1] / "test-output"))
+KINDS = ("unit", "service", "cluster", "browser")
+SHARED_SERVICE = "served"
+_running: dict[str, ServeRun] = {}
+_last_user: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test without a kind; run the modules that use the shared service in one block, at the
+    place of the first, with the modules that disrupt it last (whole modules, so that their own
+    module-scoped fixtures start once)."""
+    untyped = [item.nodeid for item in items if not any(item.get_closest_marker(kind) for kind in KINDS)]
+    if untyped:
+        raise pytest.UsageError(f"tests without one of the markers {', '.join(KINDS)}: {', '.join(untyped[:5])}")
+    sharing = list(dict.fromkeys(item.path for item in items if SHARED_SERVICE in getattr(item, "fixturenames", ())))
+    if not sharing:
+        return
+    block = [item for item in items if item.path in sharing]
+    block.sort(key=lambda item: item.get_closest_marker("disrupts_service") is not None)  # stable: file order otherwise
+    first = next(index for index, item in enumerate(items) if item.path in sharing)
+    rest = [item for item in items if item.path not in sharing]
+    items[:] = rest[:first] + block + rest[first:]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    users = [item for item in session.items if SHARED_SERVICE in getattr(item, "fixturenames", ())]
+    if users:
+        _last_user[SHARED_SERVICE] = users[-1].nodeid
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    for name, last in _last_user.items():
+        if nodeid == last and name in _running:
+            _running.pop(name).stop()  # the session fixture's own teardown later finds it stopped
 
 
 @pytest.fixture(scope="session")
@@ -43,15 +87,15 @@ def tok(demo_model):
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeRun]:
     """The shipped config.yaml running for real under `serve run`, on the demo model, on a loopback port.
 
-    The scheduler budgets and timeouts are the shipped values; the port, host and model change, and the
-    precision is pinned to float32 (MT5_DTYPE): these tests compare answers across batch compositions to
-    1e-5, which bfloat16's rounding (`dtype: auto` on AMX CPUs) does not promise (README, "Precision").
-    The shipped `auto` runs over HTTP in the resilience, bench and cluster tests.
+    The scheduler budgets, timeouts and the deployment graph are the shipped ones; the port, host and
+    model change, and the precision is pinned to float32 (MT5_DTYPE): these tests compare answers across
+    batch compositions to 1e-5, which bfloat16's rounding does not promise (README, "Precision").
+    The shipped `dtype: auto` runs over HTTP in the resilience, security, benchmark and cluster tests.
     """
-    run = ServeRun(test_config(free_port()), tmp_path_factory.mktemp("serve"), env={"MT5_DTYPE": "float32"})
-    run.start()
-    yield run
-    run.stop()
+    with service(tmp_path_factory.mktemp("serve"), env={"MT5_DTYPE": "float32"}) as run:
+        _running[SHARED_SERVICE] = run
+        yield run
+        _running.pop(SHARED_SERVICE, None)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from bench.lib.processes import start_group, stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PREFIX = "mt5c"  # namespaces mt5c<pid>-<i>, bridge mt5b<pid>, veths mt5v<pid>x<i>
@@ -225,11 +227,7 @@ class NetCluster:
         return args + [f"--address={self.gcs_address}"]
 
     def start_node(self, node: Node) -> None:
-        log = node.log.open("ab")
-        node.process = subprocess.Popen(
-            ["ip", "netns", "exec", node.netns, *self._start_args(node)],
-            cwd=ROOT, env=self._ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        node.process = start_group(["ip", "netns", "exec", node.netns, *self._start_args(node)], node.log, ROOT, self._ray_env(), append=True)
 
     def start(self, timeout_s: float = 180) -> NetCluster:
         self.create_network()
@@ -270,9 +268,7 @@ class NetCluster:
     def kill_node(self, name: str) -> None:
         """Crash a node: its `ray start --block` group, then anything else left in its namespace."""
         node = self.node(name)
-        if node.process is not None and node.process.poll() is None:
-            os.killpg(node.process.pid, signal.SIGKILL)
-            node.process.wait(timeout=30)
+        stop_group(node.process, signal.SIGKILL)
         _kill_netns_processes(node.netns)
 
     def serve(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -328,16 +324,6 @@ class NetCluster:
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
-            if node.process is not None and node.process.poll() is None:
-                try:
-                    os.killpg(node.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            stop_group(node.process, signal.SIGKILL)
         _remove_network(self.owner)
-        for node in self.nodes:
-            if node.process is not None:
-                try:
-                    node.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
         shutil.rmtree(self.temp_root, ignore_errors=True)

@@ -25,13 +25,12 @@ import httpx
 import pytest
 import yaml
 
-from bench.procs import stop_group
+from bench.lib.processes import start_group, stop_group
 from cluster.grafana.dashboard import build_dashboard, metric_names
 from cluster.nginx.health_sync import HealthSync, discover_proxies, probe, reload_nginx
 from cluster.nginx.render import render_all, render_upstreams, write_atomically
 from tests.netcluster import SERVE_PORT, NetCluster, NodeSpec, netns_available
-from tests.servers import free_port
-from tests.servers import test_config as derive_config  # aliased: pytest would collect a test_* name
+from tests.servers import ROOT, free_port, shipped_config
 
 pytestmark = pytest.mark.cluster
 
@@ -54,7 +53,7 @@ def cluster_config() -> dict[str, Any]:
     """config.yaml as shipped, on port 7860 on every node, demo model, test-sized scaling."""
     overrides = {name: {"autoscaling_config": scaling} for name, scaling in SCALING.items()}
     overrides["ModelReplica"]["graceful_shutdown_timeout_s"] = 5
-    config = derive_config(SERVE_PORT, overrides, ARGS)
+    config = shipped_config(SERVE_PORT, overrides, ARGS)
     config["http_options"]["host"] = "0.0.0.0"  # as shipped: the proxies must be reachable from the load balancer
     return config
 
@@ -129,10 +128,7 @@ def nginx(cluster: NetCluster) -> Iterator[Nginx]:
     proxies = [f"{node.ip}:{SERVE_PORT}" for node in cluster.nodes]
     listen = f"127.0.0.1:{free_port()}"
     conf = render_all(state_dir, proxies, listen=listen)
-    process = subprocess.Popen(
-        ["nginx", "-c", str(conf), "-e", str(state_dir / "error.log"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    process = start_group(["nginx", "-c", str(conf), "-e", str(state_dir / "error.log"), "-g", "daemon off;"], state_dir / "nginx.out", ROOT, dict(os.environ))
     server = Nginx(conf, state_dir, f"http://{listen}", proxies, process)
     def up() -> bool:
         try:
@@ -141,7 +137,7 @@ def nginx(cluster: NetCluster) -> Iterator[Nginx]:
             return False
 
     if not wait_for(up, timeout_s=20, interval_s=0.3):
-        os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process, signal.SIGKILL)
         pytest.fail(f"nginx did not start: {(state_dir / 'error.log').read_text(errors='replace')[-2000:]}")
     # health_sync reloads nginx through this file.
     assert (state_dir / "nginx.pid").read_text().strip() == str(process.pid)

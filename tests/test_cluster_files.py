@@ -24,6 +24,8 @@ from cluster.nginx.health_sync import HealthSync
 from cluster.nginx.render import render_all, render_upstreams
 from tests.servers import free_port
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "cluster" / "launcher" / "aws-gpu.yaml"
 

@@ -1,4 +1,4 @@
-"""Engine (issue 2): checkpoint layouts, label scoring, batched per-request sampling, spec errors."""
+"""Engine: checkpoint layouts, label scoring, batched per-request sampling, spec errors."""
 
 from __future__ import annotations
 
@@ -8,11 +8,20 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from serve_app.engine import GenerationRequest, ModelSpecError, SamplingParams, ScoringRequest, Seq2SeqEngine, load_model
+from serve_app.engine import (
+    GenerationRequest,
+    ModelSpecError,
+    SamplingParams,
+    ScoringRequest,
+    Seq2SeqEngine,
+    load_model,
+)
 from serve_app.engine.checkpoint import random_mt5, save_checkpoint
 from serve_app.engine.demo import demo_model_dir
 from serve_app.engine.errors import EngineInputError, ParameterRangeError
 from serve_app.engine.spec import resolve_spec
+
+pytestmark = pytest.mark.unit
 
 TINY = {"vocab_size": 0, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
 
@@ -425,3 +434,23 @@ def test_top_k_of_a_narrow_row_is_torch_topk() -> None:
 
     logits = torch.randn(3, 4000)
     assert all(torch.equal(a, b) for a, b in zip(top_k(logits, 50), logits.topk(50, dim=-1)))
+
+
+def test_packed_and_bucketed_scoring_equal_per_label_rows(demo_model):
+    """Labels packed into shared decoder rows and inputs encoded in length buckets score as one row per label does."""
+    engine = Seq2SeqEngine(demo_model.model)
+    tok = demo_model.tokenizer
+    texts = ["今天阳光明媚", "股市今天大幅上涨,银行板块领涨,成交量明显放大,投资者情绪高涨", "物流太慢了"]
+    label_sets = [["天气", "美食"], ["财经", "体育", "科技", "新能源汽车"], ["物流延迟", "商品缺货", "售后响应慢"]]
+    requests = [
+        ScoringRequest(tok(text * (1 + i)).input_ids, [tok(label).input_ids[:-1] for label in labels])
+        for i, (text, labels) in enumerate(zip(texts * 3, label_sets * 3))
+    ]
+    engine.packed_scoring, engine.bucket_overhead_tokens = False, None
+    reference = engine.score(requests)
+    for packed, overhead in ((True, None), (False, 1), (True, 1), (True, 64)):
+        engine.packed_scoring, engine.bucket_overhead_tokens = packed, overhead
+        for got, want in zip(engine.score(requests), reference):
+            assert got.log_scores == pytest.approx(want.log_scores, abs=1e-4)
+            assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)
+

@@ -1,4 +1,4 @@
-"""First run (issue 15): the model is resolved once before deploying, and a model that cannot be had
+"""First run: the model is resolved once before deploying, and a model that cannot be had
 stops start-up with the project's one message instead of replicas retrying it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.hub_standin import HubStandIn
-from tests.servers import ROOT, SERVE, free_port, test_config
+from tests.servers import ROOT, ServeRun, free_port, service, shipped_config
 
 PREFLIGHT = [sys.executable, "-m", "serve_app.preflight", str(ROOT / "config.yaml")]
 
@@ -27,6 +27,7 @@ def preflight(env: dict[str, str], timeout_s: float = 90) -> tuple[int, str, flo
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
+@pytest.mark.unit
 def test_a_missing_local_model_stops_at_once_with_one_message():
     code, output, seconds = preflight({"MT5_MODEL": "/nonexistent/mt5"})
     assert code == 2 and seconds < 10
@@ -36,6 +37,7 @@ def test_a_missing_local_model_stops_at_once_with_one_message():
 
 
 @pytest.mark.parametrize("hub", ["modelscope", "huggingface"])
+@pytest.mark.unit
 def test_an_unreachable_hub_stops_within_seconds_naming_the_fix(tmp_path, hub):
     closed = f"127.0.0.1:{free_port()}"  # nothing listens here: the hub is unreachable
     if hub == "modelscope":  # config.yaml's own model, through modelscope's endpoint setting
@@ -51,36 +53,29 @@ def test_an_unreachable_hub_stops_within_seconds_naming_the_fix(tmp_path, hub):
     assert not any((tmp_path / "cache").rglob("*.safetensors")) and not any((tmp_path / "cache").rglob("*.bin"))
 
 
+@pytest.mark.unit
 def test_a_resolvable_model_is_ready_before_serving():
     code, output, _ = preflight({"MT5_MODEL": "demo"})
     assert code == 0 and "model ready at" in output
 
 
+@pytest.mark.service
 def test_serve_run_with_a_model_that_cannot_be_had_fails_the_deployment_not_the_replicas(tmp_path):
     """Raw `serve run` (no preflight): the build fails with the message; no replica ever starts and retries it."""
-    import yaml
-
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(test_config(free_port()), allow_unicode=True))
-    log_path = tmp_path / "serve-run.log"
-    env = {**os.environ, "MT5_MODEL": "/nonexistent/mt5", "RAY_ADDRESS": "local", "RAY_DEDUP_LOGS": "0"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([str(SERVE), "run", str(config_path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    run = ServeRun(shipped_config(free_port()), tmp_path, env={"MT5_MODEL": "/nonexistent/mt5"}).launch()
     try:
         deadline = time.monotonic() + 150
-        while "Deploying app 'mt5' failed" not in log_path.read_text(errors="replace"):
-            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
-            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        while "Deploying app 'mt5' failed" not in run.log_text():
+            assert time.monotonic() < deadline, run.log_tail()
+            assert run.process.poll() is None, run.log_tail()
             time.sleep(1)
-        replicas = [p for p in psutil.Process(process.pid).children(recursive=True) if "ServeReplica" in " ".join(p.cmdline())]
+        replicas = [p for p in psutil.Process(run.process.pid).children(recursive=True) if "ServeReplica" in " ".join(p.cmdline())]
         assert replicas == []
-        log = log_path.read_text(errors="replace")
+        log = run.log_text()
         assert "'/nonexistent/mt5' is a local path, but /nonexistent/mt5 does not exist" in log
         assert "ServeReplica:mt5" not in log  # no replica started, so none retried the error
     finally:
-        from bench.procs import stop_group
-
-        stop_group(process, timeout_s=60)
+        run.stop()
 
 
 # ------------------------------------------------------------------ a local stand-in for the hub (HF_ENDPOINT)
@@ -106,6 +101,7 @@ def snapshot_files(cache: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for snapshot in snapshots for p in snapshot.iterdir()}
 
 
+@pytest.mark.unit
 def test_a_dropped_connection_resumes_where_it_stopped(tmp_path):
     with hub_of_the_demo(drop_after={SHARD: 15 * 2**20}, drops_left=1) as hub:
         code, output, _ = preflight(hub_env(hub, tmp_path / "cache"))
@@ -118,6 +114,7 @@ def test_a_dropped_connection_resumes_where_it_stopped(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["ctrl_c", "kill_9"])
+@pytest.mark.unit
 def test_an_interrupted_download_is_never_taken_for_a_model_and_the_next_start_says_what_it_does(tmp_path, how):
     cache = tmp_path / "cache"
     with hub_of_the_demo(bytes_per_s=4 * 2**20) as hub:
@@ -141,24 +138,18 @@ def test_an_interrupted_download_is_never_taken_for_a_model_and_the_next_start_s
     assert not list(cache.rglob("*.incomplete"))
 
 
+@pytest.mark.service
 def test_the_model_is_fetched_once_per_node_however_many_replicas_load_it(tmp_path):
     """Against a hub, each file's body is fetched once: by the preflight of scripts/serve.sh, and by a raw
     `serve run` (build_app fetches before any replica starts; the ModelReplica and the light deployments'
     tokenizer then find everything in the node's cache)."""
-    from tests.servers import ServeRun
-
     with hub_of_the_demo() as hub:
         hub.files.pop(SHARD)  # the replica loads this checkpoint: only its own files
         code, output, _ = preflight(hub_env(hub, tmp_path / "preflight-cache"))
         assert code == 0, output
         assert {name: len(hub.body_gets(name)) for name in hub.files} == {name: 1 for name in hub.files}
         hub.fetches.clear()
-        (tmp_path / "serve").mkdir()
-        run = ServeRun(test_config(free_port()), tmp_path / "serve", env=hub_env(hub, tmp_path / "cache"))
-        run.start()
-        try:
+        with service(tmp_path / "serve", env=hub_env(hub, tmp_path / "cache")) as run:
             answer = httpx.post(f"{run.url}/classify", json={"text": "等了三天还没发货", "labels": ["物流延迟", "价格争议"]}, timeout=60)
             assert answer.status_code == 200, answer.text
-        finally:
-            run.stop()
         assert {name: len(hub.body_gets(name)) for name in hub.files} == {name: 1 for name in hub.files}

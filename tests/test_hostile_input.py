@@ -1,4 +1,4 @@
-"""Hostile input (issue 7): the API fuzzed from its own OpenAPI schema, the engine's text handling
+"""Hostile input: the API fuzzed from its own OpenAPI schema, the engine's text handling
 fuzzed with hypothesis, and a list of nasty bodies. No 500s, no crashes, no hangs."""
 
 from __future__ import annotations
@@ -13,12 +13,18 @@ from hypothesis import strategies as st
 
 from serve_app.text import augmentation, classification
 from serve_app.text.errors import TextInputError
+from serve_app.text.prompts import (
+    AUGMENT_TEMPLATE,
+    CLASSIFICATION_TEMPLATE,
+    Template,
+    sanitize_label,
+)
 from serve_app.text.tokenization import PromptEncoder
-from serve_app.text.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, Template, sanitize_label
 
 TIMEOUT = httpx.Timeout(60.0)
 
 
+@pytest.mark.service
 def test_api_fuzzed_from_its_openapi_never_answers_5xx(base_url):
     """Every operation in /openapi.json, with valid (positive) and invalid (negative) bodies."""
     from schemathesis import GenerationMode
@@ -72,6 +78,7 @@ NASTY_BODIES = [
 
 
 @pytest.mark.parametrize(("path", "body"), NASTY_BODIES, ids=[f"{i}" for i in range(len(NASTY_BODIES))])
+@pytest.mark.service
 def test_nasty_bodies_get_a_4xx(base_url, path, body):
     response = httpx.post(f"{base_url}{path}", content=body, headers={"content-type": "application/json"}, timeout=TIMEOUT)
     assert 400 <= response.status_code < 500, f"{response.status_code} {response.text[:300]}"
@@ -88,6 +95,7 @@ WEIRD_BUT_VALID = [
 
 
 @pytest.mark.parametrize("body", WEIRD_BUT_VALID)
+@pytest.mark.service
 def test_weird_but_valid_text_is_classified_into_a_candidate(base_url, body):
     response = httpx.post(f"{base_url}/classify", json=body, timeout=TIMEOUT)
     assert response.status_code == 200, response.text
@@ -107,6 +115,7 @@ def encoder(demo_model) -> PromptEncoder:
 any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=600)
 
 
+@pytest.mark.unit
 @given(text=any_text, labels=st.lists(st.text(max_size=40), min_size=0, max_size=8))
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_classification_prompts_fit_the_window_or_fail_cleanly(encoder, text, labels):
@@ -121,6 +130,7 @@ def test_classification_prompts_fit_the_window_or_fail_cleanly(encoder, text, la
     assert all(job.label_ids)  # every label has tokens to score
 
 
+@pytest.mark.unit
 @given(label=st.text(max_size=60))
 @settings(max_examples=300, deadline=None)
 def test_sanitized_labels_hold_no_prompt_separators(label):
@@ -130,6 +140,7 @@ def test_sanitized_labels_hold_no_prompt_separators(label):
     assert cleaned == cleaned.strip()
 
 
+@pytest.mark.unit
 @given(text=any_text)
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 def test_augment_prompts_fit_the_window_or_fail_cleanly(encoder, text):

@@ -19,6 +19,8 @@ from serve_app.scheduling.loop import CoreShare
 from serve_app.scheduling.scheduler import IterationReport, Scheduler
 from serve_app.settings import AppSettings
 
+pytestmark = pytest.mark.unit
+
 PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
 LABELS = ["天气", "美食", "旅游", "新能源汽车"]
 

@@ -1,4 +1,4 @@
-"""The text deployments stay light (issue 13): no torch in their processes, the same token ids, and only
+"""The text deployments stay light: no torch in their processes, the same token ids, and only
 the tokenizer's files fetched from a hub."""
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from transformers import AutoTokenizer
 
 from serve_app.engine.demo import demo_model_dir
 from serve_app.engine.spec import TOKENIZER_FILES, resolve_spec
-from serve_app.text.prompts import CLASSIFICATION_TEMPLATE, Template, classification_values
+from serve_app.text.prompts import (
+    CLASSIFICATION_TEMPLATE,
+    Template,
+    classification_values,
+)
+
+pytestmark = pytest.mark.unit
 
 SAMPLES = [
     "等了三天还没发货,客服也不回消息",

@@ -1,11 +1,19 @@
-"""Where ModelReplicas fit (issue 14): what one reserves, and the autoscaling cap on CPU-only clusters."""
+"""Where ModelReplicas fit: what one reserves, and the autoscaling cap on CPU-only clusters."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from serve_app.deployments.autoscaling import placeable_model_replicas
-from serve_app.deployments.placement import alive_node_cpus, model_replica_cpus, replicas_that_fit
+from serve_app.deployments.placement import (
+    alive_node_cpus,
+    model_replica_cpus,
+    replicas_that_fit,
+)
+
+pytestmark = pytest.mark.unit
 
 
 def node(cpus: float, gpus: float = 0.0, alive: bool = True) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The seed article's worked examples on the real model (issue 12), through the service.
+"""The seed article's worked examples on the real model, through the service.
 
 Runs only where real weights are at hand: `MT5_REAL_WEIGHTS=/path/to/nlp_mt5_zero-shot-augment_chinese-base
 pytest -m real_weights`. Without them every test here is skipped with that reason (they are not counted).
@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ServeRun, free_port, test_config
+from tests.servers import service
 
-pytestmark = pytest.mark.real_weights
+pytestmark = [pytest.mark.service, pytest.mark.real_weights]
 
 WEIGHTS = os.environ.get("MT5_REAL_WEIGHTS", "")
 SCENARIO_TEXT = "等了三天还没发货,客服也不回消息"
@@ -43,10 +43,8 @@ def real_service(tmp_path_factory) -> Iterator[str]:
     path = _real_weights_dir()
     if path is None:
         pytest.skip("no real weights: set MT5_REAL_WEIGHTS to a local copy of iic/nlp_mt5_zero-shot-augment_chinese-base")
-    run = ServeRun(test_config(free_port()), tmp_path_factory.mktemp("real"), env={"MT5_MODEL": str(path)})
-    run.start(timeout_s=600)
-    yield run.url
-    run.stop()
+    with service(tmp_path_factory.mktemp("real"), env={"MT5_MODEL": str(path)}, timeout_s=600) as run:
+        yield run.url
 
 
 def test_seed_scenario_5_1_classifies_as_the_article_says(real_service):

@@ -1,9 +1,10 @@
-"""Recovery (issue 14), on the shipped config.yaml with the demo model: a ModelReplica killed while
+"""Recovery, on the shared service (the shipped config.yaml, demo model): a ModelReplica killed while
 the light deployments are scaled up comes back, requests meanwhile get a definite answer at once,
 and repeated and combined kills (the model three times, the Serve controller, a Classifier with the
 model) leave nothing hanging, no answer misaligned and memory flat.
 
-The figures these tests print are recorded in RELIABILITY.md:
+These tests kill the shared service's replicas, so their module runs after every other user of it
+(marker disrupts_service, tests/conftest.py). The figures they print are recorded in RELIABILITY.md:
     .venv/bin/python -m pytest -q -s -p no:warnings tests/test_recovery.py
 """
 
@@ -19,7 +20,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.servers import ServeRun, free_port, load_client, replica_processes, test_config
+from tests.servers import ServeRun, load_client, replica_processes
+
+pytestmark = pytest.mark.disrupts_service
+
 
 TEXTS = ["等了三天还没发货,客服也不回消息", "这款手机充电很快", "股市今天大幅上涨", "周末我们去了杭州旅游"]
 LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议"]
@@ -85,14 +89,6 @@ class Load:
         return [o for o in self.outcomes if o.sent_at >= t]
 
 
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory) -> ServeRun:
-    run = ServeRun(test_config(free_port()), tmp_path_factory.mktemp("shipped"))
-    run.start()
-    yield run
-    run.stop()
-
-
 def replica_count(run: ServeRun, deployment: str) -> int:
     return len(replica_processes(run, deployment))
 
@@ -147,22 +143,23 @@ def outage_summary(load: Load, killed_at: float, back_after: float) -> str:
     )
 
 
-def test_killed_model_replica_comes_back_while_the_light_deployments_are_scaled_up(shipped):
-    load = Load(shipped.url, clients=96)
+@pytest.mark.service
+def test_killed_model_replica_comes_back_while_the_light_deployments_are_scaled_up(served):
+    load = Load(served.url, clients=96)
 
     async def scenario() -> str:
         runner = asyncio.create_task(load.run())
         # Sustained load until Serve scales a light deployment up (upscale_delay_s is 10 s in config.yaml).
-        await wait_until(lambda: replica_count(shipped, "Classifier") > 1 or replica_count(shipped, "Ingress") > 1, timeout_s=90)
-        scaled = {name: replica_count(shipped, name) for name in ("Ingress", "Classifier", "Generator")}
-        [victim] = replica_processes(shipped, "ModelReplica")
+        await wait_until(lambda: replica_count(served, "Classifier") > 1 or replica_count(served, "Ingress") > 1, timeout_s=90)
+        scaled = {name: replica_count(served, name) for name in ("Ingress", "Classifier", "Generator")}
+        [victim] = replica_processes(served, "ModelReplica")
         killed_at = time.monotonic() - load.started
         kill([victim])
         back_after = await wait_until(lambda: recovered(load, killed_at), timeout_s=90)
         await asyncio.sleep(3)
         load.stop()
         await runner
-        successor = replica_processes(shipped, "ModelReplica")
+        successor = replica_processes(served, "ModelReplica")
         assert successor and successor[0].pid != victim.pid
         return f"light replicas at the kill {scaled}; " + outage_summary(load, killed_at, back_after)
 
@@ -175,43 +172,45 @@ def test_killed_model_replica_comes_back_while_the_light_deployments_are_scaled_
     # replaced; test_health_says_the_model_is_unavailable... checks the refusal itself.
     refusals = [o for o in load.outcomes if o.status == 503 and "model is unavailable" in o.detail]
     assert max((o.seconds for o in refusals), default=0.0) < 5.0
-    health = httpx.get(f"{shipped.url}/healthz", timeout=10)
+    health = httpx.get(f"{served.url}/healthz", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     # 96 clients ask Serve's default policy for 4 ModelReplicas; this 1-node CPU cluster holds one, and
     # the project's policy never asks for a replica that would wait forever to be placed.
-    log = shipped.log_path.read_text(errors="replace")
+    log = served.log_path.read_text(errors="replace")
     assert "Using custom autoscaling policy 'serve_app.deployments.autoscaling:model_replicas_that_fit'" in log
     assert "Upscaling Deployment(name='ModelReplica'" not in log and "taken more than 30s to be scheduled" not in log
 
 
-def test_health_says_the_model_is_unavailable_until_its_replacement_runs(shipped):
-    [victim] = replica_processes(shipped, "ModelReplica")
+@pytest.mark.service
+def test_health_says_the_model_is_unavailable_until_its_replacement_runs(served):
+    [victim] = replica_processes(served, "ModelReplica")
     kill([victim])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        health = httpx.get(f"{shipped.url}/healthz", timeout=15)
+        health = httpx.get(f"{served.url}/healthz", timeout=15)
         if health.status_code == 503:
             break
         time.sleep(0.3)
     assert health.status_code == 503, health.text
     assert health.json()["status"] == "unavailable" and "ModelReplica" in health.json()["detail"]
     assert health.headers["retry-after"].isdigit()
-    refused = httpx.post(f"{shipped.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=10)
+    refused = httpx.post(f"{served.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=10)
     assert refused.status_code == 503 and refused.headers["retry-after"].isdigit(), refused.text
     deadline = time.monotonic() + 90
-    while httpx.get(f"{shipped.url}/healthz", timeout=15).status_code != 200:
+    while httpx.get(f"{served.url}/healthz", timeout=15).status_code != 200:
         assert time.monotonic() < deadline, "the model did not come back within 90 s"
         time.sleep(0.5)
     # Whichever Ingress replica takes it (the test before scaled them up): none may refuse what /healthz accepted.
-    answered = httpx.post(f"{shipped.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=30)
+    answered = httpx.post(f"{served.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=30)
     assert answered.status_code == 200, answered.text
-    assert "using serve.status()" not in shipped.log_path.read_text(errors="replace")  # the cheap look works on this Ray
+    assert "using serve.status()" not in served.log_path.read_text(errors="replace")  # the cheap look works on this Ray
 
 
-def test_chaos_repeated_and_combined_kills_under_steady_load(shipped):
+@pytest.mark.service
+def test_chaos_repeated_and_combined_kills_under_steady_load(served):
     """The model killed three times in a row, then the Serve controller, then a Classifier with the model."""
-    load = Load(shipped.url, clients=16)
-    watched = {name: replica_processes(shipped, name)[0] for name in ("Ingress",)}
+    load = Load(served.url, clients=16)
+    watched = {name: replica_processes(served, name)[0] for name in ("Ingress",)}
     rss_before = {name: proc.memory_info().rss for name, proc in watched.items()}
     figures: list[str] = []
 
@@ -226,9 +225,9 @@ def test_chaos_repeated_and_combined_kills_under_steady_load(shipped):
         runner = asyncio.create_task(load.run())
         await asyncio.sleep(5)
         for n in range(3):
-            await recover(f"model kill {n + 1}", replica_processes(shipped, "ModelReplica"))
-        await recover("Serve controller", [serve_controller(shipped)])
-        await recover("Classifier + model", replica_processes(shipped, "Classifier")[:1] + replica_processes(shipped, "ModelReplica"))
+            await recover(f"model kill {n + 1}", replica_processes(served, "ModelReplica"))
+        await recover("Serve controller", [serve_controller(served)])
+        await recover("Classifier + model", replica_processes(served, "Classifier")[:1] + replica_processes(served, "ModelReplica"))
         load.stop()
         await runner
 
@@ -240,12 +239,13 @@ def test_chaos_repeated_and_combined_kills_under_steady_load(shipped):
         growth = proc.memory_info().rss - rss_before[name]
         assert growth < 100 * 2**20, f"{name} grew {growth / 2**20:.0f} MiB over five recoveries"
     # Whichever Ingress replica takes it (the test before scaled them up): none may refuse what /healthz accepted.
-    answered = httpx.post(f"{shipped.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=30)
+    answered = httpx.post(f"{served.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=30)
     assert answered.status_code == 200, answered.text
-    assert "using serve.status()" not in shipped.log_path.read_text(errors="replace")  # the cheap look works on this Ray
+    assert "using serve.status()" not in served.log_path.read_text(errors="replace")  # the cheap look works on this Ray
 
 
-def test_the_ui_shows_the_model_unavailable_and_back(shipped):
+@pytest.mark.browser
+def test_the_ui_shows_the_model_unavailable_and_back(served):
     """Last in this module: sync Playwright keeps an event loop in this thread (asyncio.run above would fail)."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -257,10 +257,10 @@ def test_the_ui_shows_the_model_unavailable_and_back(shipped):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(shipped.url + "/")
+            page.goto(served.url + "/")
             badge = page.get_by_test_id("model-info")
             expect(badge).to_have_attribute("data-state", "demo", timeout=30_000)
-            kill(replica_processes(shipped, "ModelReplica"))
+            kill(replica_processes(served, "ModelReplica"))
             expect(badge).to_have_attribute("data-state", "unavailable", timeout=30_000)
             expect(page.locator("#model-name")).to_contain_text("模型暂不可用")
             expect(badge).to_have_attribute("data-state", "demo", timeout=90_000)
@@ -268,10 +268,11 @@ def test_the_ui_shows_the_model_unavailable_and_back(shipped):
             browser.close()
 
 
+@pytest.mark.unit
 def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkeypatch):
     """Each Ingress replica polls on its own: one that polled just before a replacement came up must look
     again (at most once per FRESH_S, however many requests ask) rather than refuse what another accepts."""
-    from serve_app.deployments import model_availability
+    from serve_app.ingress import model_availability
     from serve_app.ingress.model_availability import ModelAvailability
 
     running = [0]
@@ -298,6 +299,7 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
     asyncio.run(scenario())
 
 
+@pytest.mark.unit
 def test_a_call_waiting_for_the_model_is_given_up_when_nothing_runs_or_holds_calls(monkeypatch):
     """An Ingress replica that had not yet seen an outage passed a call on; Serve's router would hold it until
     a replacement runs. The next look that finds no ModelReplica running or holding calls gives it up (the

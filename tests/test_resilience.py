@@ -1,4 +1,4 @@
-"""Resilience (issue 7): overload answers 503 at once, timeouts answer 504, crashed replicas are
+"""Resilience: overload answers 503 at once, timeouts answer 504, crashed replicas are
 replaced without hangs or misaligned answers, and a bounded soak leaves the service healthy."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.servers import ServeRun, free_port, load_client, replica_processes, test_config
+from tests.servers import ServeRun, load_client, replica_processes, service
 
 TEXTS = ["物流太慢了,等了三天还没发货", "这款手机充电很快", "股市今天大幅上涨", "周末我们去了杭州旅游", "这家面馆的牛肉面味道一般"]
 LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议", "天气", "美食"]
@@ -26,20 +26,14 @@ LONG_SAMPLING = {"num_return_sequences": 10, "max_length": 512, "temperature": 1
 @pytest.fixture(scope="module")
 def fragile(tmp_path_factory) -> ServeRun:
     """One replica per deployment, a short queue at the model and a short request timeout."""
-    config = test_config(
-        free_port(),
-        deployment_overrides={
-            "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_rows": 4}, "autoscaling_config": SINGLE},
-            "Classifier": {"autoscaling_config": SINGLE},
-            "Generator": {"autoscaling_config": SINGLE},
-            "Ingress": {"autoscaling_config": SINGLE},
-        },
-        args={"request_timeout_s": REQUEST_TIMEOUT_S},
-    )
-    run = ServeRun(config, tmp_path_factory.mktemp("fragile"))
-    run.start()
-    yield run
-    run.stop()
+    overrides = {
+        "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_rows": 4}, "autoscaling_config": SINGLE},
+        "Classifier": {"autoscaling_config": SINGLE},
+        "Generator": {"autoscaling_config": SINGLE},
+        "Ingress": {"autoscaling_config": SINGLE},
+    }
+    with service(tmp_path_factory.mktemp("fragile"), overrides, args={"request_timeout_s": REQUEST_TIMEOUT_S}) as run:
+        yield run
 
 
 async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60) -> list[tuple[int, dict, float, dict]]:
@@ -56,6 +50,7 @@ async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60
         return await asyncio.gather(*(one(path, body) for path, body in requests))
 
 
+@pytest.mark.service
 def test_slow_request_answers_504_instead_of_hanging(fragile):
     """The first test of this module on purpose: no drain rate is measured yet, so the scheduler refuses
     nothing and the ingress's timeout is what ends the request."""
@@ -78,6 +73,7 @@ def test_slow_request_answers_504_instead_of_hanging(fragile):
         pytest.fail("service did not recover after a timed-out request")
 
 
+@pytest.mark.service
 def test_a_client_that_hangs_up_frees_its_rows(fragile):
     """Serve cancels the request of a client that closes its connection, down to the scheduler."""
     log_seen = fragile.log_size()
@@ -87,6 +83,7 @@ def test_a_client_that_hangs_up_frees_its_rows(fragile):
     assert fragile.wait_for_log("cancelled by their callers (1 running", since=log_seen), fragile.log_tail()
 
 
+@pytest.mark.service
 def test_overload_answers_503_with_retry_after_at_once(fragile):
     since = fragile.log_size()
     heavy = {"num_return_sequences": 4, "max_length": 64, "temperature": 1.0}
@@ -108,6 +105,7 @@ def test_overload_answers_503_with_retry_after_at_once(fragile):
     assert "ray.serve.exceptions.BackPressureError" not in fragile.log_path.read_text(errors="replace")[since:]
 
 
+@pytest.mark.unit
 def test_a_refusal_is_logged_in_one_line_and_a_fault_with_its_traceback():
     from ray.exceptions import RayTaskError
     from ray.serve.exceptions import BackPressureError
@@ -148,6 +146,7 @@ def test_a_refusal_is_logged_in_one_line_and_a_fault_with_its_traceback():
     assert other.levelname == "ERROR" and other.exc_info is not None
 
 
+@pytest.mark.service
 def test_request_with_more_sequences_than_a_whole_batch_runs_alone(fragile):
     """max_batch_rows is 4 here; 10 sequences still get an answer (alone in the batch)."""
     body = {"text": TEXTS[1], "num_return_sequences": 10, "max_length": 8, "seed": 11}
@@ -175,6 +174,7 @@ def _assert_definite(results, batch_texts: list[str]) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("deployment", ["ModelReplica", "Classifier"])
+@pytest.mark.service
 def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(fragile, deployment):
     [victim] = replica_processes(fragile, deployment)
     batch_texts = [f"{text}#{i}" for i, text in enumerate(TEXTS[:4])]  # within the model queue of this config
@@ -208,6 +208,7 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(fragile,
     assert replacements and victim.pid not in [proc.pid for proc in replacements]
 
 
+@pytest.mark.service
 def test_bounded_soak_at_four_times_capacity(fragile):
     """60 s of open-loop load at ~4x the measured capacity of the model: every request answered, memory flat, healthy after."""
     # A model-bound request (64 decoding steps, 4 rows): the model, not the HTTP hops, must be what 4x overloads.

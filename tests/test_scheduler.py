@@ -1,4 +1,4 @@
-"""Continuous batching (issue 11): the engine's decoding state and the scheduler, driven directly.
+"""Continuous batching: the engine's decoding state and the scheduler, driven directly.
 
 Arrival orders are controlled by submitting between `run_iteration()` calls (no
 sleeps standing in for synchronisation); the clock is a counter the tests move.
@@ -20,6 +20,8 @@ from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.errors import AdmissionRefused
 from serve_app.scheduling.loop import SchedulerLoop
 from serve_app.scheduling.scheduler import Scheduler
+
+pytestmark = pytest.mark.unit
 
 PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后", "股市今天大幅上涨,银行板块领涨"]
 LABELS = ["天气", "美食", "旅游", "新能源汽车", "物流延迟"]

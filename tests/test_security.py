@@ -1,4 +1,4 @@
-"""Access control and exposure (issue 7): API key, CORS, and Ray's ports in what we ship."""
+"""Access control and exposure: API key, CORS, and Ray's ports in what we ship."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serve_app.ingress.auth import ApiKeyAuth, load_api_key
-from tests.servers import ServeRun, free_port, test_config
+from tests.servers import service
 
 KEY = "s3cret-key-for-tests-0123456789"
 ALLOWED_ORIGIN = "http://allowed.example"
@@ -20,16 +20,14 @@ ALLOWED_ORIGIN = "http://allowed.example"
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory) -> str:
     """The shipped config with an API key in the environment and one CORS origin allowed."""
-    config = test_config(free_port(), args={"cors_allow_origins": [ALLOWED_ORIGIN]})
-    run = ServeRun(config, tmp_path_factory.mktemp("locked"), env={"MT5_API_KEY": KEY})
-    run.start()
-    yield run.url
-    run.stop()
+    with service(tmp_path_factory.mktemp("locked"), args={"cors_allow_origins": [ALLOWED_ORIGIN]}, env={"MT5_API_KEY": KEY}) as run:
+        yield run.url
 
 
 BODY = {"text": "等了三天还没发货", "labels": ["物流延迟", "商品缺货"]}
 
 
+@pytest.mark.service
 def test_health_and_ui_stay_open(locked):
     assert httpx.get(f"{locked}/healthz").status_code == 200
     assert httpx.get(f"{locked}/").status_code == 200
@@ -40,6 +38,7 @@ def test_health_and_ui_stay_open(locked):
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": f"Bearer {KEY}x"}, {"Authorization": KEY}],
     ids=["missing", "wrong", "basic-scheme", "longer", "no-scheme"],
 )
+@pytest.mark.service
 def test_api_refuses_without_the_key_and_says_nothing_more(locked, headers):
     response = httpx.post(f"{locked}/classify", json=BODY, headers=headers, timeout=60)
     assert response.status_code == 401
@@ -48,11 +47,13 @@ def test_api_refuses_without_the_key_and_says_nothing_more(locked, headers):
     assert httpx.get(f"{locked}/tasks", headers=headers).status_code == 401
 
 
+@pytest.mark.service
 def test_api_answers_with_the_key(locked):
     response = httpx.post(f"{locked}/classify", json=BODY, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     assert response.status_code == 200 and response.json()["label"] in BODY["labels"]
 
 
+@pytest.mark.service
 def test_cors_allows_only_the_configured_origin(locked):
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
     allowed = httpx.options(f"{locked}/classify", headers={"Origin": ALLOWED_ORIGIN, **preflight})
@@ -63,11 +64,13 @@ def test_cors_allows_only_the_configured_origin(locked):
     assert answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
 
 
+@pytest.mark.service
 def test_cors_is_off_by_default(base_url):
     response = httpx.post(f"{base_url}/classify", json=BODY, headers={"Origin": "http://anywhere.example"}, timeout=60)
     assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
 
 
+@pytest.mark.unit
 def test_key_comparison_is_constant_time(monkeypatch):
     """The middleware compares with hmac.compare_digest, whose time does not depend on the guess."""
     calls = []
@@ -81,6 +84,7 @@ def test_key_comparison_is_constant_time(monkeypatch):
     assert calls == [(b"abd", b"abc"), (b"abc", b"abc")]
 
 
+@pytest.mark.unit
 def test_key_from_file_and_empty_keys(tmp_path: Path, monkeypatch):
     key_file = tmp_path / "key"
     key_file.write_text("from-file\n")

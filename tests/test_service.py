@@ -1,4 +1,4 @@
-"""The Serve application (issue 3), started for real from config.yaml, over real HTTP."""
+"""The Serve application, started for real from config.yaml, over real HTTP."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.settings import AppSettings
-from tests.servers import CONFIG, assert_same_classification
+from tests.answers import assert_same_classification
+from tests.servers import CONFIG
 
 LABEL_SETS = [
     ["天气", "美食", "旅游"],
@@ -40,12 +41,14 @@ def client(base_url: str):
 
 
 # ------------------------------------------------------------------ shapes
+@pytest.mark.service
 def test_healthz_reports_the_demo_model_and_its_precision(client):
     body = client.get("/healthz").json()
     # the fixture pins MT5_DTYPE=float32 (conftest.py); what `auto` picks is checked in test_bench_smoke and test_engine
     assert body == {"status": "ok", "model": "demo", "demo": True, "device": "cpu", "dtype": "float32", "dtype_reason": "float32 (requested)"}
 
 
+@pytest.mark.service
 def test_classify_score_shape(client):
     labels = ["天气", "美食", "旅游"]
     body = client.post("/classify", json={"text": TEXTS[0], "labels": labels}).json()
@@ -56,6 +59,7 @@ def test_classify_score_shape(client):
     assert sum(body["scores"]) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.service
 def test_classify_generate_shape(client):
     body = client.post("/classify", json={"text": TEXTS[0], "labels": ["天气", "美食"], "mode": "generate"}).json()
     assert set(body) == {"sequence", "label", "generated", "truncated"}
@@ -63,6 +67,7 @@ def test_classify_generate_shape(client):
     assert body["label"] in (None, "天气", "美食")
 
 
+@pytest.mark.service
 def test_classify_batch_keeps_order(client):
     texts = TEXTS[:5]
     body = client.post("/classify_batch", json={"texts": texts, "labels": LABEL_SETS[1]}).json()
@@ -72,6 +77,7 @@ def test_classify_batch_keeps_order(client):
         assert_same_classification(result, alone)
 
 
+@pytest.mark.service
 def test_augment_shape_and_limits(client):
     body = client.post("/augment", json={"text": "这家餐厅的服务态度很好,上菜速度也快", "num_return_sequences": 3, "max_length": 12, "seed": 7}).json()
     assert set(body) == {"augmented_texts", "truncated"}
@@ -80,6 +86,7 @@ def test_augment_shape_and_limits(client):
     assert "这家餐厅的服务态度很好,上菜速度也快" not in texts
 
 
+@pytest.mark.service
 def test_seeded_augment_repeats_even_under_concurrent_load(client, base_url):
     request = {"text": "物流太慢了,等了三天还没发货", "num_return_sequences": 3, "max_length": 10, "seed": 2024}
     first = client.post("/augment", json=request).json()
@@ -98,11 +105,12 @@ def test_seeded_augment_repeats_even_under_concurrent_load(client, base_url):
     assert client.post("/augment", json={**request, "seed": 2025}).json() != first
 
 
+@pytest.mark.service
 def test_augment_whose_every_sample_ends_at_once_answers_an_empty_list(client):
     """A sample may draw </s> first: a batch that generated no token at all is a normal answer, not a 500."""
-    from serve_app.text import augmentation
     from serve_app.engine import GenerationRequest, SamplingParams
     from serve_app.pipeline import Pipeline
+    from serve_app.text import augmentation
     from serve_app.text.prompts import Template
 
     text = "这款手机充电很快,但电池掉电也快"
@@ -124,6 +132,7 @@ def test_augment_whose_every_sample_ends_at_once_answers_an_empty_list(client):
     assert response.json() == {"augmented_texts": [], "truncated": False}
 
 
+@pytest.mark.service
 def test_augment_batch_keeps_order_and_length(client):
     texts = ["物流太慢了", "商品包装破损", "客服回复及时", "这款游戏的画面很精美"]
     params = {"num_return_sequences": 2, "max_length": 8, "seed": 11}
@@ -134,6 +143,7 @@ def test_augment_batch_keeps_order_and_length(client):
         assert batch_answer == client.post("/augment", json={"text": text, **params}).json()["augmented_texts"]
 
 
+@pytest.mark.service
 def test_augment_batch_with_one_seed_per_text_equals_each_text_alone(client):
     texts = ["物流太慢了", "商品包装破损", "物流太慢了"]  # the same text twice, with different seeds
     seeds = [3, 2**63 - 1, 4]
@@ -145,6 +155,7 @@ def test_augment_batch_with_one_seed_per_text_equals_each_text_alone(client):
     assert client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json() == body
 
 
+@pytest.mark.service
 def test_generate_tasks_and_raw_prompt(client):
     tasks = {task["name"]: task for task in client.get("/tasks").json()["tasks"]}
     assert {"sentiment", "keywords", "title", "summary", "opinion_target", "translation", "question_generation"} <= set(tasks)
@@ -159,6 +170,7 @@ def test_generate_tasks_and_raw_prompt(client):
     assert client.post("/generate", json={"prompt": "翻译成英文：今天天气很好", "max_length": 6}).json() == raw.json()
 
 
+@pytest.mark.service
 def test_docs_openapi_and_ui(client):
     spec = client.get("/openapi.json").json()
     assert {"/augment", "/augment_batch", "/classify", "/classify_batch", "/generate", "/healthz"} <= set(spec["paths"])
@@ -168,6 +180,7 @@ def test_docs_openapi_and_ui(client):
 
 
 # ------------------------------------------------------------------ batching
+@pytest.mark.service
 def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client, base_url, served):
     requests = [
         {"text": f"{TEXTS[i % len(TEXTS)]}{'!' * (i // len(TEXTS))}", "labels": LABEL_SETS[i % len(LABEL_SETS)]} for i in range(32)
@@ -193,7 +206,7 @@ def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client,
         assert_same_classification(answer, alone)
 
 
-# ------------------------------------------------------------------ augmentation that keeps the label (issue 16)
+# ------------------------------------------------------------------ augmentation that keeps the label
 KEEP_LABELS = LABEL_SETS[1]
 
 
@@ -203,6 +216,7 @@ def classify_alone(client, text: str, labels: list[str]) -> dict:
     return response.json()
 
 
+@pytest.mark.service
 def test_keep_label_returns_only_paraphrases_classify_puts_under_the_texts_label(client):
     from serve_app.text.label_keeping import ngram_distance
 
@@ -227,6 +241,7 @@ def test_keep_label_returns_only_paraphrases_classify_puts_under_the_texts_label
     assert client.post("/augment", json=request).json() == body  # seeded: the same kept texts
 
 
+@pytest.mark.service
 def test_keep_label_with_another_label_drops_candidates_and_says_so_within_budget(client):
     text = TEXTS[1]
     own = classify_alone(client, text, KEEP_LABELS)["label"]
@@ -242,6 +257,7 @@ def test_keep_label_with_another_label_drops_candidates_and_says_so_within_budge
         assert counts["tried"] == 5 and counts["other_label"] + counts["repeated"] >= 5 - counts["kept"]
 
 
+@pytest.mark.service
 def test_keep_label_batch_keeps_order_and_equals_each_text_alone(client):
     texts = [TEXTS[1], TEXTS[5], TEXTS[1]]
     seeds = [1, 2, 3]
@@ -254,6 +270,7 @@ def test_keep_label_batch_keeps_order_and_equals_each_text_alone(client):
         assert body["label_scores"][i] == pytest.approx(alone["label_scores"], abs=1e-5)
 
 
+@pytest.mark.service
 def test_min_distance_alone_oversamples_and_drops_near_copies(client):
     from serve_app.text.label_keeping import ngram_distance
 
@@ -306,6 +323,7 @@ ERROR_CASES = [
 
 
 @pytest.mark.parametrize(("path", "body", "field"), ERROR_CASES)
+@pytest.mark.service
 def test_bad_fields_get_422_naming_the_field(client, path, body, field):
     response = client.post(path, json=body)
     assert response.status_code == 422, response.text
@@ -315,12 +333,14 @@ def test_bad_fields_get_422_naming_the_field(client, path, body, field):
     assert all(error["msg"] for error in detail)
 
 
+@pytest.mark.service
 def test_invalid_json_is_422(client):
     response = client.post("/classify", content=b'{"text": "x", "labels": [', headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
+@pytest.mark.service
 def test_body_over_one_mebibyte_is_413(client):
     body = json.dumps({"text": "长" * (1 << 20)}).encode()
     response = client.post("/augment", content=body, headers={"content-type": "application/json"})
@@ -328,6 +348,7 @@ def test_body_over_one_mebibyte_is_413(client):
     assert "exceeds" in response.json()["detail"]
 
 
+@pytest.mark.service
 def test_chunked_body_over_one_mebibyte_is_413(client):
     def chunks():
         yield b'{"text": "'
@@ -339,12 +360,14 @@ def test_chunked_body_over_one_mebibyte_is_413(client):
     assert response.status_code == 413
 
 
+@pytest.mark.service
 def test_unknown_path_is_404(client):
     assert client.post("/nope", json={}).status_code == 404
     assert client.get("/no/such/page").status_code == 404
 
 
 # ------------------------------------------------------------------ config
+@pytest.mark.unit
 def test_config_yaml_passes_serve_schema():
     config = yaml.safe_load(CONFIG.read_text())
     schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
@@ -360,6 +383,7 @@ def test_config_yaml_passes_serve_schema():
     AppSettings.from_args(config["applications"][0]["args"], environ={})  # the args are valid settings
 
 
+@pytest.mark.unit
 def test_env_overrides_beat_the_file():
     args = yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]
     settings = AppSettings.from_args(args, environ={"MT5_MODEL": "/models/mt5", "MT5_DEVICE": "cuda:1", "MT5_DTYPE": "bfloat16"})
@@ -367,17 +391,19 @@ def test_env_overrides_beat_the_file():
     assert AppSettings.from_args(args, environ={}).model == "iic/nlp_mt5_zero-shot-augment_chinese-base"
 
 
+@pytest.mark.service
 def test_env_override_takes_effect_in_the_running_service(client):
     # The fixture runs the shipped config.yaml (model: the ModelScope id) with MT5_MODEL=demo in the environment.
     assert yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]["model"] != "demo"
     assert client.get("/healthz").json()["model"] == "demo"
 
 
+@pytest.mark.service
 def test_light_deployments_run_at_lower_cpu_priority_than_the_model(served):
     """light_deployment_nice (10): on a shared CPU node the text deployments run in the model's gaps."""
     import os
 
-    from bench.procs import find_replica_pids
+    from bench.lib.processes import find_replica_pids
 
     root = served.process.pid
     model = find_replica_pids(root, "ServeReplica:mt5:ModelReplica")
@@ -388,6 +414,7 @@ def test_light_deployments_run_at_lower_cpu_priority_than_the_model(served):
         assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == min(base + 10, 19) for pid in pids), name
 
 
+@pytest.mark.service
 def test_light_deployments_hold_no_torch(served, client):
     """Ingress, Classifier and Generator tokenize without torch (engine/tokenizer.py): no libtorch mapped
     in their processes, and each far below the ModelReplica's memory (figures in BENCHMARKS.md)."""

@@ -1,15 +1,22 @@
-"""Prompts, validation, truncation and answer shaping around the engine (issues 2 and 7's prompt safety)."""
+"""Prompts, validation, truncation and answer shaping around the engine."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.text import augmentation, classification
-from serve_app.text.errors import DuplicateLabelError, EmptyTextError, LabelCountError, TextInputError
-from serve_app.text.tokenization import PromptEncoder
 from serve_app.pipeline import Pipeline
-from serve_app.text.prompts import CLASSIFICATION_TEMPLATE, Template, sanitize_label
 from serve_app.settings import AppSettings
+from serve_app.text import augmentation, classification
+from serve_app.text.errors import (
+    DuplicateLabelError,
+    EmptyTextError,
+    LabelCountError,
+    TextInputError,
+)
+from serve_app.text.prompts import CLASSIFICATION_TEMPLATE, Template, sanitize_label
+from serve_app.text.tokenization import PromptEncoder
+
+pytestmark = pytest.mark.unit
 
 CLASSIFY = Template(CLASSIFICATION_TEMPLATE)
 
@@ -126,7 +133,7 @@ def test_augment_through_pipeline_respects_count(pipeline):
         assert len(set(answer["augmented_texts"])) == len(answer["augmented_texts"])
 
 
-# ------------------------------------------------------------------ augmentation that keeps the label (issue 16)
+# ------------------------------------------------------------------ augmentation that keeps the label
 def test_ngram_distance_is_whitespace_blind_jaccard_over_character_bigrams():
     from serve_app.text.label_keeping import ngram_distance
 

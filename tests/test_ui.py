@@ -1,4 +1,4 @@
-"""The web UI (issue 4) in headless Chromium, against the real service (`serve run` on the demo model).
+"""The web UI in headless Chromium, against the real service (`serve run` on the demo model).
 
 The demo model writes random text, so these tests check structure (counts, order, which label is a
 candidate), never content. Screenshots of every panel at 1280 px and 390 px go to OUTPUT/ui/.

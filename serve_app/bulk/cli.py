@@ -31,7 +31,9 @@ from serve_app.text.errors import TextInputError
 from serve_app.text.label_keeping import OVERSAMPLING, Checks, KeepLabel
 
 if TYPE_CHECKING:
-    from serve_app.bulk.ray_runner import RayRunner  # imported where used: only Ray runs pay for importing Ray
+    from serve_app.bulk.ray_runner import (
+        RayRunner,  # imported where used: only Ray runs pay for importing Ray
+    )
 
 RAY_CHUNK_RECORDS = 32  # one engine batch per chunk: big enough to batch well, small enough to commit often
 EXIT_INTERRUPTED = 130

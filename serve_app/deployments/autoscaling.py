@@ -19,7 +19,12 @@ import ray
 from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 
-from serve_app.deployments.placement import alive_node_cpus, cluster_gpus, model_replica_cpus, replicas_that_fit
+from serve_app.deployments.placement import (
+    alive_node_cpus,
+    cluster_gpus,
+    model_replica_cpus,
+    replicas_that_fit,
+)
 
 _NODES_TTL_S = 5.0  # the policy runs every control-loop tick; the node list changes far more slowly
 _nodes_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])

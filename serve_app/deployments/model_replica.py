@@ -17,9 +17,17 @@ from typing import Any
 import torch
 from ray import serve
 
-from serve_app.deployments.replica_logging import log_refusals_in_one_line, send_project_logs_to_serve
+from serve_app.deployments.replica_logging import (
+    log_refusals_in_one_line,
+    send_project_logs_to_serve,
+)
 from serve_app.deployments.replica_metrics import SchedulerMetrics
-from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine, load_model
+from serve_app.engine import (
+    GenerationRequest,
+    ScoringRequest,
+    Seq2SeqEngine,
+    load_model,
+)
 from serve_app.engine.requests import ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.lanes import Lanes, lane_count

@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 DEMO_SPEC = "demo"
 CORPUS_PATH = Path(__file__).with_name("demo_corpus.txt")
 DEMO_SHAPE = {
@@ -44,7 +43,10 @@ def demo_model_dir() -> Path:
     # Build in a private temp dir and rename: replicas starting together never see half a model.
     staging = Path(tempfile.mkdtemp(prefix="demo-build-", dir=target.parent))
     try:
-        from serve_app.engine.checkpoint import random_mt5, save_checkpoint  # torch: only when building
+        from serve_app.engine.checkpoint import (  # torch: only when building
+            random_mt5,
+            save_checkpoint,
+        )
 
         tokenizer_dir = staging / "tokenizer"
         vocab_size = _train_tokenizer(tokenizer_dir)

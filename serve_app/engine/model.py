@@ -15,12 +15,17 @@ from collections.abc import Hashable, Sequence
 import torch
 from transformers import MT5ForConditionalGeneration
 
-from serve_app.engine.errors import EngineInputError
 from serve_app.engine.decode_batch import DecodeBatch, FinishedRow, RowOwner
 from serve_app.engine.decoder import CachedDecoder
+from serve_app.engine.errors import EngineInputError
 from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
-from serve_app.engine.scoring import NORMALIZATIONS, decode_rows, pack_rows, target_log_probs
 from serve_app.engine.sampling import RowSampling, sample_next_tokens
+from serve_app.engine.scoring import (
+    NORMALIZATIONS,
+    decode_rows,
+    pack_rows,
+    target_log_probs,
+)
 
 DEFAULT_MAX_INPUT_TOKENS = 512
 

@@ -9,7 +9,13 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from serve_app.deployments.failures import InputError, admission_refusal, input_error, is_overload, is_replica_loss
+from serve_app.deployments.failures import (
+    InputError,
+    admission_refusal,
+    input_error,
+    is_overload,
+    is_replica_loss,
+)
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 1

@@ -22,7 +22,12 @@ from serve_app.deployments.handle_calls import await_or_cancel
 from serve_app.ingress import schemas
 from serve_app.ingress.auth import ApiKeyAuth, load_api_key
 from serve_app.ingress.body_limit import BodySizeLimit
-from serve_app.ingress.errors import RouteFailure, logger, route_failure_handler, validation_error_handler
+from serve_app.ingress.errors import (
+    RouteFailure,
+    logger,
+    route_failure_handler,
+    validation_error_handler,
+)
 from serve_app.ingress.model_availability import ModelAvailability, ModelOutage
 from serve_app.settings import AppSettings
 from serve_app.text.errors import TextInputError

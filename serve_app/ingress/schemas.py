@@ -5,12 +5,37 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from serve_app.engine.requests import MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, MAX_TEMPERATURE, MAX_TOP_K, SamplingParams
-from serve_app.text.classification import MAX_LABEL_CHARS, MAX_LABELS, MIN_LABELS, clean_labels
+from serve_app.engine.requests import (
+    MAX_NEW_TOKENS,
+    MAX_RETURN_SEQUENCES,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    SamplingParams,
+)
+from serve_app.text.classification import (
+    MAX_LABEL_CHARS,
+    MAX_LABELS,
+    MIN_LABELS,
+    clean_labels,
+)
 from serve_app.text.errors import TextInputError
-from serve_app.text.label_keeping import MAX_CANDIDATES, OVERSAMPLING, Checks, KeepLabel, check_rules, wanted_label
+from serve_app.text.label_keeping import (
+    MAX_CANDIDATES,
+    OVERSAMPLING,
+    Checks,
+    KeepLabel,
+    check_rules,
+    wanted_label,
+)
 
 MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
 MAX_BATCH_TEXTS = 50

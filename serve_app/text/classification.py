@@ -11,8 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.engine.requests import MAX_NEW_TOKENS, GenerationRequest, SamplingParams, ScoringRequest, ScoringResult
-from serve_app.text.errors import DuplicateLabelError, EmptyTextError, LabelCountError, TextInputError
+from serve_app.engine.requests import (
+    MAX_NEW_TOKENS,
+    GenerationRequest,
+    SamplingParams,
+    ScoringRequest,
+    ScoringResult,
+)
+from serve_app.text.errors import (
+    DuplicateLabelError,
+    EmptyTextError,
+    LabelCountError,
+    TextInputError,
+)
 from serve_app.text.prompts import Template, classification_values, sanitize_label
 from serve_app.text.tokenization import EncodedPrompt, PromptEncoder
 

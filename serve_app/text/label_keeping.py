@@ -21,7 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.engine.requests import MAX_RETURN_SEQUENCES, GenerationRequest, SamplingParams
+from serve_app.engine.requests import (
+    MAX_RETURN_SEQUENCES,
+    GenerationRequest,
+    SamplingParams,
+)
 from serve_app.text import augmentation, classification
 from serve_app.text.errors import TextInputError
 from serve_app.text.model_calls import ModelCalls

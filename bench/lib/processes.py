@@ -1,4 +1,4 @@
-"""Processes under test: peak resident memory from /proc, finding Serve's ModelReplica worker, stopping a process group."""
+"""Processes under test: a process group started and stopped as one, and what /proc says of its members."""
 
 from __future__ import annotations
 
@@ -6,6 +6,28 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+
+
+def start_group(command: list[str], log: Path, cwd: Path, env: dict[str, str], append: bool = False) -> subprocess.Popen[bytes]:
+    """`command` in a session (process group) of its own, its output in `log`: stop_group ends it and all it spawned."""
+    with log.open("ab" if append else "wb") as out:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT, timeout_s: float = 30) -> None:
+    """Stop a process started by start_group and everything in its process group: `sig` to the group, and
+    SIGKILL to whatever is left once the leader has ended or `timeout_s` has passed (Ray's agents after a kill -9, say)."""
+    if process is None:
+        return
+    for current in (sig, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, current)
+        except ProcessLookupError:  # nobody left in the group
+            return
+        try:
+            process.wait(timeout=timeout_s if current == sig else 30)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -20,13 +42,6 @@ def peak_rss_mb(pid: int) -> float | None:
     """VmHWM: the most resident memory the process has held since it started (MiB)."""
     try:
         return int(_status(pid)["VmHWM"].split()[0]) / 1024
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        return int(_status(pid)["VmRSS"].split()[0]) / 1024
     except (OSError, KeyError, ValueError):
         return None
 
@@ -97,50 +112,3 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _context_switches(pid: int, kind: str) -> int | None:
-    """`kind`_ctxt_switches of /proc/<pid>/task/*/status, summed over the process's threads (None: no such process)."""
-    total = 0
-    try:
-        threads = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return None
-    for thread in threads:
-        try:
-            status = (thread / "status").read_text()
-        except OSError:
-            continue
-        total += int(status.split(f"\n{kind}_ctxt_switches:")[1].split()[0])
-    return total
-
-
-def preemptions(pid: int) -> int:
-    """Times any thread of `pid` has been preempted (involuntary context switches, summed over its threads)."""
-    return _context_switches(pid, "nonvoluntary") or 0
-
-
-def wakeups(pid: int) -> int | None:
-    """Times the threads of `pid` have gone to sleep (voluntary context switches): each sleep ends in a wake-up
-    that takes a core from whatever runs there, so this counts how often a process interrupts the others."""
-    return _context_switches(pid, "voluntary")
-
-
-def cpu_ns(pid: int) -> int:
-    """CPU time a process's main thread has run, in nanoseconds (schedstat: finer than /proc/<pid>/stat's clock ticks)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def stop_group(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT, timeout_s: float = 30) -> None:
-    """Stop a process started with start_new_session=True and everything it spawned: `sig`, then SIGKILL."""
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, sig)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)

@@ -1,9 +1,9 @@
 """The baseline: how this model is usually served. One process, FastAPI + uvicorn, transformers
 `generate` per request in float32, one request at a time.
 
-/classify and /augment as bench/baseline.py describes them; one lock makes it one request at a time.
+/classify and /augment as bench/lib/baseline.py describes them; one lock makes it one request at a time.
 
-    .venv/bin/python -m bench.baseline_server --model /path/to/checkpoint --port 8100
+    .venv/bin/python -m bench.lib.baseline_server --model /path/to/checkpoint --port 8100
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request, Response
 
-from bench.baseline import AugmentBody, Baseline, ClassifyBody
+from bench.lib.baseline import AugmentBody, Baseline, ClassifyBody
 
 logger = logging.getLogger("bench.baseline")
 

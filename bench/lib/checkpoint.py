@@ -8,7 +8,6 @@ are valid ids in the 250,112-row vocabulary.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -48,13 +47,3 @@ def build_checkpoint(target: str | Path | None = None, shape: dict | None = None
     log(f"built in {time.monotonic() - started:.0f} s")
     return target
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default=None, help=f"where to build (default {bench_checkpoint_dir()})")
-    args = parser.parse_args()
-    print(build_checkpoint(args.dir))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench.workloads import Workload
+from bench.lib.workloads import Workload
 
 
 @dataclass

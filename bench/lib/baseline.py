@@ -10,7 +10,7 @@
 
 Weights load through serve_app.engine.loading.load_model (the same checkpoint, the same
 tensors as the Serve app), then the stock `model.generate` does the work. No web framework here:
-bench/baseline_server.py serves it over HTTP, bench.gpu_suite calls it directly.
+bench/lib/baseline_server.py serves it over HTTP; `python -m bench gpu` calls it directly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import torch
 from pydantic import BaseModel, Field
 
 from serve_app.engine.loading import load_model
-from serve_app.text.prompts import AUGMENT_TEMPLATE, CLASSIFICATION_TEMPLATE, LABEL_SEPARATOR
+from serve_app.text.prompts import PromptTemplates, classification_values
+
+PROMPTS = PromptTemplates()  # the model card's prompts, as the service renders them by default
 
 
 class ClassifyBody(BaseModel):
@@ -55,7 +57,7 @@ class Baseline:
     @torch.no_grad()
     def classify(self, body: ClassifyBody) -> dict[str, Any]:
         labels = [label.strip() for label in body.labels]
-        prompt = CLASSIFICATION_TEMPLATE.replace("{labels}", LABEL_SEPARATOR.join(labels)).replace("{text}", body.text.strip())
+        prompt = PROMPTS.classification.render(classification_values(body.text.strip(), labels))
         longest = max(len(self.tokenizer(label, add_special_tokens=False).input_ids) for label in labels)
         output = self.model.generate(**self._inputs(prompt), do_sample=False, num_beams=1, max_new_tokens=longest + 1)
         generated = self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
@@ -63,7 +65,7 @@ class Baseline:
 
     @torch.no_grad()
     def augment(self, body: AugmentBody) -> dict[str, Any]:
-        prompt = AUGMENT_TEMPLATE.replace("{text}", body.text.strip())
+        prompt = PROMPTS.augment.render({"text": body.text.strip()})
         output = self.model.generate(
             **self._inputs(prompt),
             do_sample=True,

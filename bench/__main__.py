@@ -1,0 +1,42 @@
+"""`python -m bench <command>`: the project's benchmarks, one module per command (add_cli_args / main).
+
+    python -m bench serve      the service against a one-at-a-time server, over HTTP
+    python -m bench engine     the engine per number format, and CTranslate2 beside it
+    python -m bench fidelity   the faster settings' probabilities against float32
+    python -m bench gpu        on a GPU machine: the engine and the serving core without Ray
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "serve": "the service (shipped config.yaml) against a one-at-a-time server, over HTTP",
+    "engine": "the engine per number format, and CTranslate2 beside it",
+    "fidelity": "the faster settings' label probabilities against float32",
+    "gpu": "on a GPU machine: the engine and the serving core without Ray",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="The project's benchmarks; results go to bench/results/ and BENCHMARKS.md.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"bench.{name}")
+        sub = commands.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().split("\n\n")[0])
+        module.add_cli_args(sub)
+        sub.set_defaults(main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> object:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # the command's own options, for the results' "command" line
+    return args.main(args)
+
+
+if __name__ == "__main__":
+    main()

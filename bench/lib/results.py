@@ -1,0 +1,86 @@
+"""Results files and the page made from them.
+
+Each entry point writes `bench/results/<name>.json` (its figures, the machine, the command and
+its own section of the page as markdown) and regenerates BENCHMARKS.md from every results file
+there, as CTranslate2's benchmark writes its README table: the page is never edited by hand,
+and an entry point that has not run yet says so. Paths inside results are relative to the
+repository, so a results file reads the same on every checkout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = ROOT / "bench" / "results"
+PAGE = ROOT / "BENCHMARKS.md"
+
+# The page's sections, in order: entry point -> (title, what it measures, how to run it).
+SECTIONS = {
+    "serve": ("The service against a one-at-a-time server", "`python -m bench serve`: the shipped config.yaml under `serve run` against the one-at-a-time transformers server (and, with `--against REF`, an earlier release), closed-loop HTTP load at 1, 8 and 32 clients, the mixed load, and the most /classify clients served at p95 < 1 s"),
+    "engine": ("The engine alone: number formats, and CTranslate2 beside it", "`python -m bench engine`: the engine without Ray or HTTP, classify texts/s and generation tokens/s per number format, what `dtype: auto` picks, and CTranslate2 on the same checkpoint and token ids"),
+    "fidelity": ("Fidelity of the faster settings", "`python -m bench fidelity`: label probabilities of bfloat16, int8 and label-token normalisation against float32 full-vocabulary scoring, and each input alone against inside its batch"),
+    "gpu": ("On a GPU", "`bash bench/gpu_suite.sh \"$OUT\"` on a lent GPU machine (`python -m bench gpu` there): the engine and the serving core without Ray"),
+}
+
+
+def relative(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it (results never record this machine's folders)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def save(name: str, results: dict[str, Any], section: str, out_dir: Path = RESULTS_DIR, page: Path | None = PAGE) -> Path:
+    """Write `<out_dir>/<name>.json` (with its page section) and, unless page is None, regenerate the page."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps({**results, "section": section}, indent=2, ensure_ascii=False) + "\n")
+    if page is not None:
+        write_page(out_dir, page)
+    return path
+
+
+def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
+    """BENCHMARKS.md from the results files in `results_dir`."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Current results, written by the entry points themselves: each run of `python -m bench <name>` saves",
+        "`bench/results/<name>.json` and regenerates this page from every results file (do not edit it by hand).",
+        "Each section names the machine it ran on: compare figures within one section, as ratios measured side",
+        "by side in one run. Dated findings and the history of these numbers are in [docs/perf-notes.md](docs/perf-notes.md).",
+        "The benchmark checkpoint has mT5-base's shapes (d_model 768, 12 + 12 layers, vocabulary 250,112, untied",
+        "lm_head) and random weights: the same compute as the real model, which it cannot stand in for on quality.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        ".venv/bin/python -m bench serve      # the service vs a one-at-a-time server, HTTP load (~25 min on 2 cores)",
+        ".venv/bin/python -m bench engine     # the engine per number format, and CTranslate2 beside it (~10 min)",
+        ".venv/bin/python -m bench fidelity   # probabilities of the faster settings against float32 (~10 min)",
+        "bash bench/gpu_suite.sh \"$OUT\"       # on a lent GPU machine: python -m bench gpu, in one call",
+        "```",
+        "",
+        "`python -m bench <name> --help` lists each one's options; `--quick` runs any of them in a minute on the demo model",
+        "(its figures are not results, and it does not touch this page).",
+    ]
+    for name, (title, what) in SECTIONS.items():
+        lines += ["", f"## {title}", "", what + ".", ""]
+        path = results_dir / f"{name}.json"
+        if not path.is_file():
+            lines.append("Not run yet on this checkout.")
+            continue
+        results = json.loads(path.read_text())
+        lines += [
+            f"Run {results.get('date', '?')} on {results.get('machine', {}).get('description', '?')}: `{results.get('command', '')}`.",
+            "",
+            results.get("section", "").rstrip(),
+        ]
+    text = "\n".join(lines).rstrip() + "\n"
+    page.write_text(text)
+    return text

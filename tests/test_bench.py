@@ -1,0 +1,156 @@
+"""The benchmarks as a user runs them (`python -m bench <command>`), on the demo model with seconds-long windows.
+
+These check that each entry point runs end to end and writes what it says, not its figures:
+figures come from a real run on the benchmark checkpoint (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import COMMANDS
+from bench.__main__ import main as bench
+from bench.lib import results
+from bench.lib.loadgen import Sample, percentile, summarize
+from bench.lib.workloads import (
+    LABELS,
+    augment_workload,
+    chinese_texts,
+    classify_workload,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.unit
+def test_workloads_are_deterministic_and_shaped_as_documented():
+    texts = chinese_texts(200, seed=0)
+    assert texts == chinese_texts(200, seed=0)
+    assert all(20 <= len(text) <= 80 for text in texts)
+    classify = classify_workload(count=10)
+    assert classify.route == "/classify" and all(body["labels"] == LABELS and len(LABELS) == 6 for body in classify.bodies)
+    augment = augment_workload(count=10)
+    assert augment.route == "/augment" and all(body["num_return_sequences"] == 2 and body["max_length"] == 32 for body in augment.bodies)
+
+
+@pytest.mark.unit
+def test_summary_counts_only_the_measured_window():
+    samples = [Sample(0.0, 0.5, 200), Sample(0.5, 2.0, 200), Sample(2.0, 3.0, 200), Sample(3.0, 3.5, 503, "busy"), Sample(3.5, 9.0, 200)]
+    point = summarize(samples, system="x", workload="w", concurrency=1, window=(1.0, 5.0), warmup_s=1.0, in_flight_starts=[3.5], sent=5)
+    assert (point.ok, point.errors, point.in_flight_at_end) == (2, 1, 1)
+    assert point.rps == pytest.approx(0.5)
+    # spread: (2-1)/1.5 of the second answer, all of the third, (5-3.5)/5.5 of the last, over 4 s
+    assert point.rps_spread == pytest.approx((1 / 1.5 + 1 + 1.5 / 5.5) / 4)
+    assert point.p50_s == pytest.approx(1.25) and point.max_s == pytest.approx(1.5)
+    assert percentile([], 50) is None and percentile([3.0], 99) == 3.0
+
+
+@pytest.mark.unit
+def test_four_entry_points_that_never_import_each_other():
+    help_text = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert list(COMMANDS) == ["serve", "engine", "fidelity", "gpu"] and all(name in help_text for name in COMMANDS)
+    entry_points = sorted(path.stem for path in (ROOT / "bench").glob("*.py") if path.stem not in ("__init__", "__main__"))
+    assert entry_points == sorted(COMMANDS)
+    for name in COMMANDS:
+        tree = ast.parse((ROOT / "bench" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert not {f"bench.{other}" for other in COMMANDS} & imported, (name, imported)
+        names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert {"add_cli_args", "main"} <= names, name
+
+
+@pytest.mark.unit
+def test_the_page_is_regenerated_from_the_results_files(tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text("# hand-written text that a regeneration replaces\n")
+    machine = {"description": "2-core Test CPU (avx512_bf16), 24 GiB, no GPU"}
+    results.save("engine", {"date": "2026-12-03T10:00:00+00:00", "command": "python -m bench engine", "machine": machine},
+                 "| format | texts/s |\n|---|---|\n| float32 | 5.1 |", out_dir=tmp_path / "results", page=page)
+    text = page.read_text()
+    assert "hand-written" not in text
+    assert "| float32 | 5.1 |" in text and "2-core Test CPU (avx512_bf16)" in text
+    assert text.count("Not run yet") == 3  # serve, fidelity, gpu
+    for command in ("python -m bench serve", "python -m bench engine", "python -m bench fidelity", "gpu_suite.sh"):
+        assert command in text
+    saved = json.loads((tmp_path / "results" / "engine.json").read_text())
+    assert saved["section"].startswith("| format |")
+    assert results.relative(ROOT / "bench" / "results" / "x.json") == "bench/results/x.json"
+
+
+@pytest.mark.unit
+def test_the_shipped_page_is_what_the_results_files_make():
+    assert results.write_page(results.RESULTS_DIR, Path("/dev/null")) == (ROOT / "BENCHMARKS.md").read_text()
+    assert len((ROOT / "BENCHMARKS.md").read_text().splitlines()) <= 300
+    for path in results.RESULTS_DIR.glob("*.json"):
+        assert "/tmp/" not in path.read_text() and "/root/" not in path.read_text(), path
+
+
+@pytest.mark.unit
+def test_engine_runs_every_format_against_float32(tmp_path):
+    out = bench(["engine", "--quick", "--out", str(tmp_path)])
+    formats = out["parts"]["formats"]["formats"]
+    assert list(formats) == ["float32", "bfloat16", "int8"]
+    assert formats["float32"]["max_abs_dp"] == 0 and formats["float32"]["top_label_agreement"] == 1
+    for name, figures in formats.items():
+        assert figures["classify_texts_per_s"] > 0 and figures["generate32_tokens_per_s"] > 0 and figures["generate1_tokens_per_s"] > 0, name
+    assert 0 < formats["bfloat16"]["max_abs_dp"] < 0.05
+    assert out["parts"]["auto"]["dtype"] in ("float32", "bfloat16") and out["parts"]["auto"]["reason"].startswith("auto")
+    assert out["parts"]["keep_label"]["sample_s_per_candidate"] > 0
+    saved = json.loads((tmp_path / "engine-quick.json").read_text())
+    assert "| bfloat16 |" in saved["section"] and saved["command"].startswith(".venv/bin/python -m bench engine --quick")
+
+
+@pytest.mark.unit
+def test_fidelity_compares_every_variant_with_float32(tmp_path):
+    out = bench(["fidelity", "--quick", "--out", str(tmp_path)])
+    [model] = out["models"]
+    variants = model["variants"]
+    assert {"float32, full vocabulary (reference)", "float32, label_tokens", "bfloat16, full vocabulary", "int8, full vocabulary"} <= set(variants)
+    assert variants["float32, full vocabulary (reference)"]["alone_vs_batch"]["max_abs_dp"] < 1e-5
+    assert all(0 <= v.get("max_abs_dp", 0) <= 1 and v["requests_per_s"] > 0 for v in variants.values())
+
+
+@pytest.mark.unit
+def test_gpu_refuses_a_machine_without_cuda_and_runs_every_part_when_told_cpu(tmp_path):
+    refused = subprocess.run([sys.executable, "-m", "bench", "gpu", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "sees no usable CUDA device" in refused.stderr and not (tmp_path / "gpu.json").exists()
+    out = bench(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path)])
+    assert out["device"] == "cpu"
+    assert not [name for name, part in out["parts"].items() if "error" in part], out["parts"]
+    assert set(out["parts"]) == {"augment_latency", "memory", "classify_batch", "classify_clients", "seeded_invariance", "against_baseline", "fidelity"}
+    assert out["parts"]["augment_latency"]["result"]["median_s"] > 0
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert saved["parts"].keys() == out["parts"].keys() and "Device `cpu`" in saved["section"]
+
+
+@pytest.mark.unit
+def test_an_earlier_release_is_checked_out_beside_the_tree(tmp_path):
+    from bench.serve import checkout
+
+    tree = checkout("HEAD", tmp_path / "tree")
+    assert (tree / "config.yaml").read_text() == subprocess.run(["git", "show", "HEAD:config.yaml"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert (tree / "serve_app" / "app.py").is_file() and not (tree / ".git").exists()
+
+
+@pytest.mark.service
+def test_serve_runs_the_baseline_and_the_service_side_by_side(tmp_path):
+    out = bench(["serve", "--quick", "--workloads", "classify", "augment", "sweep", "--concurrency", "1", "2",
+                 "--sweep-clients", "1", "2", "--augment-max-length", "4", "--out", str(tmp_path)])
+    assert set(out["systems"]) == {"baseline", "serve"}
+    plain = [p for p in out["points"] if not p["workload"].startswith("sweep")]
+    assert {(p["system"], p["workload"], p["concurrency"]) for p in plain} == {
+        (system, workload, clients) for system in ("baseline", "serve") for workload in ("classify", "augment") for clients in (1, 2)
+    }
+    assert all(p["errors"] == 0 and p["ok"] > 0 for p in out["points"]), out["points"]
+    assert {(r["workload"], r["clients"]) for r in out["ratios"]} == {(w, c) for w in ("classify", "augment") for c in (1, 2)}
+    assert out["systems"]["serve"]["health"]["dtype_reason"].startswith("auto")  # the shipped config.yaml: dtype auto
+    assert out["systems"]["serve"]["model_peak_rss_mb"] > 0
+    saved = json.loads((tmp_path / "serve-quick.json").read_text())
+    assert "| serve | baseline | classify | 2 |" in saved["section"] and "Most /classify clients" in saved["section"]
