@@ -12,6 +12,7 @@ of them has run, so an idle Ray does not take CPU from the tests after it.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
     for name, last in _last_user.items():
         if nodeid == last and name in _running:
-            _running.pop(name).stop()  # the session fixture's own teardown later finds it stopped
+            _running.pop(name).stop(signal.SIGTERM)  # the session fixture's own teardown later finds it stopped
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ run the service as a user runs it.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +36,7 @@ def service(
     try:
         yield run
     finally:
-        run.stop()
+        run.stop(signal.SIGTERM)  # no test here is about Serve's graceful drain, which takes ~10 s
 
 
 def replica_processes(run: ServeRun, deployment: str) -> list[psutil.Process]:

@@ -256,20 +256,6 @@ def test_url_mode_seeded_augment_matches_ray_data(augmented: Path, workdir: Path
 KEEP_LABEL_ARGS = ["--num", "2", "--max-length", "10", "--seed", "5", "--keep-label", "--labels", LABELS_ARG, "--min-distance", "0.2"]
 
 
-def test_keep_label_flags_are_checked_before_any_work(workdir: Path, bulk_env: dict[str, str]) -> None:
-    for flags, named in [
-        (["--keep-label"], "--keep-label"),
-        (["--labels", LABELS_ARG], "--keep-label"),
-        (["--keep-label", "--labels", "物流延迟"], "--labels"),
-        (["--keep-label", "--labels", LABELS_ARG, "--label", "价格"], "--label"),
-        (["--num", "3", "--keep-label", "--labels", LABELS_ARG, "--max-candidates", "2"], "--max-candidates"),
-        (["--min-distance", "1.5"], "--min-distance"),
-    ]:
-        result = bulk(["augment", "in.jsonl", "never.jsonl", *flags, "--model", "demo"], bulk_env, workdir, expect=2)
-        assert f"{named}: " in result.stderr, result.stderr
-    assert not (workdir / "never.jsonl").exists()
-
-
 def test_keep_label_bulk_job_on_ray_data_and_over_http_agree_with_classify(
     workdir: Path, ray_address: str, base_url: str, bulk_env: dict[str, str]
 ) -> None:

@@ -398,3 +398,26 @@ def test_seeded_augment_over_http_sends_each_record_its_own_seed() -> None:
     assert by_first_text["第一条"]["seeds"] == [record_seed(11, 7), record_seed(11, 9)]
     assert by_first_text["第三条"]["seeds"] == [record_seed(11, 12)]
     assert all("seed" not in body and body["num_return_sequences"] == 3 and body["max_length"] == 8 for body in bodies)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--keep-label"], "--keep-label"),
+        (["--labels", "物流延迟,商品缺货"], "--keep-label"),
+        (["--keep-label", "--labels", "物流延迟"], "--labels"),
+        (["--keep-label", "--labels", "物流延迟,商品缺货", "--label", "价格"], "--label"),
+        (["--num", "3", "--keep-label", "--labels", "物流延迟,商品缺货", "--max-candidates", "2"], "--max-candidates"),
+        (["--min-distance", "1.5"], "--min-distance"),
+    ],
+)
+def test_keep_label_flags_are_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str) -> None:
+    """mt5-bulk's own entry point (serve_app.bulk.cli.main): a bad flag is a usage error naming it, before any file or model is touched."""
+    from serve_app.bulk.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["augment", str(tmp_path / "in.jsonl"), str(tmp_path / "never.jsonl"), *flags, "--model", "demo"])
+    assert exit_.value.code == 2
+    assert f"{named}: " in capsys.readouterr().err
+    assert not (tmp_path / "never.jsonl").exists()
+

@@ -1,5 +1,5 @@
 /* UI strings: Chinese (as in the seed article) and English. `{name}` marks a value filled in at run time. */
-window.I18N = {
+export const I18N = {
   zh: {
     "app.title": "全任务零样本学习 · mT5 分类增强版",
     "app.subtitle": "中文零样本分类 · 文本增强 · 通用任务",

@@ -3,14 +3,12 @@
 On a CPU-only node the proxy, Ingress, Classifier and Generator run beside the
 ModelReplica's torch threads; each time one of them takes a core mid-step, the
 replica's other thread waits at the next barrier. A lower scheduling priority
-(a higher `nice`) lets them run in the gaps instead (BENCHMARKS.md, "CPU priority").
+(a higher `nice`) lets them run in the gaps instead (docs/perf-notes.md, "CPU priority").
 Raising a process's nice value needs no privilege; lowering it would.
 
 Ray starts every worker, the ModelReplica included, at nice 15 (`RAY_worker_niceness`), so
-+10 lands at the ceiling of 19: the light deployments weigh 15 against the model's 36 in the
-kernel's scheduler. Starting Ray with RAY_worker_niceness=0 (model 0, light 10: 110 against
-1024) measured no different under load (BENCHMARKS.md, "Where the share goes"): priority only
-decides who waits, and the light processes' CPU is the same either way.
++10 lands at the ceiling of 19. Priority only decides who waits; the light processes' CPU is
+the same either way.
 """
 
 from __future__ import annotations

@@ -43,8 +43,7 @@ class ModelReplica:
         send_project_logs_to_serve()  # the dtype choice and the scheduler's own lines
         log_refusals_in_one_line()  # an input check or a refusal of admission is not a failure of ours
         self.settings = AppSettings.model_validate(settings)
-        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): null means every core of the node instead
-        # (BENCHMARKS.md, "threads").
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): null means every core of the node instead.
         threads = self.settings.torch_threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
         self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import MT5Config, MT5ForConditionalGeneration
 
-# google/mt5-base, as the real checkpoint is shaped (model-notes.md).
+# google/mt5-base, as the real checkpoint is shaped (docs/model.md).
 MT5_BASE_SHAPE: dict[str, Any] = {
     "vocab_size": 250112,
     "d_model": 768,

@@ -1,7 +1,7 @@
 """Load an mT5-family checkpoint (ModelScope or safetensors layout) and its tokenizer.
 
 transformers 5 derives two things from config fields that are wrong for this
-model family (model-notes.md): it ties lm_head to the embeddings, and for
+model family (docs/model.md, "transformers 5"): it ties lm_head to the embeddings, and for
 model_type "t5" it may scale decoder outputs by d_model^-0.5. The weights are
 therefore loaded by hand into MT5ForConditionalGeneration, which never scales,
 and a separate lm_head in the checkpoint stays separate.

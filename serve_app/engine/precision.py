@@ -2,9 +2,9 @@
 
 `auto` picks bfloat16 where the hardware runs it natively (CUDA; CPUs with AMX,
 whose tile unit multiplies bf16 several times faster than fp32) and float32
-elsewhere (without AMX, bf16 matmuls are emulated and slower: BENCHMARKS.md).
+elsewhere (where bf16 matmuls are emulated they are slower than fp32).
 `int8` (opt-in, CPU) quantises the linear layers dynamically (VNNI/AMX int8
-kernels); its measured error is in BENCHMARKS.md. Whatever the weights, logits,
+kernels); its error is measured by `python -m bench fidelity`. Whatever the weights, logits,
 log-softmax, label scores and sampling run in float32.
 """
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from serve_app.engine.errors import ParameterRangeError
 
-# Ranges of the HTTP contract (design.md); the engine enforces them too, so a
+# Ranges of the HTTP contract (docs/http-api.md); the engine enforces them too, so a
 # bulk job or a direct caller gets the same rules as an HTTP client.
 MAX_RETURN_SEQUENCES = 10
 MAX_NEW_TOKENS = 512

@@ -119,7 +119,7 @@ class ModelAvailability:
 
     def _running_from_details(self) -> tuple[int, int]:
         """The controller's details as it sends them. serve.status() builds the same into pydantic models
-        first, about 50 ms of this replica's CPU a look, every second (BENCHMARKS.md, "Light deployments")."""
+        first, which costs this light replica far more CPU for a look it takes every second."""
         from ray.serve.context import _get_global_client
 
         applications = _get_global_client().get_serve_details()["applications"]

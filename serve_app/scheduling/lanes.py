@@ -2,9 +2,7 @@
 
 On a CPU node one batch split across all cores loses time at every op's barrier,
 and more so when another process takes a core mid-op; independent batches do
-not wait for each other. Measured on the 2-core AMX box (BENCHMARKS.md, "Lanes"):
-two lanes of one torch thread each scored 12.6–13.3 req/s where one lane of two
-threads scored 10.6. A request goes to the lane with the least outstanding work,
+not wait for each other (docs/perf-notes.md, "Lanes"). A request goes to the lane with the least outstanding work,
 so load splits evenly; a lane's torch threads follow how many lanes are busy
 (CoreShare), so a lone request still runs on every core.
 
