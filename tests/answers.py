@@ -6,12 +6,13 @@ from typing import Any
 
 
 def shipped_dtype() -> str:
-    """What config.yaml's `dtype: auto` runs on this machine."""
+    """What config.yaml's `dtype: auto` runs for the demo model on this machine (measured as the replica measures)."""
     import torch
 
-    from serve_app.engine.precision import choose_precision
+    from serve_app.engine.demo import DEMO_SHAPE
+    from serve_app.engine.precision import MatmulShape, choose_precision
 
-    return choose_precision("auto", torch.device("cpu")).name
+    return choose_precision("auto", torch.device("cpu"), MatmulShape(DEMO_SHAPE["d_model"], DEMO_SHAPE["d_ff"])).name
 
 
 # The same input scored inside different batches: float32 rounding stays far below 1e-5; bfloat16's

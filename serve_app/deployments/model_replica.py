@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+import ray
 import torch
 from ray import serve
 
@@ -37,16 +38,28 @@ from serve_app.settings import AppSettings
 logger = logging.getLogger("ray.serve")
 
 
+def replica_threads(gpu_reserved: bool) -> int:
+    """torch threads when config.yaml leaves them null.
+
+    Ray sets OMP_NUM_THREADS to the actor's num_cpus, but a CPU replica reserves its whole
+    node, so it takes every core. Beside a GPU the CPUs only feed the device: the replica keeps
+    to what Ray reserved for it instead of the host's cores (a pod's host may have 100).
+    """
+    if gpu_reserved:
+        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    return os.cpu_count() or 1
+
+
 @serve.deployment(name="ModelReplica")
 class ModelReplica:
     def __init__(self, settings: dict[str, Any]) -> None:
         send_project_logs_to_serve()  # the dtype choice and the scheduler's own lines
         log_refusals_in_one_line()  # an input check or a refusal of admission is not a failure of ours
         self.settings = AppSettings.model_validate(settings)
-        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): null means every core of the node instead.
-        threads = self.settings.torch_threads or os.cpu_count() or 1
+        gpu_reserved = bool(ray.get_gpu_ids())
+        threads = self.settings.torch_threads or replica_threads(gpu_reserved)
         torch.set_num_threads(threads)
-        self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype)
+        self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype, gpu_reserved=gpu_reserved)
         self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens)
         lanes = lane_count(self.settings.scheduler_lanes, self.loaded.device.type, threads)
         # A request that could not start before the ingress gives up is refused at once (503).

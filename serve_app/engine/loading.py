@@ -13,13 +13,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
 from serve_app.engine.errors import ModelSpecError
-from serve_app.engine.precision import Precision, choose_precision, quantize_linears
+from serve_app.engine.precision import MatmulShape, Precision, choose_precision, configure_float32_matmuls, quantize_linears
 from serve_app.engine.spec import ResolvedSpec, resolve_spec
 from serve_app.engine.tokenizer import load_tokenizer
 
@@ -56,15 +57,20 @@ class LoadedModel:
         }
 
 
-def choose_device(device: str = "auto") -> torch.device:
-    """`auto` is cuda when present, else cpu; an explicit cuda request without CUDA falls back to cpu with a warning."""
+def choose_device(device: str | None = "auto", gpu_reserved: bool = False, cuda_available: Callable[[], bool] = torch.cuda.is_available) -> torch.device:
+    """`auto` is cuda when present, else cpu. A cuda request, or a GPU reserved for this process,
+    without working CUDA stops here: a GPU node silently serving at CPU speed is worse than none."""
+    wants_cuda = gpu_reserved or (device not in ("auto", "", None) and torch.device(device).type == "cuda")
+    if wants_cuda and not cuda_available():
+        asked = f"device {device!r}" if device not in ("auto", "", None) else "a GPU reserved for this replica"
+        raise ModelSpecError(
+            f"{asked} but CUDA is not usable here (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none: a CPU-only build'}). "
+            "Install the CUDA build of torch that matches the node's driver (the image pins one), "
+            "or set device: cpu and replica_gpus: 0 to serve from the CPU."
+        )
     if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        logger.warning("device %r requested but CUDA is not available; using cpu", device)
-        return torch.device("cpu")
-    return chosen
+        return torch.device("cuda" if cuda_available() else "cpu")
+    return torch.device(device)
 
 
 def load_config(path: Path) -> MT5Config:
@@ -115,12 +121,14 @@ def build_model(config: MT5Config, state: dict[str, torch.Tensor]) -> MT5ForCond
     return model
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(spec: str, device: str = "auto", dtype: str = "auto", gpu_reserved: bool = False) -> LoadedModel:
     """Resolve `spec`, load weights and tokenizer, move to device and precision (precision.py), eval mode."""
     resolved = resolve_spec(spec)
-    torch_device = choose_device(device)
-    precision = choose_precision(dtype, torch_device)
-    model = build_model(load_config(resolved.path), read_state_dict(resolved.path))
+    torch_device = choose_device(device, gpu_reserved)
+    config = load_config(resolved.path)
+    precision = choose_precision(dtype, torch_device, MatmulShape(config.d_model, config.d_ff))
+    configure_float32_matmuls(torch_device)
+    model = build_model(config, read_state_dict(resolved.path))
     model = model.to(device=torch_device, dtype=precision.dtype).eval()
     model.requires_grad_(False)
     if precision.int8:
