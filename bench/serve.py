@@ -40,8 +40,8 @@ from bench.lib.workloads import augment_workload, classify_workload, mixed_workl
 
 P95_LIMIT_S = 1.0  # the seed's concurrency figure: the most clients served with p95 under a second
 WINDOWS = {  # seconds: (warm-up, measured) per point; augment cycles take 8-12 s at 32 clients on 2 cores
-    "full": {"classify": (5.0, 20.0), "augment": (10.0, 60.0), "sweep": (3.0, 15.0), "drain": 15.0},
-    "quick": {"classify": (0.5, 2.0), "augment": (0.5, 3.0), "sweep": (0.5, 2.0), "drain": 5.0},
+    "full": {"classify": (5.0, 20.0), "augment": (10.0, 60.0), "sweep": (3.0, 15.0), "drain": 15.0, "settle": 3.0},
+    "quick": {"classify": (0.5, 2.0), "augment": (0.5, 3.0), "sweep": (0.5, 2.0), "drain": 5.0, "settle": 0.5},
 }
 
 
@@ -146,7 +146,7 @@ class BaselineProcess:
     def model_pids(self) -> list[int]:
         return [self.process.pid] if self.process else []
 
-    def settle(self) -> None:
+    def settle(self, seconds: float) -> None:
         """Wait until no request is being computed (abandoned queued requests are skipped by the server)."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -181,8 +181,8 @@ class ServeProcess:
     def model_pids(self) -> list[int]:
         return processes.find_replica_pids(self.run.process.pid) if self.run.process else []
 
-    def settle(self) -> None:
-        time.sleep(3.0)  # abandoned requests are cancelled and leave the batch at the next step
+    def settle(self, seconds: float) -> None:
+        time.sleep(seconds)  # abandoned requests are cancelled and leave the batch at the next step
 
     def describe(self) -> str:
         return f"`serve run` on {'this checkout' if self.run.tree == ROOT else 'a checkout of ' + self.name.split('@')[1]}'s config.yaml, model {self.info.get('dtype', '?')} on {self.info.get('device', '?')} ({self.info.get('dtype_reason', '')})"
@@ -207,7 +207,7 @@ def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace, wi
         def measure(mix: list[tuple[Any, int]], window: tuple[float, float]) -> list[dict[str, Any]]:
             warmup, duration = window
             measured = _measured(pids, loadgen.run_mix(system.url, mix, system=system.name, duration_s=duration, warmup_s=warmup, drain_s=windows["drain"]))
-            system.settle()
+            system.settle(windows["settle"])
             for point in measured:
                 log(f"{system.name:12s} {point['workload']:15s} c={point['concurrency']:<3d} {point['rps_spread']:7.2f} req/s  "
                     f"p50 {_s(point['p50_s'])}  p95 {_s(point['p95_s'])}  ok {point['ok']} err {point['errors']}")

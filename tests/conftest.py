@@ -4,9 +4,9 @@ Every test carries one of the markers registered in pyproject.toml: `unit` (in-p
 `service` (starts `serve run` or Ray), `cluster` (several Ray nodes), `browser` (headless Chromium).
 `pytest -m unit` is the quick loop.
 
-The session's shared service (`served`) starts once. The tests that use it are run one after
-the other, those that disrupt it (kill its replicas) last, and it is stopped as soon as the last
-of them has run, so an idle Ray does not take CPU from the tests after it.
+The session's shared services (`served`, `guarded`) start once each. The tests that use one are run
+one after the other, those that disrupt it (kill its replicas) last, and it is stopped as soon as the
+last of them has run, so an idle Ray does not take CPU from the tests after it.
 """
 
 from __future__ import annotations
@@ -18,36 +18,40 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ServeRun, service
+from tests.servers import ServeRun, guarded_service, service
 
 OUTPUT_ROOT = Path(os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parents[1] / "test-output"))
 KINDS = ("unit", "service", "cluster", "browser")
-SHARED_SERVICE = "served"
+SHARED_SERVICES = ("served", "guarded")  # session fixtures, each started once and stopped after its last user
 _running: dict[str, ServeRun] = {}
 _last_user: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse a test without a kind; run the modules that use the shared service in one block, at the
-    place of the first, with the modules that disrupt it last (whole modules, so that their own
-    module-scoped fixtures start once)."""
+    """Refuse a test without a kind; run the modules that use a shared service in one block, at the place of
+    the first, with the modules that disrupt it last (whole modules, so that their own module-scoped fixtures
+    start once)."""
     untyped = [item.nodeid for item in items if not any(item.get_closest_marker(kind) for kind in KINDS)]
     if untyped:
         raise pytest.UsageError(f"tests without one of the markers {', '.join(KINDS)}: {', '.join(untyped[:5])}")
-    sharing = list(dict.fromkeys(item.path for item in items if SHARED_SERVICE in getattr(item, "fixturenames", ())))
-    if not sharing:
-        return
-    block = [item for item in items if item.path in sharing]
-    block.sort(key=lambda item: item.get_closest_marker("disrupts_service") is not None)  # stable: file order otherwise
-    first = next(index for index, item in enumerate(items) if item.path in sharing)
-    rest = [item for item in items if item.path not in sharing]
-    items[:] = rest[:first] + block + rest[first:]
+    placed: set[Path] = set()
+    for name in SHARED_SERVICES:
+        sharing = [path for path in dict.fromkeys(item.path for item in items if name in getattr(item, "fixturenames", ())) if path not in placed]
+        if not sharing:
+            continue
+        placed.update(sharing)
+        block = [item for item in items if item.path in sharing]
+        block.sort(key=lambda item: item.get_closest_marker("disrupts_service") is not None)  # stable: file order otherwise
+        first = next(index for index, item in enumerate(items) if item.path in sharing)
+        rest = [item for item in items if item.path not in sharing]
+        items[:] = rest[:first] + block + rest[first:]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    users = [item for item in session.items if SHARED_SERVICE in getattr(item, "fixturenames", ())]
-    if users:
-        _last_user[SHARED_SERVICE] = users[-1].nodeid
+    for name in SHARED_SERVICES:
+        users = [item for item in session.items if name in getattr(item, "fixturenames", ())]
+        if users:
+            _last_user[name] = users[-1].nodeid
 
 
 def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
@@ -94,11 +98,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeRun]:
     The shipped `dtype: auto` runs over HTTP in the resilience, security, benchmark and cluster tests.
     """
     with service(tmp_path_factory.mktemp("serve"), env={"MT5_DTYPE": "float32"}) as run:
-        _running[SHARED_SERVICE] = run
+        _running["served"] = run
         yield run
-        _running.pop(SHARED_SERVICE, None)
+        _running.pop("served", None)
 
 
 @pytest.fixture(scope="session")
 def base_url(served: ServeRun) -> str:
     return served.url
+
+
+@pytest.fixture(scope="session")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeRun]:
+    """The shipped config.yaml (dtype auto) locked down and small: tests/servers.guarded_service."""
+    with guarded_service(tmp_path_factory.mktemp("guarded")) as run:
+        _running["guarded"] = run
+        yield run
+        _running.pop("guarded", None)

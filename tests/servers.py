@@ -8,6 +8,7 @@ run the service as a user runs it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import psutil
 
 from bench.lib.serve_run import CONFIG, ROOT, SERVE, ServeRun, free_port, shipped_config
 
-__all__ = ["CONFIG", "ROOT", "SERVE", "ServeRun", "free_port", "shipped_config", "service", "replica_processes", "load_client"]
+__all__ = ["CONFIG", "ROOT", "SERVE", "ServeRun", "free_port", "shipped_config", "service", "guarded_service", "replica_processes", "load_client"]
 
 
 @contextmanager
@@ -37,6 +38,26 @@ def service(
         yield run
     finally:
         run.stop(signal.SIGTERM)  # no test here is about Serve's graceful drain, which takes ~10 s
+
+
+# The guarded service: an API key and one CORS origin, as behind a public load balancer, and one replica per
+# deployment with short queues and a short request timeout, so overload, timeouts and lost replicas are quick to reach.
+GUARD_KEY = "s3cret-key-for-tests-0123456789"
+GUARD_AUTH = {"Authorization": f"Bearer {GUARD_KEY}"}
+GUARD_ORIGIN = "http://allowed.example"
+GUARD_TIMEOUT_S = 6  # short, with room for the 2-core box where a flood's HTTP work competes with the model
+SINGLE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
+
+
+def guarded_service(workdir: Path) -> contextlib.AbstractContextManager[ServeRun]:
+    overrides = {
+        "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_rows": 4}, "autoscaling_config": SINGLE},
+        "Classifier": {"autoscaling_config": SINGLE},
+        "Generator": {"autoscaling_config": SINGLE},
+        "Ingress": {"autoscaling_config": SINGLE},
+    }
+    args = {"request_timeout_s": GUARD_TIMEOUT_S, "cors_allow_origins": [GUARD_ORIGIN]}
+    return service(workdir, overrides, args, env={"MT5_API_KEY": GUARD_KEY})
 
 
 def replica_processes(run: ServeRun, deployment: str) -> list[psutil.Process]:

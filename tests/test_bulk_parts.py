@@ -406,7 +406,7 @@ def test_seeded_augment_over_http_sends_each_record_its_own_seed() -> None:
         (["--keep-label"], "--keep-label"),
         (["--labels", "物流延迟,商品缺货"], "--keep-label"),
         (["--keep-label", "--labels", "物流延迟"], "--labels"),
-        (["--keep-label", "--labels", "物流延迟,商品缺货", "--label", "价格"], "--label"),
+        (["--keep-label", "--labels", "物流延迟,商品缺货", "--label", "\x07"], "--label"),
         (["--num", "3", "--keep-label", "--labels", "物流延迟,商品缺货", "--max-candidates", "2"], "--max-candidates"),
         (["--min-distance", "1.5"], "--min-distance"),
     ],

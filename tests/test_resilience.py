@@ -12,33 +12,18 @@ import time
 import httpx
 import pytest
 
-from tests.servers import ServeRun, load_client, replica_processes, service
+from tests.servers import GUARD_AUTH, GUARD_TIMEOUT_S, load_client, replica_processes
 
 TEXTS = ["物流太慢了,等了三天还没发货", "这款手机充电很快", "股市今天大幅上涨", "周末我们去了杭州旅游", "这家面馆的牛肉面味道一般"]
 LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议", "天气", "美食"]
-SINGLE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
-# Short, but with room for the 2-core CI box where the flood's HTTP work competes with the model for the CPUs.
-REQUEST_TIMEOUT_S = 6
+REQUEST_TIMEOUT_S = GUARD_TIMEOUT_S
 # Sampling that runs to max_length on the demo model: with more rows than a batch, seconds of decoding alone.
 LONG_SAMPLING = {"num_return_sequences": 10, "max_length": 512, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
-@pytest.fixture(scope="module")
-def fragile(tmp_path_factory) -> ServeRun:
-    """One replica per deployment, a short queue at the model and a short request timeout."""
-    overrides = {
-        "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_rows": 4}, "autoscaling_config": SINGLE},
-        "Classifier": {"autoscaling_config": SINGLE},
-        "Generator": {"autoscaling_config": SINGLE},
-        "Ingress": {"autoscaling_config": SINGLE},
-    }
-    with service(tmp_path_factory.mktemp("fragile"), overrides, args={"request_timeout_s": REQUEST_TIMEOUT_S}) as run:
-        yield run
-
-
 async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60) -> list[tuple[int, dict, float, dict]]:
     """Send all requests at once; (status, body, seconds, headers) each. A client timeout fails the test: a hang."""
-    async with load_client(url, timeout_s, connections=500) as client:
+    async with load_client(url, timeout_s, connections=500, headers=GUARD_AUTH) as client:
 
         async def one(path: str, body: dict):
             started = time.monotonic()
@@ -51,22 +36,22 @@ async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60
 
 
 @pytest.mark.service
-def test_slow_request_answers_504_instead_of_hanging(fragile):
+def test_slow_request_answers_504_instead_of_hanging(guarded):
     """The first test of this module on purpose: no drain rate is measured yet, so the scheduler refuses
     nothing and the ingress's timeout is what ends the request."""
     # Four texts fit the Generator's router queue to the model (max_queued_requests 4 here), so all four reach
     # the scheduler. Each asks more rows than a whole batch, so they run one after another (~2.5 s each here).
     slow = {"texts": [f"{TEXTS[i % 5]}{i}" for i in range(4)], **LONG_SAMPLING}
     started = time.monotonic()
-    response = httpx.post(f"{fragile.url}/augment_batch", json=slow, timeout=60)
+    response = httpx.post(f"{guarded.url}/augment_batch", json=slow, headers=GUARD_AUTH, timeout=60)
     assert response.status_code == 504, response.text
     assert str(REQUEST_TIMEOUT_S) in response.json()["detail"] and time.monotonic() - started < 30
     # the timed-out call is cancelled down to the model: its rows leave the batch at the next step (the scheduler logs it)
-    assert fragile.wait_for_log("cancelled by their callers"), fragile.log_tail()
+    assert guarded.wait_for_log("cancelled by their callers"), guarded.log_tail()
     # the service recovers once the abandoned work drains
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if httpx.post(f"{fragile.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=60).status_code == 200:
+        if httpx.post(f"{guarded.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, headers=GUARD_AUTH, timeout=60).status_code == 200:
             break
         time.sleep(2)
     else:
@@ -74,21 +59,21 @@ def test_slow_request_answers_504_instead_of_hanging(fragile):
 
 
 @pytest.mark.service
-def test_a_client_that_hangs_up_frees_its_rows(fragile):
+def test_a_client_that_hangs_up_frees_its_rows(guarded):
     """Serve cancels the request of a client that closes its connection, down to the scheduler."""
-    log_seen = fragile.log_size()
+    log_seen = guarded.log_size()
     # one request of more rows than a whole batch: it runs alone for seconds (~2.5 s here)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{fragile.url}/augment", json={"text": TEXTS[2], **LONG_SAMPLING}, timeout=httpx.Timeout(60, read=1.0))
-    assert fragile.wait_for_log("cancelled by their callers (1 running", since=log_seen), fragile.log_tail()
+        httpx.post(f"{guarded.url}/augment", json={"text": TEXTS[2], **LONG_SAMPLING}, headers=GUARD_AUTH, timeout=httpx.Timeout(60, read=1.0))
+    assert guarded.wait_for_log("cancelled by their callers (1 running", since=log_seen), guarded.log_tail()
 
 
 @pytest.mark.service
-def test_overload_answers_503_with_retry_after_at_once(fragile):
-    since = fragile.log_size()
+def test_overload_answers_503_with_retry_after_at_once(guarded):
+    since = guarded.log_size()
     heavy = {"num_return_sequences": 4, "max_length": 64, "temperature": 1.0}
     flood = [("/augment", {"text": TEXTS[i % 5] + str(i), **heavy}) for i in range(60)]
-    results = asyncio.run(fire(fragile.url, flood))
+    results = asyncio.run(fire(guarded.url, flood))
     statuses = [status for status, *_ in results]
     assert set(statuses) <= {200, 503}, statuses
     rejected = [(seconds, headers, body) for status, body, seconds, headers in results if status == 503]
@@ -98,11 +83,11 @@ def test_overload_answers_503_with_retry_after_at_once(fragile):
         assert headers.get("retry-after") == "1" and "capacity" in body["detail"]
     # rejections come straight back instead of waiting in an unbounded queue
     assert sorted(s for s, *_ in rejected)[len(rejected) // 2] < max(served)
-    assert httpx.get(f"{fragile.url}/healthz").status_code == 200
+    assert httpx.get(f"{guarded.url}/healthz").status_code == 200
     # The Generator's refusals (the model's queue was full) are one WARNING line each in Serve's log, not
     # Serve's "Request failed." traceback, whose last line names the exception with its module.
-    assert fragile.wait_for_log("Request refused: BackPressureError: Request dropped due to backpressure", since=since)
-    assert "ray.serve.exceptions.BackPressureError" not in fragile.log_path.read_text(errors="replace")[since:]
+    assert guarded.wait_for_log("Request refused: BackPressureError: Request dropped due to backpressure", since=since)
+    assert "ray.serve.exceptions.BackPressureError" not in guarded.log_path.read_text(errors="replace")[since:]
 
 
 @pytest.mark.unit
@@ -147,11 +132,11 @@ def test_a_refusal_is_logged_in_one_line_and_a_fault_with_its_traceback():
 
 
 @pytest.mark.service
-def test_request_with_more_sequences_than_a_whole_batch_runs_alone(fragile):
+def test_request_with_more_sequences_than_a_whole_batch_runs_alone(guarded):
     """max_batch_rows is 4 here; 10 sequences still get an answer (alone in the batch)."""
     body = {"text": TEXTS[1], "num_return_sequences": 10, "max_length": 8, "seed": 11}
     for _ in range(30):  # the flood of the previous test may still be draining
-        response = httpx.post(f"{fragile.url}/augment", json=body, timeout=60)
+        response = httpx.post(f"{guarded.url}/augment", json=body, headers=GUARD_AUTH, timeout=60)
         if response.status_code != 503:
             break
         time.sleep(1)
@@ -175,8 +160,8 @@ def _assert_definite(results, batch_texts: list[str]) -> dict[int, int]:
 
 @pytest.mark.parametrize("deployment", ["ModelReplica", "Classifier"])
 @pytest.mark.service
-def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(fragile, deployment):
-    [victim] = replica_processes(fragile, deployment)
+def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(guarded, deployment):
+    [victim] = replica_processes(guarded, deployment)
     batch_texts = [f"{text}#{i}" for i, text in enumerate(TEXTS[:4])]  # within the model queue of this config
     load = [("/classify_batch", {"texts": batch_texts, "labels": LABELS})] * 6 + [
         ("/classify", {"text": f"{TEXTS[i % 5]}{i}", "labels": LABELS}) for i in range(30)
@@ -187,7 +172,7 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(fragile,
             await asyncio.sleep(0.5)
             os.kill(victim.pid, signal.SIGKILL)
 
-        results, _ = await asyncio.gather(fire(fragile.url, load, timeout_s=90), killer())
+        results, _ = await asyncio.gather(fire(guarded.url, load, timeout_s=90), killer())
         return results
 
     killed_at = time.monotonic()
@@ -197,26 +182,26 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(fragile,
     # answering again within a replica's start time, from a new process
     deadline = killed_at + 120
     while time.monotonic() < deadline:
-        response = httpx.post(f"{fragile.url}/classify_batch", json={"texts": batch_texts, "labels": LABELS}, timeout=60)
+        response = httpx.post(f"{guarded.url}/classify_batch", json={"texts": batch_texts, "labels": LABELS}, headers=GUARD_AUTH, timeout=60)
         if response.status_code == 200:
             assert [r["sequence"] for r in response.json()["results"]] == batch_texts
             break
         time.sleep(1)
     else:
         pytest.fail(f"{deployment} not replaced within 120 s")
-    replacements = replica_processes(fragile, deployment)
+    replacements = replica_processes(guarded, deployment)
     assert replacements and victim.pid not in [proc.pid for proc in replacements]
 
 
 @pytest.mark.service
-def test_bounded_soak_at_four_times_capacity(fragile):
+def test_bounded_soak_at_four_times_capacity(guarded):
     """60 s of open-loop load at ~4x the measured capacity of the model: every request answered, memory flat, healthy after."""
     # A model-bound request (64 decoding steps, 4 rows): the model, not the HTTP hops, must be what 4x overloads.
     path, body = "/augment", {"text": TEXTS[0], "num_return_sequences": 4, "max_length": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
     async def capacity(seconds: float = 8.0) -> float:
         done = 0
-        async with httpx.AsyncClient(base_url=fragile.url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=guarded.url, timeout=60, headers=GUARD_AUTH) as client:
             end = time.monotonic() + seconds
 
             async def worker():
@@ -234,12 +219,12 @@ def test_bounded_soak_at_four_times_capacity(fragile):
     # 2-core machine that also runs this load generator: at 120 req/s they answered ~50/s, and the excess
     # queued in the client for tens of seconds, which tests this machine, not the service's load shedding.
     target = min(4 * rate, 60.0)
-    processes = {name: replica_processes(fragile, name)[0] for name in ("ModelReplica", "Ingress")}
+    processes = {name: replica_processes(guarded, name)[0] for name in ("ModelReplica", "Ingress")}
     rss_before = {name: proc.memory_info().rss for name, proc in processes.items()}
 
     async def soak(seconds: float = 60.0) -> dict[str, int]:
         outcome = {"ok": 0, "overloaded": 0, "timeout": 0, "other": 0, "hung": 0}
-        async with load_client(fragile.url, timeout_s=30, connections=400) as client:
+        async with load_client(guarded.url, timeout_s=30, connections=400, headers=GUARD_AUTH) as client:
 
             async def one():
                 try:
@@ -273,5 +258,5 @@ def test_bounded_soak_at_four_times_capacity(fragile):
     for name, proc in processes.items():
         growth = proc.memory_info().rss - rss_before[name]
         assert growth < 200 * 2**20, f"{name} grew {growth / 2**20:.0f} MiB during the soak"
-    assert httpx.get(f"{fragile.url}/healthz").status_code == 200
-    assert httpx.post(f"{fragile.url}{path}", json=body, timeout=60).status_code == 200
+    assert httpx.get(f"{guarded.url}/healthz").status_code == 200
+    assert httpx.post(f"{guarded.url}{path}", json=body, headers=GUARD_AUTH, timeout=60).status_code == 200

@@ -283,10 +283,9 @@ def test_min_distance_alone_oversamples_and_drops_near_copies(client):
 
 # ------------------------------------------------------------------ errors
 ERROR_CASES = [
-    ("/augment", {"text": "物流太慢了", "keep_label": {"labels": ["物流", "售后"], "label": "价格"}}, "keep_label.label"),
     ("/augment", {"text": "物流太慢了", "keep_label": {"labels": ["物流"]}}, "keep_label.labels"),
-    ("/augment", {"text": "物流太慢了", "keep_label": {"labels": ["物流", " 物流 "]}}, "keep_label.labels"),
     ("/augment", {"text": "物流太慢了", "keep_label": {"label": "物流"}}, "keep_label.labels"),
+    ("/augment", {"text": "物流太慢了", "keep_label": {"labels": ["物流", "物流"]}}, "keep_label.labels"),
     ("/augment", {"text": "物流太慢了", "num_return_sequences": 3, "max_candidates": 2}, "max_candidates"),
     ("/augment", {"text": "物流太慢了", "max_candidates": 51}, "max_candidates"),
     ("/augment", {"text": "物流太慢了", "min_distance": 1.5}, "min_distance"),
@@ -430,3 +429,10 @@ def test_light_deployments_hold_no_torch(served, client):
             resident[name] = proc.memory_info().rss
     print("resident MiB:", {name: round(rss / 2**20) for name, rss in resident.items()}, "ModelReplica:", round(model.memory_info().rss / 2**20))
     assert set(resident) == {"Ingress", "Classifier", "Generator"}
+
+
+@pytest.mark.service
+def test_cors_is_off_by_default(base_url):
+    """The shipped config.yaml allows no other origin (the guarded service allows one: tests/test_security.py)."""
+    response = httpx.post(f"{base_url}/classify", json={"text": "等了三天还没发货", "labels": ["物流延迟", "商品缺货"]}, headers={"Origin": "http://anywhere.example"}, timeout=60)
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers

@@ -69,6 +69,16 @@ def test_labels_with_separators_cannot_change_the_prompt_structure(encoder):
     assert result["label"] == "财经，股票" and set(result["labels"]) == set(hostile)
 
 
+def test_labels_that_read_the_same_in_the_prompt_get_the_same_score_and_keep_their_order(pipeline):
+    """":" is sanitised to "-" and whitespace collapses: different labels as sent, the same tokens in the prompt."""
+    labels = ["天气", ":", "-", " 美食", "美食"]
+    [answer] = pipeline.classify(["今天阳光明媚"], labels)
+    assert sorted(answer["labels"]) == sorted(labels)  # answered as sent
+    scores = dict(zip(answer["labels"], answer["scores"]))
+    assert scores[":"] == pytest.approx(scores["-"], abs=1e-6) and scores[" 美食"] == pytest.approx(scores["美食"], abs=1e-6)
+    assert answer["labels"].index(":") < answer["labels"].index("-") and answer["labels"].index(" 美食") < answer["labels"].index("美食")
+
+
 def test_template_rendering_keeps_braces_in_user_text_literal():
     rendered = Template("情感分析：{text}").render({"text": "{labels} {text} {0}"})
     assert rendered == "情感分析：{labels} {text} {0}"
@@ -82,7 +92,7 @@ def test_template_rendering_keeps_braces_in_user_text_literal():
         ("今天", [], LabelCountError),
         ("今天", ["天气"], LabelCountError),
         ("今天", [f"l{i}" for i in range(51)], LabelCountError),
-        ("今天", ["天气", " 天气 "], DuplicateLabelError),
+        ("今天", ["天气", "天气"], DuplicateLabelError),
         ("今天", ["天气", "  "], TextInputError),
     ],
 )
@@ -164,12 +174,24 @@ def test_checked_augmentation_keeps_the_label_respects_the_budget_and_repeats_al
             assert pipeline.augment([text], p, checks) == [answer]  # alone, the same answer
 
 
+def test_a_kept_label_not_among_the_labels_joins_them_as_a_candidate(pipeline):
+    from serve_app.engine import SamplingParams
+    from serve_app.text.label_keeping import Checks, KeepLabel
+
+    checks = Checks(keep_label=KeepLabel(["物流", "售后"], "价格"))
+    [answer] = pipeline.augment(["物流太慢了"], SamplingParams(num_return_sequences=2, max_new_tokens=8, seed=3), checks)
+    assert answer["label"] == "价格" and len(answer["label_scores"]) == len(answer["augmented_texts"])
+    for text, score in zip(answer["augmented_texts"], answer["label_scores"]):
+        [classified] = pipeline.classify([text], ["物流", "售后", "价格"])
+        assert classified["label"] == "价格" and classified["scores"][0] == pytest.approx(score, abs=1e-5)
+
+
 def test_checks_refuse_bad_combinations_naming_the_field(pipeline):
     from serve_app.engine import SamplingParams
     from serve_app.text.label_keeping import Checks, KeepLabel
 
     cases = [
-        (Checks(keep_label=KeepLabel(["物流", "售后"], "价格")), "keep_label.label"),
+        (Checks(keep_label=KeepLabel(["物流", "售后"], "\x07")), "keep_label.label"),
         (Checks(keep_label=KeepLabel(["物流"])), "keep_label.labels"),
         (Checks(max_candidates=2), "max_candidates"),
         (Checks(min_distance=2.0), "min_distance"),

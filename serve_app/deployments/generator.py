@@ -1,4 +1,4 @@
-"""Generator: every route that generates text, /augment, /augment_batch and /generate, and the /tasks listing."""
+"""Generator: every route that generates text: /augment, /augment_batch and /generate."""
 
 from __future__ import annotations
 
@@ -20,6 +20,3 @@ class Generator(TextDeployment):
     async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
         """A model-card task by name (its template filled from `values`), or a raw prompt."""
         return await self.text_tasks.generate(self, task, prompt, values, params)
-
-    def tasks(self) -> list[dict[str, Any]]:
-        return self.text_tasks.task_list()

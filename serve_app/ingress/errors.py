@@ -25,8 +25,10 @@ def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     """pydantic's error list as {field, msg, type}; `field` is the dotted path inside the body."""
     out = []
     for error in errors:
-        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-        out.append({"field": ".".join(loc) or "body", "msg": str(error.get("msg", "invalid")), "type": str(error.get("type", "value_error"))})
+        kind = str(error.get("type", "value_error"))
+        # A JSON syntax error's location is a character offset, not a field: the body is what is wrong.
+        loc = [] if kind == "json_invalid" else [str(part) for part in error.get("loc", ()) if part != "body"]
+        out.append({"field": ".".join(loc) or "body", "msg": str(error.get("msg", "invalid")), "type": kind})
     return out
 
 

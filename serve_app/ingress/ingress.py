@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.handle_calls import await_or_cancel
-from serve_app.ingress import schemas
+from serve_app.ingress import openapi, schemas
 from serve_app.ingress.auth import ApiKeyAuth, load_api_key
 from serve_app.ingress.body_limit import BodySizeLimit
 from serve_app.ingress.errors import (
@@ -33,13 +33,6 @@ from serve_app.settings import AppSettings
 from serve_app.text.errors import TextInputError
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    422: {"model": schemas.ErrorResponse, "description": "A field breaks a rule; `detail` names it"},
-    413: {"model": schemas.ErrorResponse, "description": "Body over 1 MiB"},
-    503: {"model": schemas.ErrorResponse, "description": "Overloaded; retry after Retry-After seconds"},
-}
-
 
 MODEL_OUTAGE_RETRY_AFTER_S = 5  # a replacement ModelReplica takes seconds to load, not one
 HEALTH_DESCRIBE_TIMEOUT_S = 3  # the model answers describe() in milliseconds when a replica runs
@@ -93,21 +86,16 @@ class Ingress:
         if UI_DIR.is_dir():
             api.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
 
-        post = {"methods": ["POST"], "responses": _ERRORS}
+        post = {"methods": ["POST"], "responses": openapi.error_responses(body=True)}
         # Fields a request did not ask for (keep_label's) are left out, not sent as null.
         api.add_api_route("/augment", self.augment, response_model=schemas.AugmentResponse, response_model_exclude_none=True, **post)
         api.add_api_route("/augment_batch", self.augment_batch, response_model=schemas.AugmentBatchResponse, response_model_exclude_none=True, **post)
         api.add_api_route("/classify", self.classify, response_model=schemas.ClassifyScoreResponse | schemas.ClassifyGenerateResponse, **post)
         api.add_api_route("/classify_batch", self.classify_batch, response_model=schemas.ClassifyBatchResponse, **post)
         api.add_api_route("/generate", self.generate, response_model=schemas.GenerateResponse, **post)
-        api.add_api_route("/tasks", self.tasks, methods=["GET"], response_model=schemas.TasksResponse)
-        api.add_api_route(
-            "/healthz",
-            self.healthz,
-            methods=["GET"],
-            response_model=schemas.HealthResponse,
-            responses={503: {"model": schemas.HealthUnavailableResponse, "description": "No model replica is running"}},
-        )
+        api.add_api_route("/tasks", self.tasks, methods=["GET"], response_model=schemas.TasksResponse, responses=openapi.error_responses(body=False))
+        api.add_api_route("/healthz", self.healthz, methods=["GET"], response_model=schemas.HealthResponse, responses=openapi.health_responses())
+        api.openapi = lambda: openapi.document(api, self.templates, auth=api_key is not None)
         api.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
         return api
 
@@ -154,7 +142,7 @@ class Ingress:
         return await self._call(lambda: self.generator.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params()))
 
     async def tasks(self) -> Any:
-        return {"tasks": await self.generator.tasks.remote()}
+        return {"tasks": self.templates.task_list()}
 
     async def healthz(self) -> Any:
         available = await self.model.available_now()

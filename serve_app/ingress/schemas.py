@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -28,6 +30,7 @@ from serve_app.text.classification import (
     clean_labels,
 )
 from serve_app.text.errors import TextInputError
+from serve_app.text.prompts import PromptTemplates, sanitize_label
 from serve_app.text.label_keeping import (
     MAX_CANDIDATES,
     OVERSAMPLING,
@@ -39,8 +42,60 @@ from serve_app.text.label_keeping import (
 
 MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
 MAX_BATCH_TEXTS = 50
+SEED_LIMIT = 2**63  # seeds are below this (SamplingParams)
 
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Input text (UTF-8)")]
+# The rules below that JSON Schema can express are in the models' schemas too, so that /openapi.json says
+# exactly what is accepted: a regex for "holds a character that is not whitespace" (Python's str.isspace,
+# as str.strip applies it) and for "holds a character the label sanitiser keeps", and the cross-field rules
+# as anyOf branches over their few cases.
+
+
+def _character_class(excluded: list[int]) -> str:
+    """A regex class matching one character that is not among `excluded` (code points, ascending)."""
+
+    def escape(point: int) -> str:
+        if point > 0xFFFF:
+            return chr(point)  # literal: JSON carries it as a surrogate pair, a regex reads one character
+        char = chr(point)
+        return char if char.isalnum() and char.isascii() else f"\\u{point:04x}"
+
+    ranges: list[list[int]] = []
+    for point in excluded:
+        if ranges and ranges[-1][1] == point - 1:
+            ranges[-1][1] = point
+        else:
+            ranges.append([point, point])
+    return "[^" + "".join(escape(a) if a == b else f"{escape(a)}-{escape(b)}" for a, b in ranges) + "]"
+
+
+NON_BLANK = _character_class([point for point in range(0x3001) if chr(point).isspace()])  # none is above U+3000
+
+
+@functools.cache
+def visible_label_character() -> str:
+    """A label must hold one character that sanitize_label keeps (not a control, format, unassigned or space character)."""
+    return _character_class([point for point in range(0x110000) if not sanitize_label(chr(point))])
+
+
+def _label_pattern(schema: dict[str, Any]) -> None:
+    schema["pattern"] = visible_label_character()  # computed when a schema is asked for, not at import (about a second)
+
+
+def _whole(value: object) -> object:
+    """JSON Schema counts 1.0 as an integer, and so does this service (1.5 is still refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def whole(**bounds: int) -> Any:
+    """An integer field's type with its bounds (Field's ge/le/lt), integral floats accepted. The bounds go inside the
+    type, not on the field, so that the JSON schema states them also where the field may be null or is a list's item."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_whole)]
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Input text (UTF-8), with a non-whitespace character",
+                            json_schema_extra={"pattern": NON_BLANK})]
 
 
 def _not_blank(value: str) -> str:
@@ -64,11 +119,11 @@ class _Strict(BaseModel):
 class SamplingKnobs(_Strict):
     """The sampling fields every generating route shares; `max_length` on the wire is new tokens inside."""
 
-    max_length: int = Field(128, ge=1, le=MAX_NEW_TOKENS, description="Most new tokens per output")
+    max_length: Whole = Field(128, ge=1, le=MAX_NEW_TOKENS, description="Most new tokens per output")
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")
-    top_k: int = Field(50, ge=0, le=MAX_TOP_K, description="Sample from the k most likely tokens; 0 = off")
+    top_k: Whole = Field(50, ge=0, le=MAX_TOP_K, description="Sample from the k most likely tokens; 0 = off")
     top_p: float = Field(0.95, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same outputs")
+    seed: whole(ge=0, lt=SEED_LIMIT) | None = Field(None, description="Same seed, same outputs")
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
@@ -85,7 +140,7 @@ class SamplingKnobs(_Strict):
 
 
 class SamplingFields(SamplingKnobs):
-    num_return_sequences: int = Field(1, ge=1, le=MAX_RETURN_SEQUENCES, description="How many paraphrases to return")
+    num_return_sequences: Whole = Field(1, ge=1, le=MAX_RETURN_SEQUENCES, description="How many paraphrases to return")
 
     def _sequences(self) -> int:
         return self.num_return_sequences
@@ -102,11 +157,16 @@ class SamplingFields(SamplingKnobs):
         }
 
 
-Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, json_schema_extra=_label_pattern)]
+LABELS_RULE = (
+    "distinct as sent, each with a visible character, and answered as sent. Labels that read the same in the prompt once "
+    "sanitised (the ASCII and full-width commas, the full stop and colons are neutralised, whitespace is collapsed, NFKC "
+    "applies: \":\" and \"-\", say) are scored on the same tokens and get the same probability"
+)
 
 
 def _distinct_labels(labels: list[str]) -> list[str]:
-    """The label rules have one home (classification.clean_labels: distinct once sanitised)."""
+    """The label rules have one home (classification.clean_labels)."""
     try:
         clean_labels(labels)
     except TextInputError as error:
@@ -115,14 +175,19 @@ def _distinct_labels(labels: list[str]) -> list[str]:
 
 
 class KeepLabelFields(_Strict):
-    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, description="Candidate labels, as /classify takes them")
-    label: Label | None = Field(None, description="The label the paraphrases must keep; null = the text's own top label under `labels`")
+    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, json_schema_extra={"uniqueItems": True},
+                                description=f"Candidate labels, as /classify takes them: {LABELS_RULE}")
+    label: Label | None = Field(
+        None,
+        description="The label the paraphrases must keep; one not among `labels` joins them as a candidate; null = the text's own "
+        "top label under `labels`",
+    )
 
     _check_labels = field_validator("labels")(_distinct_labels)
 
     @field_validator("label")
     @classmethod
-    def _among_labels(cls, label: str | None, info: ValidationInfo) -> str | None:
+    def _label_rules(cls, label: str | None, info: ValidationInfo) -> str | None:
         """The rule has one home (label_keeping.wanted_label); the labels' own errors are reported on them."""
         labels = info.data.get("labels")
         if label is not None and labels is not None:
@@ -134,17 +199,24 @@ class KeepLabelFields(_Strict):
         return label
 
 
+def _budget_rule(schema: dict[str, Any]) -> None:
+    """max_candidates is at least num_return_sequences (its default 1 when absent), or null."""
+    cases = [{"properties": {"max_candidates": {"type": "null"}}}, {"not": {"required": ["num_return_sequences"]}}]
+    cases += [{"properties": {"num_return_sequences": {"const": n}, "max_candidates": {"minimum": n}}} for n in range(1, MAX_RETURN_SEQUENCES + 1)]
+    schema.setdefault("allOf", []).append({"anyOf": cases})
+
+
 class AugmentChecks(SamplingFields):
     """What /augment and /augment_batch may ask of the paraphrases beyond sampling them (label_keeping.py)."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema, model: _budget_rule(schema))
 
     keep_label: KeepLabelFields | None = Field(
         None, description="Return only paraphrases whose top label under `labels` (the /classify scoring) is `label`"
     )
-    max_candidates: int | None = Field(
+    max_candidates: whole(ge=1, le=MAX_CANDIDATES) | None = Field(
         None,
-        ge=1,
-        le=MAX_CANDIDATES,
-        description=f"Most candidates sampled per text to find num_return_sequences that pass the checks; "
+        description=f"Most candidates sampled per text to find num_return_sequences that pass the checks, at least num_return_sequences; "
         f"null = {OVERSAMPLING} x num_return_sequences with a check, else num_return_sequences",
     )
     min_distance: float = Field(
@@ -187,16 +259,26 @@ class AugmentRequest(AugmentChecks):
     _check_text = field_validator("text")(_not_blank)
 
 
-Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Seed = whole(ge=0, lt=SEED_LIMIT)
+
+
+def _seeds_rules(schema: dict[str, Any]) -> None:
+    """`seed` or `seeds`, not both; and `seeds` as long as `texts`."""
+    _budget_rule(schema)
+    schema["allOf"].append({"anyOf": [{"properties": {"seed": {"type": "null"}}}, {"properties": {"seeds": {"type": "null"}}}]})
+    lengths = [{"properties": {"texts": {"minItems": k, "maxItems": k}, "seeds": {"minItems": k, "maxItems": k}}} for k in range(1, MAX_BATCH_TEXTS + 1)]
+    schema["allOf"].append({"anyOf": [{"properties": {"seeds": {"type": "null"}}}, *lengths]})
 
 
 class AugmentBatchRequest(AugmentChecks):
+    model_config = ConfigDict(json_schema_extra=lambda schema, model: _seeds_rules(schema))
+
     texts: list[Text] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
     seeds: list[Seed] | None = Field(
         None,
         min_length=1,
         max_length=MAX_BATCH_TEXTS,
-        description="One seed per text, instead of `seed`: text i gets what /augment gives it with seed seeds[i]",
+        description="One seed per text (as many as `texts`), instead of `seed`: text i gets what /augment gives it with seed seeds[i]",
     )
 
     _check_texts = field_validator("texts")(_none_blank)
@@ -250,7 +332,8 @@ class AugmentBatchResponse(BaseModel):
 
 
 class _LabelsMixin(_Strict):
-    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, description="Candidate labels, distinct")
+    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, json_schema_extra={"uniqueItems": True},
+                                description=f"Candidate labels: {LABELS_RULE}")
     mode: Literal["score", "generate"] = Field("score", description="score: probability per label; generate: free generation")
     scoring: Literal["vocabulary", "label_tokens"] | None = Field(
         None,
@@ -292,11 +375,36 @@ class ClassifyBatchResponse(BaseModel):
     results: list[ClassifyScoreResponse | ClassifyGenerateResponse]
 
 
+STANDARD_SLOTS = ("text", "passage", "answer")  # slots with a field of their own; any other slot is given in `fields`
+
+
+def _slot_given(slot: str) -> dict[str, Any]:
+    """A task's slot has a non-blank value: its own field, or (that field absent or null) its entry in `fields`."""
+    in_fields = {"required": ["fields"], "properties": {"fields": {"required": [slot], "properties": {slot: {"pattern": NON_BLANK}}}}}
+    if slot not in STANDARD_SLOTS:
+        return in_fields
+    own = {"required": [slot], "properties": {slot: {"type": "string", "pattern": NON_BLANK}}}
+    return {"anyOf": [own, {"allOf": [{"properties": {slot: {"type": "null"}}}, in_fields]}]}
+
+
+def generate_forms(templates: PromptTemplates) -> list[dict[str, Any]]:
+    """/generate's forms, exactly one of which a body takes: a raw prompt, or one task with every slot of its template."""
+    prompt = {"required": ["prompt"], "properties": {"prompt": {"type": "string", "pattern": NON_BLANK}, "task": {"type": "null"}}}
+    tasks = [
+        {"required": ["task"], "properties": {"task": {"const": name}, "prompt": {"type": "null"}}, "allOf": [_slot_given(slot) for slot in template.fields]}
+        for name, template in templates.tasks.items()
+    ]
+    return [prompt, *tasks]
+
+
 class GenerateRequest(SamplingKnobs):
     """A model-card task with its fields, or a raw prompt. Greedy by default (temperature 0)."""
 
-    task: str | None = Field(None, description="A task from GET /tasks, e.g. summary, title, sentiment")
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, description="A raw prompt instead of a task")
+    # The model card's tasks; the Ingress states its own configured tasks in /openapi.json (ingress/openapi.py).
+    model_config = ConfigDict(json_schema_extra=lambda schema, model: schema.update(oneOf=generate_forms(PromptTemplates())))
+
+    task: str | None = Field(None, description="A task from GET /tasks, e.g. summary, title, sentiment; give exactly one of task or prompt")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, description="A raw prompt instead of a task, with a non-whitespace character")
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     passage: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     answer: str | None = Field(None, max_length=MAX_TEXT_CHARS)
@@ -330,7 +438,7 @@ class HealthResponse(BaseModel):
     demo: bool
     device: str
     dtype: str = Field(description="float32, bfloat16, float16 or int8: what the model runs in")
-    dtype_reason: str = Field(description="why: auto's choice for this hardware (AMX or not, CUDA) or the configured value")
+    dtype_reason: str = Field(description="why: auto's choice for this hardware (on a CPU the measured bfloat16 over float32 speed; on CUDA the compute capability) or the configured value")
 
 
 class HealthUnavailableResponse(BaseModel):

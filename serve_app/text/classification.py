@@ -39,37 +39,41 @@ class ClassifyJob:
     """One text prepared for classification."""
 
     text: str
-    labels: list[str]  # as the client sent them (trimmed), in the client's order
+    labels: list[str]  # as the client sent them, in the client's order
     prompt: EncodedPrompt
     label_ids: list[list[int]]  # tokens of each label as it appears in the prompt
 
 
-def clean_labels(labels: list[str]) -> list[str]:
-    """Trimmed labels; raises on a count outside 2–50, an empty label or a duplicate."""
-    if not isinstance(labels, list) or not (MIN_LABELS <= len(labels) <= MAX_LABELS):
-        raise LabelCountError(len(labels) if isinstance(labels, list) else 0, MIN_LABELS, MAX_LABELS)
-    cleaned = []
-    seen: dict[str, str] = {}
-    for index, label in enumerate(labels):
-        if not isinstance(label, str) or not label.strip():
-            raise TextInputError(f"labels.{index}", "must be a non-empty string")
-        label = label.strip()
-        if len(label) > MAX_LABEL_CHARS:
-            raise TextInputError(f"labels.{index}", f"must be at most {MAX_LABEL_CHARS} characters")
-        key = sanitize_label(label)
-        if not key:
-            raise TextInputError(f"labels.{index}", "must contain at least one visible character")
-        if key in seen:
-            raise DuplicateLabelError(label if seen[key] == label else f"{seen[key]}' / '{label}")
-        seen[key] = label
-        cleaned.append(label)
+def clean_label(label: object, field: str) -> str:
+    """One label, as sent; raises on an empty, over-long or invisible label (nothing left once sanitised for the prompt)."""
+    if not isinstance(label, str) or not label:
+        raise TextInputError(field, "must be a non-empty string")
+    if len(label) > MAX_LABEL_CHARS:
+        raise TextInputError(field, f"must be at most {MAX_LABEL_CHARS} characters")
+    if not sanitize_label(label):
+        raise TextInputError(field, "must contain at least one visible character")
+    return label
+
+
+def clean_labels(labels: list[str], most: int = MAX_LABELS) -> list[str]:
+    """The labels, as sent; raises on a count outside 2–`most`, a bad label, or the same label twice.
+
+    Labels that differ as sent but read the same in the prompt once sanitised (":" and "-", say) stay
+    apart: the model scores the same tokens for both, so they get the same probability, and ties keep the
+    client's order."""
+    if not isinstance(labels, list) or not (MIN_LABELS <= len(labels) <= most):
+        raise LabelCountError(len(labels) if isinstance(labels, list) else 0, MIN_LABELS, most)
+    cleaned = [clean_label(label, f"labels.{index}") for index, label in enumerate(labels)]
+    for index, label in enumerate(cleaned):
+        if label in cleaned[:index]:
+            raise DuplicateLabelError(label)
     return cleaned
 
 
-def prepare_job(encoder: PromptEncoder, template: Template, text: str, labels: list[str], field: str = "text") -> ClassifyJob:
+def prepare_job(encoder: PromptEncoder, template: Template, text: str, labels: list[str], field: str = "text", most: int = MAX_LABELS) -> ClassifyJob:
     if not isinstance(text, str) or not text.strip():
         raise EmptyTextError(field)
-    labels = clean_labels(labels)
+    labels = clean_labels(labels, most)
     prompt_labels = [sanitize_label(label) for label in labels]
     prompt = encoder.encode(template, classification_values(text.strip(), prompt_labels))
     label_ids = [encoder.label_ids(label) for label in prompt_labels]
@@ -126,6 +130,8 @@ def generation_request(job: ClassifyJob) -> GenerationRequest:
 
 def generate_answer(job: ClassifyJob, generated: str) -> dict[str, Any]:
     """`label` is the candidate the model wrote, or null when it wrote something else."""
-    by_prompt_form = {sanitize_label(label): label for label in job.labels}
+    by_prompt_form: dict[str, str] = {}
+    for label in job.labels:  # labels that read the same in the prompt: the first, as ties are broken
+        by_prompt_form.setdefault(sanitize_label(label), label)
     label = by_prompt_form.get(sanitize_label(generated))
     return {"sequence": job.text, "label": label, "generated": generated, "truncated": job.prompt.truncated}

@@ -32,6 +32,7 @@ from serve_app.text.model_calls import ModelCalls
 from serve_app.text.prompts import PromptTemplates, Template
 from serve_app.text.tokenization import EncodedPrompt, PromptEncoder
 
+
 MAX_CANDIDATES = 50  # candidates sampled per text at most, whatever the request asks
 OVERSAMPLING = 3  # the default budget with checks: this many candidates per paraphrase asked for
 NGRAM = 2  # min_distance compares character bigrams (Jaccard), blind to whitespace
@@ -41,7 +42,11 @@ FIRST_ROUND_RATE = 0.5  # before a text's first round, assume half its candidate
 @dataclass(frozen=True)
 class KeepLabel:
     labels: list[str]
-    label: str | None = None  # None: the text's own top label under `labels`
+    label: str | None = None  # None: the text's own top label under `labels`; one not among them joins them as a candidate
+
+    def candidates(self) -> list[str]:
+        """The labels a paraphrase is classified under: `labels`, and `label` after them when it is not one of them."""
+        return self.labels if self.label is None or self.label in self.labels else [*self.labels, self.label]
 
 
 @dataclass(frozen=True)
@@ -73,16 +78,13 @@ def check_rules(checks: Checks, asked: int) -> None:
 
 
 def wanted_label(keep: KeepLabel) -> str | None:
-    """The asked label as it appears in `keep.labels` (trimmed), after the labels' own rules."""
+    """The asked label, after the labels' own rules; one not among the labels joins them as a candidate,
+    so the candidates may number one more than the labels' limit."""
     try:
-        labels = classification.clean_labels(keep.labels)
+        classification.clean_labels(keep.labels)
     except TextInputError as error:
         raise TextInputError(f"keep_label.{error.field}", error.rule) from None
-    if keep.label is None:
-        return None
-    if keep.label.strip() not in labels:
-        raise TextInputError("keep_label.label", "must be one of the labels (keep_label.labels)")
-    return keep.label.strip()
+    return None if keep.label is None else classification.clean_label(keep.label, "keep_label.label")
 
 
 def ngram_distance(a: str, b: str, n: int = NGRAM) -> float:
@@ -224,7 +226,8 @@ async def augment_checked(
                 for text in candidates:
                     selection.consider(text)
             continue
-        jobs = [(s, classification.prepare_job(encoder, templates.classification, text, keep.labels)) for s, candidates in rounds for text in candidates]
+        labels = keep.candidates()
+        jobs = [(s, classification.prepare_job(encoder, templates.classification, text, labels, most=classification.MAX_LABELS + 1)) for s, candidates in rounds for text in candidates]
         results = await model.score_many([classification.scoring_request(job, scoring) for _, job in jobs])
         for (selection, job), result in zip(jobs, results):
             answer = classification.score_answer(job, result)  # /classify's own answer: same tie rule
@@ -241,7 +244,7 @@ async def _choose_labels(
         for selection in selections:
             selection.label = asked
         return
-    jobs = [classification.prepare_job(encoder, template, s.source, keep.labels, field=classification.text_field(i, len(selections))) for i, s in enumerate(selections)]
+    jobs = [classification.prepare_job(encoder, template, s.source, keep.labels, field=classification.text_field(i, len(selections))) for i, s in enumerate(selections)]  # no label asked: the labels alone
     results = await model.score_many([classification.scoring_request(job, scoring) for job in jobs])
     for selection, job, result in zip(selections, jobs, results):
         selection.label = classification.score_answer(job, result)["label"]

@@ -84,6 +84,10 @@ class PromptTemplates:
             raise UnknownTaskError(name, list(self.tasks))
         return template
 
+    def task_list(self) -> list[dict[str, object]]:
+        """GET /tasks: every /generate task, its fields and template."""
+        return [{"name": name, "fields": list(template.fields), "template": template.text} for name, template in self.tasks.items()]
+
     def task_values(self, name: str, values: Mapping[str, object]) -> dict[str, str]:
         """A /generate task's slot values, after its rules: the task exists, every slot is a non-empty string."""
         return self.task(name).slot_values(values, name)

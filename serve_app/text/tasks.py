@@ -79,7 +79,3 @@ class TextTasks:
             encoded = augmentation.prepare_task(self.encoder, RAW_PROMPT, {"prompt": prompt or ""})
         [output] = await model.generate_many([GenerationRequest(encoded.input_ids, params)])
         return {"text": self.encoder.decode(output[0]), "task": task, "truncated": encoded.truncated}
-
-    def task_list(self) -> list[dict[str, Any]]:
-        """GET /tasks: every /generate task, its fields and template."""
-        return [{"name": name, "fields": list(template.fields), "template": template.text} for name, template in self.templates.tasks.items()]
