@@ -38,7 +38,8 @@ def log(message: str) -> None:
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model spec (default: the mT5-base-shaped benchmark checkpoint; demo with --quick)")
     parser.add_argument("--formats", nargs="+", default=["float32", "bfloat16", "int8"], help="number formats to time (dtype values)")
-    parser.add_argument("--parts", nargs="+", default=["formats", "auto", "keep_label"], choices=["formats", "auto", "keep_label"])
+    parser.add_argument("--parts", nargs="+", default=["formats", "auto", "ctranslate2", "keep_label"], choices=["formats", "auto", "ctranslate2", "keep_label"],
+                        help="ctranslate2 needs the bench extra (pip install -e '.[bench]'); it is skipped, saying so, without it")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds per format (each keeps its best)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--quick", action="store_true", help="the demo model, one round: a smoke run, not results")
@@ -59,6 +60,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         out["parts"]["formats"] = formats(model, args.formats, rounds)
     if "auto" in args.parts:
         out["parts"]["auto"] = auto_choice(model)
+    if "ctranslate2" in args.parts:
+        out["parts"]["ctranslate2"] = ctranslate2_side(model, rounds, torch.get_num_threads())
     if "keep_label" in args.parts:
         out["parts"]["keep_label"] = keep_label_cost(model, rounds)
     section = markdown(out)
@@ -128,6 +131,74 @@ def auto_choice(model: str) -> dict[str, Any]:
     return {"device": str(service.loaded.device), "dtype": service.loaded.precision.name, "reason": service.loaded.precision.reason}
 
 
+def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
+    """CTranslate2 on the same checkpoint and token ids as our engine at `auto`, float32 matched first, then timed in alternation."""
+    from bench.lib import ctranslate2_side as ct2
+
+    if not ct2.available():
+        return {"skipped": "ctranslate2 is not installed (pip install -e '.[bench]')"}
+    if model == "demo":
+        from serve_app.engine.demo import demo_model_dir
+
+        checkpoint = demo_model_dir()
+    else:
+        checkpoint = Path(model)
+    import ctranslate2
+
+    ours = {"auto": pipeline(model, "cpu", "auto"), "float32": pipeline(model, "cpu", "float32")}
+    classify = classify_work(ours["float32"], CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
+    generation = augment_work(ours["float32"], GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
+    knobs = generation.requests[0].params
+    compute_types = [t for t in ("float32", "int8", "int8_float32", "bfloat16", "int8_bfloat16") if t in ctranslate2.get_supported_compute_types("cpu")]
+    log(f"converting {checkpoint} for CTranslate2 {ctranslate2.__version__} (compute types here: {', '.join(compute_types)}) ...")
+    engines = {t: ct2.CT2Engine(ct2.convert(checkpoint, "float32" if t == "float32" else "int8"), t, threads) for t in compute_types}
+
+    import torch
+
+    reference = [r.probabilities for r in ours["float32"].engine.score(classify.requests)]
+
+    def ct2_probabilities(engine) -> list[list[float]]:
+        return [torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist() for r in classify.requests]
+
+    match = compare(reference, ct2_probabilities(engines["float32"]))
+    out: dict[str, Any] = {"version": ctranslate2.__version__, "compute_types": compute_types, "float32_match": match,
+                           "ours_auto": ours["auto"].loaded.precision.name}
+    if match["max_abs_dp"] > ct2.MATCH_TOLERANCE:
+        out["skipped"] = f"float32 probabilities differ by {match['max_abs_dp']:.2e} (> {ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
+        return out
+
+    def ours_run(service):
+        c = classify_work(service, CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
+        g = augment_work(service, GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
+        return {"classify": lambda: c.run(c.requests), "generate32": lambda: g.run(g.requests), "generate1": lambda: g.run(g.requests[:1]),
+                "count": lambda result: sum(len(seq) for out in result for seq in out)}
+
+    def ct2_run(engine):
+        prompts = [r.input_ids for r in generation.requests]
+        gen = lambda rows: engine.generate(prompts[:rows], GENERATION_TOKENS, knobs.temperature, knobs.top_k, knobs.top_p, seed=4)  # noqa: E731
+        return {"classify": lambda: [engine.label_log_scores(r.input_ids, r.label_ids) for r in classify.requests],
+                "generate32": lambda: gen(GENERATION_ROWS), "generate1": lambda: gen(1), "count": lambda result: sum(len(seq) for seq in result)}
+
+    systems = {f"ours {name}": ours_run(service) for name, service in ours.items()}
+    systems |= {f"ctranslate2 {t}": ct2_run(engine) for t, engine in engines.items()}
+    best: dict[str, dict[str, float]] = {name: {} for name in systems}
+    for name, run in systems.items():  # first calls: allocations, kernel choice
+        run["classify"](), run["generate1"]()
+    for round_ in range(rounds):
+        for name, run in systems.items():
+            for part in ("classify", "generate32", "generate1"):
+                seconds, result = ct2.timed(run[part])
+                rate = CLASSIFY_TEXTS / seconds if part == "classify" else run["count"](result) / seconds
+                best[name][part] = max(best[name].get(part, 0.0), rate)
+        log(f"round {round_ + 1}: " + ", ".join(f"{name} {v['generate32']:.0f} tok/s" for name, v in best.items()))
+    fidelity = {t: compare(reference, ct2_probabilities(engine)) for t, engine in engines.items()}
+    out["systems"] = {name: {"classify_texts_per_s": v["classify"], "generate32_tokens_per_s": v["generate32"], "generate1_tokens_per_s": v["generate1"],
+                             **({"max_abs_dp": fidelity[name.split()[1]]["max_abs_dp"], "top_label_agreement": fidelity[name.split()[1]]["top_label_agreement"]}
+                                if name.startswith("ctranslate2") else {})}
+                      for name, v in best.items()}
+    return out
+
+
 def keep_label_cost(model: str, rounds: int, texts: int = 16, asked: int = 3, max_new_tokens: int = 32) -> dict[str, Any]:
     """What the keep-label check costs: seconds to sample one candidate and to score it against 4 labels, in alternation.
 
@@ -180,6 +251,8 @@ def markdown(out: dict[str, Any]) -> str:
     if "auto" in parts:
         a = parts["auto"]
         lines += ["", f"`dtype: auto` here: **{a['dtype']}** on {a['device']} ({a['reason']})."]
+    if "ctranslate2" in parts:
+        lines += ["", *ctranslate2_markdown(parts["ctranslate2"])]
     if "keep_label" in parts:
         k = parts["keep_label"]
         rates = ", ".join(f"keep rate {rate}: {x:.2f}x" for rate, x in k["x_plain_per_kept_text"].items())
@@ -187,3 +260,28 @@ def markdown(out: dict[str, Any]) -> str:
                   f"scoring it against 4 labels {k['score_s_per_candidate'] * 1000:.0f} ms ({k['check_x_sampling']:.2f}x); a returned paraphrase costs, "
                   f"against a plain one, {rates}. The keep rate is the model's own."]
     return "\n".join(lines) + "\n"
+
+
+def ctranslate2_markdown(c: dict[str, Any]) -> list[str]:
+    if "systems" not in c:
+        return [f"CTranslate2: not run ({c.get('skipped', '?')})."]
+    lines = [
+        f"CTranslate2 {c['version']} on the same checkpoint (converted by its Transformers converter from our loader, head untied) and the same "
+        f"token ids; its float32 label probabilities match ours to {c['float32_match']['max_abs_dp']:.1e}. Same work as above, alternated, best of each. "
+        f"Its classification is `score_batch`, one (prompt, label) pair per candidate.",
+        "",
+        "| system | classify texts/s | generation tokens/s, 32 rows | 1 row | max \\|Δp\\| vs our float32 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, v in c["systems"].items():
+        dp = f"{v['max_abs_dp']:.4f}" if "max_abs_dp" in v else ""
+        lines.append(f"| {name} | {v['classify_texts_per_s']:.1f} | {v['generate32_tokens_per_s']:.0f} | {v['generate1_tokens_per_s']:.1f} | {dp} |")
+    ct2 = {k: v for k, v in c["systems"].items() if k.startswith("ctranslate2")}
+    ours = c["systems"]["ours auto"]
+    fastest_gen = max(ct2.items(), key=lambda kv: kv[1]["generate32_tokens_per_s"])
+    fastest_cls = max(ct2.items(), key=lambda kv: kv[1]["classify_texts_per_s"])
+    same = c["systems"]["ours float32"]["generate32_tokens_per_s"] / c["systems"]["ctranslate2 float32"]["generate32_tokens_per_s"]
+    lines += ["", f"Ours at `auto` ({c['ours_auto']}) against CTranslate2's fastest: generation **{ours['generate32_tokens_per_s'] / fastest_gen[1]['generate32_tokens_per_s']:.2f}x** "
+              f"({fastest_gen[0]}), classification **{ours['classify_texts_per_s'] / fastest_cls[1]['classify_texts_per_s']:.2f}x** ({fastest_cls[0]}); "
+              f"at equal precision (float32, 32 rows) generation {same:.2f}x."]
+    return lines

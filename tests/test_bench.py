@@ -103,8 +103,12 @@ def test_engine_runs_every_format_against_float32(tmp_path):
     assert 0 < formats["bfloat16"]["max_abs_dp"] < 0.05
     assert out["parts"]["auto"]["dtype"] in ("float32", "bfloat16") and out["parts"]["auto"]["reason"].startswith("auto")
     assert out["parts"]["keep_label"]["sample_s_per_candidate"] > 0
+    side = out["parts"]["ctranslate2"]  # the same model converted: float32 probabilities match before any speed
+    assert side["float32_match"]["max_abs_dp"] <= 1e-5 and side["float32_match"]["top_label_agreement"] == 1, side
+    assert {"ours auto", "ours float32", "ctranslate2 float32", "ctranslate2 int8"} <= set(side["systems"])
+    assert all(v["classify_texts_per_s"] > 0 and v["generate32_tokens_per_s"] > 0 for v in side["systems"].values())
     saved = json.loads((tmp_path / "engine-quick.json").read_text())
-    assert "| bfloat16 |" in saved["section"] and saved["command"].startswith(".venv/bin/python -m bench engine --quick")
+    assert "| bfloat16 |" in saved["section"] and "| ctranslate2 int8 |" in saved["section"] and saved["command"].startswith(".venv/bin/python -m bench engine --quick")
 
 
 @pytest.mark.unit

@@ -44,7 +44,9 @@ SCALING = {
     "Ingress": {"min_replicas": 2, "max_replicas": 2},
 }
 # Half a GPU per ModelReplica: two per GPU node, four at most on this cluster.
-ARGS = {"model": "demo", "replica_gpus": 0.5, "torch_threads": 1}
+# The GPUs are declared to Ray, not real: the replicas are told to use the CPU (with device auto a
+# replica that reserved a GPU and finds no CUDA stops, rather than serve at CPU speed unnoticed).
+ARGS = {"model": "demo", "device": "cpu", "replica_gpus": 0.5, "torch_threads": 1}
 TEXTS = ["今天天气很好", "物流太慢了", "商品包装破损", "客服回复及时", "这部电影很好看", "价格有点贵", "质量不错", "下次还来"]
 LABELS = ["天气", "物流", "质量", "服务"]
 

@@ -191,7 +191,9 @@ def test_full_vocabulary_projection_runs_only_at_label_states(engine, demo_model
     tok = demo_model.tokenizer
     labels = label_ids(tok, ["物流延迟", "商品缺货", "售后"])
     engine.score([ScoringRequest(ids(tok, "物流太慢了"), labels)])
-    assert [shape[0] for shape in projected] == [1 + sum(len(label) for label in labels)]  # the shared start state, then one per label token
+    prefixes = {tuple(label[: end + 1]) for label in labels for end in range(len(label))}
+    assert [shape[0] for shape in projected] == [1 + len(prefixes)]  # the shared start state, then one per distinct label prefix
+    assert len(prefixes) < sum(len(label) for label in labels)  # 物流延迟 and 商品缺货 share their first piece here
     assert projected[0][1] == demo_model.model.config.vocab_size
 
 
@@ -432,6 +434,7 @@ def test_a_cuda_request_without_cuda_stops_with_the_fix():
         assert "torch " in str(refused.value) and "device: cpu" in str(refused.value)
     assert choose_device("auto", cuda_available=no_cuda) == torch.device("cpu")
     assert choose_device("cpu", cuda_available=no_cuda) == torch.device("cpu")
+    assert choose_device("cpu", gpu_reserved=True, cuda_available=no_cuda) == torch.device("cpu")  # said on purpose
     assert choose_device("cuda:1", cuda_available=lambda: True) == torch.device("cuda:1")
 
 
@@ -457,10 +460,18 @@ def test_bfloat16_and_int8_engines_score_and_generate_close_to_float32(demo_mode
 
 
 # ------------------------------------------------------------------ sampling
+def _draw(logits: torch.Tensor, params: SamplingParams, step: int = 0) -> int:
+    """One row's next token, as a decoding step picks it."""
+    from serve_app.engine.sampling import RowSampling, RowTensors, StepPlan, sample_next_tokens
+
+    row = [RowSampling.for_sequence(params, 0)]
+    tensors = RowTensors.build(row, logits.shape[1], logits.device)
+    tensors.step += step
+    return int(sample_next_tokens(logits, StepPlan.of(row, logits.shape[1]), tensors))
+
+
 def test_nearly_tied_logits_swapping_ranks_do_not_change_a_seeded_draw():
     """Batch shape can reorder two logits that differ in the last bits; each keeps its own noise (by token id)."""
-    from serve_app.engine.sampling import RowSampling, sample_next_tokens
-
     torch.manual_seed(0)
     base = torch.randn(1, 500)
     first, second = base[0].topk(2).indices.tolist()
@@ -471,10 +482,123 @@ def test_nearly_tied_logits_swapping_ranks_do_not_change_a_seeded_draw():
         differing = 0
         for seed in range(200):
             params = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, seed=seed)
-            one = sample_next_tokens(base, [RowSampling.for_sequence(params, 0, torch.device("cpu"))])
-            two = sample_next_tokens(swapped, [RowSampling.for_sequence(params, 0, torch.device("cpu"))])
-            differing += int(one != two)
+            differing += int(_draw(base, params) != _draw(swapped, params))
         assert differing <= 2, (top_k, differing)  # only where the perturbed scores themselves nearly tie
+
+
+def test_a_swap_at_the_top_k_edge_changes_no_other_candidate():
+    """Tokens k and k+1 trade places: a draw that is neither of them stays the same token (noise is keyed by token id)."""
+    torch.manual_seed(1)
+    k = 10
+    base = torch.randn(1, 400)
+    order = base[0].argsort(descending=True).tolist()
+    inside, outside = order[k - 1], order[k]
+    base[0, outside] = base[0, inside] - 1e-4
+    swapped = base.clone()
+    swapped[0, inside], swapped[0, outside] = base[0, outside], base[0, inside]
+    compared = 0
+    for seed in range(300):
+        params = SamplingParams(temperature=1.5, top_k=k, top_p=1.0, seed=seed)
+        one, two = _draw(base, params), _draw(swapped, params)
+        if {one, two}.isdisjoint({inside, outside}):
+            assert one == two, seed
+            compared += 1
+    assert compared > 200  # the swapped pair rarely wins; everything else was compared
+
+
+def test_seeded_noise_samples_the_softmax():
+    """Keyed noise is still Gumbel: over many seeds the draws follow softmax(logits / T), top-k and top-p applied."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0, -9.0]])
+    draws = 6000
+
+    def frequencies(**knobs):
+        counts = torch.zeros(6)
+        for seed in range(draws):
+            counts[_draw(logits, SamplingParams(seed=seed, **knobs), step=seed % 7)] += 1
+        return counts / draws
+
+    full = torch.softmax(logits[0] / 1.5, dim=0)
+    assert frequencies(temperature=1.5, top_k=0, top_p=1.0) == pytest.approx(full.tolist(), abs=0.02)
+    top3 = torch.softmax(logits[0, :3], dim=0).tolist() + [0.0] * 3
+    assert frequencies(temperature=1.0, top_k=3, top_p=1.0) == pytest.approx(top3, abs=0.02)
+    nucleus = frequencies(temperature=1.0, top_k=0, top_p=0.7)  # 0.64 + 0.24 reach 0.7: the first two only
+    assert nucleus[2:].sum() == 0 and nucleus[0] == pytest.approx(0.64 / 0.88, abs=0.02)
+
+
+def test_a_row_draws_by_its_own_step_not_the_batch():
+    """The same seed at different steps draws differently; the same (seed, step) draws the same, whoever is around."""
+    from serve_app.engine.sampling import RowSampling, RowTensors, StepPlan, sample_next_tokens
+
+    torch.manual_seed(2)
+    logits = torch.randn(4, 300)
+    params = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, seed=7)
+    alone = [_draw(logits[2:3], params, step) for step in range(6)]
+    assert len(set(alone)) > 1
+    rows = [RowSampling.for_sequence(SamplingParams(temperature=t, top_k=k, seed=s), 0) for t, k, s in ((0.0, 50, 1), (0.7, 0, 2), (1.0, 50, 7), (1.3, 5, 3))]
+    tensors = RowTensors.build(rows, 300, logits.device)
+    tensors.step += torch.tensor([9, 0, 0, 4])
+    for step in range(6):
+        batched = sample_next_tokens(logits, StepPlan.of(rows, 300), tensors)
+        assert int(batched[2]) == alone[step] and int(batched[0]) == int(logits[0].argmax())
+        tensors.step += 1
+
+
+class HostRoundTrips(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts what a step asks of the host: scalars read back (item, int, bool), lists read back, tensors built from lists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.uploads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._tensor, self._tolist = torch.tensor, torch.Tensor.tolist
+
+        def counted_tensor(data, *args, **kwargs):
+            if isinstance(data, (list, tuple)):
+                self.uploads += 1
+            return self._tensor(data, *args, **kwargs)
+
+        def counted_tolist(tensor):
+            self.reads += 1
+            return self._tolist(tensor)
+
+        torch.tensor, torch.Tensor.tolist = counted_tensor, counted_tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.tensor, torch.Tensor.tolist = self._tensor, self._tolist
+        return super().__exit__(*exc)
+
+
+def test_a_decoding_step_reads_back_only_its_chosen_tokens(demo_model):
+    """Per step: one read-back (the chosen tokens); an upload only on a step where rows finish (the rows that fill the holes)."""
+    engine = Seq2SeqEngine(demo_model.model)
+    tok = demo_model.tokenizer
+    requests = [
+        GenerationRequest(ids(tok, "今天天气很好"), SamplingParams(num_return_sequences=2, max_new_tokens=40, temperature=0.0)),
+        GenerationRequest(ids(tok, "这家店的菜很好吃"), SamplingParams(num_return_sequences=3, max_new_tokens=40, temperature=0.9, top_k=50, top_p=0.9, seed=3)),
+        GenerationRequest(ids(tok, "物流"), SamplingParams(num_return_sequences=2, max_new_tokens=8, temperature=1.2, top_k=0, top_p=0.8, seed=4)),
+    ]
+    batch = engine.new_batch()
+    batch.merge(engine.prefill(requests))
+    engine.step(batch)  # the first step reserves the time axis
+    checked_quiet = 0
+    while batch.rows:
+        rows_before = batch.rows
+        with HostRoundTrips() as trips:
+            finished = engine.step(batch)
+        assert trips.reads == 1, (trips.reads, batch.length)
+        if finished and batch.rows and len(finished) < rows_before:
+            assert trips.uploads <= 1
+        else:
+            assert trips.uploads == 0
+            checked_quiet += 1
+    assert checked_quiet >= 5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -504,6 +628,29 @@ def test_top_k_of_a_narrow_row_is_torch_topk() -> None:
 
     logits = torch.randn(3, 4000)
     assert all(torch.equal(a, b) for a, b in zip(top_k(logits, 50), logits.topk(50, dim=-1)))
+
+
+def test_labels_sharing_prefixes_score_as_if_decoded_alone(demo_model, monkeypatch):
+    """The prefix tree: shared first tokens, a label that is a prefix of another, the same label twice, a tree spilling into a second row."""
+    from serve_app.engine import scoring
+
+    engine = Seq2SeqEngine(demo_model.model)
+    tok = demo_model.tokenizer
+    labels = [tok(label).input_ids[:-1] for label in ["物流", "物流延迟", "物流太慢", "售后", "售后响应慢", "天气"]]
+    labels.append(labels[1])
+    request = ScoringRequest(tok("文本分类。\n候选标签：物流,售后。\n文本内容：快递三天还没到").input_ids, labels)
+    engine.packed_scoring = False
+    reference = engine.score([request])[0]
+    engine.packed_scoring = True
+    rows = scoring.pack_rows([labels], 0, 1)
+    assert len(rows.tokens) == 1 and len(rows.tokens[0]) < 1 + sum(len(label) for label in labels)
+    for width in (scoring.MAX_PACKED_WIDTH, 8):  # 8: the tree spills into further rows of the same input
+        monkeypatch.setattr(scoring, "MAX_PACKED_WIDTH", width)
+        monkeypatch.setattr(scoring.pack_rows, "__defaults__", (True, width))
+        got = engine.score([request])[0]
+        assert got.log_scores == pytest.approx(reference.log_scores, abs=1e-5)
+        assert got.log_scores[1] == got.log_scores[-1]  # the same label twice: the same path, the same score
+    assert len(scoring.pack_rows([labels], 0, 1, max_width=8).tokens) > 1
 
 
 def test_packed_and_bucketed_scoring_equal_per_label_rows(demo_model):

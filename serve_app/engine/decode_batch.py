@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from serve_app.engine.sampling import RowSampling
+from serve_app.engine.sampling import RowSampling, RowTensors, StepPlan
 
 # Initial self-attention columns; the time axis grows by doubling or is compacted (see reserve_column).
 INITIAL_COLUMNS = 64
@@ -50,6 +50,7 @@ class BatchShape:
     d_model: int
     dtype: torch.dtype
     device: torch.device
+    vocab: int
 
 
 class DecodeBatch:
@@ -57,7 +58,10 @@ class DecodeBatch:
 
     Row r (0 <= r < rows) holds: the token it feeds at the next step (`next_token`: the decoder
     start token for a row that has not run yet), its first self-attention column (`start`), its
-    encoder length, its sampler, its token limit, the ids generated so far and its owner.
+    encoder length, its sampling parameters (on the host for planning, on the device for the
+    step: `row_tensors`), its token limit, the ids generated so far and its owner. What a step
+    needs on the host (encoder lengths, limits, outputs) is mirrored there, so a step reads back
+    from the device only the tokens it chose.
     """
 
     @torch.inference_mode()
@@ -70,6 +74,8 @@ class DecodeBatch:
         self.next_token = torch.zeros(capacity, dtype=torch.long, device=shape.device)
         self.start = torch.zeros(capacity, dtype=torch.long, device=shape.device)
         self.encoder_length = torch.zeros(capacity, dtype=torch.long, device=shape.device)
+        self.row_tensors = RowTensors.zeros(capacity, shape.device)
+        self.encoder_lengths: list[int] = []  # host mirror of encoder_length[:rows]
         self.owners: list[RowOwner] = []
         self.sampling: list[RowSampling] = []
         self.max_new_tokens: list[int] = []
@@ -86,7 +92,14 @@ class DecodeBatch:
     @property
     def encoder_columns(self) -> int:
         """Encoder columns any live row uses (attention never reads past them)."""
-        return int(self.encoder_length[: self.rows].max()) if self.rows else 0
+        return max(self.encoder_lengths, default=0)
+
+    def step_plan(self) -> StepPlan:
+        return StepPlan.of(self.sampling, self.shape.vocab)
+
+    def step_rows(self) -> RowTensors:
+        """The live rows' sampling parameters on the device."""
+        return self.row_tensors.view(self.rows)
 
     def keys(self) -> set[Hashable]:
         return {owner.key for owner in self.owners}
@@ -115,6 +128,8 @@ class DecodeBatch:
         batch = cls(shape, capacity=rows, encoder_columns=0, self_columns=0)
         batch.cross_kv = cross_kv.contiguous()
         batch.encoder_length[:rows] = encoder_length
+        batch.encoder_lengths = encoder_length.tolist()
+        batch.row_tensors = RowTensors.build(sampling, shape.vocab, shape.device)
         batch.next_token[:rows] = start_token
         batch.rows = rows
         batch.owners, batch.sampling, batch.max_new_tokens = list(owners), list(sampling), list(max_new_tokens)
@@ -140,6 +155,9 @@ class DecodeBatch:
         self.next_token[first:end] = other.next_token[: other.rows]
         self.start[first:end] = other.start[: other.rows] + offset
         self.encoder_length[first:end] = other.encoder_length[: other.rows]
+        for ours, theirs in zip(self._row_tensor_list(), other._row_tensor_list()):
+            ours[first:end] = theirs[: other.rows]
+        self.encoder_lengths += other.encoder_lengths
         self.owners += other.owners
         self.sampling += other.sampling
         self.max_new_tokens += other.max_new_tokens
@@ -157,17 +175,17 @@ class DecodeBatch:
         holes = sorted(row for row in dropped if row < remaining)
         movers = [row for row in range(remaining, self.rows) if row not in dropped]
         if holes:
-            source = torch.tensor(movers, device=self.shape.device)
-            target = torch.tensor(holes, device=self.shape.device)
+            # One upload for both index lists.
+            source, target = torch.tensor([movers, holes], device=self.shape.device)
             encoder = self.encoder_columns
             self.self_kv[:, :, target, :, : self.length] = self.self_kv[:, :, source, :, : self.length]
             self.cross_kv[:, :, target, :, :encoder] = self.cross_kv[:, :, source, :, :encoder]
-            for tensor in (self.next_token, self.start, self.encoder_length):
+            for tensor in (self.next_token, self.start, self.encoder_length, *self._row_tensor_list()):
                 tensor[target] = tensor[source]
-            for items in (self.owners, self.sampling, self.max_new_tokens, self.outputs):
+            for items in self._row_lists():
                 for hole, mover in zip(holes, movers):
                     items[hole] = items[mover]
-        for items in (self.owners, self.sampling, self.max_new_tokens, self.outputs):
+        for items in self._row_lists():
             del items[remaining:]
         self.rows = remaining
         if remaining == 0:
@@ -228,12 +246,22 @@ class DecodeBatch:
             self.cross_kv = grown
         if capacity != self.next_token.shape[0]:
             for name in ("next_token", "start", "encoder_length"):
-                old = getattr(self, name)
-                grown_rows = torch.zeros(capacity, dtype=old.dtype, device=old.device)
-                grown_rows[: self.rows] = old[: self.rows]
-                setattr(self, name, grown_rows)
+                setattr(self, name, self._grown(getattr(self, name), capacity))
+            self.row_tensors = RowTensors(*(self._grown(tensor, capacity) for tensor in self._row_tensor_list()))
+
+    def _grown(self, old: torch.Tensor, capacity: int) -> torch.Tensor:
+        grown = torch.zeros(capacity, dtype=old.dtype, device=old.device)
+        grown[: self.rows] = old[: self.rows]
+        return grown
+
+    def _row_tensor_list(self) -> list[torch.Tensor]:
+        return [getattr(self.row_tensors, name) for name in RowTensors.FIELDS]
+
+    def _row_lists(self) -> tuple[list, ...]:
+        """The host-side per-row lists, kept in the rows' order."""
+        return (self.owners, self.sampling, self.max_new_tokens, self.outputs, self.encoder_lengths)
 
     def _clear(self) -> None:
         self.rows = 0
         self.length = 0
-        self.owners, self.sampling, self.max_new_tokens, self.outputs = [], [], [], []
+        self.owners, self.sampling, self.max_new_tokens, self.outputs, self.encoder_lengths = [], [], [], [], []

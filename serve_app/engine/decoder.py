@@ -28,6 +28,7 @@ class CachedDecoder:
             d_model=config.d_model,
             dtype=parameter.dtype,
             device=parameter.device,
+            vocab=model.lm_head.out_features,
         )
         self.relative = self.blocks[0].layer[0].SelfAttention
 

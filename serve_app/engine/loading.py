@@ -58,17 +58,19 @@ class LoadedModel:
 
 
 def choose_device(device: str | None = "auto", gpu_reserved: bool = False, cuda_available: Callable[[], bool] = torch.cuda.is_available) -> torch.device:
-    """`auto` is cuda when present, else cpu. A cuda request, or a GPU reserved for this process,
-    without working CUDA stops here: a GPU node silently serving at CPU speed is worse than none."""
-    wants_cuda = gpu_reserved or (device not in ("auto", "", None) and torch.device(device).type == "cuda")
+    """`auto` is cuda when present, else cpu. A cuda request, or `auto` in a process a GPU was
+    reserved for, without working CUDA stops here: a GPU node silently serving at CPU speed is
+    worse than none. An explicit `cpu` is obeyed even beside a reserved GPU."""
+    automatic = device in ("auto", "", None)
+    wants_cuda = (automatic and gpu_reserved) or (not automatic and torch.device(device).type == "cuda")
     if wants_cuda and not cuda_available():
-        asked = f"device {device!r}" if device not in ("auto", "", None) else "a GPU reserved for this replica"
+        asked = "a GPU reserved for this replica (device auto)" if automatic else f"device {device!r}"
         raise ModelSpecError(
             f"{asked} but CUDA is not usable here (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none: a CPU-only build'}). "
             "Install the CUDA build of torch that matches the node's driver (the image pins one), "
-            "or set device: cpu and replica_gpus: 0 to serve from the CPU."
+            "or set device: cpu (and replica_gpus: 0) to serve from the CPU on purpose."
         )
-    if device in ("auto", "", None):
+    if automatic:
         return torch.device("cuda" if cuda_available() else "cpu")
     return torch.device(device)
 

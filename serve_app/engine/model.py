@@ -153,7 +153,7 @@ class Seq2SeqEngine:
             params = request.params
             for sequence in range(params.num_return_sequences):
                 owners.append(RowOwner(key, sequence))
-                sampling.append(RowSampling.for_sequence(params, sequence, self.device))
+                sampling.append(RowSampling.for_sequence(params, sequence))
                 limits.append(params.max_new_tokens)
                 row_request.append(index)
         rows = torch.tensor(row_request, device=self.device)
@@ -175,12 +175,14 @@ class Seq2SeqEngine:
         """
         if batch.rows == 0:
             return []
+        plan, rows = batch.step_plan(), batch.step_rows()
         states = self.decoder.step(batch)
-        chosen = sample_next_tokens(self.model.lm_head(states), batch.sampling)
+        chosen = sample_next_tokens(self.model.lm_head(states), plan, rows)
         batch.next_token[: batch.rows] = chosen
+        rows.step += 1
         finished_rows: list[int] = []
         finished: list[FinishedRow] = []
-        for row, token in enumerate(chosen.tolist()):
+        for row, token in enumerate(chosen.tolist()):  # the step's one read-back from the device
             output = batch.outputs[row]
             if token != self.eos_id:
                 output.append(token)

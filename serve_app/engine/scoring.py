@@ -3,12 +3,13 @@
 score(label) = the sum, over the label's tokens and the closing </s>, of the log-probability
 the model gives that token after the decoder start token and the label's earlier tokens.
 
-Packing: all candidate labels of an input share one decoder row (start token, then each
-label's tokens one after another). A label token attends to the start token and to its
-own label's earlier tokens only, at the relative positions it would have alone (start 0,
-its tokens 1..n), so each label is scored exactly as if decoded alone; cross-attention has
-no positions, so sharing a row changes nothing there. A label set wider than one row
-spills into further rows of the same input.
+Packing: all candidate labels of an input share one decoder row, laid out as a prefix tree
+over their token ids: the start token, then each distinct (prefix, token) once, so labels
+that begin alike share their first positions and the states that predict what follows.
+A token attends to the start token and to its own ancestors in the tree only, at the
+relative positions it would have alone (start 0, its tokens 1..n), so each label is scored
+exactly as if decoded alone; cross-attention has no positions, so sharing a row changes
+nothing there. A label set wider than one row spills into further rows of the same input.
 
 Normalisation (per request):
 - "vocabulary" (default): over the full vocabulary, the model's own likelihood of writing
@@ -38,9 +39,9 @@ VOCABULARY_CHUNK = 128
 class PackedRows:
     """Decoder rows holding label tokens, and every (state, next token) pair a score sums over."""
 
-    tokens: list[list[int]] = field(default_factory=list)  # per row: start token, then label tokens
-    positions: list[list[int]] = field(default_factory=list)  # each token's position within its own label
-    segments: list[list[int]] = field(default_factory=list)  # label index per token; -1 for the start token
+    tokens: list[list[int]] = field(default_factory=list)  # per row: start token, then one token per tree node
+    positions: list[list[int]] = field(default_factory=list)  # each token's position within its label (its depth)
+    parents: list[list[int]] = field(default_factory=list)  # each slot's parent slot in the tree; -1 for the start token
     row_request: list[int] = field(default_factory=list)  # the request (encoder input) each row reads
     # One entry per scored token: the row and position of the state that predicts it, the token,
     # and the label (global index over the batch, in request order) whose score it adds to.
@@ -54,30 +55,67 @@ class PackedRows:
     def width(self) -> int:
         return max(len(row) for row in self.tokens)
 
+    def new_row(self, request: int, start_id: int) -> int:
+        self.tokens.append([start_id])
+        self.positions.append([0])
+        self.parents.append([-1])
+        self.row_request.append(request)
+        return len(self.tokens) - 1
+
 
 def pack_rows(label_sets: list[list[list[int]]], start_id: int, eos_id: int, packed: bool = True, max_width: int = MAX_PACKED_WIDTH) -> PackedRows:
-    """Lay out every request's labels in decoder rows: as many labels per row as fit (`packed`), or one each."""
+    """Lay out every request's labels in decoder rows: a prefix tree per row (`packed`), or one row per label."""
     out = PackedRows()
     for request, labels in enumerate(label_sets):
         row = -1
+        children: dict[tuple[int, int], int] = {}  # (parent slot, token) -> slot, in the current row
         for label in labels:
-            if row < 0 or not packed or len(out.tokens[row]) + len(label) > max_width:
-                out.tokens.append([start_id])
-                out.positions.append([0])
-                out.segments.append([-1])
-                out.row_request.append(request)
-                row = len(out.tokens) - 1
-            offset = len(out.tokens[row])
-            out.tokens[row] += label
-            out.positions[row] += list(range(1, len(label) + 1))
-            out.segments[row] += [out.labels] * len(label)
+            shared = _shared_prefix(children, label) if row >= 0 and packed else 0
+            if row < 0 or not packed or len(out.tokens[row]) + len(label) - shared > max_width:
+                row, children = out.new_row(request, start_id), {}
+            slot = 0
+            path = []
+            for depth, token in enumerate(label, start=1):
+                child = children.get((slot, token))
+                if child is None:
+                    child = len(out.tokens[row])
+                    out.tokens[row].append(token)
+                    out.positions[row].append(depth)
+                    out.parents[row].append(slot)
+                    children[(slot, token)] = child
+                slot = child
+                path.append(slot)
             # The start state predicts the first token, the state at token i the token i+1, the last one </s>.
             out.target_row += [row] * (len(label) + 1)
-            out.target_position += [0, *range(offset, offset + len(label))]
+            out.target_position += [0, *path]
             out.target_token += [*label, eos_id]
             out.target_label += [out.labels] * (len(label) + 1)
             out.labels += 1
     return out
+
+
+def _shared_prefix(children: dict[tuple[int, int], int], label: list[int]) -> int:
+    """How many of `label`'s first tokens the row's tree already holds."""
+    slot, shared = 0, 0
+    for token in label:
+        slot = children.get((slot, token), -1)
+        if slot < 0:
+            break
+        shared += 1
+    return shared
+
+
+def _ancestry(rows: PackedRows, width: int) -> torch.Tensor:
+    """visible[row, query, key]: key is the start token, the query itself or one of its ancestors."""
+    visible = torch.zeros((len(rows.tokens), width, width), dtype=torch.bool)
+    visible[:, :, 0] = True
+    for row, parents in enumerate(rows.parents):
+        for slot in range(1, len(parents)):
+            ancestor = slot
+            while ancestor > 0:
+                visible[row, slot, ancestor] = True
+                ancestor = parents[ancestor]
+    return visible
 
 
 def decode_rows(model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor, rows: PackedRows) -> torch.Tensor:
@@ -86,11 +124,9 @@ def decode_rows(model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor
     count, width = len(rows.tokens), rows.width
     tokens = torch.zeros((count, width), dtype=torch.long)
     positions = torch.zeros((count, width), dtype=torch.long)
-    segments = torch.full((count, width), -2, dtype=torch.long)  # -2: padding
-    for row, (row_tokens, row_positions, row_segments) in enumerate(zip(rows.tokens, rows.positions, rows.segments)):
+    for row, (row_tokens, row_positions) in enumerate(zip(rows.tokens, rows.positions)):
         tokens[row, : len(row_tokens)] = torch.tensor(row_tokens)
         positions[row, : len(row_positions)] = torch.tensor(row_positions)
-        segments[row, : len(row_segments)] = torch.tensor(row_segments)
     row_request = torch.tensor(rows.row_request, device=device)
     if len(rows.row_request) != encoder_hidden.shape[0] or rows.row_request != list(range(count)):
         encoder_hidden, encoder_mask = encoder_hidden.index_select(0, row_request), encoder_mask.index_select(0, row_request)
@@ -104,8 +140,7 @@ def decode_rows(model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor
         num_buckets=attention.relative_attention_num_buckets,
         max_distance=attention.relative_attention_max_distance,
     )
-    own_label = (segments[:, None, :] == segments[:, :, None]) & (segments[:, :, None] >= 0)
-    visible = (own_label & (relative <= 0)) | (torch.arange(width) == 0)[None, None, :]
+    visible = _ancestry(rows, width)
     dtype = encoder_hidden.dtype
     lowest = torch.finfo(dtype).min
     bias = attention.relative_attention_bias(buckets.to(device)).permute(0, 3, 1, 2).to(dtype)
