@@ -17,7 +17,7 @@ import torch
 from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest
 from serve_app.engine.decode_batch import DecodeBatch
 from serve_app.scheduling.config import SchedulerConfig
-from serve_app.scheduling.errors import AdmissionRefused
+from serve_app.scheduling.errors import AdmissionRefused, OutOfMemoryRefused
 from serve_app.scheduling.loop import SchedulerLoop
 from serve_app.scheduling.scheduler import Scheduler
 
@@ -289,6 +289,67 @@ def test_an_engine_failure_fails_its_requests_and_the_loop_serves_on(engine, tok
     scheduler.submit_generation(gen(tok, 1), answers.callback("after"))
     drain(scheduler)
     assert answers.answered["after"] == engine.generate([gen(tok, 1)])[0]
+
+
+def fail_once_with_out_of_memory(module: torch.nn.Module, on_call: int, patch: pytest.MonkeyPatch) -> list[int]:
+    """`module`'s forward raises torch.OutOfMemoryError on its `on_call`-th call (1-based), as an allocation would."""
+    calls = [0]
+    forward = module.forward
+
+    def failing(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == on_call:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.91 GiB (injected)")
+        return forward(*args, **kwargs)
+
+    patch.setattr(module, "forward", failing)
+    return calls
+
+
+def test_out_of_memory_in_a_step_refuses_the_newest_request_and_the_rest_decode_as_alone(engine, tok, monkeypatch):
+    older, newer = gen(tok, 0, max_new_tokens=12), gen(tok, 1, max_new_tokens=12)
+    expected = engine.generate([older])[0]
+    scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=8), clock=Clock())
+    answers = Answers()
+    scheduler.submit_generation(older, answers.callback("older"))
+    scheduler.run_iteration()  # the older request is decoding
+    scheduler.submit_generation(newer, answers.callback("newer"))
+    calls = fail_once_with_out_of_memory(engine.model.lm_head, on_call=2, patch=monkeypatch)  # the step after the newer one joined
+    scheduler.run_iteration()
+    scheduler.run_iteration()
+    assert calls[0] >= 2
+    refused = answers.errors["newer"]
+    assert isinstance(refused, OutOfMemoryRefused) and refused.rows == 2 and refused.retry_after_s >= 1
+    assert "newer" not in answers.answered and "older" not in answers.errors
+    drain(scheduler)
+    assert answers.answered["older"] == expected  # the failed step was retried on the same cache column
+    assert scheduler._batch.rows == 0
+
+
+def test_out_of_memory_encoding_newcomers_refuses_only_them(engine, tok, monkeypatch):
+    older, newer = gen(tok, 2, max_new_tokens=10), gen(tok, 3)
+    expected = engine.generate([older])[0]
+    scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=8), clock=Clock())
+    answers = Answers()
+    scheduler.submit_generation(older, answers.callback("older"))
+    scheduler.run_iteration()
+    scheduler.submit_generation(newer, answers.callback("newer"))
+    fail_once_with_out_of_memory(engine.model.encoder, on_call=1, patch=monkeypatch)
+    drain(scheduler)
+    assert isinstance(answers.errors["newer"], OutOfMemoryRefused)
+    assert answers.answered["older"] == expected
+    scheduler.submit_generation(newer, answers.callback("again"))  # memory is back: the retry is served
+    drain(scheduler)
+    assert answers.answered["again"] == engine.generate([newer])[0]
+
+
+def test_out_of_memory_scoring_refuses_the_scoring_requests_with_a_retry(engine, tok, monkeypatch):
+    scheduler = Scheduler(engine, SchedulerConfig(), clock=Clock())
+    answers = Answers()
+    scheduler.submit_scoring(score(tok, 0), answers.callback("scored"))
+    fail_once_with_out_of_memory(engine.model.encoder, on_call=1, patch=monkeypatch)
+    drain(scheduler)
+    assert isinstance(answers.errors["scored"], OutOfMemoryRefused) and answers.errors["scored"].retry_after_s >= 1
 
 
 # ------------------------------------------------------------------ the loop thread

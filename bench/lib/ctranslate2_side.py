@@ -5,7 +5,10 @@ our loader (serve_app.engine.loading): under transformers 5 the stock path ties 
 embeddings for mT5, and the converter then scales the decoder output by d_model^-0.5, which
 is wrong for mT5's untied head (docs/model.md, "transformers 5"). Our loader keeps the head
 untied and says so in the config, so the converter leaves the output unscaled. Before any speed
-is reported, CTranslate2's float32 label probabilities must match ours to `MATCH_TOLERANCE`.
+is reported, CTranslate2's float32 label probabilities must match ours to `MATCH_TOLERANCE` on
+the demo model. The benchmark checkpoint's random weights amplify rounding (two float32 kernels,
+or our engine at two batch shapes, move its probabilities by far more than 1e-5), so there the
+difference is held against our own alone-vs-batch spread (`SPREAD_FACTOR`).
 
 Classification in CTranslate2 is `score_batch`: one (prompt, label) pair per candidate, so the
 encoder runs once per label (its API has no shared-encoder scoring). Generation is
@@ -19,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-MATCH_TOLERANCE = 1e-5
+MATCH_TOLERANCE = 1e-5  # float32 against float32, on the demo model (well-conditioned weights)
+# On random mT5-base weights: at most this many times our own alone-vs-batch spread.
+SPREAD_FACTOR = 5
 
 
 def available() -> bool:

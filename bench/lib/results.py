@@ -27,12 +27,15 @@ SECTIONS = {
 
 
 def relative(path: str | Path) -> str:
-    """`path` relative to the repository when it lies inside it (results never record this machine's folders)."""
+    """`path` relative to the repository when it lies inside it, else under `~` (results never record this machine's folders)."""
     path = Path(path).resolve()
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
+    for base, shown in ((ROOT, None), (Path.home().resolve(), "~")):
+        try:
+            inside = path.relative_to(base)
+        except ValueError:
+            continue
+        return str(inside) if shown is None else f"{shown}/{inside}"
+    return path.name  # elsewhere (a temporary folder): its name says which checkpoint
 
 
 def save(name: str, results: dict[str, Any], section: str, out_dir: Path = RESULTS_DIR, page: Path | None = PAGE) -> Path:

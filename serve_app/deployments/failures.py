@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from serve_app.engine.errors import EngineInputError
-from serve_app.scheduling.errors import AdmissionRefused
+from serve_app.scheduling.errors import Refused
 from serve_app.text.errors import TextInputError
 
 InputError = EngineInputError | TextInputError
@@ -31,9 +31,10 @@ def input_error(exc: BaseException) -> InputError | None:
     return next((e for e in causes(exc) if isinstance(e, (EngineInputError, TextInputError))), None)
 
 
-def admission_refusal(exc: BaseException) -> AdmissionRefused | None:
-    """The scheduler's refusal behind `exc`: the request could not have started before its deadline."""
-    return next((e for e in causes(exc) if isinstance(e, AdmissionRefused)), None)
+def admission_refusal(exc: BaseException) -> Refused | None:
+    """The scheduler's refusal behind `exc`: the request could not have started before its deadline, or
+    the device ran out of memory with it in the batch."""
+    return next((e for e in causes(exc) if isinstance(e, Refused)), None)
 
 
 def is_overload(exc: BaseException) -> bool:
@@ -44,7 +45,7 @@ def is_overload(exc: BaseException) -> bool:
 
 
 def is_refusal(exc: BaseException) -> bool:
-    """Answered 422 or 503 + Retry-After by design (bad input, a full queue, a late start): not a fault of ours."""
+    """Answered 422 or 503 + Retry-After by design (bad input, a full queue, a late start, no memory): not a fault of ours."""
     return input_error(exc) is not None or is_overload(exc) or admission_refusal(exc) is not None
 
 

@@ -60,10 +60,10 @@ class Seq2SeqEngine:
     """Runs GenerationRequests and ScoringRequests as padded batches on one model."""
 
     # Encoding in length buckets: an extra encoder call is worth it when it saves more than this
-    # many padded tokens (None: always one padded batch). Measured in bench/levers.py.
+    # many padded tokens (None: always one padded batch). Measured with the former bench.levers (docs/perf-notes.md).
     bucket_overhead_tokens: int | None = 64
     # Scoring: all labels of an input in one packed decoder sequence (False: one decoder row per
-    # label, encoder state fanned out to each). Measured in bench/levers.py.
+    # label, encoder state fanned out to each). Measured with the former bench.levers (docs/perf-notes.md).
     packed_scoring: bool = True
 
     def __init__(self, model: MT5ForConditionalGeneration, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS) -> None:
@@ -176,8 +176,12 @@ class Seq2SeqEngine:
         if batch.rows == 0:
             return []
         plan, rows = batch.step_plan(), batch.step_rows()
-        states = self.decoder.step(batch)
-        chosen = sample_next_tokens(self.model.lm_head(states), plan, rows)
+        states = self.decoder.step(batch)  # on failure the time axis is as it was: a retry rewrites the same column
+        try:
+            chosen = sample_next_tokens(self.model.lm_head(states), plan, rows)
+        except Exception:
+            batch.length -= 1  # this step's column is rewritten by the retry
+            raise
         batch.next_token[: batch.rows] = chosen
         rows.step += 1
         finished_rows: list[int] = []

@@ -31,7 +31,8 @@ from typing import Any
 
 from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine
 from serve_app.scheduling.config import SchedulerConfig
-from serve_app.scheduling.errors import AdmissionRefused
+from serve_app.engine.errors import is_out_of_memory
+from serve_app.scheduling.errors import AdmissionRefused, OutOfMemoryRefused
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +249,11 @@ class Scheduler:
         try:
             results = self.engine.score([work.request for work in scoring])
         except Exception as error:  # noqa: BLE001 - every caller must get an answer
-            logger.exception("scheduler: scoring batch failed")
+            if is_out_of_memory(error):
+                logger.warning("scheduler: out of memory scoring %d request(s); refused with 503", len(scoring))
+                error = OutOfMemoryRefused(sum(len(work.request.label_ids) for work in scoring))
+            else:
+                logger.exception("scheduler: scoring batch failed")
             for work in scoring:
                 self._answer(work, None, error)
             return
@@ -264,7 +269,11 @@ class Scheduler:
         try:
             fresh = self.engine.prefill([work.request for work in generation], keys=[work.ticket for work in generation])
         except Exception as error:  # noqa: BLE001
-            logger.exception("scheduler: prefill failed")
+            if is_out_of_memory(error):  # the newcomers are refused; the running batch goes on
+                logger.warning("scheduler: out of memory encoding %d new request(s); refused with 503", len(generation))
+                error = OutOfMemoryRefused(sum(work.rows for work in generation))
+            else:
+                logger.exception("scheduler: prefill failed")
             for work in generation:
                 self._answer(work, None, error)
             return
@@ -282,6 +291,9 @@ class Scheduler:
         try:
             finished = self.engine.step(self._batch)
         except Exception as error:  # noqa: BLE001 - fail the batch, keep serving
+            if is_out_of_memory(error) and self._decoding:
+                self._refuse_newest_for_memory()
+                return
             logger.exception("scheduler: decoding step failed; failing the %d request(s) in the batch", len(self._decoding))
             for decoding in self._decoding.values():
                 self._answer(decoding.work, None, error)
@@ -298,6 +310,18 @@ class Scheduler:
                 self._answer(decoding.work, decoding.sequences, None)
                 report.finished += 1
         self.drain.record(len(finished), self.clock() - report.started)
+
+    def _refuse_newest_for_memory(self) -> None:
+        """Out of memory mid-step: the newest request leaves with a 503, the others decode on at the next step.
+
+        A step writes every row's new cache column before anything can fail halfway for one row, and
+        a retried step rewrites the same column, so the rows that stay decode exactly as before."""
+        newest = max(self._decoding)  # tickets grow with arrival
+        decoding = self._decoding.pop(newest)
+        rows = self._batch.rows_of({newest})
+        self._batch.drop(rows)
+        logger.warning("scheduler: out of memory in a decoding step; refused the newest request (%d row(s)), %d request(s) go on", len(rows), len(self._decoding))
+        self._answer(decoding.work, None, OutOfMemoryRefused(len(rows)))
 
     # ------------------------------------------------------------ helpers
     def _enqueue(self, kind: str, request: GenerationRequest | ScoringRequest, on_done: Callback) -> int:
