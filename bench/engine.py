@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if "keep_label" in args.parts:
         out["parts"]["keep_label"] = keep_label_cost(model, rounds)
     section = markdown(out)
-    path = results.save("engine-quick" if args.quick else "engine", out, section, out_dir=args.out, page=None if args.quick else results.PAGE)
+    path = results.save("engine-quick" if args.quick else "engine", out, section, out_dir=args.out, page=results.page_for(args.out, args.quick))
     log(f"wrote {results.relative(path)}")
     print(section)
     return out
@@ -116,6 +116,7 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
         seconds = best[name]
         figures[name] = {
             "dtype_reason": classify.dtype_reason,
+            "head": services[name].loaded.head.reason,
             "classify_texts_per_s": CLASSIFY_TEXTS / seconds["classify_s"],
             "generate32_tokens_per_s": tokens[name]["batch"] / seconds["generate32_s"],
             "generate1_tokens_per_s": tokens[name]["lone"] / seconds["generate1_s"],
@@ -128,7 +129,8 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
 def auto_choice(model: str) -> dict[str, Any]:
     """What `dtype: auto` runs on this machine, and why (as /healthz says it)."""
     service = pipeline(model, "auto", "auto")
-    return {"device": str(service.loaded.device), "dtype": service.loaded.precision.name, "reason": service.loaded.precision.reason}
+    return {"device": str(service.loaded.device), "dtype": service.loaded.precision.name, "reason": service.loaded.precision.reason,
+            "head": service.loaded.head.reason}
 
 
 def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
@@ -277,7 +279,8 @@ def markdown(out: dict[str, Any]) -> str:
             )
     if "auto" in parts:
         a = parts["auto"]
-        lines += ["", f"`dtype: auto` here: **{a['dtype']}** on {a['device']} ({a['reason']})."]
+        lines += ["", f"`dtype: auto` here: **{a['dtype']}** on {a['device']} ({a['reason']})."
+                  + (f" lm_head layout (serve_app/engine/output_head.py), measured at load: {a['head']}." if "head" in a else "")]
     if "ctranslate2" in parts:
         lines += ["", *ctranslate2_markdown(parts["ctranslate2"])]
     if "keep_label" in parts:

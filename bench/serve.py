@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         path = results.save("serve-quick", out, section, out_dir=args.out, page=None)
     else:
-        path = results.save("serve", out, section, out_dir=args.out)
+        path = results.save("serve", out, section, out_dir=args.out, page=results.page_for(args.out))
         plot(out, args.out / "serve.png")
     log(f"wrote {results.relative(path)}")
     print(section)

@@ -48,7 +48,7 @@ def convert(checkpoint: Path, quantization: str) -> Path:
 
     class OurLoading(ct2_transformers.TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):
-            loaded = load_model(str(model_name_or_path), "cpu", "float32")
+            loaded = load_model(str(model_name_or_path), "cpu", "float32", relay_head=False)
             assert loaded.model.config.tie_word_embeddings is False or loaded.model.lm_head.weight is loaded.model.shared.weight
             return loaded.model
 

@@ -38,6 +38,11 @@ def relative(path: str | Path) -> str:
     return path.name  # elsewhere (a temporary folder): its name says which checkpoint
 
 
+def page_for(out_dir: Path, quick: bool = False) -> Path | None:
+    """The page a run regenerates: BENCHMARKS.md for full runs into bench/results, none for a quick run or another folder."""
+    return PAGE if not quick and Path(out_dir).resolve() == RESULTS_DIR.resolve() else None
+
+
 def save(name: str, results: dict[str, Any], section: str, out_dir: Path = RESULTS_DIR, page: Path | None = PAGE) -> Path:
     """Write `<out_dir>/<name>.json` (with its page section) and, unless page is None, regenerate the page."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import torch
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
 from serve_app.engine.errors import ModelSpecError
+from serve_app.engine.output_head import HeadChoice, choose_head_layout, install_output_head, is_tied
 from serve_app.engine.precision import MatmulShape, Precision, choose_precision, configure_float32_matmuls, quantize_linears
 from serve_app.engine.spec import ResolvedSpec, resolve_spec
 from serve_app.engine.tokenizer import load_tokenizer
@@ -37,6 +38,7 @@ class LoadedModel:
     resolved: ResolvedSpec
     device: torch.device
     precision: Precision
+    head: HeadChoice = HeadChoice("linear", "not measured")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -123,8 +125,11 @@ def build_model(config: MT5Config, state: dict[str, torch.Tensor]) -> MT5ForCond
     return model
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto", gpu_reserved: bool = False) -> LoadedModel:
-    """Resolve `spec`, load weights and tokenizer, move to device and precision (precision.py), eval mode."""
+def load_model(spec: str, device: str = "auto", dtype: str = "auto", gpu_reserved: bool = False, relay_head: bool = True) -> LoadedModel:
+    """Resolve `spec`, load weights and tokenizer, move to device and precision (precision.py), eval mode.
+
+    `relay_head`: store lm_head in the matmul layout this CPU runs fastest (output_head.py); False
+    keeps transformers' nn.Linear, for tools that read the model as transformers built it."""
     resolved = resolve_spec(spec)
     torch_device = choose_device(device, gpu_reserved)
     config = load_config(resolved.path)
@@ -135,6 +140,12 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", gpu_reserve
     model.requires_grad_(False)
     if precision.int8:
         model = quantize_linears(model)
+        head = HeadChoice("linear", "int8: the quantised linear")
+    elif relay_head:
+        head = choose_head_layout(model.lm_head.weight, tied=is_tied(model))
+        install_output_head(model, head.layout)
+    else:
+        head = HeadChoice("linear", "kept as transformers built it")
     tokenizer = load_tokenizer(resolved.path)
-    logger.info("loaded %s from %s on %s as %s (%s)", spec, resolved.path, torch_device, precision.name, precision.reason)
-    return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, precision=precision)
+    logger.info("loaded %s from %s on %s as %s (%s); lm_head %s", spec, resolved.path, torch_device, precision.name, precision.reason, head.reason)
+    return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, precision=precision, head=head)

@@ -1,0 +1,129 @@
+"""The vocabulary projection (lm_head) in the matmul layout this CPU runs fastest, chosen by measuring.
+
+The projection is most of a decoding step: 250,112 x 768 weights read for every step, against
+about half that for all 12 decoder layers together. The same product can be asked of the BLAS
+three ways, and which is fastest depends on the CPU and the dtype, not on the arithmetic:
+
+- `linear`: F.linear(x, W), W stored [vocab, d_model] (torch's default, a transposed-B GEMM);
+- `transposed`: x @ Wt with Wt stored [d_model, vocab] contiguous (a plain GEMM);
+- `weight_first`: (W @ x^T)^T, the weight as the left operand, its result copied into rows.
+
+Measured on a 2-core Xeon with AMX at 32 rows (docs/perf-notes.md, 2026-12-03): float32 runs
+`transposed` 1.24x `linear` (the decoding step 1.08x); bfloat16 runs `weight_first` 1.4x
+(the step 1.08x) and `transposed` 0.9x. The copy into rows is part of what is timed: a float32
+[32, 250,112] transpose costs a quarter of the projection. Every layout computes the same dot products: float32
+logits are bit-identical across them here. `choose_head_layout` times the three on the loaded
+projection at load, and keeps `linear` unless another is clearly faster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["linear", "transposed", "weight_first"]
+LAYOUTS: tuple[Layout, ...] = ("linear", "transposed", "weight_first")
+
+# A layout must beat `linear` by this much on the probe to be used: a near-tie is noise.
+LAYOUT_MARGIN = 1.05
+PROBE_ROWS = 32  # a decoding batch's rows
+# Calls per layout after a warm-up. The probe runs on the loaded weight itself: on a slice of the
+# vocabulary the effect differs (32,768 rows: transposed 0.87x; the whole 250,112: 1.29x, float32),
+# so its cost is that of 1 + PROBE_REPEATS projections per layout (about 1 s in float32 on 2 cores).
+PROBE_REPEATS = 3
+
+Timer = Callable[[], float]
+
+
+class OutputHead(nn.Module):
+    """lm_head (no bias) with its weight stored for `layout`; `weight` is always the [vocab, d_model] view."""
+
+    def __init__(self, weight: torch.Tensor, layout: Layout) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
+        self.out_features, self.in_features = weight.shape
+        stored = weight.detach().t().contiguous() if layout == "transposed" else weight.detach()
+        self.stored = nn.Parameter(stored, requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.stored.t() if self.layout == "transposed" else self.stored
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        flat = states.reshape(-1, self.in_features)
+        if self.layout == "transposed":
+            logits = flat @ self.stored
+        elif self.layout == "weight_first":
+            logits = (self.stored @ flat.t()).t().contiguous()  # top-k and log-softmax read rows: lay them out so
+        else:
+            logits = F.linear(flat, self.stored)
+        return logits.reshape(*states.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}"
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    layout: Layout
+    reason: str
+
+
+def layout_speedups(weight: torch.Tensor, timer: Timer = time.perf_counter, rows: int = PROBE_ROWS, repeats: int = PROBE_REPEATS) -> dict[Layout, float]:
+    """Each layout's speed against `linear` (>1: faster) on `weight` [vocab, d_model] itself, alternated."""
+    states = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+    best: dict[Layout, float] = {}
+    with torch.inference_mode():
+        for layout in LAYOUTS:  # one layout's head at a time: a transposed copy lives only while it is timed
+            head = OutputHead(weight, layout)
+            head(states)  # first call: kernel choice, allocations
+            for _ in range(repeats):
+                started = timer()
+                head(states)
+                best[layout] = min(best.get(layout, float("inf")), max(timer() - started, 1e-9))
+            del head
+    return {layout: best["linear"] / seconds for layout, seconds in best.items()}
+
+
+def choose_head_layout(
+    weight: torch.Tensor, tied: bool = False, speedups: Callable[[torch.Tensor], dict[Layout, float]] = layout_speedups
+) -> HeadChoice:
+    """The fastest layout for `weight` on this CPU (measured, from LAYOUT_MARGIN over `linear`); `linear`
+    on a GPU. A head `tied` to the embeddings is never `transposed` (that would be a second copy)."""
+    if weight.device.type != "cpu":
+        return HeadChoice("linear", f"{weight.device.type}: torch's own linear")
+    measured = dict(speedups(weight))
+    if tied:
+        measured.pop("transposed", None)
+    layout = max(measured, key=measured.__getitem__)
+    figures = ", ".join(f"{name} {x:.2f}x" for name, x in measured.items() if name != "linear")
+    if measured[layout] < LAYOUT_MARGIN:
+        return HeadChoice("linear", f"linear: no layout {LAYOUT_MARGIN}x faster ({figures})")
+    return HeadChoice(layout, f"{layout}: measured {measured[layout]:.2f}x linear ({figures})")
+
+
+def is_tied(model: nn.Module) -> bool:
+    """lm_head shares the embeddings' tensor: a transposed copy would double that memory."""
+    return model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def install_output_head(model: nn.Module, layout: Layout) -> None:
+    """Replace `model.lm_head` (a bias-free nn.Linear) by an OutputHead in `layout`, in place; `linear` keeps it."""
+    head = model.lm_head
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        raise TypeError(f"lm_head must be a bias-free nn.Linear to re-lay, got {head!r}")
+    if layout == "transposed" and is_tied(model):
+        raise ValueError("a tied lm_head is not re-laid as a transposed copy (it would double the embeddings' memory)")
+    if layout != "linear":
+        model.lm_head = OutputHead(head.weight, layout)

@@ -1,0 +1,99 @@
+"""lm_head in the matmul layout the CPU runs fastest: every layout computes the same logits, the
+choice follows the measurement, and the engine answers the same whichever layout it runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest, Seq2SeqEngine
+from serve_app.engine.output_head import (
+    LAYOUT_MARGIN,
+    LAYOUTS,
+    OutputHead,
+    choose_head_layout,
+    install_output_head,
+    layout_speedups,
+)
+
+pytestmark = pytest.mark.unit
+
+WEIGHT = torch.zeros(16, 8)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_every_layout_computes_the_linear_logits(layout, dtype, tolerance):
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(1000, 64, generator=generator).to(dtype)
+    states = torch.randn(5, 3, 64, generator=generator).to(dtype)  # [rows, positions, d_model], as scoring passes them
+    head = OutputHead(weight, layout)
+    assert head.weight.shape == (1000, 64) and torch.equal(head.weight, weight)
+    assert (head.out_features, head.in_features) == (1000, 64)
+    logits = head(states)
+    assert logits.shape == (5, 3, 1000)
+    expected = torch.nn.functional.linear(states.float(), weight.float())
+    torch.testing.assert_close(logits.float(), expected, atol=tolerance * expected.abs().max().item(), rtol=tolerance)
+
+
+@pytest.mark.parametrize(
+    ("measured", "chosen"),
+    [
+        ({"linear": 1.0, "transposed": 1.24, "weight_first": 0.98}, "transposed"),  # float32 on the AMX test box
+        ({"linear": 1.0, "transposed": 0.90, "weight_first": 1.52}, "weight_first"),  # bfloat16 there
+        ({"linear": 1.0, "transposed": LAYOUT_MARGIN - 0.01, "weight_first": 1.01}, "linear"),  # a near-tie is noise
+    ],
+)
+def test_the_layout_follows_the_measurement(measured, chosen):
+    choice = choose_head_layout(WEIGHT, speedups=lambda weight: dict(measured))
+    assert choice.layout == chosen
+    assert choice.layout in choice.reason and f"{max(measured.values()):.2f}x" in choice.reason
+
+
+def test_a_tied_head_is_never_a_transposed_copy_and_a_gpu_is_not_timed():
+    measured = {"linear": 1.0, "transposed": 1.6, "weight_first": 1.2}
+    assert choose_head_layout(WEIGHT, tied=True, speedups=lambda weight: dict(measured)).layout == "weight_first"
+    never = lambda weight: pytest.fail("a GPU head is not timed")  # noqa: E731
+    assert choose_head_layout(torch.zeros(8, 4, device="meta"), speedups=never).layout == "linear"  # any device but the CPU
+
+
+def test_the_probe_times_every_layout_against_linear():
+    calls = iter(range(1000))
+    speedups = layout_speedups(torch.randn(4096, 64), timer=lambda: float(next(calls)), repeats=2)  # every call takes 1 tick
+    assert speedups == {layout: 1.0 for layout in LAYOUTS}
+    speedups = layout_speedups(torch.randn(4096, 64), repeats=2)
+    assert set(speedups) == set(LAYOUTS) and speedups["linear"] == 1.0
+    assert all(0.05 < x < 20 for x in speedups.values()), speedups
+
+
+def test_a_transposed_copy_of_a_tied_head_is_refused(demo_model):
+    model = copy.deepcopy(demo_model.model)
+    model.lm_head = nn.Linear(model.config.d_model, model.config.vocab_size, bias=False)
+    model.lm_head.weight = model.shared.weight
+    with pytest.raises(ValueError, match="tied"):
+        install_output_head(model, "transposed")
+
+
+@pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "linear"])
+def test_the_engine_answers_the_same_with_every_layout(demo_model, layout):
+    """float32 on the demo model: scores to 1e-6 and seeded samples token for token."""
+    def engine_with(layout_name: str) -> Seq2SeqEngine:
+        model = copy.deepcopy(demo_model.model)
+        if isinstance(model.lm_head, OutputHead):  # the fixture's own measured layout: back to a plain Linear first
+            plain = nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
+            plain.weight = nn.Parameter(model.lm_head.weight.detach().contiguous(), requires_grad=False)
+            model.lm_head = plain
+        install_output_head(model, layout_name)
+        return Seq2SeqEngine(model)
+
+    tok = demo_model.tokenizer
+    reference, relaid = engine_with("linear"), engine_with(layout)
+    assert isinstance(relaid.model.lm_head, OutputHead) and relaid.model.lm_head.layout == layout
+    scoring = [ScoringRequest(tok(text).input_ids, [tok(label).input_ids[:-1] for label in ("物流", "美食", "天气")]) for text in ("物流太慢了", "这家面馆很好吃")]
+    for ours, theirs in zip(reference.score(scoring), relaid.score(scoring)):
+        assert ours.log_scores == pytest.approx(theirs.log_scores, abs=1e-6)
+    generation = [GenerationRequest(tok(text).input_ids, SamplingParams(num_return_sequences=2, max_new_tokens=12, seed=5)) for text in ("物流太慢了", "学校开学后")]
+    assert reference.generate(generation) == relaid.generate(generation)
