@@ -29,7 +29,8 @@ from serve_app.engine import (
     Seq2SeqEngine,
     load_model,
 )
-from serve_app.engine.requests import ScoringResult
+from serve_app.engine.memory import free_device_bytes, limit_gpu_share, row_budget
+from serve_app.engine.requests import MAX_NEW_TOKENS, ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.lanes import Lanes, lane_count
 from serve_app.scheduling.scheduler import Scheduler
@@ -50,6 +51,12 @@ def replica_threads(gpu_reserved: bool) -> int:
     return os.cpu_count() or 1
 
 
+def replica_gpu_share() -> float | None:
+    """The fraction of a GPU Ray reserved for this replica (`replica_gpus: 0.25`), None for a whole one or more."""
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return share if 0 < share < 1 else None
+
+
 @serve.deployment(name="ModelReplica")
 class ModelReplica:
     def __init__(self, settings: dict[str, Any]) -> None:
@@ -62,17 +69,26 @@ class ModelReplica:
         self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype, gpu_reserved=gpu_reserved)
         self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens)
         lanes = lane_count(self.settings.scheduler_lanes, self.loaded.device.type, threads)
+        gpu_share = replica_gpu_share() if gpu_reserved else None
+        limit_gpu_share(self.loaded.device, gpu_share)
+        memory = row_budget(self.engine.decoder.shape, self.settings.max_input_tokens, MAX_NEW_TOKENS, free_device_bytes(self.loaded.device, gpu_share))
+        self.lane_row_limit = max(1, memory.rows // lanes)  # config.yaml's max_batch_rows is capped to it, per lane
+        logger.info("ModelReplica memory: %s; at most %d row(s) per lane", memory.reason, self.lane_row_limit)
         # A request that could not start before the ingress gives up is refused at once (503).
-        schedulers = [Scheduler(self.engine, SchedulerConfig(), deadline_s=self.settings.request_timeout_s) for _ in range(lanes)]
+        schedulers = [
+            Scheduler(self.engine, SchedulerConfig().within_rows(self.lane_row_limit), deadline_s=self.settings.request_timeout_s) for _ in range(lanes)
+        ]
         metrics = SchedulerMetrics(lanes)
         self.lanes = Lanes(schedulers, cores=threads, on_iteration=metrics.record, on_idle=metrics.flush)
         logger.info("ModelReplica ready: %s; %d scheduler lane(s) on %d torch thread(s)", self.loaded.describe(), lanes, threads)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live scheduler budgets from config.yaml's user_config (no restart)."""
-        config = SchedulerConfig.model_validate(user_config or {})
+        asked = SchedulerConfig.model_validate(user_config or {})
+        config = asked.within_rows(self.lane_row_limit)
         self.lanes.reconfigure(config)
-        logger.info("ModelReplica scheduler budgets: %s", config.model_dump())
+        capped = f" (max_batch_rows {asked.max_batch_rows} capped to what memory holds)" if config is not asked else ""
+        logger.info("ModelReplica scheduler budgets: %s%s", config.model_dump(), capped)
 
     # Each request is validated alone before it joins the batch, so a bad one fails by itself.
     async def generate(self, request: GenerationRequest) -> list[list[int]]:

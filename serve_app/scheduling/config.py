@@ -14,3 +14,7 @@ class SchedulerConfig(BaseModel):
     # burst of new work delays the running rows' next token by a bounded prefill. At least one
     # request is admitted per iteration whatever its length.
     max_prefill_tokens: int = Field(2048, ge=1, le=1_000_000)
+
+    def within_rows(self, limit: int) -> SchedulerConfig:
+        """These budgets with at most `limit` rows (what the device's memory holds: engine/memory.py)."""
+        return self if self.max_batch_rows <= limit else self.model_copy(update={"max_batch_rows": max(1, limit)})
