@@ -6,7 +6,12 @@ set -uo pipefail
 out="${1:?usage: bench/gpu_suite.sh OUT_DIR [bench gpu options]}"; shift
 mkdir -p "$out"
 if [ -d .wheels ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .wheels/*.whl || exit 1
+  tag="$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+  if [ ! -d ".wheels/$tag" ]; then
+    echo "bench/gpu_suite.sh: no wheels for this Python ($tag) in .wheels/: run bash bench/gpu_wheels.sh ${tag:2:1}.${tag:3}" | tee "$out/gpu.log"
+    exit 1
+  fi
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ".wheels/$tag"/*.whl || exit 1
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1

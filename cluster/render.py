@@ -3,14 +3,15 @@
     python -m cluster.render            # rewrite cluster/kuberay/rayservice.yaml and cluster/grafana/mt5-dashboard.json
     python -m cluster.render --check    # exit 1 if either is stale (CI)
 
-The KubeRay manifest embeds config.yaml verbatim as serveConfigV2 and sizes its GPU
-worker group from ModelReplica's autoscaling bounds and `replica_gpus`. The knobs
+The KubeRay manifest embeds config.yaml as serveConfigV2, with GPU_PROFILE's GPU-sized budgets
+merged in, and sizes its GPU worker group from ModelReplica's autoscaling bounds and `replica_gpus`. The knobs
 that only Kubernetes knows (image, pod sizes) are in CLUSTER below.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -30,7 +31,7 @@ RAYSERVICE = ROOT / "cluster" / "kuberay" / "rayservice.yaml"
 DASHBOARD = ROOT / "cluster" / "grafana" / "mt5-dashboard.json"
 
 # Kubernetes-only knobs. The image is cluster/kuberay/Dockerfile built and pushed by you:
-# rayproject/ray:2.60.0-py311-gpu + torch==2.13.0 + this project (see cluster/README.md).
+# rayproject/ray:2.60.0-py311-cu128 + torch==2.13.0 (its cu128 wheel) + this project (see cluster/README.md).
 CLUSTER: dict[str, Any] = {
     "name": "mt5-serve",
     "image": "registry.example.com/mt5-serve:0.1.0",
@@ -42,6 +43,22 @@ CLUSTER: dict[str, Any] = {
     # One GPU per pod, like a g5.xlarge (4 vCPU, 16 GiB, one A10G).
     "gpu_worker": {"cpu": "4", "memory": "14Gi", "gpus": 1},
     "idle_timeout_s": 300,
+}
+
+# What the manifest changes in config.yaml for its GPU workers: config.yaml's budgets are sized for a
+# 2-core CPU node. A GPU decodes hundreds of rows per step in about the time of one, so the
+# scheduler may hold more rows and encode larger prefills per iteration, and a replica takes more
+# requests before autoscaling adds another. Rows stay capped by what the GPU's memory holds
+# (serve_app/engine/memory.py: bf16 mT5-base fits about 400 worst-case rows in 20 GiB), so a
+# smaller GPU is safe. Starting points, not yet measured on a GPU: `bash bench/gpu_suite.sh` is
+# the measurement to set them by.
+GPU_PROFILE: dict[str, dict[str, Any]] = {
+    "ModelReplica": {
+        "user_config": {"max_batch_rows": 256, "max_prefill_tokens": 16384},
+        "max_ongoing_requests": 1024,
+        "max_queued_requests": 2048,
+        "autoscaling_config": {"target_ongoing_requests": 96},
+    },
 }
 
 HEADER = """\
@@ -94,6 +111,32 @@ def _container(name: str, resources: dict[str, Any], ports: dict[str, int], serv
     }
 
 
+def with_gpu_profile(config: dict[str, Any], profile: dict[str, dict[str, Any]] = GPU_PROFILE) -> dict[str, Any]:
+    """config.yaml's settings with `profile` merged into its deployments (nested keys merged, others kept)."""
+    merged = copy.deepcopy(config)
+    for app in merged["applications"]:
+        for deployment in app.get("deployments", []):
+            _merge(deployment, profile.get(deployment["name"], {}))
+    return merged
+
+
+def _merge(target: dict[str, Any], changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def serve_config_text(config_text: str, config: dict[str, Any]) -> str:
+    """serveConfigV2: config.yaml as is where the GPU profile changes nothing, else the merged settings."""
+    gpu_config = with_gpu_profile(config)
+    if gpu_config == config:
+        return config_text
+    body = yaml.dump(gpu_config, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return "# config.yaml with cluster/render.py's GPU_PROFILE merged in (GPU-sized budgets); generated.\n" + body
+
+
 def build_rayservice(config_text: str, config: dict[str, Any]) -> dict[str, Any]:
     serve_port = int(config["http_options"]["port"])
     metrics = CLUSTER["metrics_port"]
@@ -139,8 +182,8 @@ def build_rayservice(config_text: str, config: dict[str, Any]) -> dict[str, Any]
         "kind": "RayService",
         "metadata": {"name": CLUSTER["name"]},
         "spec": {
-            # config.yaml as is: the same file `serve run` / `serve deploy` use.
-            "serveConfigV2": config_text,
+            # config.yaml, the same file `serve run` / `serve deploy` use, with GPU_PROFILE's budgets.
+            "serveConfigV2": serve_config_text(config_text, config),
             "rayClusterConfig": {
                 "rayVersion": CLUSTER["ray_version"],
                 # Ray's autoscaler adds GPU pods when ModelReplica replicas can't be placed

@@ -46,9 +46,22 @@ def test_generated_files_are_fresh() -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_rayservice_runs_config_yaml_itself() -> None:
-    spec = manifest()["spec"]
-    assert yaml.safe_load(spec["serveConfigV2"]) == config()
+def test_rayservice_runs_config_yaml_with_the_gpu_profile() -> None:
+    """serveConfigV2 is config.yaml, but for the GPU-sized budgets of render.GPU_PROFILE, which Serve accepts."""
+    from serve_app.scheduling.config import SchedulerConfig
+
+    served = yaml.safe_load(manifest()["spec"]["serveConfigV2"])
+    assert served == render.with_gpu_profile(config())
+    ours, theirs = config()["applications"][0], served["applications"][0]
+    assert {k: v for k, v in ours.items() if k != "deployments"} == {k: v for k, v in theirs.items() if k != "deployments"}
+    replica = next(d for d in theirs["deployments"] if d["name"] == "ModelReplica")
+    local = next(d for d in ours["deployments"] if d["name"] == "ModelReplica")
+    budgets = SchedulerConfig.model_validate(replica["user_config"])
+    assert budgets.max_batch_rows == 256 > SchedulerConfig.model_validate(local["user_config"]).max_batch_rows
+    assert replica["max_ongoing_requests"] > budgets.max_batch_rows  # room past the rows, as config.yaml says
+    assert replica["autoscaling_config"]["max_replicas"] == local["autoscaling_config"]["max_replicas"]  # merged, not replaced
+    others = [d for d in theirs["deployments"] if d["name"] != "ModelReplica"]
+    assert others == [d for d in ours["deployments"] if d["name"] != "ModelReplica"]
 
 
 def test_rayservice_has_a_cpu_head_and_an_autoscaling_gpu_group() -> None:
