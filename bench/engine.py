@@ -206,7 +206,8 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
                 best[name][part] = max(best[name].get(part, 0.0), rate)
         log(f"round {round_ + 1}: " + ", ".join(f"{name} {v['generate32']:.0f} tok/s" for name, v in best.items()))
     fidelity = {t: compare(reference, ct2_probabilities(engine)) for t, engine in engines.items()}
-    out["systems"] = {name: {"classify_texts_per_s": v["classify"], "generate32_tokens_per_s": v["generate32"], "generate1_tokens_per_s": v["generate1"],
+    heads = {f"ours {name}": service.loaded.head.reason for name, service in ours.items()}
+    out["systems"] = {name: {**({"head": heads[name]} if name in heads else {}), "classify_texts_per_s": v["classify"], "generate32_tokens_per_s": v["generate32"], "generate1_tokens_per_s": v["generate1"],
                              **({"max_abs_dp": fidelity[name.split()[1]]["max_abs_dp"], "top_label_agreement": fidelity[name.split()[1]]["top_label_agreement"]}
                                 if name.startswith("ctranslate2") else {})}
                       for name, v in best.items()}
