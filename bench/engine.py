@@ -150,10 +150,22 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
     ours = {"auto": pipeline(model, "cpu", "auto"), "float32": pipeline(model, "cpu", "float32")}
     classify = classify_work(ours["float32"], CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
     generation = augment_work(ours["float32"], GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
-    knobs = generation.requests[0].params
     compute_types = [t for t in ("float32", "int8", "int8_float32", "bfloat16", "int8_bfloat16") if t in ctranslate2.get_supported_compute_types("cpu")]
     log(f"converting {checkpoint} for CTranslate2 {ctranslate2.__version__} (compute types here: {', '.join(compute_types)}) ...")
-    engines = {t: ct2.CT2Engine(ct2.convert(checkpoint, "float32" if t == "float32" else "int8"), t, threads) for t in compute_types}
+    worker = ct2.CT2Process()
+    try:
+        return _ctranslate2_side(model, checkpoint, rounds, threads, worker, compute_types, classify, generation, ours)
+    finally:
+        worker.close()
+
+
+def _ctranslate2_side(model, checkpoint, rounds, threads, worker, compute_types, classify, generation, ours) -> dict[str, Any]:
+    import ctranslate2
+
+    from bench.lib import ctranslate2_side as ct2
+
+    knobs = generation.requests[0].params
+    engines = {t: worker.engine(ct2.convert(checkpoint, "float32" if t == "float32" else "int8"), t, threads) for t in compute_types}
 
     import torch
 
@@ -168,7 +180,7 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
     # The conversion is proven on the demo model's trained-like, well-conditioned weights: float32 must
     # match to MATCH_TOLERANCE. Random mT5-base weights amplify any rounding (our own engine moves that
     # much between one input alone and inside a batch), so there the bar is our own spread.
-    proof = match if model == "demo" else _demo_conversion_match(threads)
+    proof = match if model == "demo" else _demo_conversion_match(threads, worker)
     out["conversion_proof_demo"] = proof
     if proof["max_abs_dp"] > ct2.MATCH_TOLERANCE:
         out["skipped"] = f"float32 probabilities on the demo model differ by {proof['max_abs_dp']:.2e} (> {ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
@@ -214,7 +226,7 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
     return out
 
 
-def _demo_conversion_match(threads: int) -> dict[str, Any]:
+def _demo_conversion_match(threads: int, worker) -> dict[str, Any]:
     """CTranslate2's float32 label probabilities against ours on the demo model, the same work."""
     import torch
 
@@ -223,7 +235,7 @@ def _demo_conversion_match(threads: int) -> dict[str, Any]:
 
     service = pipeline("demo", "cpu", "float32")
     work = classify_work(service, CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
-    engine = ct2.CT2Engine(ct2.convert(demo_model_dir(), "float32"), "float32", threads)
+    engine = worker.engine(ct2.convert(demo_model_dir(), "float32"), "float32", threads)
     ours = [r.probabilities for r in service.engine.score(work.requests)]
     theirs = [torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist() for r in work.requests]
     return compare(ours, theirs)

@@ -10,6 +10,10 @@ the demo model. The benchmark checkpoint's random weights amplify rounding (two 
 or our engine at two batch shapes, move its probabilities by far more than 1e-5), so there the
 difference is held against our own alone-vs-batch spread (`SPREAD_FACTOR`).
 
+CTranslate2 runs in a child process of its own (`CT2Process`), called in turn with our engine:
+in one process, our engine ran 10-25 % slower after a CTranslate2 call and stayed so (each
+bundles its own OpenMP and BLAS), which a side-by-side must not measure.
+
 Classification in CTranslate2 is `score_batch`: one (prompt, label) pair per candidate, so the
 encoder runs once per label (its API has no shared-encoder scoring). Generation is
 `translate_batch` with the same sampling knobs as ours.
@@ -89,6 +93,63 @@ class CT2Engine:
             max_decoding_length=max_new_tokens, max_batch_size=len(sources), return_scores=False,
         )
         return [[self.index[token] for token in result.hypotheses[0]] for result in results]
+
+
+class CT2Process:
+    """CTranslate2 engines in a child process: `engine(model_dir, compute_type, threads)` returns a
+    stand-in with CT2Engine's methods, each call run there while this process waits."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # no torch state inherited
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child,), daemon=True)
+        self._process.start()
+        child.close()
+
+    def call(self, key: tuple[str, str, int], method: str, *args: Any) -> Any:
+        self._pipe.send((key, method, args))
+        ok, value = self._pipe.recv()
+        if not ok:
+            raise RuntimeError(f"CTranslate2 child process: {value}")
+        return value
+
+    def engine(self, model_dir: Path, compute_type: str, threads: int) -> RemoteEngine:
+        key = (str(model_dir), compute_type, threads)
+        self.call(key, "load")
+        return RemoteEngine(self, key)
+
+    def close(self) -> None:
+        self._pipe.send(None)
+        self._process.join(timeout=30)
+
+
+class RemoteEngine:
+    """A CT2Engine living in a CT2Process."""
+
+    def __init__(self, process: CT2Process, key: tuple[str, str, int]) -> None:
+        self.process, self.key, self.compute_type = process, key, key[1]
+
+    def label_log_scores(self, prompt_ids: list[int], labels: list[list[int]]) -> list[float]:
+        return self.process.call(self.key, "label_log_scores", prompt_ids, labels)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int) -> list[list[int]]:
+        return self.process.call(self.key, "generate", prompts, max_new_tokens, temperature, top_k, top_p, seed)
+
+
+def _serve(pipe) -> None:
+    engines: dict[tuple[str, str, int], CT2Engine] = {}
+    while (message := pipe.recv()) is not None:
+        key, method, args = message
+        try:
+            if method == "load":
+                engines.setdefault(key, CT2Engine(Path(key[0]), key[1], key[2]))
+                pipe.send((True, None))
+            else:
+                pipe.send((True, getattr(engines[key], method)(*args)))
+        except Exception as error:  # noqa: BLE001 - the parent reports it
+            pipe.send((False, f"{type(error).__name__}: {error}"))
 
 
 def _vocabulary(model_dir: Path) -> list[str]:

@@ -2,18 +2,17 @@
 
 The projection is most of a decoding step: 250,112 x 768 weights read for every step, against
 about half that for all 12 decoder layers together. The same product can be asked of the BLAS
-three ways, and which is fastest depends on the CPU and the dtype, not on the arithmetic:
+three ways:
 
 - `linear`: F.linear(x, W), W stored [vocab, d_model] (torch's default, a transposed-B GEMM);
 - `transposed`: x @ Wt with Wt stored [d_model, vocab] contiguous (a plain GEMM);
 - `weight_first`: (W @ x^T)^T, the weight as the left operand, its result copied into rows.
 
-Measured on a 2-core Xeon with AMX at 32 rows (docs/perf-notes.md, 2026-12-03): float32 runs
-`transposed` 1.24x `linear` (the decoding step 1.08x); bfloat16 runs `weight_first` 1.4x
-(the step 1.08x) and `transposed` 0.9x. The copy into rows is part of what is timed: a float32
-[32, 250,112] transpose costs a quarter of the projection. Every layout computes the same dot products: float32
-logits are bit-identical across them here. `choose_head_layout` times the three on the loaded
-projection at load, and keeps `linear` unless another is clearly faster.
+Which is fastest depends on the CPU and the dtype, not on the arithmetic, and a transposed result must be copied into
+rows before the top-k and the log-softmax read it, which can eat the gain; so the layout's own
+forward includes that copy, and `choose_head_layout` times the three on the loaded projection at
+load and keeps `linear` unless another is clearly faster. Every layout computes the same dot
+products (the figures that led here: docs/perf-notes.md, 2026-12-03).
 """
 
 from __future__ import annotations
@@ -36,9 +35,8 @@ LAYOUTS: tuple[Layout, ...] = ("linear", "transposed", "weight_first")
 # A layout must beat `linear` by this much on the probe to be used: a near-tie is noise.
 LAYOUT_MARGIN = 1.05
 PROBE_ROWS = 32  # a decoding batch's rows
-# Calls per layout after a warm-up. The probe runs on the loaded weight itself: on a slice of the
-# vocabulary the effect differs (32,768 rows: transposed 0.87x; the whole 250,112: 1.29x, float32),
-# so its cost is that of 1 + PROBE_REPEATS projections per layout (about 1 s in float32 on 2 cores).
+# Calls per layout after a warm-up. The probe runs on the loaded weight itself, because on a slice
+# of the vocabulary the layouts do not rank as on the whole; its cost is 1 + PROBE_REPEATS projections per layout.
 PROBE_REPEATS = 3
 
 Timer = Callable[[], float]
@@ -83,8 +81,8 @@ class HeadChoice:
 def layout_speedups(weight: torch.Tensor, timer: Timer = time.perf_counter, rows: int = PROBE_ROWS, repeats: int = PROBE_REPEATS) -> dict[Layout, float]:
     """Each layout's speed against `linear` (>1: faster) on `weight` [vocab, d_model] itself.
 
-    The layouts are alternated, so the box's drift hits each alike (timed one after another, the
-    same layout measured 1.04x and 1.38x in two loads); the transposed copy lives only meanwhile."""
+    The layouts are alternated, so a machine's drift hits each alike (timed one after another, the
+    ranking changed from one load to the next); the transposed copy lives only meanwhile."""
     states = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
     best: dict[Layout, float] = {}
     with torch.inference_mode():
