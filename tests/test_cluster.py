@@ -490,15 +490,19 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
     assert f"server {victim_proxy} max_fails=2 fail_timeout=10s down;" in (nginx.state_dir / "upstreams.conf").read_text()
     assert not probe(victim_proxy, timeout_s=1)
 
-    # Serve replaces the lost replicas on the surviving nodes and reports healthy again.
+    # Serve replaces the lost replicas on the surviving nodes and reports healthy again. Until Ray
+    # declares the killed node dead, Serve may still list its replicas as RUNNING: wait for that too.
+    def placement() -> set[str]:
+        details = cluster.app_details() or {"deployments": {}}
+        return {r["node_ip"] for d in details["deployments"].values() for r in d["replicas"] if r["state"] == "RUNNING"}
+
     def recovered() -> bool:
         details = cluster.app_details() or {}
         counts = cluster.replica_counts()
-        return details.get("status") == "RUNNING" and counts.get("ModelReplica", (0, 0))[0] >= SCALING["ModelReplica"]["min_replicas"]
+        return (details.get("status") == "RUNNING" and counts.get("ModelReplica", (0, 0))[0] >= SCALING["ModelReplica"]["min_replicas"]
+                and victim.ip not in placement())
 
-    assert wait_for(recovered, timeout_s=150, interval_s=2), cluster.replica_counts()
-    placement = {r["node_ip"] for d in cluster.app_details()["deployments"].values() for r in d["replicas"] if r["state"] == "RUNNING"}
-    assert victim.ip not in placement
+    assert wait_for(recovered, timeout_s=150, interval_s=2), (cluster.replica_counts(), placement())
     with httpx.Client(timeout=30) as client:
         assert client.get(f"{nginx.url}/healthz").json()["status"] == "ok"
         assert all(classify(client, nginx.url).status_code == 200 for _ in range(5))

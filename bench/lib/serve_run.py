@@ -25,10 +25,25 @@ CONFIG = ROOT / "config.yaml"
 SERVE = Path(sys.executable).with_name("serve")
 
 
+# Ports handed out here lie between Ray's worker ports (10002-19999 by default) and the kernel's
+# ephemeral range (from 32768), where Ray's own randomly chosen ports (metrics export, agents) fall:
+# a port that was free when chosen cannot then be taken by the Ray the service starts.
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now, outside the ranges Ray picks its own ports from."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {PORT_RANGE}")
 
 
 def shipped_config(port: int, deployment_overrides: dict[str, dict[str, Any]] | None = None, args: dict[str, Any] | None = None,
@@ -76,9 +91,10 @@ class ServeRun:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve run exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2, trust_env=False).status_code == 200:
-                    return self
-            except httpx.HTTPError:
+                answer = httpx.get(f"{self.url}/healthz", timeout=2, trust_env=False)
+                if answer.status_code == 200 and answer.headers.get("content-type", "").startswith("application/json") and answer.json().get("status") == "ok":
+                    return self  # our Ingress, not whatever else might answer on the port
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(1)
         self.stop()
