@@ -152,78 +152,67 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
     generation = augment_work(ours["float32"], GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
     compute_types = [t for t in ("float32", "int8", "int8_float32", "bfloat16", "int8_bfloat16") if t in ctranslate2.get_supported_compute_types("cpu")]
     log(f"converting {checkpoint} for CTranslate2 {ctranslate2.__version__} (compute types here: {', '.join(compute_types)}) ...")
-    worker = ct2.CT2Process()
-    try:
-        return _ctranslate2_side(model, checkpoint, rounds, threads, worker, compute_types, classify, generation, ours)
-    finally:
-        worker.close()
+    with ct2.CT2Process() as worker:  # CTranslate2 in its own process (ctranslate2_side.py says why)
+        knobs = generation.requests[0].params
+        engines = {t: worker.engine(ct2.convert(checkpoint, "float32" if t == "float32" else "int8"), t, threads) for t in compute_types}
 
+        import torch
 
-def _ctranslate2_side(model, checkpoint, rounds, threads, worker, compute_types, classify, generation, ours) -> dict[str, Any]:
-    import ctranslate2
+        reference = [r.probabilities for r in ours["float32"].engine.score(classify.requests)]
 
-    from bench.lib import ctranslate2_side as ct2
+        def ct2_probabilities(engine) -> list[list[float]]:
+            return [torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist() for r in classify.requests]
 
-    knobs = generation.requests[0].params
-    engines = {t: worker.engine(ct2.convert(checkpoint, "float32" if t == "float32" else "int8"), t, threads) for t in compute_types}
-
-    import torch
-
-    reference = [r.probabilities for r in ours["float32"].engine.score(classify.requests)]
-
-    def ct2_probabilities(engine) -> list[list[float]]:
-        return [torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist() for r in classify.requests]
-
-    match = compare(reference, ct2_probabilities(engines["float32"]))
-    out: dict[str, Any] = {"version": ctranslate2.__version__, "compute_types": compute_types, "float32_match": match,
-                           "ours_auto": ours["auto"].loaded.precision.name}
-    # The conversion is proven on the demo model's trained-like, well-conditioned weights: float32 must
-    # match to MATCH_TOLERANCE. Random mT5-base weights amplify any rounding (our own engine moves that
-    # much between one input alone and inside a batch), so there the bar is our own spread.
-    proof = match if model == "demo" else _demo_conversion_match(threads, worker)
-    out["conversion_proof_demo"] = proof
-    if proof["max_abs_dp"] > ct2.MATCH_TOLERANCE:
-        out["skipped"] = f"float32 probabilities on the demo model differ by {proof['max_abs_dp']:.2e} (> {ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
-        return out
-    if model != "demo":
-        alone = [ours["float32"].engine.score([r])[0].probabilities for r in classify.requests]
-        out["own_spread"] = compare(reference, alone)
-        if match["max_abs_dp"] > max(ct2.MATCH_TOLERANCE, ct2.SPREAD_FACTOR * out["own_spread"]["max_abs_dp"]):
-            out["skipped"] = (f"float32 probabilities differ by {match['max_abs_dp']:.3f}, over {ct2.SPREAD_FACTOR}x our own alone-vs-batch spread "
-                              f"({out['own_spread']['max_abs_dp']:.3f}): not the same model, no speed reported")
+        match = compare(reference, ct2_probabilities(engines["float32"]))
+        out: dict[str, Any] = {"version": ctranslate2.__version__, "compute_types": compute_types, "float32_match": match,
+                               "ours_auto": ours["auto"].loaded.precision.name}
+        # The conversion is proven on the demo model's trained-like, well-conditioned weights: float32 must
+        # match to MATCH_TOLERANCE. Random mT5-base weights amplify any rounding (our own engine moves that
+        # much between one input alone and inside a batch), so there the bar is our own spread.
+        proof = match if model == "demo" else _demo_conversion_match(threads, worker)
+        out["conversion_proof_demo"] = proof
+        if proof["max_abs_dp"] > ct2.MATCH_TOLERANCE:
+            out["skipped"] = f"float32 probabilities on the demo model differ by {proof['max_abs_dp']:.2e} (> {ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
             return out
+        if model != "demo":
+            alone = [ours["float32"].engine.score([r])[0].probabilities for r in classify.requests]
+            out["own_spread"] = compare(reference, alone)
+            if match["max_abs_dp"] > max(ct2.MATCH_TOLERANCE, ct2.SPREAD_FACTOR * out["own_spread"]["max_abs_dp"]):
+                out["skipped"] = (f"float32 probabilities differ by {match['max_abs_dp']:.3f}, over {ct2.SPREAD_FACTOR}x our own alone-vs-batch spread "
+                                  f"({out['own_spread']['max_abs_dp']:.3f}): not the same model, no speed reported")
+                return out
 
-    def ours_run(service):
-        c = classify_work(service, CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
-        g = augment_work(service, GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
-        return {"classify": lambda: c.run(c.requests), "generate32": lambda: g.run(g.requests), "generate1": lambda: g.run(g.requests[:1]),
-                "count": lambda result: sum(len(seq) for out in result for seq in out)}
+        def ours_run(service):
+            c = classify_work(service, CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
+            g = augment_work(service, GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
+            return {"classify": lambda: c.run(c.requests), "generate32": lambda: g.run(g.requests), "generate1": lambda: g.run(g.requests[:1]),
+                    "count": lambda result: sum(len(seq) for out in result for seq in out)}
 
-    def ct2_run(engine):
-        prompts = [r.input_ids for r in generation.requests]
-        gen = lambda rows: engine.generate(prompts[:rows], GENERATION_TOKENS, knobs.temperature, knobs.top_k, knobs.top_p, seed=4)  # noqa: E731
-        return {"classify": lambda: [engine.label_log_scores(r.input_ids, r.label_ids) for r in classify.requests],
-                "generate32": lambda: gen(GENERATION_ROWS), "generate1": lambda: gen(1), "count": lambda result: sum(len(seq) for seq in result)}
+        def ct2_run(engine):
+            prompts = [r.input_ids for r in generation.requests]
+            gen = lambda rows: engine.generate(prompts[:rows], GENERATION_TOKENS, knobs.temperature, knobs.top_k, knobs.top_p, seed=4)  # noqa: E731
+            return {"classify": lambda: [engine.label_log_scores(r.input_ids, r.label_ids) for r in classify.requests],
+                    "generate32": lambda: gen(GENERATION_ROWS), "generate1": lambda: gen(1), "count": lambda result: sum(len(seq) for seq in result)}
 
-    systems = {f"ours {name}": ours_run(service) for name, service in ours.items()}
-    systems |= {f"ctranslate2 {t}": ct2_run(engine) for t, engine in engines.items()}
-    best: dict[str, dict[str, float]] = {name: {} for name in systems}
-    for name, run in systems.items():  # first calls: allocations, kernel choice
-        run["classify"](), run["generate1"]()
-    for round_ in range(rounds):
-        for name, run in systems.items():
-            for part in ("classify", "generate32", "generate1"):
-                seconds, result = ct2.timed(run[part])
-                rate = CLASSIFY_TEXTS / seconds if part == "classify" else run["count"](result) / seconds
-                best[name][part] = max(best[name].get(part, 0.0), rate)
-        log(f"round {round_ + 1}: " + ", ".join(f"{name} {v['generate32']:.0f} tok/s" for name, v in best.items()))
-    fidelity = {t: compare(reference, ct2_probabilities(engine)) for t, engine in engines.items()}
-    heads = {f"ours {name}": service.loaded.head.reason for name, service in ours.items()}
-    out["systems"] = {name: {**({"head": heads[name]} if name in heads else {}), "classify_texts_per_s": v["classify"], "generate32_tokens_per_s": v["generate32"], "generate1_tokens_per_s": v["generate1"],
-                             **({"max_abs_dp": fidelity[name.split()[1]]["max_abs_dp"], "top_label_agreement": fidelity[name.split()[1]]["top_label_agreement"]}
-                                if name.startswith("ctranslate2") else {})}
-                      for name, v in best.items()}
-    return out
+        systems = {f"ours {name}": ours_run(service) for name, service in ours.items()}
+        systems |= {f"ctranslate2 {t}": ct2_run(engine) for t, engine in engines.items()}
+        best: dict[str, dict[str, float]] = {name: {} for name in systems}
+        for name, run in systems.items():  # first calls: allocations, kernel choice
+            run["classify"](), run["generate1"]()
+        for round_ in range(rounds):
+            for name, run in systems.items():
+                for part in ("classify", "generate32", "generate1"):
+                    seconds, result = ct2.timed(run[part])
+                    rate = CLASSIFY_TEXTS / seconds if part == "classify" else run["count"](result) / seconds
+                    best[name][part] = max(best[name].get(part, 0.0), rate)
+            log(f"round {round_ + 1}: " + ", ".join(f"{name} {v['generate32']:.0f} tok/s" for name, v in best.items()))
+        fidelity = {t: compare(reference, ct2_probabilities(engine)) for t, engine in engines.items()}
+        heads = {f"ours {name}": service.loaded.head.reason for name, service in ours.items()}
+        out["systems"] = {name: {**({"head": heads[name]} if name in heads else {}), "classify_texts_per_s": v["classify"], "generate32_tokens_per_s": v["generate32"], "generate1_tokens_per_s": v["generate1"],
+                                 **({"max_abs_dp": fidelity[name.split()[1]]["max_abs_dp"], "top_label_agreement": fidelity[name.split()[1]]["top_label_agreement"]}
+                                    if name.startswith("ctranslate2") else {})}
+                          for name, v in best.items()}
+        return out
 
 
 def _demo_conversion_match(threads: int, worker) -> dict[str, Any]:

@@ -124,6 +124,12 @@ class CT2Process:
         self._pipe.send(None)
         self._process.join(timeout=30)
 
+    def __enter__(self) -> CT2Process:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class RemoteEngine:
     """A CT2Engine living in a CT2Process."""

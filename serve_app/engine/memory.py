@@ -64,10 +64,11 @@ def row_budget(shape: BatchShape, max_input_tokens: int, max_new_tokens: int, fr
 
 
 def free_device_bytes(device: torch.device, gpu_fraction: float | None = None) -> int:
-    """Memory the caches may come from: CUDA's free memory (within `gpu_fraction` of the GPU), or the host's available memory."""
+    """Memory the caches may come from: CUDA's free memory (within `gpu_fraction`, a share below one
+    GPU, or None for a whole one), or the host's available memory."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        if gpu_fraction is not None and 0 < gpu_fraction < 1:
+        if gpu_fraction is not None:
             free = min(free, int(total * gpu_fraction) - torch.cuda.memory_reserved(device))
         return max(0, free)
     return host_available_bytes()
@@ -87,6 +88,6 @@ def host_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
 def limit_gpu_share(device: torch.device, gpu_fraction: float | None) -> None:
     """A replica that reserved a fraction of a GPU keeps to it: torch's allocator refuses beyond it
     (an out-of-memory answer, 503) instead of taking the neighbours' share."""
-    if device.type == "cuda" and gpu_fraction is not None and 0 < gpu_fraction < 1:
+    if device.type == "cuda" and gpu_fraction is not None:
         torch.cuda.set_per_process_memory_fraction(gpu_fraction, device)
         logger.info("this replica may use %.0f %% of %s's memory", 100 * gpu_fraction, device)

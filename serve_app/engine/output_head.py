@@ -17,7 +17,6 @@ products (the figures that led here: docs/perf-notes.md, 2026-12-03).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-logger = logging.getLogger(__name__)
 
 Layout = Literal["linear", "transposed", "weight_first"]
 LAYOUTS: tuple[Layout, ...] = ("linear", "transposed", "weight_first")
