@@ -300,6 +300,43 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
 
 
 @pytest.mark.unit
+def test_a_slow_look_does_not_overwrite_a_fresher_verdict(monkeypatch):
+    """The watcher's look and a request's look overlap: the watcher read "none running" from the controller
+    just before the replacement came up and returns late; the request's look, begun after it, saw the
+    replacement RUNNING. The stale read must not turn this Ingress back to refusing."""
+    import threading
+
+    from serve_app.ingress import model_availability
+    from serve_app.ingress.model_availability import ModelAvailability
+
+    slow_read = threading.Event()
+    reads = [(0, 0), "slow"]  # first look: none; the watcher's second: stale and slow; every later one: one running
+
+    def running_now(self) -> tuple[int, int]:
+        answer = reads.pop(0) if reads else (1, 0)
+        if answer == "slow":
+            slow_read.wait(timeout=10)
+            return 0, 0
+        return answer
+
+    monkeypatch.setattr(ModelAvailability, "_running_now", running_now)
+
+    async def scenario() -> None:
+        watcher = ModelAvailability("mt5", period_s=0.05)
+        watcher.start()
+        await asyncio.sleep(0.02)
+        assert not watcher.available  # the first look: none running
+        await asyncio.sleep(model_availability.FRESH_S + 0.1)  # the watcher's second look is stuck meanwhile
+        assert await watcher.available_now()  # a request looks again, later, and sees the replacement
+        slow_read.set()  # the stale read comes back
+        await asyncio.sleep(0.05)
+        assert watcher.available and watcher.unavailable_since is None
+        watcher._task.cancel()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.unit
 def test_a_call_waiting_for_the_model_is_given_up_when_nothing_runs_or_holds_calls(monkeypatch):
     """An Ingress replica that had not yet seen an outage passed a call on; Serve's router would hold it until
     a replacement runs. The next look that finds no ModelReplica running or holding calls gives it up (the

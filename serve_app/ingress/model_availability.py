@@ -46,7 +46,8 @@ class ModelAvailability:
         self.running_replicas: int | None = None  # None until the first look: no verdict, requests pass
         self.holding_replicas = 0  # alive but not RUNNING (HOLDING_STATES): the calls they hold may still finish
         self.unavailable_since: float | None = None
-        self.looked_at = 0.0
+        self.looked_at = 0.0  # when the newest finished look began
+        self._verdict_read_at = 0.0  # when the look behind the recorded verdict began
         self._fell_back = False
         self._task: asyncio.Task[None] | None = None
         self._look_lock: asyncio.Lock | None = None
@@ -101,11 +102,19 @@ class ModelAvailability:
             await asyncio.sleep(self.period_s)
 
     async def _look(self) -> None:
+        # The watcher's looks and available_now's overlap: a slow one that read the controller before a
+        # faster, later one must not overwrite that fresher verdict (a replacement seen RUNNING, then
+        # "none running" recorded from a read older than it).
+        started = time.monotonic()
         try:
-            self._record(await asyncio.to_thread(self._running_now))
+            replicas = await asyncio.to_thread(self._running_now)
         except Exception as exc:  # noqa: BLE001 - the controller restarting: keep the last verdict, look again
             logger.warning("model availability: cannot read Serve's status (%s); keeping the last verdict", exc)
-        self.looked_at = time.monotonic()
+        else:
+            if started >= self._verdict_read_at:
+                self._verdict_read_at = started
+                self._record(replicas)
+        self.looked_at = max(self.looked_at, started)
 
     def _running_now(self) -> tuple[int, int]:
         """The deployment's RUNNING replicas, and those in HOLDING_STATES."""
