@@ -8,6 +8,9 @@ Ray's wheel is too large to carry to a lent GPU machine, so this measures the en
 serving core (the ModelReplica's scheduler lanes) directly, on the mT5-base-shaped checkpoint:
 
 - augment_latency: one /augment of 3 sequences x 64 tokens, alone (the seed article: 380 ms on an A10G);
+- decode_graphs: the decoding step replayed as CUDA graphs (config.yaml's `decode_graphs`) against launched
+  kernels, alone and at 32 rows, alternated, and whether the seeded tokens are the same (on a CPU
+  rehearsal: the fixed-shape step without capture);
 - memory: weights plus the decoding cache for 16 rows (the seed: 14.2 GB);
 - classify_batch: label scoring at batch 64;
 - classify_clients: closed-loop /classify clients against the scheduler lanes, raised until p95 reaches
@@ -97,6 +100,7 @@ def parts(args: argparse.Namespace, model: str) -> dict[str, Callable[[], Any]]:
     repeats = 2 if args.quick else 10
     return {
         "augment_latency": lambda: augment_latency(service, repeats),
+        "decode_graphs": lambda: decode_graphs(service, 2 if args.quick else 5),
         "memory": lambda: memory(service),
         "classify_batch": lambda: classify_batch(service, repeats),
         "classify_clients": lambda: classify_clients(service, args.quick),
@@ -117,11 +121,7 @@ def _seconds(service, call: Callable[[], Any], repeats: int) -> list[float]:
     call()  # first-call allocations, kernel selection
     seconds = []
     for _ in range(repeats):
-        _sync(service)
-        started = time.perf_counter()
-        call()
-        _sync(service)
-        seconds.append(time.perf_counter() - started)
+        seconds.append(_timed(service, call))
     return seconds
 
 
@@ -175,6 +175,46 @@ def classify_clients(service, quick: bool) -> dict[str, Any]:
     return {"points": points, "most_clients_p95_under_1s": max(under, default=0), "seed_article_a10g": 12}
 
 
+def decode_graphs(service, repeats: int) -> dict[str, Any]:
+    """Launched kernels against CUDA graphs for the decoding step, the same model and requests, alternated, best of each."""
+    from bench.lib.workloads import chinese_texts
+    from serve_app.engine import SamplingParams, Seq2SeqEngine
+    from serve_app.engine.graphed_step import GraphedDecoder
+
+    captured = service.loaded.device.type == "cuda"
+    graphed = Seq2SeqEngine(service.loaded.model, service.engine.max_input_tokens)
+    graphed.decoder = GraphedDecoder(graphed.decoder, capture=captured)
+    engines = {"eager": service.engine, "graphs": graphed}
+    works = {
+        "alone": service.text_tasks.augment_requests(["这家餐厅的服务态度很好,上菜速度也快"], SamplingParams(num_return_sequences=3, max_new_tokens=64, seed=1)),
+        "rows_32": service.text_tasks.augment_requests(chinese_texts(16, seed=3), [SamplingParams(2, 64, seed=200 + i) for i in range(16)]),
+    }
+    outputs = {name: {work: engine.generate(requests) for work, requests in works.items()} for name, engine in engines.items()}  # warm-up, captures
+    best: dict[str, dict[str, float]] = {name: {} for name in engines}
+    for _ in range(repeats):
+        for work, requests in works.items():
+            for name, engine in engines.items():
+                seconds = _timed(service, lambda: engine.generate(requests))
+                best[name][work] = min(seconds, best[name].get(work, float("inf")))
+    tokens = {work: sum(len(sequence) for answer in outputs["eager"][work] for sequence in answer) for work in works}
+    same = sum(a == b for work in works for a, b in zip(outputs["eager"][work], outputs["graphs"][work]))
+    return {
+        "captured": captured, "graphs_captured": graphed.decoder.captured,
+        "alone_ms": {name: best[name]["alone"] * 1000 for name in engines},
+        "rows_32_tokens_per_s": {name: tokens["rows_32"] / best[name]["rows_32"] for name in engines},
+        "x_eager": {work: best["eager"][work] / best["graphs"][work] for work in works},
+        "identical_requests": same, "requests": sum(len(requests) for requests in works.values()),
+    }
+
+
+def _timed(service, call: Callable[[], Any]) -> float:
+    _sync(service)
+    started = time.perf_counter()
+    call()
+    _sync(service)
+    return time.perf_counter() - started
+
+
 def seeded_invariance(service) -> dict[str, Any]:
     """Seeded requests alone and inside a batch of 32: the same token ids?"""
     from bench.lib.workloads import chinese_texts
@@ -225,6 +265,10 @@ def markdown(out: dict[str, Any]) -> str:
         text = {
             "augment_latency": lambda v: f"one /augment (3 x 64 tokens) alone: median **{v['median_s'] * 1000:.0f} ms** (the seed article: 380 ms on an A10G)",
             "memory": lambda v: v.get("skipped") or f"16 rows x 64 tokens: peak **{v['peak_gib']:.2f} GiB** of which weights {v['weights_gib']:.2f} GiB (the seed: 14.2 GB)",
+            "decode_graphs": lambda v: f"decoding step as CUDA graphs{'' if v['captured'] else ' (not captured: the fixed-shape step on a CPU)'}: "
+                                       f"one /augment alone {v['alone_ms']['graphs']:.0f} vs {v['alone_ms']['eager']:.0f} ms (**{v['x_eager']['alone']:.2f}x**), "
+                                       f"32 rows {v['rows_32_tokens_per_s']['graphs']:.0f} vs {v['rows_32_tokens_per_s']['eager']:.0f} tokens/s ({v['x_eager']['rows_32']:.2f}x); "
+                                       f"{v['identical_requests']} of {v['requests']} seeded requests identical; {v['graphs_captured']} graphs captured",
             "classify_batch": lambda v: f"classification at batch 64: {v['texts_per_s']:.0f} texts/s",
             "classify_clients": lambda v: f"most /classify clients at p95 < 1 s through the scheduler lanes: **{v['most_clients_p95_under_1s']}** (the seed: 12 on an A10G)",
             "seeded_invariance": lambda v: f"seeded sampling: {v['identical_alone_and_batched']} of {v['requests']} requests identical alone and in a batch of 32",

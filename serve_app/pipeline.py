@@ -30,7 +30,7 @@ class Pipeline:
     def __init__(self, settings: AppSettings, loaded: LoadedModel | None = None) -> None:
         self.settings = settings
         self.loaded = loaded or load_model(settings.model, settings.device, settings.dtype)
-        self.engine = Seq2SeqEngine(self.loaded.model, settings.max_input_tokens)
+        self.engine = Seq2SeqEngine(self.loaded.model, settings.max_input_tokens, decode_graphs=settings.decode_graphs)
         self.encoder = PromptEncoder(self.loaded.tokenizer, settings.max_input_tokens)
         self.text_tasks = TextTasks(self.encoder, settings.prompt_templates(), settings.scoring)
 

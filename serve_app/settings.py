@@ -71,6 +71,8 @@ class AppSettings(BaseModel):
     # Independent batches per ModelReplica, sharing its torch threads (serve_app/scheduling/lanes.py).
     # "auto": 2 on a CPU with at least 2 threads, 1 on a GPU.
     scheduler_lanes: int | Literal["auto"] = "auto"
+    # The decoding step replayed as CUDA graphs (serve_app/engine/graphed_step.py); CUDA only, refused on a CPU.
+    decode_graphs: bool = False
     # /classify score mode: "vocabulary" (the model's own likelihood) or "label_tokens" (faster; README).
     scoring: Literal["vocabulary", "label_tokens"] = "vocabulary"
     # The ingress answers 504 rather than waiting longer than this for a deployment.

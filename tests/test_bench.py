@@ -113,12 +113,21 @@ def test_engine_runs_every_format_against_float32(tmp_path):
 
 @pytest.mark.unit
 def test_fidelity_compares_every_variant_with_float32(tmp_path):
-    out = bench(["fidelity", "--quick", "--out", str(tmp_path)])
+    out = bench(["fidelity", "--quick", "--int8-by-layer", "--out", str(tmp_path)])
     [model] = out["models"]
     variants = model["variants"]
     assert {"float32, full vocabulary (reference)", "float32, label_tokens", "bfloat16, full vocabulary", "int8, full vocabulary"} <= set(variants)
     assert variants["float32, full vocabulary (reference)"]["alone_vs_batch"]["max_abs_dp"] < 1e-5
     assert all(0 <= v.get("max_abs_dp", 0) <= 1 and v["requests_per_s"] > 0 for v in variants.values())
+    # Layer by layer: every linear is in exactly one group; int8 everywhere is the service's int8, to the last bit.
+    study = model["int8_by_layer"]
+    by_layer = study["variants"]
+    assert by_layer["everywhere"]["quantised_linears"] == study["linears"] and by_layer["only lm_head"]["quantised_linears"] == 1
+    groups = [name.removeprefix("only ") for name in by_layer if name.startswith("only ")]
+    assert len(groups) == 8 and sum(by_layer[f"only {group}"]["quantised_linears"] for group in groups) == study["linears"]
+    assert all(by_layer[f"only {group}"]["quantised_linears"] + by_layer[f"all but {group}"]["quantised_linears"] == study["linears"] for group in groups)
+    assert by_layer["everywhere"]["max_abs_dp"] == variants["int8, full vocabulary"]["max_abs_dp"]
+    assert "| all but decoder feed-forward out (wo) | " in json.loads((tmp_path / "fidelity-quick.json").read_text())["section"]
 
 
 @pytest.mark.unit
@@ -128,8 +137,13 @@ def test_gpu_refuses_a_machine_without_cuda_and_runs_every_part_when_told_cpu(tm
     out = bench(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path)])
     assert out["device"] == "cpu"
     assert not [name for name, part in out["parts"].items() if "error" in part], out["parts"]
-    assert set(out["parts"]) == {"augment_latency", "memory", "classify_batch", "classify_clients", "seeded_invariance", "against_baseline", "fidelity"}
+    assert set(out["parts"]) == {"augment_latency", "decode_graphs", "memory", "classify_batch", "classify_clients", "seeded_invariance", "against_baseline", "fidelity"}
     assert out["parts"]["augment_latency"]["result"]["median_s"] > 0
+    graphs = out["parts"]["decode_graphs"]["result"]
+    assert not graphs["captured"] and graphs["graphs_captured"] == 0  # no CUDA: the fixed-shape step, uncaptured
+    # bfloat16 here (auto): the longer masked attention rounds differently, so only the count is reported;
+    # float32 gives the same tokens (tests/test_graphed_step.py).
+    assert graphs["requests"] == 17 and 0 <= graphs["identical_requests"] <= 17 and graphs["x_eager"]["rows_32"] > 0
     saved = json.loads((tmp_path / "gpu.json").read_text())
     assert saved["parts"].keys() == out["parts"].keys() and "Device `cpu`" in saved["section"]
 

@@ -67,7 +67,7 @@ class ModelReplica:
         threads = self.settings.torch_threads or replica_threads(gpu_reserved)
         torch.set_num_threads(threads)
         self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype, gpu_reserved=gpu_reserved)
-        self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens)
+        self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens, decode_graphs=self.settings.decode_graphs)
         lanes = lane_count(self.settings.scheduler_lanes, self.loaded.device.type, threads)
         gpu_share = replica_gpu_share() if gpu_reserved else None
         limit_gpu_share(self.loaded.device, gpu_share)

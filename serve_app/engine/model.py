@@ -18,6 +18,7 @@ from transformers import MT5ForConditionalGeneration
 from serve_app.engine.decode_batch import DecodeBatch, FinishedRow, RowOwner
 from serve_app.engine.decoder import CachedDecoder
 from serve_app.engine.errors import EngineInputError
+from serve_app.engine.graphed_step import GraphedDecoder
 from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
 from serve_app.engine.sampling import RowSampling, sample_next_tokens
 from serve_app.engine.scoring import (
@@ -66,7 +67,8 @@ class Seq2SeqEngine:
     # label, encoder state fanned out to each). Measured with the former bench.levers (docs/perf-notes.md).
     packed_scoring: bool = True
 
-    def __init__(self, model: MT5ForConditionalGeneration, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS) -> None:
+    def __init__(self, model: MT5ForConditionalGeneration, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS, decode_graphs: bool = False) -> None:
+        """`decode_graphs`: decoding steps replay CUDA graphs (graphed_step.py); CUDA only."""
         self.model = model
         self.config = model.config
         self.device = next(model.parameters()).device
@@ -75,7 +77,9 @@ class Seq2SeqEngine:
         self.eos_id = self.config.eos_token_id
         self.start_id = self.config.decoder_start_token_id
         self.vocab_size = model.lm_head.out_features
-        self.decoder = CachedDecoder(model)
+        self.decoder: CachedDecoder | GraphedDecoder = CachedDecoder(model)
+        if decode_graphs:
+            self.decoder = GraphedDecoder(self.decoder)
 
     # ---------------------------------------------------------------- shared
     def check_ids(self, ids: list[int], field: str) -> None:

@@ -152,12 +152,14 @@ def configure_float32_matmuls(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-def quantize_linears(model: nn.Module) -> nn.Module:
-    """int8 dynamic quantisation of every nn.Linear, in place (weights int8, activations quantised per call)."""
+def quantize_linears(model: nn.Module, names: set[str] | None = None) -> nn.Module:
+    """int8 dynamic quantisation of every nn.Linear (or only those whose module name is in `names`), in place
+    (weights int8, activations quantised per call)."""
     import warnings
 
     from torch.ao.quantization import quantize_dynamic
 
+    spec: set[type[nn.Module]] | set[str] = {nn.Linear} if names is None else names
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; the API still works
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)

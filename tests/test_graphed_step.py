@@ -1,0 +1,80 @@
+"""The decoding step CUDA graphs replay (serve_app/engine/graphed_step.py), checked on the CPU.
+
+No graphs exist on a CPU; what a graph replays is the fixed-shape step, and that runs here
+without capture: it must give CachedDecoder's states and, with seeded sampling, the same tokens,
+through merges, drops, padded row buckets and buffer growth.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from serve_app.engine import GenerationRequest, SamplingParams, Seq2SeqEngine
+from serve_app.engine.graphed_step import GraphedDecoder, row_bucket
+
+pytestmark = pytest.mark.unit
+
+PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
+
+
+def request(tok, index: int, **params) -> GenerationRequest:
+    defaults = {"num_return_sequences": 1 + index % 3, "max_new_tokens": 8 + 9 * (index % 3), "temperature": 0.9, "top_k": 20 + index, "top_p": 0.9, "seed": 7 + index}
+    return GenerationRequest(tok(PROMPTS[index % len(PROMPTS)] * (1 + index % 2)).input_ids, SamplingParams(**{**defaults, **params}))
+
+
+@pytest.fixture(scope="module")
+def fixed_engine(demo_model) -> Seq2SeqEngine:
+    engine = Seq2SeqEngine(demo_model.model)
+    engine.decoder = GraphedDecoder(engine.decoder, capture=False)
+    return engine
+
+
+def test_row_buckets_are_powers_of_two_within_capacity():
+    assert [row_bucket(rows, 64) for rows in (1, 2, 3, 5, 8, 9, 33, 64)] == [1, 2, 4, 8, 8, 16, 64, 64]
+    assert row_bucket(5, 6) == 6  # never past the buffers
+
+
+def test_fixed_shape_states_match_the_cached_decoders(engine, fixed_engine, tok):
+    """Same rows, same step: attention over the whole buffers with masks gives the same states."""
+    requests = [request(tok, index) for index in range(3)]  # 6 rows: bucket 8, two spare rows computed and ignored
+    eager, fixed = engine.prefill(requests), fixed_engine.prefill(requests)
+    assert eager.rows == 6
+    for _ in range(3):
+        with torch.inference_mode():
+            expected = engine.decoder.step(eager)
+            got = fixed_engine.decoder.step(fixed)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+        assert fixed.length == eager.length
+        with torch.inference_mode():  # feed both the same next tokens
+            tokens = torch.arange(eager.rows) + 5
+            eager.next_token[: eager.rows] = tokens
+            fixed.next_token[: fixed.rows] = tokens
+
+
+def test_seeded_generation_is_the_same_through_merges_drops_and_growth(engine, fixed_engine, tok):
+    """A running batch that requests join and leave at different steps, past the first 64 columns."""
+    def run(engine_: Seq2SeqEngine) -> dict[tuple[object, int], list[int]]:
+        out: dict[tuple[object, int], list[int]] = {}
+        batch = engine_.new_batch(capacity=2)
+        arrivals = {0: [0, 1], 3: [2], 10: [3, 4], 40: [5]}
+        step = 0
+        while step == 0 or batch.rows or any(when > step for when in arrivals):
+            if step in arrivals:
+                joining = [request(tok, index, max_new_tokens=90 if index == 1 else 8 + 9 * (index % 3)) for index in arrivals[step]]
+                batch.merge(engine_.prefill(joining, keys=arrivals[step]))
+            for row in engine_.step(batch):
+                out[(row.owner.key, row.owner.sequence)] = row.token_ids
+            step += 1
+        return out
+
+    eager, fixed = run(engine), run(fixed_engine)
+    assert len(eager) == sum(1 + index % 3 for index in range(6))
+    assert max(len(tokens) for tokens in eager.values()) > 64  # the time axis grew past its first buffer
+    assert fixed == eager
+
+
+def test_graphs_are_refused_without_cuda(demo_model):
+    with pytest.raises(ValueError, match="decode_graphs needs a CUDA device; this model runs on cpu"):
+        Seq2SeqEngine(demo_model.model, decode_graphs=True)
