@@ -227,7 +227,8 @@ def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace, wi
                 if point["p95_s"] is None or point["p95_s"] >= P95_LIMIT_S:
                     break
         peaks = [peak for peak in (processes.peak_rss_mb(pid) for pid in system.model_pids or pids) if peak is not None]
-        info.update({"description": system.describe(), "health": system.info, "model_peak_rss_mb": max(peaks) if peaks else None})
+        health = {**system.info, **({"model": results.relative(system.info["model"])} if "/" in str(system.info.get("model", "")) else {})}
+        info.update({"description": system.describe(), "health": health, "model_peak_rss_mb": max(peaks) if peaks else None})
     finally:
         log(f"stopping {system.name}")
         system.stop()
