@@ -21,6 +21,11 @@ import pytest
 from tests.servers import ServeRun, guarded_service, service
 
 OUTPUT_ROOT = Path(os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parents[1] / "test-output"))
+
+# A shell without job control starts a background command (`pytest ... &`) with SIGINT ignored, and every
+# process the tests start would inherit that: the Ctrl+C tests would then wait for a job that never stops.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 KINDS = ("unit", "service", "cluster", "browser")
 SHARED_SERVICES = ("served", "guarded")  # session fixtures, each started once and stopped after its last user
 _running: dict[str, ServeRun] = {}
