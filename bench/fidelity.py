@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for name in models:
         spec = _bench_checkpoint() if name == "bench" else name
         log(f"{name}: {count} inputs ...")
-        measured = measure(spec, count, args.device, args.dtypes, getattr(args, "int8_by_layer", False))
+        measured = measure(spec, count, args.device, args.dtypes, args.int8_by_layer)
         measured["label"] = {"bench": "mT5-base-shaped (random)", "demo": "demo"}.get(name, results.relative(name))
         out["models"].append(measured)
     section = markdown(out)

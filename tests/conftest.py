@@ -26,6 +26,7 @@ OUTPUT_ROOT = Path(os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().pa
 # process the tests start would inherit that: the Ctrl+C tests would then wait for a job that never stops.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
 KINDS = ("unit", "service", "cluster", "browser")
 SHARED_SERVICES = ("served", "guarded")  # session fixtures, each started once and stopped after its last user
 _running: dict[str, ServeRun] = {}

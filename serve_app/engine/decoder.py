@@ -45,39 +45,60 @@ class CachedDecoder:
 
     def step(self, batch: DecodeBatch) -> torch.Tensor:
         """Feed every row its `next_token`; returns the decoder states [rows, d_model] that choose the next ones."""
-        rows = batch.rows
         column = batch.reserve_column()
+        states = self.run(batch.rows, column, column + 1, batch.encoder_columns,
+                          batch.next_token, batch.start, batch.encoder_length, batch.self_kv, batch.cross_kv)
+        batch.length = column + 1
+        return states
+
+    def run(
+        self,
+        rows: int,
+        column: int | torch.Tensor,
+        self_columns: int,
+        encoder_columns: int,
+        next_token: torch.Tensor,
+        start: torch.Tensor,
+        encoder_length: torch.Tensor,
+        self_kv: torch.Tensor,
+        cross_kv: torch.Tensor,
+    ) -> torch.Tensor:
+        """The first `rows` rows' states [rows, d_model]; writes their keys/values at `column`.
+
+        Attends over `self_columns` self-attention and `encoder_columns` encoder columns. `step` passes
+        exactly those in use and `column` as an int; a CUDA graph (graphed_step.py) passes the whole
+        buffers and `column` as a 1-element device tensor, so every shape is fixed by the buffers.
+        Columns before a row's start or after `column` are masked: the dtype's lowest bias, a softmax
+        weight of exactly 0.
+        """
         s = self.shape
         lowest = torch.finfo(s.dtype).min
-        # Self-attention: query at `column`, keys 0..column; the bias depends on the distance only,
-        # so one [heads, 1, column + 1] bias serves every row; columns before a row's start are masked.
-        keys = torch.arange(column + 1, device=s.device)
+        # The bias depends on the key - query distance only, so one [heads, 1, keys] bias serves every row.
+        keys = torch.arange(self_columns, device=s.device)
         self_bias = self._position_bias(keys - column)[None, :, None, :]
-        before_start = keys[None, :] < batch.start[:rows, None]
-        self_bias = self_bias.masked_fill(before_start[:, None, None, :], lowest)
-        encoder_columns = batch.encoder_columns
-        padding = torch.arange(encoder_columns, device=s.device)[None, :] >= batch.encoder_length[:rows, None]
+        hidden_columns = (keys[None, :] < start[:rows, None]) | (keys[None, :] > column)
+        self_bias = self_bias.masked_fill(hidden_columns[:, None, None, :], lowest)
+        padding = torch.arange(encoder_columns, device=s.device)[None, :] >= encoder_length[:rows, None]
         cross_bias = torch.zeros((rows, 1, 1, encoder_columns), dtype=s.dtype, device=s.device).masked_fill(
             padding[:, None, None, :], lowest
         )
 
-        hidden = self.decoder.embed_tokens(batch.next_token[:rows])[:, None, :]
+        hidden = self.decoder.embed_tokens(next_token[:rows])[:, None, :]
         for layer, block in enumerate(self.blocks):
             self_layer, cross_layer, feed_forward = block.layer
             attention = self_layer.SelfAttention
             normed = self_layer.layer_norm(hidden)
             query = self._heads(attention.q(normed))
-            cache = batch.self_kv[layer, :, :rows]
-            cache[0, :, :, column] = self._heads(attention.k(normed))[:, :, 0]
-            cache[1, :, :, column] = self._heads(attention.v(normed))[:, :, 0]
-            hidden = hidden + attention.o(self._attend(query, cache[0, :, :, : column + 1], cache[1, :, :, : column + 1], self_bias))
+            cache = self_kv[layer, :, :rows, :, :self_columns]
+            _write_column(cache[0], column, self._heads(attention.k(normed)))
+            _write_column(cache[1], column, self._heads(attention.v(normed)))
+            hidden = hidden + attention.o(self._attend(query, cache[0], cache[1], self_bias))
 
             attention = cross_layer.EncDecAttention
             query = self._heads(attention.q(cross_layer.layer_norm(hidden)))
-            cross = batch.cross_kv[layer, :, :rows, :, :encoder_columns]
+            cross = cross_kv[layer, :, :rows, :, :encoder_columns]
             hidden = hidden + attention.o(self._attend(query, cross[0], cross[1], cross_bias))
             hidden = feed_forward(hidden)
-        batch.length = column + 1
         return self.decoder.final_layer_norm(hidden)[:, 0]
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
@@ -98,3 +119,11 @@ class CachedDecoder:
             max_distance=self.relative.relative_attention_max_distance,
         )
         return self.relative.relative_attention_bias(buckets).T.to(self.shape.dtype)
+
+
+def _write_column(cache: torch.Tensor, column: int | torch.Tensor, values: torch.Tensor) -> None:
+    """cache [rows, heads, columns, head_dim][:, :, column] = values [rows, heads, 1, head_dim]."""
+    if isinstance(column, torch.Tensor):
+        cache.index_copy_(2, column, values)  # the index stays on the device (a graph replays it)
+    else:
+        cache[:, :, column] = values[:, :, 0]

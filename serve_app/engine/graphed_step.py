@@ -7,17 +7,16 @@ launch, but it replays fixed shapes at fixed addresses. CachedDecoder's step has
 attends over `column + 1` keys and `max(encoder lengths)` encoder columns, both changing as
 rows join and leave, and writes the column by a Python index.
 
-`FixedShapeStep` is the same arithmetic with every shape taken from the batch's buffers:
-attention over the whole self-attention buffer with the columns after this step's masked (as
-those before a row's start already are), over the whole encoder buffer with each row's padding
-masked, the column to write a device tensor. Masked columns get the dtype's lowest bias and a
-softmax weight of exactly 0, so the states match CachedDecoder's up to summation order.
-Rows are padded to a power of two (spare rows of the buffers compute and are ignored), so a
-handful of graphs serve every batch size.
+A graph replays CachedDecoder.run with every shape taken from the batch's buffers: attention
+over the whole self-attention buffer with the columns after this step's masked (as those before
+a row's start already are), over the whole encoder buffer with each row's padding masked, the
+column to write a device tensor. The states match the step's up to summation order. Rows are
+padded to a power of two (spare rows of the buffers compute and are ignored), so a handful of
+graphs serve every batch size.
 
 `GraphedDecoder` captures one graph per (row bucket, buffer addresses and shapes) on CUDA and
 replays it; buffers grow by doubling, so a long run captures a few graphs and then replays.
-With `capture=False` it runs the fixed-shape step without graphs: on a CPU (where no graphs
+With `capture=False` it runs the same fixed-shape call without graphs: on a CPU (where no graphs
 exist) that is how tests check it gives CachedDecoder's answers. Switched on by the
 ModelReplica's `decode_graphs` (config.yaml); off until a GPU measures it (`python -m bench gpu`).
 """
@@ -44,53 +43,6 @@ def row_bucket(rows: int, capacity: int) -> int:
     return min(bucket, capacity)
 
 
-class FixedShapeStep:
-    """CachedDecoder's step with shapes fixed by the buffers and the column on the device (what a graph replays)."""
-
-    def __init__(self, decoder: CachedDecoder) -> None:
-        self.decoder = decoder
-        self.shape = decoder.shape
-
-    def run(
-        self,
-        rows: int,
-        column: torch.Tensor,
-        next_token: torch.Tensor,
-        start: torch.Tensor,
-        encoder_length: torch.Tensor,
-        self_kv: torch.Tensor,
-        cross_kv: torch.Tensor,
-    ) -> torch.Tensor:
-        """Decoder states [rows, d_model] for the first `rows` rows; writes their keys/values at `column` (a 1-element long tensor)."""
-        d, s = self.decoder, self.shape
-        lowest = torch.finfo(s.dtype).min
-        columns, encoder_columns = self_kv.shape[4], cross_kv.shape[4]
-        keys = torch.arange(columns, device=s.device)
-        self_bias = d._position_bias(keys - column)[None, :, None, :]
-        hidden_columns = (keys[None, :] < start[:rows, None]) | (keys[None, :] > column)
-        self_bias = self_bias.masked_fill(hidden_columns[:, None, None, :], lowest)
-        padding = torch.arange(encoder_columns, device=s.device)[None, :] >= encoder_length[:rows, None]
-        cross_bias = torch.zeros((rows, 1, 1, encoder_columns), dtype=s.dtype, device=s.device).masked_fill(padding[:, None, None, :], lowest)
-
-        hidden = d.decoder.embed_tokens(next_token[:rows])[:, None, :]
-        for layer, block in enumerate(d.blocks):
-            self_layer, cross_layer, feed_forward = block.layer
-            attention = self_layer.SelfAttention
-            normed = self_layer.layer_norm(hidden)
-            query = d._heads(attention.q(normed))
-            cache = self_kv[layer, :, :rows]
-            cache[0].index_copy_(2, column, d._heads(attention.k(normed)))
-            cache[1].index_copy_(2, column, d._heads(attention.v(normed)))
-            hidden = hidden + attention.o(d._attend(query, cache[0], cache[1], self_bias))
-
-            attention = cross_layer.EncDecAttention
-            query = d._heads(attention.q(cross_layer.layer_norm(hidden)))
-            cross = cross_kv[layer, :, :rows]
-            hidden = hidden + attention.o(d._attend(query, cross[0], cross[1], cross_bias))
-            hidden = feed_forward(hidden)
-        return d.decoder.final_layer_norm(hidden)[:, 0]
-
-
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
@@ -105,7 +57,6 @@ class GraphedDecoder:
             raise ValueError(f"decode_graphs needs a CUDA device; this model runs on {decoder.shape.device.type}")
         self.cached = decoder
         self.shape = decoder.shape
-        self.fixed = FixedShapeStep(decoder)
         self.capture = capture
         self.max_graphs = max_graphs
         self.column = torch.zeros(1, dtype=torch.long, device=decoder.shape.device)  # the graphs' one moving input
@@ -127,9 +78,13 @@ class GraphedDecoder:
             if self.capture:
                 states = self._replay(bucket, inputs).clone()  # the next replay overwrites the graph's output
             else:
-                states = self.fixed.run(bucket, *inputs)
+                states = self._fixed_shape(bucket, inputs)
             batch.length = column + 1
             return states[: batch.rows]
+
+    def _fixed_shape(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        column, next_token, start, encoder_length, self_kv, cross_kv = inputs
+        return self.cached.run(bucket, column, self_kv.shape[4], cross_kv.shape[4], next_token, start, encoder_length, self_kv, cross_kv)
 
     def _replay(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         # A graph reads the addresses it was captured with: any buffer the batch replaced (growth) is a new key.
@@ -151,12 +106,12 @@ class GraphedDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            self.fixed.run(bucket, *inputs)
+            self._fixed_shape(bucket, inputs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: another lane's kernels on its own thread do not break this capture.
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            states = self.fixed.run(bucket, *inputs)
+            states = self._fixed_shape(bucket, inputs)
         self._pool = self._pool or graph.pool()
         self.captured += 1
         return _Graph(graph, states)
