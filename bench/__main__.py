@@ -1,9 +1,9 @@
 """`python -m bench <command>`: the project's benchmarks, one module per command (add_cli_args / main).
 
-    python -m bench serve      the service against a one-at-a-time server, over HTTP
-    python -m bench engine     the engine per number format, and CTranslate2 beside it
-    python -m bench fidelity   the faster settings' probabilities against float32
-    python -m bench gpu        on a GPU machine: the engine and the serving core without Ray
+python -m bench serve      the service against a one-at-a-time server, over HTTP
+python -m bench engine     the engine per number format, and CTranslate2 beside it
+python -m bench fidelity   the faster settings' probabilities against float32
+python -m bench gpu        on a GPU machine: the engine and the serving core without Ray
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="The project's benchmarks; results go to bench/results/ and BENCHMARKS.md.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="The project's benchmarks; results go to bench/results/ and BENCHMARKS.md."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"bench.{name}")
-        sub = commands.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().split("\n\n")[0])
+        sub = commands.add_parser(
+            name, help=help_text, description=(module.__doc__ or help_text).strip().split("\n\n")[0]
+        )
         module.add_cli_args(sub)
         sub.set_defaults(main=module.main)
     return parser

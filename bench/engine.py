@@ -36,10 +36,21 @@ def log(message: str) -> None:
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model spec (default: the mT5-base-shaped benchmark checkpoint; demo with --quick)")
-    parser.add_argument("--formats", nargs="+", default=["float32", "bfloat16", "int8"], help="number formats to time (dtype values)")
-    parser.add_argument("--parts", nargs="+", default=["formats", "auto", "ctranslate2", "keep_label"], choices=["formats", "auto", "ctranslate2", "keep_label"],
-                        help="ctranslate2 needs the bench extra (pip install -e '.[bench]'); it is skipped, saying so, without it")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model spec (default: the mT5-base-shaped benchmark checkpoint; demo with --quick)",
+    )
+    parser.add_argument(
+        "--formats", nargs="+", default=["float32", "bfloat16", "int8"], help="number formats to time (dtype values)"
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["formats", "auto", "ctranslate2", "keep_label"],
+        choices=["formats", "auto", "ctranslate2", "keep_label"],
+        help="ctranslate2 needs the bench extra (pip install -e '.[bench]'); it is skipped, saying so, without it",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds per format (each keeps its best)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--quick", action="store_true", help="the demo model, one round: a smoke run, not results")
@@ -54,8 +65,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model = args.model or ("demo" if args.quick else _bench_checkpoint())
     rounds = 1 if args.quick else args.rounds
-    out: dict[str, Any] = {**run_header("engine", getattr(args, "argv", [])), "model": results.relative(model) if model != "demo" else model,
-                           "threads": torch.get_num_threads(), "parts": {}}
+    out: dict[str, Any] = {
+        **run_header("engine", getattr(args, "argv", [])),
+        "model": results.relative(model) if model != "demo" else model,
+        "threads": torch.get_num_threads(),
+        "parts": {},
+    }
     if "formats" in args.parts:
         out["parts"]["formats"] = formats(model, args.formats, rounds)
     if "auto" in args.parts:
@@ -65,7 +80,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if "keep_label" in args.parts:
         out["parts"]["keep_label"] = keep_label_cost(model, rounds)
     section = markdown(out)
-    path = results.save("engine-quick" if args.quick else "engine", out, section, out_dir=args.out, page=results.page_for(args.out, args.quick))
+    path = results.save(
+        "engine-quick" if args.quick else "engine",
+        out,
+        section,
+        out_dir=args.out,
+        page=results.page_for(args.out, args.quick),
+    )
     log(f"wrote {results.relative(path)}")
     print(section)
     return out
@@ -95,7 +116,10 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
         generation = augment_work(service, GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
         work[name] = (classify, generation)
         classify.run(classify.requests[:2]), generation.run(generation.requests[:1])  # first-call allocations
-    best: dict[str, dict[str, float]] = {name: {"classify_s": float("inf"), "generate32_s": float("inf"), "generate1_s": float("inf")} for name in services}
+    best: dict[str, dict[str, float]] = {
+        name: {"classify_s": float("inf"), "generate32_s": float("inf"), "generate1_s": float("inf")}
+        for name in services
+    }
     tokens: dict[str, dict[str, int]] = {}
     for round_ in range(rounds):
         for name, (classify, generation) in work.items():
@@ -107,8 +131,13 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
             started = time.perf_counter()
             lone = generation.run(generation.requests[:1])
             seconds["generate1_s"] = min(seconds["generate1_s"], time.perf_counter() - started)
-            tokens[name] = {"batch": sum(len(seq) for out in batch for seq in out), "lone": sum(len(seq) for seq in lone[0])}
-            log(f"round {round_ + 1}: {name}: classify {seconds['classify_s']:.2f} s, generate 32 rows {seconds['generate32_s']:.2f} s")
+            tokens[name] = {
+                "batch": sum(len(seq) for out in batch for seq in out),
+                "lone": sum(len(seq) for seq in lone[0]),
+            }
+            log(
+                f"round {round_ + 1}: {name}: classify {seconds['classify_s']:.2f} s, generate 32 rows {seconds['generate32_s']:.2f} s"
+            )
     reference = [r.probabilities for r in services["float32"].engine.score(work["float32"][0].requests)]
     figures: dict[str, Any] = {}
     for name, (classify, _) in work.items():
@@ -122,15 +151,23 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
             "generate1_tokens_per_s": tokens[name]["lone"] / seconds["generate1_s"],
             **compare(reference, probabilities),
         }
-    return {"classify": f"{CLASSIFY_TEXTS} texts x {len(CLASSIFY_LABELS)} labels", "generation": f"{GENERATION_ROWS} rows and 1 row x {GENERATION_TOKENS} new tokens",
-            "rounds": rounds, "formats": figures}
+    return {
+        "classify": f"{CLASSIFY_TEXTS} texts x {len(CLASSIFY_LABELS)} labels",
+        "generation": f"{GENERATION_ROWS} rows and 1 row x {GENERATION_TOKENS} new tokens",
+        "rounds": rounds,
+        "formats": figures,
+    }
 
 
 def auto_choice(model: str) -> dict[str, Any]:
     """What `dtype: auto` runs on this machine, and why (as /healthz says it)."""
     service = pipeline(model, "auto", "auto")
-    return {"device": str(service.loaded.device), "dtype": service.loaded.precision.name, "reason": service.loaded.precision.reason,
-            "head": service.loaded.head.reason}
+    return {
+        "device": str(service.loaded.device),
+        "dtype": service.loaded.precision.name,
+        "reason": service.loaded.precision.reason,
+        "head": service.loaded.head.reason,
+    }
 
 
 def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
@@ -149,50 +186,82 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
 
     ours = {"auto": pipeline(model, "cpu", "auto"), "float32": pipeline(model, "cpu", "float32")}
     classify = classify_work(ours["float32"], CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
-    generation = augment_work(ours["float32"], GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
-    compute_types = [t for t in ("float32", "int8", "int8_float32", "bfloat16", "int8_bfloat16") if t in ctranslate2.get_supported_compute_types("cpu")]
-    log(f"converting {checkpoint} for CTranslate2 {ctranslate2.__version__} (compute types here: {', '.join(compute_types)}) ...")
+    generation = augment_work(
+        ours["float32"], GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True
+    )
+    compute_types = [
+        t
+        for t in ("float32", "int8", "int8_float32", "bfloat16", "int8_bfloat16")
+        if t in ctranslate2.get_supported_compute_types("cpu")
+    ]
+    log(
+        f"converting {checkpoint} for CTranslate2 {ctranslate2.__version__} (compute types here: {', '.join(compute_types)}) ..."
+    )
     with ct2.CT2Process() as worker:  # CTranslate2 in its own process (ctranslate2_side.py says why)
         knobs = generation.requests[0].params
-        engines = {t: worker.engine(ct2.convert(checkpoint, "float32" if t == "float32" else "int8"), t, threads) for t in compute_types}
+        engines = {
+            t: worker.engine(ct2.convert(checkpoint, "float32" if t == "float32" else "int8"), t, threads)
+            for t in compute_types
+        }
 
         import torch
 
         reference = [r.probabilities for r in ours["float32"].engine.score(classify.requests)]
 
         def ct2_probabilities(engine) -> list[list[float]]:
-            return [torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist() for r in classify.requests]
+            return [
+                torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist()
+                for r in classify.requests
+            ]
 
         match = compare(reference, ct2_probabilities(engines["float32"]))
-        out: dict[str, Any] = {"version": ctranslate2.__version__, "compute_types": compute_types, "float32_match": match,
-                               "ours_auto": ours["auto"].loaded.precision.name}
+        out: dict[str, Any] = {
+            "version": ctranslate2.__version__,
+            "compute_types": compute_types,
+            "float32_match": match,
+            "ours_auto": ours["auto"].loaded.precision.name,
+        }
         # The conversion is proven on the demo model's trained-like, well-conditioned weights: float32 must
         # match to MATCH_TOLERANCE. Random mT5-base weights amplify any rounding (our own engine moves that
         # much between one input alone and inside a batch), so there the bar is our own spread.
         proof = match if model == "demo" else _demo_conversion_match(threads, worker)
         out["conversion_proof_demo"] = proof
         if proof["max_abs_dp"] > ct2.MATCH_TOLERANCE:
-            out["skipped"] = f"float32 probabilities on the demo model differ by {proof['max_abs_dp']:.2e} (> {ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
+            out["skipped"] = (
+                f"float32 probabilities on the demo model differ by {proof['max_abs_dp']:.2e} (> {ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
+            )
             return out
         if model != "demo":
             alone = [ours["float32"].engine.score([r])[0].probabilities for r in classify.requests]
             out["own_spread"] = compare(reference, alone)
             if match["max_abs_dp"] > max(ct2.MATCH_TOLERANCE, ct2.SPREAD_FACTOR * out["own_spread"]["max_abs_dp"]):
-                out["skipped"] = (f"float32 probabilities differ by {match['max_abs_dp']:.3f}, over {ct2.SPREAD_FACTOR}x our own alone-vs-batch spread "
-                                  f"({out['own_spread']['max_abs_dp']:.3f}): not the same model, no speed reported")
+                out["skipped"] = (
+                    f"float32 probabilities differ by {match['max_abs_dp']:.3f}, over {ct2.SPREAD_FACTOR}x our own alone-vs-batch spread "
+                    f"({out['own_spread']['max_abs_dp']:.3f}): not the same model, no speed reported"
+                )
                 return out
 
         def ours_run(service):
             c = classify_work(service, CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
             g = augment_work(service, GENERATION_ROWS, n=1, max_new_tokens=GENERATION_TOKENS, seed=4, seeded=True)
-            return {"classify": lambda: c.run(c.requests), "generate32": lambda: g.run(g.requests), "generate1": lambda: g.run(g.requests[:1]),
-                    "count": lambda result: sum(len(seq) for out in result for seq in out)}
+            return {
+                "classify": lambda: c.run(c.requests),
+                "generate32": lambda: g.run(g.requests),
+                "generate1": lambda: g.run(g.requests[:1]),
+                "count": lambda result: sum(len(seq) for out in result for seq in out),
+            }
 
         def ct2_run(engine):
             prompts = [r.input_ids for r in generation.requests]
-            gen = lambda rows: engine.generate(prompts[:rows], GENERATION_TOKENS, knobs.temperature, knobs.top_k, knobs.top_p, seed=4)  # noqa: E731
-            return {"classify": lambda: [engine.label_log_scores(r.input_ids, r.label_ids) for r in classify.requests],
-                    "generate32": lambda: gen(GENERATION_ROWS), "generate1": lambda: gen(1), "count": lambda result: sum(len(seq) for seq in result)}
+            gen = lambda rows: engine.generate(
+                prompts[:rows], GENERATION_TOKENS, knobs.temperature, knobs.top_k, knobs.top_p, seed=4
+            )  # noqa: E731
+            return {
+                "classify": lambda: [engine.label_log_scores(r.input_ids, r.label_ids) for r in classify.requests],
+                "generate32": lambda: gen(GENERATION_ROWS),
+                "generate1": lambda: gen(1),
+                "count": lambda result: sum(len(seq) for seq in result),
+            }
 
         systems = {f"ours {name}": ours_run(service) for name, service in ours.items()}
         systems |= {f"ctranslate2 {t}": ct2_run(engine) for t, engine in engines.items()}
@@ -208,10 +277,23 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
             log(f"round {round_ + 1}: " + ", ".join(f"{name} {v['generate32']:.0f} tok/s" for name, v in best.items()))
         fidelity = {t: compare(reference, ct2_probabilities(engine)) for t, engine in engines.items()}
         heads = {f"ours {name}": service.loaded.head.reason for name, service in ours.items()}
-        out["systems"] = {name: {**({"head": heads[name]} if name in heads else {}), "classify_texts_per_s": v["classify"], "generate32_tokens_per_s": v["generate32"], "generate1_tokens_per_s": v["generate1"],
-                                 **({"max_abs_dp": fidelity[name.split()[1]]["max_abs_dp"], "top_label_agreement": fidelity[name.split()[1]]["top_label_agreement"]}
-                                    if name.startswith("ctranslate2") else {})}
-                          for name, v in best.items()}
+        out["systems"] = {
+            name: {
+                **({"head": heads[name]} if name in heads else {}),
+                "classify_texts_per_s": v["classify"],
+                "generate32_tokens_per_s": v["generate32"],
+                "generate1_tokens_per_s": v["generate1"],
+                **(
+                    {
+                        "max_abs_dp": fidelity[name.split()[1]]["max_abs_dp"],
+                        "top_label_agreement": fidelity[name.split()[1]]["top_label_agreement"],
+                    }
+                    if name.startswith("ctranslate2")
+                    else {}
+                ),
+            }
+            for name, v in best.items()
+        }
         return out
 
 
@@ -226,11 +308,16 @@ def _demo_conversion_match(threads: int, worker) -> dict[str, Any]:
     work = classify_work(service, CLASSIFY_TEXTS, CLASSIFY_LABELS, seed=3)
     engine = worker.engine(ct2.convert(demo_model_dir(), "float32"), "float32", threads)
     ours = [r.probabilities for r in service.engine.score(work.requests)]
-    theirs = [torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist() for r in work.requests]
+    theirs = [
+        torch.softmax(torch.tensor(engine.label_log_scores(r.input_ids, r.label_ids)), dim=0).tolist()
+        for r in work.requests
+    ]
     return compare(ours, theirs)
 
 
-def keep_label_cost(model: str, rounds: int, texts: int = 16, asked: int = 3, max_new_tokens: int = 32) -> dict[str, Any]:
+def keep_label_cost(
+    model: str, rounds: int, texts: int = 16, asked: int = 3, max_new_tokens: int = 32
+) -> dict[str, Any]:
     """What the keep-label check costs: seconds to sample one candidate and to score it against 4 labels, in alternation.
 
     A kept paraphrase costs 1/keep-rate candidates, each sampled and scored, plus the text's own label
@@ -240,7 +327,9 @@ def keep_label_cost(model: str, rounds: int, texts: int = 16, asked: int = 3, ma
     from serve_app.engine import SamplingParams
 
     service = pipeline(model)
-    generation = service.text_tasks.augment_requests(chinese_texts(texts, seed=5), [SamplingParams(asked, max_new_tokens, seed=i) for i in range(texts)])
+    generation = service.text_tasks.augment_requests(
+        chinese_texts(texts, seed=5), [SamplingParams(asked, max_new_tokens, seed=i) for i in range(texts)]
+    )
     candidates = chinese_texts(texts * asked, seed=9, min_chars=10, max_chars=40)
     scoring = service.text_tasks.classify_requests(service.text_tasks.classify_jobs(candidates, CLASSIFY_LABELS))
     service.engine.generate(generation[:1]), service.engine.score(scoring[:2])
@@ -281,24 +370,38 @@ def markdown(out: dict[str, Any]) -> str:
             )
     if "auto" in parts:
         a = parts["auto"]
-        lines += ["", f"`dtype: auto` here: **{a['dtype']}** on {a['device']} ({a['reason']})."
-                  + (f" lm_head layout (serve_app/engine/output_head.py), measured at load: {a['head']}." if "head" in a else "")]
+        lines += [
+            "",
+            f"`dtype: auto` here: **{a['dtype']}** on {a['device']} ({a['reason']})."
+            + (
+                f" lm_head layout (serve_app/engine/output_head.py), measured at load: {a['head']}."
+                if "head" in a
+                else ""
+            ),
+        ]
     if "ctranslate2" in parts:
         lines += ["", *ctranslate2_markdown(parts["ctranslate2"])]
     if "keep_label" in parts:
         k = parts["keep_label"]
         rates = ", ".join(f"keep rate {rate}: {x:.2f}x" for rate, x in k["x_plain_per_kept_text"].items())
-        lines += ["", f"Augmentation that keeps the label ({k['dtype']}): sampling a candidate (32 tokens) {k['sample_s_per_candidate'] * 1000:.0f} ms, "
-                  f"scoring it against 4 labels {k['score_s_per_candidate'] * 1000:.0f} ms ({k['check_x_sampling']:.2f}x); a returned paraphrase costs, "
-                  f"against a plain one, {rates}. The keep rate is the model's own."]
+        lines += [
+            "",
+            f"Augmentation that keeps the label ({k['dtype']}): sampling a candidate (32 tokens) {k['sample_s_per_candidate'] * 1000:.0f} ms, "
+            f"scoring it against 4 labels {k['score_s_per_candidate'] * 1000:.0f} ms ({k['check_x_sampling']:.2f}x); a returned paraphrase costs, "
+            f"against a plain one, {rates}. The keep rate is the model's own.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def ctranslate2_markdown(c: dict[str, Any]) -> list[str]:
     if "systems" not in c:
         return [f"CTranslate2: not run ({c.get('skipped', '?')})."]
-    spread = (f" Here they differ by up to {c['float32_match']['max_abs_dp']:.3f}, where our own float32 moves by {c['own_spread']['max_abs_dp']:.3f} "
-              f"between an input alone and inside its batch: random weights amplify rounding." if "own_spread" in c else "")
+    spread = (
+        f" Here they differ by up to {c['float32_match']['max_abs_dp']:.3f}, where our own float32 moves by {c['own_spread']['max_abs_dp']:.3f} "
+        f"between an input alone and inside its batch: random weights amplify rounding."
+        if "own_spread" in c
+        else ""
+    )
     lines = [
         f"CTranslate2 {c['version']} on the same checkpoint (converted by its Transformers converter from our loader, head untied) and the same "
         f"token ids; on the demo model its float32 label probabilities match ours to {c['conversion_proof_demo']['max_abs_dp']:.1e}.{spread} "
@@ -309,13 +412,21 @@ def ctranslate2_markdown(c: dict[str, Any]) -> list[str]:
     ]
     for name, v in c["systems"].items():
         dp = f"{v['max_abs_dp']:.4f}" if "max_abs_dp" in v else ""
-        lines.append(f"| {name} | {v['classify_texts_per_s']:.1f} | {v['generate32_tokens_per_s']:.0f} | {v['generate1_tokens_per_s']:.1f} | {dp} |")
+        lines.append(
+            f"| {name} | {v['classify_texts_per_s']:.1f} | {v['generate32_tokens_per_s']:.0f} | {v['generate1_tokens_per_s']:.1f} | {dp} |"
+        )
     ct2 = {k: v for k, v in c["systems"].items() if k.startswith("ctranslate2")}
     ours = c["systems"]["ours auto"]
     fastest_gen = max(ct2.items(), key=lambda kv: kv[1]["generate32_tokens_per_s"])
     fastest_cls = max(ct2.items(), key=lambda kv: kv[1]["classify_texts_per_s"])
-    same = c["systems"]["ours float32"]["generate32_tokens_per_s"] / c["systems"]["ctranslate2 float32"]["generate32_tokens_per_s"]
-    lines += ["", f"Ours at `auto` ({c['ours_auto']}) against CTranslate2's fastest: generation **{ours['generate32_tokens_per_s'] / fastest_gen[1]['generate32_tokens_per_s']:.2f}x** "
-              f"({fastest_gen[0]}), classification **{ours['classify_texts_per_s'] / fastest_cls[1]['classify_texts_per_s']:.2f}x** ({fastest_cls[0]}); "
-              f"at equal precision (float32, 32 rows) generation {same:.2f}x."]
+    same = (
+        c["systems"]["ours float32"]["generate32_tokens_per_s"]
+        / c["systems"]["ctranslate2 float32"]["generate32_tokens_per_s"]
+    )
+    lines += [
+        "",
+        f"Ours at `auto` ({c['ours_auto']}) against CTranslate2's fastest: generation **{ours['generate32_tokens_per_s'] / fastest_gen[1]['generate32_tokens_per_s']:.2f}x** "
+        f"({fastest_gen[0]}), classification **{ours['classify_texts_per_s'] / fastest_cls[1]['classify_texts_per_s']:.2f}x** ({fastest_cls[0]}); "
+        f"at equal precision (float32, 32 rows) generation {same:.2f}x.",
+    ]
     return lines

@@ -57,12 +57,23 @@ def log(message: str) -> None:
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=None, help="'bench' (the mT5-base-shaped checkpoint), 'demo', or model specs (default: bench demo)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="'bench' (the mT5-base-shaped checkpoint), 'demo', or model specs (default: bench demo)",
+    )
     parser.add_argument("--inputs", type=int, default=256)
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "int8", "auto"], help="formats compared with float32")
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["bfloat16", "int8", "auto"], help="formats compared with float32"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--int8-by-layer", action="store_true", help="also int8 in one group of linears at a time, and everywhere but it")
+    parser.add_argument(
+        "--int8-by-layer",
+        action="store_true",
+        help="also int8 in one group of linears at a time, and everywhere but it",
+    )
     parser.add_argument("--quick", action="store_true", help="the demo model, 32 inputs: a smoke run, not results")
     parser.add_argument("--out", type=Path, default=results.RESULTS_DIR)
 
@@ -73,7 +84,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     models = args.models or (["demo"] if args.quick else ["bench", "demo"])
     count = BATCH if args.quick else args.inputs
-    out: dict[str, Any] = {**run_header("fidelity", getattr(args, "argv", [])), "threads": torch.get_num_threads(), "models": []}
+    out: dict[str, Any] = {
+        **run_header("fidelity", getattr(args, "argv", [])),
+        "threads": torch.get_num_threads(),
+        "models": [],
+    }
     for name in models:
         spec = _bench_checkpoint() if name == "bench" else name
         log(f"{name}: {count} inputs ...")
@@ -81,7 +96,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         measured["label"] = {"bench": "mT5-base-shaped (random)", "demo": "demo"}.get(name, results.relative(name))
         out["models"].append(measured)
     section = markdown(out)
-    path = results.save("fidelity-quick" if args.quick else "fidelity", out, section, out_dir=args.out, page=results.page_for(args.out, args.quick))
+    path = results.save(
+        "fidelity-quick" if args.quick else "fidelity",
+        out,
+        section,
+        out_dir=args.out,
+        page=results.page_for(args.out, args.quick),
+    )
     log(f"wrote {results.relative(path)}")
     print(section)
     return out
@@ -103,19 +124,32 @@ def measure(model: str, count: int, device: str, dtypes: list[str], by_layer: bo
     reasons: dict[str, str] = {}
     for dtype in ["float32", *[d for d in dtypes if d != "float32"]]:
         service = pipeline(model, device, dtype)
-        name = f"{service.loaded.precision.name}, full vocabulary" if dtype != "auto" else f"auto ({service.loaded.precision.name}), full vocabulary"
+        name = (
+            f"{service.loaded.precision.name}, full vocabulary"
+            if dtype != "auto"
+            else f"auto ({service.loaded.precision.name}), full vocabulary"
+        )
         jobs = [service.text_tasks.classify_jobs([text], labels)[0] for text, labels in inputs]
         engines[name] = service.engine
         requests[name] = service.text_tasks.classify_requests(jobs, "score", "vocabulary")
         reasons[name] = service.loaded.precision.reason
         if dtype == "float32":
             engines["float32, label_tokens"] = service.engine
-            requests["float32, label_tokens"] = [dataclasses.replace(r, normalization="label_tokens") for r in requests[name]]
+            requests["float32, label_tokens"] = [
+                dataclasses.replace(r, normalization="label_tokens") for r in requests[name]
+            ]
     probabilities = {name: score_all(engines[name], requests[name]) for name in engines}
     speeds = interleaved_speeds(engines, requests)
-    out: dict[str, Any] = {"model": results.relative(model) if model != "demo" else model, "inputs": count, "variants": {}}
+    out: dict[str, Any] = {
+        "model": results.relative(model) if model != "demo" else model,
+        "inputs": count,
+        "variants": {},
+    }
     for name in engines:
-        figures: dict[str, Any] = {"requests_per_s": speeds[name], "x_reference_speed": speeds[name] / speeds[REFERENCE]}
+        figures: dict[str, Any] = {
+            "requests_per_s": speeds[name],
+            "x_reference_speed": speeds[name] / speeds[REFERENCE],
+        }
         if name != REFERENCE:
             figures.update(compare(probabilities[REFERENCE], probabilities[name]))
         if "label_tokens" not in name:
@@ -146,14 +180,24 @@ def int8_by_layer(model: str, requests: list[Any], reference: list[list[float]])
         raise ValueError(f"linear layers in no group of INT8_GROUPS (this is not mT5's layout?): {sorted(missed)[:5]}")
     variants: dict[str, Any] = {}
     choices = [("everywhere", "", linears)]
-    choices += [(mode, group, chosen) for group, names in groups.items() for mode, chosen in (("only", names), ("all but", linears - names))]
+    choices += [
+        (mode, group, chosen)
+        for group, names in groups.items()
+        for mode, chosen in (("only", names), ("all but", linears - names))
+    ]
     for mode, group, chosen in choices:
         engine = Seq2SeqEngine(quantize_linears(copy.deepcopy(base), chosen))
         score_all(engine, requests[:2])  # first-call allocations
         began = time.perf_counter()
         probabilities = score_all(engine, requests)
         speed = len(requests) / (time.perf_counter() - began)
-        variants[f"{mode} {group}".strip()] = {"mode": mode, "group": group, "quantised_linears": len(chosen), "requests_per_s": speed, **compare(reference, probabilities)}
+        variants[f"{mode} {group}".strip()] = {
+            "mode": mode,
+            "group": group,
+            "quantised_linears": len(chosen),
+            "requests_per_s": speed,
+            **compare(reference, probabilities),
+        }
         del engine
     for figures in variants.values():
         figures["x_int8_speed"] = figures["requests_per_s"] / variants["everywhere"]["requests_per_s"]
@@ -175,7 +219,7 @@ def interleaved_speeds(engines: dict[str, Any], requests: dict[str, list[Any]], 
         engine.score(chunk)  # first-call allocations
     for round_ in range(rounds):
         for name, engine in engines.items():
-            chunk = requests[name][(round_ * BATCH) % len(requests[name]):][:BATCH]
+            chunk = requests[name][(round_ * BATCH) % len(requests[name]) :][:BATCH]
             began = time.perf_counter()
             engine.score(chunk)
             seconds[name] += (time.perf_counter() - began) * BATCH / len(chunk)
@@ -216,5 +260,7 @@ def int8_by_layer_table(model: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, v in study["variants"].items():
-        lines.append(f"| {name} | {v['quantised_linears']} | {v['requests_per_s']:.2f} | {v['x_int8_speed']:.2f}x | {v['max_abs_dp']:.4f} | {v['top_label_agreement']:.1%} |")
+        lines.append(
+            f"| {name} | {v['quantised_linears']} | {v['requests_per_s']:.2f} | {v['x_int8_speed']:.2f}x | {v['max_abs_dp']:.4f} | {v['top_label_agreement']:.1%} |"
+        )
     return lines

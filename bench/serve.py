@@ -50,25 +50,60 @@ def log(message: str) -> None:
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model spec for every system (default: the mT5-base-shaped benchmark checkpoint; demo with --quick)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model spec for every system (default: the mT5-base-shaped benchmark checkpoint; demo with --quick)",
+    )
     parser.add_argument("--systems", nargs="+", default=["baseline", "serve"], choices=["baseline", "serve"])
-    parser.add_argument("--against", default=None, metavar="REF", help="also run the service from this git tag or commit (an earlier release)")
-    parser.add_argument("--workloads", nargs="+", default=["classify", "augment", "mixed", "sweep"], choices=["classify", "augment", "mixed", "sweep"])
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REF",
+        help="also run the service from this git tag or commit (an earlier release)",
+    )
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        default=["classify", "augment", "mixed", "sweep"],
+        choices=["classify", "augment", "mixed", "sweep"],
+    )
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--sweep-clients", nargs="+", type=int, default=[1, 2, 4, 6, 8, 12, 16, 24, 32],
-                        help="/classify clients tried, in order, until p95 reaches 1 s")
+    parser.add_argument(
+        "--sweep-clients",
+        nargs="+",
+        type=int,
+        default=[1, 2, 4, 6, 8, 12, 16, 24, 32],
+        help="/classify clients tried, in order, until p95 reaches 1 s",
+    )
     parser.add_argument("--augment-n", type=int, default=2, help="num_return_sequences of the augment workload")
-    parser.add_argument("--augment-max-length", type=int, default=32, help="max_length (new tokens) of the augment workload")
-    parser.add_argument("--serve-env", nargs="*", default=[], metavar="NAME=VALUE", help="environment for serve run (e.g. MT5_DTYPE=float32)")
-    parser.add_argument("--quick", action="store_true", help="seconds-long windows on the demo model: a smoke run, not results")
+    parser.add_argument(
+        "--augment-max-length", type=int, default=32, help="max_length (new tokens) of the augment workload"
+    )
+    parser.add_argument(
+        "--serve-env",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for serve run (e.g. MT5_DTYPE=float32)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds-long windows on the demo model: a smoke run, not results"
+    )
     parser.add_argument("--out", type=Path, default=results.RESULTS_DIR, help="folder for serve.json / serve.png")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     windows = WINDOWS["quick" if args.quick else "full"]
     model = args.model or ("demo" if args.quick else _bench_checkpoint())
-    out: dict[str, Any] = {**run_header("serve", getattr(args, "argv", [])), "model": results.relative(model) if model != "demo" else model,
-                           "windows_s": windows, "quick": args.quick, "systems": {}, "points": []}
+    out: dict[str, Any] = {
+        **run_header("serve", getattr(args, "argv", [])),
+        "model": results.relative(model) if model != "demo" else model,
+        "windows_s": windows,
+        "quick": args.quick,
+        "systems": {},
+        "points": [],
+    }
     workloads = {
         "classify": classify_workload(),
         "augment": augment_workload(num_return_sequences=args.augment_n, max_length=args.augment_max_length),
@@ -81,7 +116,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             systems.append(ServeProcess("serve", model, Path(scratch) / "serve", ROOT, args.serve_env))
         if args.against:
             tree = checkout(args.against, Path(scratch) / "against-tree")
-            systems.append(ServeProcess(f"serve@{args.against}", model, Path(scratch) / "against", tree, args.serve_env))
+            systems.append(
+                ServeProcess(f"serve@{args.against}", model, Path(scratch) / "against", tree, args.serve_env)
+            )
         for system in systems:
             points, info = bench_system(system, workloads, args, windows)
             out["points"] += points
@@ -130,7 +167,9 @@ class BaselineProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the baseline exited with {self.process.returncode}:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+                raise RuntimeError(
+                    f"the baseline exited with {self.process.returncode}:\n{self.log_path.read_text(errors='replace')[-4000:]}"
+                )
             try:
                 response = httpx.get(f"{self.url}/healthz", timeout=2, trust_env=False)
                 if response.status_code == 200:
@@ -158,8 +197,10 @@ class BaselineProcess:
             time.sleep(0.5)
 
     def describe(self) -> str:
-        return ("one process, FastAPI + uvicorn, transformers `generate` per request, one request at a time, "
-                f"{self.info.get('dtype', 'float32')}, {self.info.get('torch_threads', '?')} torch threads")
+        return (
+            "one process, FastAPI + uvicorn, transformers `generate` per request, one request at a time, "
+            f"{self.info.get('dtype', 'float32')}, {self.info.get('torch_threads', '?')} torch threads"
+        )
 
     def stop(self) -> None:
         processes.stop_group(self.process)
@@ -169,7 +210,12 @@ class ServeProcess:
     def __init__(self, name: str, model: str, workdir: Path, tree: Path, env: list[str]) -> None:
         self.name = name
         extra = dict(item.split("=", 1) for item in env)
-        self.run = ServeRun(shipped_config(free_port(), config_path=tree / "config.yaml"), workdir, env={"MT5_MODEL": model, **extra}, tree=tree)
+        self.run = ServeRun(
+            shipped_config(free_port(), config_path=tree / "config.yaml"),
+            workdir,
+            env={"MT5_MODEL": model, **extra},
+            tree=tree,
+        )
         self.url = self.run.url
         self.info: dict[str, Any] = {}
 
@@ -192,7 +238,9 @@ class ServeProcess:
 
 
 # ---------------------------------------------------------------- driver
-def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace, windows: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def bench_system(
+    system, workloads: dict[str, Any], args: argparse.Namespace, windows: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     log(f"starting {system.name} ...")
     started = time.monotonic()
     system.start()
@@ -206,11 +254,18 @@ def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace, wi
 
         def measure(mix: list[tuple[Any, int]], window: tuple[float, float]) -> list[dict[str, Any]]:
             warmup, duration = window
-            measured = _measured(pids, loadgen.run_mix(system.url, mix, system=system.name, duration_s=duration, warmup_s=warmup, drain_s=windows["drain"]))
+            measured = _measured(
+                pids,
+                loadgen.run_mix(
+                    system.url, mix, system=system.name, duration_s=duration, warmup_s=warmup, drain_s=windows["drain"]
+                ),
+            )
             system.settle(windows["settle"])
             for point in measured:
-                log(f"{system.name:12s} {point['workload']:15s} c={point['concurrency']:<3d} {point['rps_spread']:7.2f} req/s  "
-                    f"p50 {_s(point['p50_s'])}  p95 {_s(point['p95_s'])}  ok {point['ok']} err {point['errors']}")
+                log(
+                    f"{system.name:12s} {point['workload']:15s} c={point['concurrency']:<3d} {point['rps_spread']:7.2f} req/s  "
+                    f"p50 {_s(point['p50_s'])}  p95 {_s(point['p95_s'])}  ok {point['ok']} err {point['errors']}"
+                )
             return measured
 
         for name in ("classify", "augment"):
@@ -227,8 +282,13 @@ def bench_system(system, workloads: dict[str, Any], args: argparse.Namespace, wi
                 if point["p95_s"] is None or point["p95_s"] >= P95_LIMIT_S:
                     break
         peaks = [peak for peak in (processes.peak_rss_mb(pid) for pid in system.model_pids or pids) if peak is not None]
-        health = {**system.info, **({"model": results.relative(system.info["model"])} if "/" in str(system.info.get("model", "")) else {})}
-        info.update({"description": system.describe(), "health": health, "model_peak_rss_mb": max(peaks) if peaks else None})
+        health = {
+            **system.info,
+            **({"model": results.relative(system.info["model"])} if "/" in str(system.info.get("model", "")) else {}),
+        }
+        info.update(
+            {"description": system.describe(), "health": health, "model_peak_rss_mb": max(peaks) if peaks else None}
+        )
     finally:
         log(f"stopping {system.name}")
         system.stop()
@@ -241,7 +301,11 @@ def _measured(pids: list[int], load) -> list[dict[str, Any]]:
     wall = time.monotonic()
     measured = asyncio.run(load)
     wall = time.monotonic() - wall
-    used = [after - start for pid, start in before.items() if start is not None and (after := processes.cpu_seconds(pid)) is not None]
+    used = [
+        after - start
+        for pid, start in before.items()
+        if start is not None and (after := processes.cpu_seconds(pid)) is not None
+    ]
     points = []
     for point in measured:
         point.model_cpu_cores = sum(used) / wall if used else None
@@ -251,7 +315,9 @@ def _measured(pids: list[int], load) -> list[dict[str, Any]]:
 
 
 def _point(points: list[dict[str, Any]], system: str, workload: str, clients: int) -> dict[str, Any] | None:
-    return next((p for p in points if p["system"] == system and p["workload"] == workload and p["concurrency"] == clients), None)
+    return next(
+        (p for p in points if p["system"] == system and p["workload"] == workload and p["concurrency"] == clients), None
+    )
 
 
 def most_clients_under(points: list[dict[str, Any]], system: str, limit_s: float = P95_LIMIT_S) -> int | None:
@@ -274,9 +340,16 @@ def ratios(points: list[dict[str, Any]], systems: list[str]) -> list[dict[str, A
                 continue
             other = _point(points, theirs, point["workload"], point["concurrency"])
             if other and other["rps_spread"] > 0:
-                out.append({"system": ours, "against": theirs, "workload": point["workload"], "clients": point["concurrency"],
-                            "throughput_x": point["rps_spread"] / other["rps_spread"],
-                            "p95_x": point["p95_s"] / other["p95_s"] if point["p95_s"] and other["p95_s"] else None})
+                out.append(
+                    {
+                        "system": ours,
+                        "against": theirs,
+                        "workload": point["workload"],
+                        "clients": point["concurrency"],
+                        "throughput_x": point["rps_spread"] / other["rps_spread"],
+                        "p95_x": point["p95_s"] / other["p95_s"] if point["p95_s"] and other["p95_s"] else None,
+                    }
+                )
     return out
 
 
@@ -284,8 +357,10 @@ def markdown(out: dict[str, Any]) -> str:
     windows = out["windows_s"]
     lines = [f"Model: `{out['model']}`. Systems, each alone on the machine:", ""]
     for name, info in out["systems"].items():
-        lines.append(f"- **{name}**: {info.get('description', '')}; started in {info['startup_s']:.0f} s; model process peak RSS "
-                     f"{_s(info.get('model_peak_rss_mb'), 0)} MiB")
+        lines.append(
+            f"- **{name}**: {info.get('description', '')}; started in {info['startup_s']:.0f} s; model process peak RSS "
+            f"{_s(info.get('model_peak_rss_mb'), 0)} MiB"
+        )
     lines += [
         "",
         f"Per point {windows['classify'][0]:g} + {windows['classify'][1]:g} s (classify) and {windows['augment'][0]:g} + {windows['augment'][1]:g} s "
@@ -300,17 +375,31 @@ def markdown(out: dict[str, Any]) -> str:
     for p in out["points"]:
         if p["workload"].startswith("sweep"):
             continue
-        lines.append(f"| {p['workload']} | {p['concurrency']} | {p['system']} | {p['rps_spread']:.2f} | {_s(p['p50_s'])} | {_s(p['p95_s'])} | "
-                     f"{p['ok']} | {p['errors']} | {_s(p.get('model_cpu_cores'), 1)} |")
+        lines.append(
+            f"| {p['workload']} | {p['concurrency']} | {p['system']} | {p['rps_spread']:.2f} | {_s(p['p50_s'])} | {_s(p['p95_s'])} | "
+            f"{p['ok']} | {p['errors']} | {_s(p.get('model_cpu_cores'), 1)} |"
+        )
     if out["ratios"]:
-        lines += ["", "Side by side, same run:", "", "| system | against | workload | clients | req/s | p95 |", "|---|---|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "Side by side, same run:",
+            "",
+            "| system | against | workload | clients | req/s | p95 |",
+            "|---|---|---|---:|---:|---:|",
+        ]
         for r in out["ratios"]:
             p95 = f"{r['p95_x']:.2f}x" if r["p95_x"] is not None else "–"
-            lines.append(f"| {r['system']} | {r['against']} | {r['workload']} | {r['clients']} | **{r['throughput_x']:.2f}x** | {p95} |")
+            lines.append(
+                f"| {r['system']} | {r['against']} | {r['workload']} | {r['clients']} | **{r['throughput_x']:.2f}x** | {p95} |"
+            )
     swept = {name: most_clients_under(out["points"], name) for name in out["systems"]}
     if any(value is not None for value in swept.values()):
-        lines += ["", f"Most /classify clients served with p95 under {P95_LIMIT_S:g} s (the seed article reports 12 on an A10G GPU): "
-                  + "; ".join(f"{name} **{value}**" for name, value in swept.items() if value is not None) + "."]
+        lines += [
+            "",
+            f"Most /classify clients served with p95 under {P95_LIMIT_S:g} s (the seed article reports 12 on an A10G GPU): "
+            + "; ".join(f"{name} **{value}**" for name, value in swept.items() if value is not None)
+            + ".",
+        ]
     if not out["quick"]:
         lines += ["", "![throughput and p95 against clients](bench/results/serve.png)"]
     return "\n".join(lines) + "\n"
@@ -326,7 +415,10 @@ def plot(out: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(len(workloads), 2, figsize=(10, 7), squeeze=False)
     for row, workload in enumerate(workloads):
         for system in out["systems"]:
-            series = sorted((p for p in out["points"] if p["workload"] == workload and p["system"] == system), key=lambda p: p["concurrency"])
+            series = sorted(
+                (p for p in out["points"] if p["workload"] == workload and p["system"] == system),
+                key=lambda p: p["concurrency"],
+            )
             clients = [p["concurrency"] for p in series]
             axes[row][0].plot(clients, [p["rps_spread"] for p in series], marker="o", label=system)
             axes[row][1].plot(clients, [p["p95_s"] for p in series], marker="o", label=system)

@@ -84,7 +84,10 @@ def gpu_worker_bounds(config: dict[str, Any], gpus_per_pod: int) -> tuple[int, i
     per_replica = app["args"].get("replica_gpus", "auto")
     per_replica = 1.0 if per_replica == "auto" else float(per_replica)
     replica = next(d for d in app["deployments"] if d["name"] == "ModelReplica")
-    scaling = replica.get("autoscaling_config") or {"min_replicas": replica.get("num_replicas", 1), "max_replicas": replica.get("num_replicas", 1)}
+    scaling = replica.get("autoscaling_config") or {
+        "min_replicas": replica.get("num_replicas", 1),
+        "max_replicas": replica.get("num_replicas", 1),
+    }
     if per_replica > gpus_per_pod:
         raise ValueError(f"replica_gpus {per_replica} does not fit a pod with {gpus_per_pod} GPU(s)")
     replicas_per_pod = math.floor(gpus_per_pod / per_replica) if per_replica > 0 else 1
@@ -104,7 +107,9 @@ def _container(name: str, resources: dict[str, Any], ports: dict[str, int], serv
         "env": [{"name": "MT5_REPLICA_GPUS", "value": "1"}],
         # KubeRay finds Serve's port (for its Service and the workers' readiness probe
         # on /-/healthz) by this name; it must equal http_options.port.
-        "ports": [{"containerPort": port, "name": port_name} for port_name, port in {**ports, "serve": serve_port}.items()],
+        "ports": [
+            {"containerPort": port, "name": port_name} for port_name, port in {**ports, "serve": serve_port}.items()
+        ],
         # Let Serve drain: stop taking traffic, finish in-flight requests, then exit.
         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
     }

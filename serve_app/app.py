@@ -52,7 +52,11 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     cpus = model_replica_cpus(gpus, alive_node_cpus(nodes))
     logger.info(
         "building mt5 app: model=%s device=%s dtype=%s; each ModelReplica reserves %s CPU and %s GPU",
-        settings.model, settings.device, settings.dtype, cpus, gpus,
+        settings.model,
+        settings.device,
+        settings.dtype,
+        cpus,
+        gpus,
     )
     shared = settings.model_dump()
     replica = ModelReplica.options(ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}).bind(shared)

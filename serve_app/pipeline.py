@@ -38,12 +38,17 @@ class Pipeline:
     def from_args(cls, args: dict[str, Any] | None = None) -> Pipeline:
         return cls(AppSettings.from_args(args))
 
-    def classify(self, texts: list[str], labels: list[str], mode: Mode = "score", scoring: Scoring | None = None) -> list[dict[str, Any]]:
+    def classify(
+        self, texts: list[str], labels: list[str], mode: Mode = "score", scoring: Scoring | None = None
+    ) -> list[dict[str, Any]]:
         """One /classify answer per text, in order; `scoring` None means the settings' default."""
         return asyncio.run(self.text_tasks.classify(self, texts, labels, mode, scoring))
 
     def augment(
-        self, texts: list[str], params: SamplingParams | Sequence[SamplingParams] | None = None, checks: Checks | None = None
+        self,
+        texts: list[str],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        checks: Checks | None = None,
     ) -> list[dict[str, Any]]:
         """One /augment answer per text, in order; `params` for all texts or one per text; `checks` as
         /augment's keep_label, max_candidates and min_distance ask (label_keeping.py)."""

@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL_UNAVAILABLE
     except KeyboardInterrupt:
         # Both hubs keep unfinished files apart from the snapshot: nothing half-written is taken for a model.
-        print(f"\nmt5: interrupted while fetching {spec!r}; run the same command again to carry on.", file=sys.stderr, flush=True)
+        print(
+            f"\nmt5: interrupted while fetching {spec!r}; run the same command again to carry on.",
+            file=sys.stderr,
+            flush=True,
+        )
         # Not `return`: interpreter exit joins the hub's download pool, i.e. waits for every file to finish.
         os._exit(EXIT_INTERRUPTED)
     print(f"mt5: model ready at {resolved.path} ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)

@@ -117,5 +117,7 @@ class AppSettings(BaseModel):
         """config.yaml's templates, as the text layer renders them."""
         templates = self.templates
         return PromptTemplates(
-            Template(templates.classification), Template(templates.augment), {name: Template(text) for name, text in templates.tasks.items()}
+            Template(templates.classification),
+            Template(templates.augment),
+            {name: Template(text) for name, text in templates.tasks.items()},
         )

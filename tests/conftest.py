@@ -42,12 +42,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f"tests without one of the markers {', '.join(KINDS)}: {', '.join(untyped[:5])}")
     placed: set[Path] = set()
     for name in SHARED_SERVICES:
-        sharing = [path for path in dict.fromkeys(item.path for item in items if name in getattr(item, "fixturenames", ())) if path not in placed]
+        sharing = [
+            path
+            for path in dict.fromkeys(item.path for item in items if name in getattr(item, "fixturenames", ()))
+            if path not in placed
+        ]
         if not sharing:
             continue
         placed.update(sharing)
         block = [item for item in items if item.path in sharing]
-        block.sort(key=lambda item: item.get_closest_marker("disrupts_service") is not None)  # stable: file order otherwise
+        block.sort(
+            key=lambda item: item.get_closest_marker("disrupts_service") is not None
+        )  # stable: file order otherwise
         first = next(index for index, item in enumerate(items) if item.path in sharing)
         rest = [item for item in items if item.path not in sharing]
         items[:] = rest[:first] + block + rest[first:]

@@ -81,9 +81,22 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path.startswith(api_prefix):
-                self._json({"id": hub.repo_id, "modelId": hub.repo_id, "sha": COMMIT, "private": False, "siblings": [{"rfilename": name} for name in hub.files]})
+                self._json(
+                    {
+                        "id": hub.repo_id,
+                        "modelId": hub.repo_id,
+                        "sha": COMMIT,
+                        "private": False,
+                        "siblings": [{"rfilename": name} for name in hub.files],
+                    }
+                )
             elif path.startswith(tree_prefix):
-                self._json([{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()} for name, data in hub.files.items()])
+                self._json(
+                    [
+                        {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                        for name, data in hub.files.items()
+                    ]
+                )
             elif path.startswith(file_prefix):
                 self._file(path, body=True)
             else:

@@ -215,19 +215,31 @@ class NetCluster:
 
     def _start_args(self, node: Node) -> list[str]:
         args = [
-            str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
+            str(BIN / "ray"),
+            "start",
+            "--block",
+            "--disable-usage-stats",
             f"--node-ip-address={node.ip}",
-            f"--num-cpus={node.spec.num_cpus}", f"--num-gpus={node.spec.num_gpus}",
+            f"--num-cpus={node.spec.num_cpus}",
+            f"--num-gpus={node.spec.num_gpus}",
             f"--metrics-export-port={METRICS_PORT}",
             f"--object-store-memory={200 * 1024 * 1024}",
             f"--temp-dir={self.temp_root / node.spec.name}",
         ]
         if node.index == 0:
-            return args + ["--head", f"--port={GCS_PORT}", "--include-dashboard=true", "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}"]
+            return args + [
+                "--head",
+                f"--port={GCS_PORT}",
+                "--include-dashboard=true",
+                "--dashboard-host=0.0.0.0",
+                f"--dashboard-port={DASHBOARD_PORT}",
+            ]
         return args + [f"--address={self.gcs_address}"]
 
     def start_node(self, node: Node) -> None:
-        node.process = start_group(["ip", "netns", "exec", node.netns, *self._start_args(node)], node.log, ROOT, self._ray_env(), append=True)
+        node.process = start_group(
+            ["ip", "netns", "exec", node.netns, *self._start_args(node)], node.log, ROOT, self._ray_env(), append=True
+        )
 
     def start(self, timeout_s: float = 180) -> NetCluster:
         self.create_network()
@@ -242,8 +254,14 @@ class NetCluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for node in self.nodes:
-                if node.process is not None and node.process.poll() is not None and node.process.returncode not in (None, -9):
-                    raise RuntimeError(f"ray start on {node.spec.name} exited {node.process.returncode}:\n{self.log_tail(node)}")
+                if (
+                    node.process is not None
+                    and node.process.poll() is not None
+                    and node.process.returncode not in (None, -9)
+                ):
+                    raise RuntimeError(
+                        f"ray start on {node.spec.name} exited {node.process.returncode}:\n{self.log_tail(node)}"
+                    )
             try:
                 if ready():
                     return
@@ -275,7 +293,11 @@ class NetCluster:
         """The `serve` CLI against this cluster's dashboard, from the root namespace (like a laptop)."""
         return subprocess.run(
             [str(BIN / "serve"), *args, "--address", self.dashboard_url],
-            cwd=ROOT, env=self._ray_env(), capture_output=True, text=True, timeout=timeout,
+            cwd=ROOT,
+            env=self._ray_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     # -- Serve -----------------------------------------------------------------------------
@@ -311,7 +333,10 @@ class NetCluster:
         """deployment -> (RUNNING replicas, autoscaler's target)."""
         details = self.app_details(app) or {"deployments": {}}
         return {
-            name: (sum(1 for replica in deployment["replicas"] if replica["state"] == "RUNNING"), deployment["target_num_replicas"])
+            name: (
+                sum(1 for replica in deployment["replicas"] if replica["state"] == "RUNNING"),
+                deployment["target_num_replicas"],
+            )
             for name, deployment in details["deployments"].items()
         }
 

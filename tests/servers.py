@@ -20,7 +20,18 @@ import psutil
 
 from bench.lib.serve_run import CONFIG, ROOT, SERVE, ServeRun, free_port, shipped_config
 
-__all__ = ["CONFIG", "ROOT", "SERVE", "ServeRun", "free_port", "shipped_config", "service", "guarded_service", "replica_processes", "load_client"]
+__all__ = [
+    "CONFIG",
+    "ROOT",
+    "SERVE",
+    "ServeRun",
+    "free_port",
+    "shipped_config",
+    "service",
+    "guarded_service",
+    "replica_processes",
+    "load_client",
+]
 
 
 @contextmanager
@@ -51,7 +62,12 @@ SINGLE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
 
 def guarded_service(workdir: Path) -> contextlib.AbstractContextManager[ServeRun]:
     overrides = {
-        "ModelReplica": {"max_ongoing_requests": 4, "max_queued_requests": 4, "user_config": {"max_batch_rows": 4}, "autoscaling_config": SINGLE},
+        "ModelReplica": {
+            "max_ongoing_requests": 4,
+            "max_queued_requests": 4,
+            "user_config": {"max_batch_rows": 4},
+            "autoscaling_config": SINGLE,
+        },
         "Classifier": {"autoscaling_config": SINGLE},
         "Generator": {"autoscaling_config": SINGLE},
         "Ingress": {"autoscaling_config": SINGLE},
@@ -73,7 +89,9 @@ def replica_processes(run: ServeRun, deployment: str) -> list[psutil.Process]:
     return found
 
 
-def load_client(url: str, timeout_s: float, connections: int, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+def load_client(
+    url: str, timeout_s: float, connections: int, headers: dict[str, str] | None = None
+) -> aiohttp.ClientSession:
     """The load generator's HTTP client. aiohttp, not httpx: httpx's AsyncClient drops connections now and
     then at a few hundred concurrent requests (encode/httpx#3348), which would read as the service's fault.
 
@@ -81,4 +99,6 @@ def load_client(url: str, timeout_s: float, connections: int, headers: dict[str,
     not a total: in an open-loop flood much of a request's life is spent queued in this client.
     """
     timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
-    return aiohttp.ClientSession(base_url=url, timeout=timeout, connector=aiohttp.TCPConnector(limit=connections), headers=headers)
+    return aiohttp.ClientSession(
+        base_url=url, timeout=timeout, connector=aiohttp.TCPConnector(limit=connections), headers=headers
+    )

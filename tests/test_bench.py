@@ -34,15 +34,34 @@ def test_workloads_are_deterministic_and_shaped_as_documented():
     assert texts == chinese_texts(200, seed=0)
     assert all(20 <= len(text) <= 80 for text in texts)
     classify = classify_workload(count=10)
-    assert classify.route == "/classify" and all(body["labels"] == LABELS and len(LABELS) == 6 for body in classify.bodies)
+    assert classify.route == "/classify" and all(
+        body["labels"] == LABELS and len(LABELS) == 6 for body in classify.bodies
+    )
     augment = augment_workload(count=10)
-    assert augment.route == "/augment" and all(body["num_return_sequences"] == 2 and body["max_length"] == 32 for body in augment.bodies)
+    assert augment.route == "/augment" and all(
+        body["num_return_sequences"] == 2 and body["max_length"] == 32 for body in augment.bodies
+    )
 
 
 @pytest.mark.unit
 def test_summary_counts_only_the_measured_window():
-    samples = [Sample(0.0, 0.5, 200), Sample(0.5, 2.0, 200), Sample(2.0, 3.0, 200), Sample(3.0, 3.5, 503, "busy"), Sample(3.5, 9.0, 200)]
-    point = summarize(samples, system="x", workload="w", concurrency=1, window=(1.0, 5.0), warmup_s=1.0, in_flight_starts=[3.5], sent=5)
+    samples = [
+        Sample(0.0, 0.5, 200),
+        Sample(0.5, 2.0, 200),
+        Sample(2.0, 3.0, 200),
+        Sample(3.0, 3.5, 503, "busy"),
+        Sample(3.5, 9.0, 200),
+    ]
+    point = summarize(
+        samples,
+        system="x",
+        workload="w",
+        concurrency=1,
+        window=(1.0, 5.0),
+        warmup_s=1.0,
+        in_flight_starts=[3.5],
+        sent=5,
+    )
     assert (point.ok, point.errors, point.in_flight_at_end) == (2, 1, 1)
     assert point.rps == pytest.approx(0.5)
     # spread: (2-1)/1.5 of the second answer, all of the third, (5-3.5)/5.5 of the last, over 4 s
@@ -53,9 +72,13 @@ def test_summary_counts_only_the_measured_window():
 
 @pytest.mark.unit
 def test_four_entry_points_that_never_import_each_other():
-    help_text = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert list(COMMANDS) == ["serve", "engine", "fidelity", "gpu"] and all(name in help_text for name in COMMANDS)
-    entry_points = sorted(path.stem for path in (ROOT / "bench").glob("*.py") if path.stem not in ("__init__", "__main__"))
+    entry_points = sorted(
+        path.stem for path in (ROOT / "bench").glob("*.py") if path.stem not in ("__init__", "__main__")
+    )
     assert entry_points == sorted(COMMANDS)
     for name in COMMANDS:
         tree = ast.parse((ROOT / "bench" / f"{name}.py").read_text())
@@ -71,8 +94,13 @@ def test_the_page_is_regenerated_from_the_results_files(tmp_path):
     page = tmp_path / "BENCHMARKS.md"
     page.write_text("# hand-written text that a regeneration replaces\n")
     machine = {"description": "2-core Test CPU (avx512_bf16), 24 GiB, no GPU"}
-    results.save("engine", {"date": "2026-12-03T10:00:00+00:00", "command": "python -m bench engine", "machine": machine},
-                 "| format | texts/s |\n|---|---|\n| float32 | 5.1 |", out_dir=tmp_path / "results", page=page)
+    results.save(
+        "engine",
+        {"date": "2026-12-03T10:00:00+00:00", "command": "python -m bench engine", "machine": machine},
+        "| format | texts/s |\n|---|---|\n| float32 | 5.1 |",
+        out_dir=tmp_path / "results",
+        page=page,
+    )
     text = page.read_text()
     assert "hand-written" not in text
     assert "| float32 | 5.1 |" in text and "2-core Test CPU (avx512_bf16)" in text
@@ -99,16 +127,26 @@ def test_engine_runs_every_format_against_float32(tmp_path):
     assert list(formats) == ["float32", "bfloat16", "int8"]
     assert formats["float32"]["max_abs_dp"] == 0 and formats["float32"]["top_label_agreement"] == 1
     for name, figures in formats.items():
-        assert figures["classify_texts_per_s"] > 0 and figures["generate32_tokens_per_s"] > 0 and figures["generate1_tokens_per_s"] > 0, name
+        assert (
+            figures["classify_texts_per_s"] > 0
+            and figures["generate32_tokens_per_s"] > 0
+            and figures["generate1_tokens_per_s"] > 0
+        ), name
     assert 0 < formats["bfloat16"]["max_abs_dp"] < 0.05
-    assert out["parts"]["auto"]["dtype"] in ("float32", "bfloat16") and out["parts"]["auto"]["reason"].startswith("auto")
+    assert out["parts"]["auto"]["dtype"] in ("float32", "bfloat16") and out["parts"]["auto"]["reason"].startswith(
+        "auto"
+    )
     assert out["parts"]["keep_label"]["sample_s_per_candidate"] > 0
     side = out["parts"]["ctranslate2"]  # the same model converted: float32 probabilities match before any speed
     assert side["float32_match"]["max_abs_dp"] <= 1e-5 and side["float32_match"]["top_label_agreement"] == 1, side
     assert {"ours auto", "ours float32", "ctranslate2 float32", "ctranslate2 int8"} <= set(side["systems"])
     assert all(v["classify_texts_per_s"] > 0 and v["generate32_tokens_per_s"] > 0 for v in side["systems"].values())
     saved = json.loads((tmp_path / "engine-quick.json").read_text())
-    assert "| bfloat16 |" in saved["section"] and "| ctranslate2 int8 |" in saved["section"] and saved["command"].startswith(".venv/bin/python -m bench engine --quick")
+    assert (
+        "| bfloat16 |" in saved["section"]
+        and "| ctranslate2 int8 |" in saved["section"]
+        and saved["command"].startswith(".venv/bin/python -m bench engine --quick")
+    )
 
 
 @pytest.mark.unit
@@ -116,28 +154,60 @@ def test_fidelity_compares_every_variant_with_float32(tmp_path):
     out = bench(["fidelity", "--quick", "--int8-by-layer", "--out", str(tmp_path)])
     [model] = out["models"]
     variants = model["variants"]
-    assert {"float32, full vocabulary (reference)", "float32, label_tokens", "bfloat16, full vocabulary", "int8, full vocabulary"} <= set(variants)
+    assert {
+        "float32, full vocabulary (reference)",
+        "float32, label_tokens",
+        "bfloat16, full vocabulary",
+        "int8, full vocabulary",
+    } <= set(variants)
     assert variants["float32, full vocabulary (reference)"]["alone_vs_batch"]["max_abs_dp"] < 1e-5
     assert all(0 <= v.get("max_abs_dp", 0) <= 1 and v["requests_per_s"] > 0 for v in variants.values())
     # Layer by layer: every linear is in exactly one group; int8 everywhere is the service's int8, to the last bit.
     study = model["int8_by_layer"]
     by_layer = study["variants"]
-    assert by_layer["everywhere"]["quantised_linears"] == study["linears"] and by_layer["only lm_head"]["quantised_linears"] == 1
+    assert (
+        by_layer["everywhere"]["quantised_linears"] == study["linears"]
+        and by_layer["only lm_head"]["quantised_linears"] == 1
+    )
     groups = [name.removeprefix("only ") for name in by_layer if name.startswith("only ")]
-    assert len(groups) == 8 and sum(by_layer[f"only {group}"]["quantised_linears"] for group in groups) == study["linears"]
-    assert all(by_layer[f"only {group}"]["quantised_linears"] + by_layer[f"all but {group}"]["quantised_linears"] == study["linears"] for group in groups)
+    assert (
+        len(groups) == 8 and sum(by_layer[f"only {group}"]["quantised_linears"] for group in groups) == study["linears"]
+    )
+    assert all(
+        by_layer[f"only {group}"]["quantised_linears"] + by_layer[f"all but {group}"]["quantised_linears"]
+        == study["linears"]
+        for group in groups
+    )
     assert by_layer["everywhere"]["max_abs_dp"] == variants["int8, full vocabulary"]["max_abs_dp"]
-    assert "| all but decoder feed-forward out (wo) | " in json.loads((tmp_path / "fidelity-quick.json").read_text())["section"]
+    assert (
+        "| all but decoder feed-forward out (wo) | "
+        in json.loads((tmp_path / "fidelity-quick.json").read_text())["section"]
+    )
 
 
 @pytest.mark.unit
 def test_gpu_refuses_a_machine_without_cuda_and_runs_every_part_when_told_cpu(tmp_path):
-    refused = subprocess.run([sys.executable, "-m", "bench", "gpu", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
-    assert refused.returncode != 0 and "sees no usable CUDA device" in refused.stderr and not (tmp_path / "gpu.json").exists()
+    refused = subprocess.run(
+        [sys.executable, "-m", "bench", "gpu", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (
+        refused.returncode != 0
+        and "sees no usable CUDA device" in refused.stderr
+        and not (tmp_path / "gpu.json").exists()
+    )
     out = bench(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path)])
     assert out["device"] == "cpu"
     assert not [name for name, part in out["parts"].items() if "error" in part], out["parts"]
-    assert set(out["parts"]) == {"augment_latency", "decode_graphs", "memory", "classify_batch", "classify_clients", "seeded_invariance", "against_baseline", "fidelity"}
+    assert set(out["parts"]) == {
+        "augment_latency",
+        "decode_graphs",
+        "memory",
+        "classify_batch",
+        "classify_clients",
+        "seeded_invariance",
+        "against_baseline",
+        "fidelity",
+    }
     assert out["parts"]["augment_latency"]["result"]["median_s"] > 0
     graphs = out["parts"]["decode_graphs"]["result"]
     assert not graphs["captured"] and graphs["graphs_captured"] == 0  # no CUDA: the fixed-shape step, uncaptured
@@ -153,21 +223,45 @@ def test_an_earlier_release_is_checked_out_beside_the_tree(tmp_path):
     from bench.serve import checkout
 
     tree = checkout("HEAD", tmp_path / "tree")
-    assert (tree / "config.yaml").read_text() == subprocess.run(["git", "show", "HEAD:config.yaml"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert (tree / "config.yaml").read_text() == subprocess.run(
+        ["git", "show", "HEAD:config.yaml"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     assert (tree / "serve_app" / "app.py").is_file() and not (tree / ".git").exists()
 
 
 @pytest.mark.service
 def test_serve_runs_the_baseline_and_the_service_side_by_side(tmp_path):
-    out = bench(["serve", "--quick", "--workloads", "classify", "augment", "sweep", "--concurrency", "2",
-                 "--sweep-clients", "1", "2", "--augment-max-length", "4", "--out", str(tmp_path)])
+    out = bench(
+        [
+            "serve",
+            "--quick",
+            "--workloads",
+            "classify",
+            "augment",
+            "sweep",
+            "--concurrency",
+            "2",
+            "--sweep-clients",
+            "1",
+            "2",
+            "--augment-max-length",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert set(out["systems"]) == {"baseline", "serve"}
     plain = [p for p in out["points"] if not p["workload"].startswith("sweep")]
     assert {(p["system"], p["workload"], p["concurrency"]) for p in plain} == {
         (system, workload, 2) for system in ("baseline", "serve") for workload in ("classify", "augment")
     }
     swept = [(p["system"], p["concurrency"]) for p in out["points"] if p["workload"] == "sweep:classify"]
-    assert swept == [("baseline", 1), ("baseline", 2), ("serve", 1), ("serve", 2)]  # p95 stays under 1 s on the demo model
+    assert swept == [
+        ("baseline", 1),
+        ("baseline", 2),
+        ("serve", 1),
+        ("serve", 2),
+    ]  # p95 stays under 1 s on the demo model
     assert all(p["errors"] == 0 and p["ok"] > 0 for p in out["points"]), out["points"]
     assert {(r["workload"], r["clients"]) for r in out["ratios"]} == {("classify", 2), ("augment", 2)}
     assert out["systems"]["serve"]["health"]["dtype_reason"].startswith("auto")  # the shipped config.yaml: dtype auto

@@ -51,7 +51,14 @@ def bulk_env() -> dict[str, str]:
     # Token auth on, with a token of this module's own: works on a machine without ~/.ray/auth_token,
     # and an explicit --address needs RAY_AUTH_MODE=token to send it.
     # float32 as the `served` fixture (conftest.py): Ray Data and HTTP answers are compared across batch shapes.
-    env = {**os.environ, "MT5_MODEL": "demo", "MT5_DTYPE": "float32", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_DEDUP_LOGS": "0"}
+    env = {
+        **os.environ,
+        "MT5_MODEL": "demo",
+        "MT5_DTYPE": "float32",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_DEDUP_LOGS": "0",
+    }
     for variable in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(variable, None)
     return env
@@ -85,8 +92,12 @@ def ray_address(bulk_env: dict[str, str]) -> Iterator[str]:
             time.sleep(0.5)
 
 
-def bulk(args: Sequence[str | Path], env: dict[str, str], cwd: Path, expect: int = 0, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(MT5_BULK), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def bulk(
+    args: Sequence[str | Path], env: dict[str, str], cwd: Path, expect: int = 0, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(MT5_BULK), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == expect, f"exit {result.returncode}:\n{result.stderr[-4000:]}"
     return result
 
@@ -103,7 +114,21 @@ def good_records(workdir: Path) -> list[Record]:
 
 @pytest.fixture(scope="module")
 def classified(workdir: Path, good_records: list[Record], ray_address: str, bulk_env: dict[str, str]) -> Path:
-    result = bulk(["classify", "in.jsonl", "classified.jsonl", "--labels", LABELS_ARG, "--model", "demo", "--address", ray_address], bulk_env, workdir)
+    result = bulk(
+        [
+            "classify",
+            "in.jsonl",
+            "classified.jsonl",
+            "--labels",
+            LABELS_ARG,
+            "--model",
+            "demo",
+            "--address",
+            ray_address,
+        ],
+        bulk_env,
+        workdir,
+    )
     assert f"wrote {len(good_records)} record(s) to classified.jsonl, {len(MALFORMED)} error(s)" in result.stderr
     assert "records/s" in result.stderr
     return workdir / "classified.jsonl"
@@ -111,11 +136,17 @@ def classified(workdir: Path, good_records: list[Record], ray_address: str, bulk
 
 @pytest.fixture(scope="module")
 def augmented(workdir: Path, good_records: list[Record], ray_address: str, bulk_env: dict[str, str]) -> Path:
-    bulk(["augment", "in.jsonl", "augmented.jsonl", *AUGMENT_ARGS, "--model", "demo", "--address", ray_address], bulk_env, workdir)
+    bulk(
+        ["augment", "in.jsonl", "augmented.jsonl", *AUGMENT_ARGS, "--model", "demo", "--address", ray_address],
+        bulk_env,
+        workdir,
+    )
     return workdir / "augmented.jsonl"
 
 
-def test_classify_writes_one_answer_per_good_record_in_input_order(classified: Path, good_records: list[Record]) -> None:
+def test_classify_writes_one_answer_per_good_record_in_input_order(
+    classified: Path, good_records: list[Record]
+) -> None:
     rows = read_jsonl(classified)
     assert len(rows) == len(good_records) == TOTAL_LINES - len(MALFORMED) - len(BLANK_LINES)
     assert [row["id"] for row in rows] == [record.id for record in good_records]
@@ -137,9 +168,26 @@ def test_malformed_lines_go_to_the_errors_file_with_their_line_numbers(classifie
     assert [error["id"] for error in errors] == [17, "r250", "r503", "r777", 1001, "r1500", 1999]
 
 
-def test_a_finished_output_is_not_replaced_by_the_same_command(classified: Path, ray_address: str, bulk_env: dict[str, str]) -> None:
+def test_a_finished_output_is_not_replaced_by_the_same_command(
+    classified: Path, ray_address: str, bulk_env: dict[str, str]
+) -> None:
     before = classified.read_bytes()
-    result = bulk(["classify", "in.jsonl", "classified.jsonl", "--labels", LABELS_ARG, "--model", "demo", "--address", ray_address], bulk_env, classified.parent, expect=1)
+    result = bulk(
+        [
+            "classify",
+            "in.jsonl",
+            "classified.jsonl",
+            "--labels",
+            LABELS_ARG,
+            "--model",
+            "demo",
+            "--address",
+            ray_address,
+        ],
+        bulk_env,
+        classified.parent,
+        expect=1,
+    )
     assert "already exist" in result.stderr and "--overwrite" in result.stderr
     assert classified.read_bytes() == before
 
@@ -179,7 +227,9 @@ def _interrupt(args: Sequence[str | Path], sig: int, env: dict[str, str], cwd: P
     return state
 
 
-def test_ctrl_c_then_rerun_gives_the_same_bytes_as_one_run(augmented: Path, workdir: Path, bulk_env: dict[str, str]) -> None:
+def test_ctrl_c_then_rerun_gives_the_same_bytes_as_one_run(
+    augmented: Path, workdir: Path, bulk_env: dict[str, str]
+) -> None:
     """On a local Ray (no --address): SIGINT mid-job, then the same command again."""
     args = ["augment", "in.jsonl", "interrupted.jsonl", *AUGMENT_ARGS, "--model", "demo"]
     state = _interrupt(args, signal.SIGINT, bulk_env, workdir, Path("interrupted.jsonl"))
@@ -188,11 +238,15 @@ def test_ctrl_c_then_rerun_gives_the_same_bytes_as_one_run(augmented: Path, work
     result = bulk(args, bulk_env, workdir)
     assert f"resuming interrupted.jsonl: {state['next_item']} of" in result.stderr
     assert (workdir / "interrupted.jsonl").read_bytes() == augmented.read_bytes()
-    assert (workdir / "interrupted.jsonl.errors.jsonl").read_bytes() == (workdir / "augmented.jsonl.errors.jsonl").read_bytes()
+    assert (workdir / "interrupted.jsonl.errors.jsonl").read_bytes() == (
+        workdir / "augmented.jsonl.errors.jsonl"
+    ).read_bytes()
     assert not progress_path(workdir / "interrupted.jsonl").exists()
 
 
-def test_kill_9_then_rerun_gives_the_same_bytes_as_one_run(augmented: Path, workdir: Path, ray_address: str, bulk_env: dict[str, str]) -> None:
+def test_kill_9_then_rerun_gives_the_same_bytes_as_one_run(
+    augmented: Path, workdir: Path, ray_address: str, bulk_env: dict[str, str]
+) -> None:
     args = ["augment", "in.jsonl", "killed.jsonl", *AUGMENT_ARGS, "--model", "demo", "--address", ray_address]
     state = _interrupt(args, signal.SIGKILL, bulk_env, workdir, Path("killed.jsonl"))
     with (workdir / "killed.jsonl").open("ab") as handle:  # as if the kill landed in the middle of a write
@@ -201,7 +255,9 @@ def test_kill_9_then_rerun_gives_the_same_bytes_as_one_run(augmented: Path, work
     result = bulk(args, bulk_env, workdir)
     assert f"resuming killed.jsonl: {state['next_item']} of" in result.stderr
     assert (workdir / "killed.jsonl").read_bytes() == augmented.read_bytes()
-    assert (workdir / "killed.jsonl.errors.jsonl").read_bytes() == (workdir / "augmented.jsonl.errors.jsonl").read_bytes()
+    assert (workdir / "killed.jsonl.errors.jsonl").read_bytes() == (
+        workdir / "augmented.jsonl.errors.jsonl"
+    ).read_bytes()
 
 
 def test_csv_in_csv_out(workdir: Path, ray_address: str, bulk_env: dict[str, str]) -> None:
@@ -213,7 +269,23 @@ def test_csv_in_csv_out(workdir: Path, ray_address: str, bulk_env: dict[str, str
     (workdir / "in.csv").write_text(buffer.getvalue(), encoding="utf-8")
 
     bulk(
-        ["classify", "in.csv", "out.csv", "--labels", LABELS_ARG, "--mode", "generate", "--text-field", "内容", "--id-field", "编号", "--address", ray_address, "--workers", "1"],
+        [
+            "classify",
+            "in.csv",
+            "out.csv",
+            "--labels",
+            LABELS_ARG,
+            "--mode",
+            "generate",
+            "--text-field",
+            "内容",
+            "--id-field",
+            "编号",
+            "--address",
+            ray_address,
+            "--workers",
+            "1",
+        ],
         bulk_env,
         workdir,
     )
@@ -229,8 +301,12 @@ def test_csv_in_csv_out(workdir: Path, ray_address: str, bulk_env: dict[str, str
     assert error == {"line": 22, "id": "c20", "error": "row has 1 fields, the header 2: no value for column '内容'"}
 
 
-def test_url_mode_classifies_like_ray_data(classified: Path, workdir: Path, base_url: str, bulk_env: dict[str, str]) -> None:
-    bulk(["classify", "in.jsonl", "classified-http.jsonl", "--labels", LABELS_ARG, "--url", base_url], bulk_env, workdir)
+def test_url_mode_classifies_like_ray_data(
+    classified: Path, workdir: Path, base_url: str, bulk_env: dict[str, str]
+) -> None:
+    bulk(
+        ["classify", "in.jsonl", "classified-http.jsonl", "--labels", LABELS_ARG, "--url", base_url], bulk_env, workdir
+    )
     over_http, on_ray = read_jsonl(workdir / "classified-http.jsonl"), read_jsonl(classified)
     assert len(over_http) == len(on_ray)
     for a, b in zip(over_http, on_ray):
@@ -241,11 +317,17 @@ def test_url_mode_classifies_like_ray_data(classified: Path, workdir: Path, base
     assert errors_http == (workdir / "classified.jsonl.errors.jsonl").read_bytes()
 
 
-def test_url_mode_seeded_augment_matches_ray_data(augmented: Path, workdir: Path, base_url: str, bulk_env: dict[str, str]) -> None:
+def test_url_mode_seeded_augment_matches_ray_data(
+    augmented: Path, workdir: Path, base_url: str, bulk_env: dict[str, str]
+) -> None:
     # The first 300 lines: each record's seed comes from its line, so these answers equal the first rows of the full run.
     head = b"\n".join((workdir / "in.jsonl").read_bytes().split(b"\n")[:300]) + b"\n"
     (workdir / "head.jsonl").write_bytes(head)
-    bulk(["augment", "head.jsonl", "augmented-http.jsonl", *AUGMENT_ARGS, "--url", base_url, "--concurrency", "8"], bulk_env, workdir)
+    bulk(
+        ["augment", "head.jsonl", "augmented-http.jsonl", *AUGMENT_ARGS, "--url", base_url, "--concurrency", "8"],
+        bulk_env,
+        workdir,
+    )
     over_http = (workdir / "augmented-http.jsonl").read_text(encoding="utf-8").splitlines()
     on_ray = augmented.read_text(encoding="utf-8").splitlines()
     assert len(over_http) == 300 - 2  # lines 17 and 250 are malformed
@@ -253,7 +335,19 @@ def test_url_mode_seeded_augment_matches_ray_data(augmented: Path, workdir: Path
 
 
 # ----------------------------------------------------------------------- augmentation that keeps the label
-KEEP_LABEL_ARGS = ["--num", "2", "--max-length", "10", "--seed", "5", "--keep-label", "--labels", LABELS_ARG, "--min-distance", "0.2"]
+KEEP_LABEL_ARGS = [
+    "--num",
+    "2",
+    "--max-length",
+    "10",
+    "--seed",
+    "5",
+    "--keep-label",
+    "--labels",
+    LABELS_ARG,
+    "--min-distance",
+    "0.2",
+]
 
 
 def test_keep_label_bulk_job_on_ray_data_and_over_http_agree_with_classify(
@@ -261,14 +355,23 @@ def test_keep_label_bulk_job_on_ray_data_and_over_http_agree_with_classify(
 ) -> None:
     head = b"\n".join((workdir / "in.jsonl").read_bytes().split(b"\n")[:12]) + b"\n"
     (workdir / "keep.jsonl").write_bytes(head)
-    bulk(["augment", "keep.jsonl", "kept.jsonl", *KEEP_LABEL_ARGS, "--model", "demo", "--address", ray_address], bulk_env, workdir)
+    bulk(
+        ["augment", "keep.jsonl", "kept.jsonl", *KEEP_LABEL_ARGS, "--model", "demo", "--address", ray_address],
+        bulk_env,
+        workdir,
+    )
     bulk(["augment", "keep.jsonl", "kept-http.jsonl", *KEEP_LABEL_ARGS, "--url", base_url], bulk_env, workdir)
     on_ray, over_http = read_jsonl(workdir / "kept.jsonl"), read_jsonl(workdir / "kept-http.jsonl")
     assert len(on_ray) == len(over_http) == 12
     labels = list(parse_labels(LABELS_ARG))
     for a, b in zip(on_ray, over_http):
         assert set(a) == {"id", "text", "augmented_texts", "truncated", "label", "label_scores", "candidates"}
-        assert (a["id"], a["augmented_texts"], a["label"], a["candidates"]) == (b["id"], b["augmented_texts"], b["label"], b["candidates"])
+        assert (a["id"], a["augmented_texts"], a["label"], a["candidates"]) == (
+            b["id"],
+            b["augmented_texts"],
+            b["label"],
+            b["candidates"],
+        )
         assert a["label_scores"] == pytest.approx(b["label_scores"], abs=1e-5)
         for text in a["augmented_texts"]:
             answer = httpx.post(f"{base_url}/classify", json={"text": text, "labels": labels}, timeout=60).json()

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.unit
 
 # ------------------------------------------------------------------------------ reader
 
+
 def test_jsonl_reader_keeps_good_records_and_reports_each_bad_line(tmp_path: Path) -> None:
     good = write_jsonl(tmp_path / "in.jsonl", 1200)
     source = read_input(tmp_path / "in.jsonl")
@@ -80,7 +81,9 @@ def test_jsonl_reader_edge_cases() -> None:
         10: "missing field 'text'",
     }
     # another field name for the text and the id
-    assert list(parse_jsonl(b'{"key": "k1", "body": "\xe6\xad\xa3\xe6\x96\x87"}', "body", "key")) == [Record(1, "k1", "正文")]
+    assert list(parse_jsonl(b'{"key": "k1", "body": "\xe6\xad\xa3\xe6\x96\x87"}', "body", "key")) == [
+        Record(1, "k1", "正文")
+    ]
 
 
 def test_csv_reader_line_numbers_quoted_newlines_short_rows_and_bom() -> None:
@@ -120,7 +123,10 @@ def test_csv_reader_bad_utf8_costs_one_record(tmp_path: Path) -> None:
 def test_tsv_and_other_column_names(tmp_path: Path) -> None:
     path = tmp_path / "in.tsv"
     path.write_text("key\tbody\nk1\t第一条\nk2\t第二条\n", encoding="utf-8")
-    assert read_input(path, text_field="body", id_field="key").items == [Record(2, "k1", "第一条"), Record(3, "k2", "第二条")]
+    assert read_input(path, text_field="body", id_field="key").items == [
+        Record(2, "k1", "第一条"),
+        Record(3, "k2", "第二条"),
+    ]
 
 
 def test_unusable_inputs_stop_before_any_work(tmp_path: Path) -> None:
@@ -136,13 +142,33 @@ def test_unusable_inputs_stop_before_any_work(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ output, chunks, seeds
 
+
 def test_csv_results_json_encode_lists_and_read_back() -> None:
     fmt = ResultFormat("csv", ["id", "text", "label", "labels", "scores", "truncated"])
-    row = {"id": 3, "text": '引号"和,逗号\n换行', "label": "其他", "labels": ["其他", "物流延迟"], "scores": [0.75, 0.25], "truncated": False}
+    row = {
+        "id": 3,
+        "text": '引号"和,逗号\n换行',
+        "label": "其他",
+        "labels": ["其他", "物流延迟"],
+        "scores": [0.75, 0.25],
+        "truncated": False,
+    }
     parsed = list(csv.DictReader(io.StringIO((fmt.header() + fmt.row(row)).decode("utf-8"))))
-    assert parsed == [{"id": "3", "text": '引号"和,逗号\n换行', "label": "其他", "labels": '["其他", "物流延迟"]', "scores": "[0.75, 0.25]", "truncated": "false"}]
+    assert parsed == [
+        {
+            "id": "3",
+            "text": '引号"和,逗号\n换行',
+            "label": "其他",
+            "labels": '["其他", "物流延迟"]',
+            "scores": "[0.75, 0.25]",
+            "truncated": "false",
+        }
+    ]
     assert json.loads(parsed[0]["labels"]) == ["其他", "物流延迟"]
-    assert ResultFormat("jsonl", ["id", "text"]).row({"id": "a", "text": "中文", "extra": 1}) == '{"id": "a", "text": "中文"}\n'.encode()
+    assert (
+        ResultFormat("jsonl", ["id", "text"]).row({"id": "a", "text": "中文", "extra": 1})
+        == '{"id": "a", "text": "中文"}\n'.encode()
+    )
 
 
 def _items(n: int, bad: set[int]) -> list[Record | BadRecord]:
@@ -160,7 +186,10 @@ def test_chunks_skip_bad_records_and_are_the_same_after_a_resume() -> None:
         assert plan_chunks(items, chunk.end, max_records=8) == chunks[index + 1 :]
     # a byte budget also cuts chunks (each text here is 7-9 UTF-8 bytes)
     by_bytes = plan_chunks(items, 0, max_records=50, max_bytes=30)
-    assert all(3 <= len(chunk.records) <= 4 and sum(len(r.text.encode()) for r in chunk.records) <= 30 for chunk in by_bytes[:-1])
+    assert all(
+        3 <= len(chunk.records) <= 4 and sum(len(r.text.encode()) for r in chunk.records) <= 30
+        for chunk in by_bytes[:-1]
+    )
 
 
 def test_record_seed_depends_on_job_seed_and_line_only() -> None:
@@ -184,7 +213,9 @@ def test_labels_and_task_validation() -> None:
 def test_actor_pool_uses_every_gpu_else_the_cpus() -> None:
     from serve_app.bulk.ray_runner import PoolPlan, plan_pool
 
-    assert plan_pool({"CPU": 32, "GPU": 4}, 16, "auto", None) == PoolPlan(workers=4, num_gpus=1, num_cpus=1, torch_threads=None)
+    assert plan_pool({"CPU": 32, "GPU": 4}, 16, "auto", None) == PoolPlan(
+        workers=4, num_gpus=1, num_cpus=1, torch_threads=None
+    )
     assert plan_pool({"CPU": 32, "GPU": 4}, 16, "auto", 8).num_gpus == 0.5  # two workers per GPU
     assert plan_pool({"CPU": 32, "GPU": 4}, 16, "cpu", None).num_gpus == 0  # --device cpu leaves the GPUs alone
     assert plan_pool({"CPU": 2}, 2, "auto", None) == PoolPlan(workers=2, num_gpus=0, num_cpus=1, torch_threads=1)
@@ -193,6 +224,7 @@ def test_actor_pool_uses_every_gpu_else_the_cpus() -> None:
 
 
 # -------------------------------------------------------------------------- resume (in process)
+
 
 class FakeRunner:
     """Answers every text with its reverse; optionally stops (like Ctrl+C) before chunk `stop_at`."""
@@ -208,16 +240,28 @@ class FakeRunner:
                 raise KeyboardInterrupt
             self.chunks_seen.append(chunk)
             yield [
-                Outcome(error="text: refused") if r.text == self.refuse else Outcome(answer={"augmented_texts": [r.text[::-1]], "truncated": False})
+                Outcome(error="text: refused")
+                if r.text == self.refuse
+                else Outcome(answer={"augmented_texts": [r.text[::-1]], "truncated": False})
                 for r in chunk.records
             ]
 
 
-def _job(tmp_path: Path, name: str, items: list[Record | BadRecord], runner: FakeRunner, settings: dict[str, Any] | None = None, overwrite: bool = False, fmt: str = "jsonl") -> Path:
+def _job(
+    tmp_path: Path,
+    name: str,
+    items: list[Record | BadRecord],
+    runner: FakeRunner,
+    settings: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    fmt: str = "jsonl",
+) -> Path:
     output = tmp_path / f"{name}.{fmt}"
     columns = ["id", "text", "augmented_texts", "truncated"]
     result_format = ResultFormat(fmt, columns)  # type: ignore[arg-type]
-    files = JobFiles(output, tmp_path / f"{name}.errors.jsonl", settings or {"task": "fake"}, header=result_format.header())
+    files = JobFiles(
+        output, tmp_path / f"{name}.errors.jsonl", settings or {"task": "fake"}, header=result_format.header()
+    )
     files.open(overwrite)
     try:
         run_job(items, files, result_format, runner, chunk_records=7)
@@ -249,7 +293,13 @@ def test_interrupted_job_resumes_without_loss_or_duplicates(tmp_path: Path, fmt:
     assert (tmp_path / "resumed.errors.jsonl").read_bytes() == (tmp_path / "straight.errors.jsonl").read_bytes()
     assert not progress_path(output).exists()
     errors = read_jsonl(tmp_path / "straight.errors.jsonl")
-    assert [(e["line"], e["error"]) for e in errors] == [(3, "bad"), (40, "bad"), (41, "bad"), (77, "text: refused"), (200, "bad")]
+    assert [(e["line"], e["error"]) for e in errors] == [
+        (3, "bad"),
+        (40, "bad"),
+        (41, "bad"),
+        (77, "text: refused"),
+        (200, "bad"),
+    ]
 
 
 def test_existing_outputs_are_never_silently_replaced(tmp_path: Path) -> None:
@@ -280,11 +330,16 @@ def test_an_engine_refusal_fails_only_its_own_record() -> None:
     pipeline = Pipeline()
     spec = TaskSpec("classify", labels=("甲", "乙"))
     outcomes = run_chunk(pipeline, spec, [1, 2, 3], ["好", "坏", "行"])  # type: ignore[arg-type]
-    assert outcomes == [Outcome(answer={"sequence": "好", "label": "甲"}), Outcome(error="text: is refused"), Outcome(answer={"sequence": "行", "label": "甲"})]
+    assert outcomes == [
+        Outcome(answer={"sequence": "好", "label": "甲"}),
+        Outcome(error="text: is refused"),
+        Outcome(answer={"sequence": "行", "label": "甲"}),
+    ]
     assert pipeline.calls == [["好", "坏", "行"], ["好"], ["坏"], ["行"]]
 
 
 # -------------------------------------------------------------------------- HTTP runner (fake service)
+
 
 def _records(n: int) -> list[Record]:
     return [Record(i, i, f"文本{i}") for i in range(1, n + 1)]
@@ -292,7 +347,15 @@ def _records(n: int) -> list[Record]:
 
 def _classify_answer(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content)
-    return httpx.Response(200, json={"results": [{"sequence": t, "label": "甲", "labels": ["甲", "乙"], "scores": [0.6, 0.4], "truncated": False} for t in body["texts"]]})
+    return httpx.Response(
+        200,
+        json={
+            "results": [
+                {"sequence": t, "label": "甲", "labels": ["甲", "乙"], "scores": [0.6, 0.4], "truncated": False}
+                for t in body["texts"]
+            ]
+        },
+    )
 
 
 def test_http_runner_retries_503_as_told_by_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,7 +400,9 @@ def test_http_runner_422_costs_only_the_refused_text() -> None:
         if request.url.path == "/healthz":
             return httpx.Response(200, json={"status": "ok"})
         if "文本2" in json.loads(request.content)["texts"]:
-            return httpx.Response(422, json={"detail": [{"field": "texts.0", "msg": "is refused", "type": "value_error"}]})
+            return httpx.Response(
+                422, json={"detail": [{"field": "texts.0", "msg": "is refused", "type": "value_error"}]}
+            )
         return _classify_answer(request)
 
     spec = TaskSpec("classify", labels=("甲", "乙"))
@@ -386,7 +451,9 @@ def test_seeded_augment_over_http_sends_each_record_its_own_seed() -> None:
             return httpx.Response(200, json={"status": "ok"})
         body = json.loads(request.content)
         bodies.append(body)
-        return httpx.Response(200, json={"augmented_texts": [["改写"]] * len(body["texts"]), "truncated": [False] * len(body["texts"])})
+        return httpx.Response(
+            200, json={"augmented_texts": [["改写"]] * len(body["texts"]), "truncated": [False] * len(body["texts"])}
+        )
 
     spec = TaskSpec("augment", sampling=SamplingParams(num_return_sequences=3, max_new_tokens=8, seed=11))
     with HttpRunner("http://svc", spec, transport=httpx.MockTransport(service)) as runner:
@@ -411,7 +478,9 @@ def test_seeded_augment_over_http_sends_each_record_its_own_seed() -> None:
         (["--min-distance", "1.5"], "--min-distance"),
     ],
 )
-def test_keep_label_flags_are_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str) -> None:
+def test_keep_label_flags_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
     """mt5-bulk's own entry point (serve_app.bulk.cli.main): a bad flag is a usage error naming it, before any file or model is touched."""
     from serve_app.bulk.cli import main
 
@@ -420,4 +489,3 @@ def test_keep_label_flags_are_checked_before_any_work(tmp_path: Path, capsys: py
     assert exit_.value.code == 2
     assert f"{named}: " in capsys.readouterr().err
     assert not (tmp_path / "never.jsonl").exists()
-

@@ -47,7 +47,16 @@ SCALING = {
 # The GPUs are declared to Ray, not real: the replicas are told to use the CPU (with device auto a
 # replica that reserved a GPU and finds no CUDA stops, rather than serve at CPU speed unnoticed).
 ARGS = {"model": "demo", "device": "cpu", "replica_gpus": 0.5, "torch_threads": 1}
-TEXTS = ["今天天气很好", "物流太慢了", "商品包装破损", "客服回复及时", "这部电影很好看", "价格有点贵", "质量不错", "下次还来"]
+TEXTS = [
+    "今天天气很好",
+    "物流太慢了",
+    "商品包装破损",
+    "客服回复及时",
+    "这部电影很好看",
+    "价格有点贵",
+    "质量不错",
+    "下次还来",
+]
 LABELS = ["天气", "物流", "质量", "服务"]
 
 
@@ -130,8 +139,14 @@ def nginx(cluster: NetCluster) -> Iterator[Nginx]:
     proxies = [f"{node.ip}:{SERVE_PORT}" for node in cluster.nodes]
     listen = f"127.0.0.1:{free_port()}"
     conf = render_all(state_dir, proxies, listen=listen)
-    process = start_group(["nginx", "-c", str(conf), "-e", str(state_dir / "error.log"), "-g", "daemon off;"], state_dir / "nginx.out", ROOT, dict(os.environ))
+    process = start_group(
+        ["nginx", "-c", str(conf), "-e", str(state_dir / "error.log"), "-g", "daemon off;"],
+        state_dir / "nginx.out",
+        ROOT,
+        dict(os.environ),
+    )
     server = Nginx(conf, state_dir, f"http://{listen}", proxies, process)
+
     def up() -> bool:
         try:
             return httpx.get(f"{server.url}/lb-healthz", timeout=2).status_code == 200
@@ -239,14 +254,18 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, interval_s: float 
 def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetCluster) -> None:
     details = cluster.app_details()
     node_names = {node.ip: node.spec.name for node in cluster.nodes}
-    placement = {name: sorted(node_names[r["node_ip"]] for r in d["replicas"]) for name, d in details["deployments"].items()}
+    placement = {
+        name: sorted(node_names[r["node_ip"]] for r in d["replicas"]) for name, d in details["deployments"].items()
+    }
     print("placement:", placement)
     used = {name for names in placement.values() for name in names}
     assert len(used) >= 2, placement
     # Ray's own actor table agrees: each replica actor is alive on the node Serve reports.
     actors = {actor["actor_id"]: actor for actor in cluster.actors()}
     replicas = [r for d in details["deployments"].values() for r in d["replicas"]]
-    assert all(actors[r["actor_id"]]["node_id"] == r["node_id"] and actors[r["actor_id"]]["state"] == "ALIVE" for r in replicas)
+    assert all(
+        actors[r["actor_id"]]["node_id"] == r["node_id"] and actors[r["actor_id"]]["state"] == "ALIVE" for r in replicas
+    )
     assert len({actors[r["actor_id"]]["node_id"] for r in replicas}) >= 2
     # build_app saw the cluster's GPUs and asked for replica_gpus per ModelReplica...
     assert details["deployments"]["ModelReplica"]["required_resources"] == {"CPU": 1, "GPU": 0.5}
@@ -256,9 +275,14 @@ def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetClu
     # with no CUDA behind the declared GPUs the replica fell back to the CPU and says so.
     for node in cluster.nodes:
         # A node's proxy starts once the node hosts a replica; it may still be binding its port here.
-        assert wait_for(lambda: probe(f"{node.ip}:{SERVE_PORT}", timeout_s=2), timeout_s=60), f"no proxy on {node.spec.name}"
+        assert wait_for(lambda: probe(f"{node.ip}:{SERVE_PORT}", timeout_s=2), timeout_s=60), (
+            f"no proxy on {node.spec.name}"
+        )
         health = httpx.get(f"{node.proxy_url}/healthz", timeout=30).json()
-        assert health["status"] == "ok" and health["device"] == "cpu" and health["demo"] is True, (node.spec.name, health)
+        assert health["status"] == "ok" and health["device"] == "cpu" and health["demo"] is True, (
+            node.spec.name,
+            health,
+        )
     proxies = cluster.api("/api/serve/applications/")["proxies"]
     assert sorted(proxy["node_ip"] for proxy in proxies.values()) == sorted(node.ip for node in cluster.nodes)
 
@@ -268,7 +292,9 @@ def test_batching_knobs_change_live_without_restarting_replicas(cluster: NetClus
 
     def model_replicas() -> dict[str, Any]:
         details = cluster.app_details() or {"deployments": {}}
-        return {r["replica_id"]: r for r in details["deployments"]["ModelReplica"]["replicas"] if r["state"] == "RUNNING"}
+        return {
+            r["replica_id"]: r for r in details["deployments"]["ModelReplica"]["replicas"] if r["state"] == "RUNNING"
+        }
 
     before = model_replicas()
     assert before
@@ -304,7 +330,9 @@ def test_nginx_spreads_over_proxies_and_skips_one_marked_down(cluster: NetCluste
         assert all(classify(client, nginx.url).status_code == 200 for _ in range(12))
         for path, status in (("/healthz", 200), ("/-/healthz", 200), ("/nope", 404)):
             assert client.get(f"{nginx.url}{path}").status_code == status, path
-        oversized = client.post(f"{nginx.url}/classify", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"})
+        oversized = client.post(
+            f"{nginx.url}/classify", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"}
+        )
         assert oversized.status_code == 413  # refused by nginx itself (client_max_body_size 1m)
     used = Counter(nginx.upstreams_used(start))
     assert len(used) >= 2, used  # least_conn over every node's proxy
@@ -356,21 +384,32 @@ def test_metrics_reach_the_prometheus_endpoints(cluster: NetCluster) -> None:
         for _ in range(4):
             assert classify(client, url).status_code == 200
             assert classify_batch(client, url).status_code == 200
-            assert client.post(f"{url}/augment", json={"text": TEXTS[1], "num_return_sequences": 2, "max_length": 16}).status_code == 200
+            assert (
+                client.post(
+                    f"{url}/augment", json={"text": TEXTS[1], "num_return_sequences": 2, "max_length": 16}
+                ).status_code
+                == 200
+            )
         assert client.post(f"{url}/classify", json={"text": TEXTS[0], "labels": ["only one"]}).status_code == 422
     wanted = {
         "rows per decoding step": lambda t: series(t, "ray_mt5_step_rows_bucket"),
         "requests per scoring batch": lambda t: series(t, "ray_mt5_score_batch_size_bucket"),
-        "time queued before starting, per kind": lambda t: series(t, "ray_mt5_queue_wait_seconds_bucket", kind="score")
-        and series(t, "ray_mt5_queue_wait_seconds_bucket", kind="generate"),
+        "time queued before starting, per kind": lambda t: (
+            series(t, "ray_mt5_queue_wait_seconds_bucket", kind="score")
+            and series(t, "ray_mt5_queue_wait_seconds_bucket", kind="generate")
+        ),
         "step time": lambda t: series(t, "ray_mt5_step_seconds_bucket"),
         "prefill tokens": lambda t: series(t, "ray_mt5_prefill_tokens_bucket"),
-        "requests admitted and finished": lambda t: series(t, "ray_mt5_requests_admitted_total", kind="generate")
-        and series(t, "ray_mt5_requests_finished_total"),
+        "requests admitted and finished": lambda t: (
+            series(t, "ray_mt5_requests_admitted_total", kind="generate")
+            and series(t, "ray_mt5_requests_finished_total")
+        ),
         "generated tokens": lambda t: series(t, "ray_mt5_generated_tokens_total"),
         "requests per route": lambda t: series(t, "ray_serve_num_http_requests_total", route="/classify"),
         "latency per route": lambda t: series(t, "ray_serve_http_request_latency_ms_bucket", route="/classify_batch"),
-        "errors per route": lambda t: series(t, "ray_serve_num_http_error_requests_total", route="/classify", error_code="422"),
+        "errors per route": lambda t: series(
+            t, "ray_serve_num_http_error_requests_total", route="/classify", error_code="422"
+        ),
         "replica counts": lambda t: series(t, "ray_serve_deployment_replica_healthy", deployment="ModelReplica"),
     }
     missing: list[str] = list(wanted)
@@ -386,14 +425,19 @@ def test_metrics_reach_the_prometheus_endpoints(cluster: NetCluster) -> None:
     # Everything the Grafana dashboard plots exists (GPU utilisation needs real GPUs).
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_")}
     assert {name for name in metric_names(build_dashboard()) if not name.startswith("ray_node_gpus")} <= exported
-    print("metrics:", sorted(name for name in exported if name.startswith(("ray_mt5", "ray_serve_num_http", "ray_serve_http"))))
+    print(
+        "metrics:",
+        sorted(name for name in exported if name.startswith(("ray_mt5", "ray_serve_num_http", "ray_serve_http"))),
+    )
 
 
 def test_autoscaling_follows_load_up_and_back_down(cluster: NetCluster) -> None:
     watched = ("ModelReplica", "Classifier")
     low = {name: SCALING[name]["min_replicas"] for name in watched}
     high = {name: SCALING[name]["max_replicas"] for name in watched}
-    assert wait_for(lambda: all(cluster.replica_counts()[n][0] == low[n] for n in watched), 120), cluster.replica_counts()
+    assert wait_for(lambda: all(cluster.replica_counts()[n][0] == low[n] for n in watched), 120), (
+        cluster.replica_counts()
+    )
 
     timeline: list[tuple[int, dict[str, tuple[int, int]]]] = []
     began = time.monotonic()
@@ -403,7 +447,9 @@ def test_autoscaling_follows_load_up_and_back_down(cluster: NetCluster) -> None:
         timeline.append((round(time.monotonic() - began), counts))
         return counts
 
-    load = Load([node.proxy_url for node in cluster.nodes], classify_batch, threads=12, max_requests=4000, timeout_s=60).start()
+    load = Load(
+        [node.proxy_url for node in cluster.nodes], classify_batch, threads=12, max_requests=4000, timeout_s=60
+    ).start()
     try:
         # Until every watched deployment runs its maximum (or time is up: on 2 cores a replica takes ~20 s to start).
         wait_for(lambda: all(c[0] == high[n] for n, c in record().items()), timeout_s=120, interval_s=2)
@@ -411,7 +457,9 @@ def test_autoscaling_follows_load_up_and_back_down(cluster: NetCluster) -> None:
         results = load.stop()
     peak = {name: max(counts[name][0] for _, counts in timeline) for name in watched}
     peak_target = {name: max(counts[name][1] for _, counts in timeline) for name in watched}
-    fell = wait_for(lambda: all(c[0] == low[n] and c[1] == low[n] for n, c in record().items()), timeout_s=120, interval_s=2)
+    fell = wait_for(
+        lambda: all(c[0] == low[n] and c[1] == low[n] for n, c in record().items()), timeout_s=120, interval_s=2
+    )
     print("autoscaling timeline (s, {deployment: (running, target)}):")
     for moment, counts in timeline:
         print(f"  {moment:4d}s  {counts}")
@@ -432,7 +480,9 @@ def gpu_node_to_lose(cluster: NetCluster) -> str:
     node, so it loses the other one (still under load, with the light deployments scaled up)."""
     names = {node.ip: node.spec.name for node in cluster.nodes}
     details = cluster.app_details() or {"deployments": {}}
-    hosts = Counter(names[r["node_ip"]] for r in details["deployments"]["ModelReplica"]["replicas"] if r["state"] == "RUNNING")
+    hosts = Counter(
+        names[r["node_ip"]] for r in details["deployments"]["ModelReplica"]["replicas"] if r["state"] == "RUNNING"
+    )
     both = [name for name in ("gpu1", "gpu2") if hosts[name] and sum(hosts.values()) > hosts[name]]
     return both[0] if both else min(("gpu2", "gpu1"), key=lambda name: hosts[name])
 
@@ -441,7 +491,9 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
     victim = cluster.node(gpu_node_to_lose(cluster))
     victim_proxy = f"{victim.ip}:{SERVE_PORT}"
     # The active checker, as it would run next to nginx: probes every second, 2 misses = down.
-    sync = HealthSync(nginx.state_dir / "upstreams.conf", reload_nginx(nginx.state_dir / "nginx.pid", None), fall=2, rise=2)
+    sync = HealthSync(
+        nginx.state_dir / "upstreams.conf", reload_nginx(nginx.state_dir / "nginx.pid", None), fall=2, rise=2
+    )
     stop_sync = threading.Event()
 
     def check_every_second() -> None:
@@ -456,17 +508,24 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
         # The node dies while the light deployments are scaled up (Ingress runs 2; the load takes Classifier
         # past 1): they reserve no CPU, so the lost ModelReplica still finds room on the survivors. A replica
         # starts in 7-21 s on an idle 2-core box, longer while a third ModelReplica loads beside it under load.
-        assert wait_for(lambda: cluster.replica_counts().get("Classifier", (0, 0))[0] > 1, timeout_s=150), cluster.replica_counts()
+        assert wait_for(lambda: cluster.replica_counts().get("Classifier", (0, 0))[0] > 1, timeout_s=150), (
+            cluster.replica_counts()
+        )
         time.sleep(2)
         killed_at = time.monotonic()
         cluster.kill_node(victim.spec.name)
-        assert wait_for(lambda: victim_proxy in sync.down, timeout_s=20, interval_s=0.5), "health_sync did not mark the dead proxy down"
+        assert wait_for(lambda: victim_proxy in sync.down, timeout_s=20, interval_s=0.5), (
+            "health_sync did not mark the dead proxy down"
+        )
+
         # If the node took every ModelReplica with it, answers are 503 + Retry-After until Serve has placed and
         # loaded replacements on the survivors; then only successes.
         def answering_again() -> bool:
             return [o.status for o in load.results if o.done > killed_at][-6:] == [200] * 6
 
-        assert wait_for(answering_again, timeout_s=120, interval_s=0.5), Counter(o.status for o in load.results if o.done > killed_at)
+        assert wait_for(answering_again, timeout_s=120, interval_s=0.5), Counter(
+            o.status for o in load.results if o.done > killed_at
+        )
         time.sleep(8)
     finally:
         results = load.stop()
@@ -474,11 +533,20 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
         checker.join(timeout=15)
     outcomes = Counter(outcome.status for outcome in results)
     after = Counter(outcome.status for outcome in results if outcome.done > results[-1].done - 5)
-    print("outcomes:", outcomes, "in the last 5 s:", after, "resent after a closed keep-alive connection:", len(load.resent_at))
+    print(
+        "outcomes:",
+        outcomes,
+        "in the last 5 s:",
+        after,
+        "resent after a closed keep-alive connection:",
+        len(load.resent_at),
+    )
     for start in range(-5, 90, 5):  # answers per 5 s window around the kill, and the slowest of them
         window = [o for o in results if start <= o.done - killed_at < start + 5]
         if window:
-            print(f"  {start:+3d}s..{start + 5:+3d}s  {dict(Counter(o.status for o in window))}  slowest {max(o.seconds for o in window):.1f}s")
+            print(
+                f"  {start:+3d}s..{start + 5:+3d}s  {dict(Counter(o.status for o in window))}  slowest {max(o.seconds for o in window):.1f}s"
+            )
     # Every request got a definite answer: a status code, never a client timeout or a reset.
     assert all(isinstance(outcome, int) for outcome in outcomes), outcomes
     # Only the reloads' idle-connection closes were resent: at most one per client thread and reload
@@ -487,7 +555,9 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
     assert all(outcome == 200 or outcome >= 500 for outcome in outcomes), outcomes
     assert outcomes[200] >= 0.8 * len(results), outcomes
     assert after and set(after) == {200}, after  # once the service has recovered, only successes
-    assert f"server {victim_proxy} max_fails=2 fail_timeout=10s down;" in (nginx.state_dir / "upstreams.conf").read_text()
+    assert (
+        f"server {victim_proxy} max_fails=2 fail_timeout=10s down;" in (nginx.state_dir / "upstreams.conf").read_text()
+    )
     assert not probe(victim_proxy, timeout_s=1)
 
     # Serve replaces the lost replicas on the surviving nodes and reports healthy again. Until Ray
@@ -499,8 +569,11 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
     def recovered() -> bool:
         details = cluster.app_details() or {}
         counts = cluster.replica_counts()
-        return (details.get("status") == "RUNNING" and counts.get("ModelReplica", (0, 0))[0] >= SCALING["ModelReplica"]["min_replicas"]
-                and victim.ip not in placement())
+        return (
+            details.get("status") == "RUNNING"
+            and counts.get("ModelReplica", (0, 0))[0] >= SCALING["ModelReplica"]["min_replicas"]
+            and victim.ip not in placement()
+        )
 
     assert wait_for(recovered, timeout_s=150, interval_s=2), (cluster.replica_counts(), placement())
     with httpx.Client(timeout=30) as client:

@@ -41,7 +41,9 @@ def manifest() -> dict[str, Any]:
 def test_generated_files_are_fresh() -> None:
     """Edit config.yaml (or cluster/render.py), then run `python -m cluster.render`."""
     for path, text in render.outputs().items():
-        assert path.read_text(encoding="utf-8") == text, f"{path.relative_to(ROOT)} is stale: run python -m cluster.render"
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.relative_to(ROOT)} is stale: run python -m cluster.render"
+        )
     check = subprocess.run([sys.executable, "cluster/render.py", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -53,13 +55,17 @@ def test_rayservice_runs_config_yaml_with_the_gpu_profile() -> None:
     served = yaml.safe_load(manifest()["spec"]["serveConfigV2"])
     assert served == render.with_gpu_profile(config())
     ours, theirs = config()["applications"][0], served["applications"][0]
-    assert {k: v for k, v in ours.items() if k != "deployments"} == {k: v for k, v in theirs.items() if k != "deployments"}
+    assert {k: v for k, v in ours.items() if k != "deployments"} == {
+        k: v for k, v in theirs.items() if k != "deployments"
+    }
     replica = next(d for d in theirs["deployments"] if d["name"] == "ModelReplica")
     local = next(d for d in ours["deployments"] if d["name"] == "ModelReplica")
     budgets = SchedulerConfig.model_validate(replica["user_config"])
     assert budgets.max_batch_rows == 256 > SchedulerConfig.model_validate(local["user_config"]).max_batch_rows
     assert replica["max_ongoing_requests"] > budgets.max_batch_rows  # room past the rows, as config.yaml says
-    assert replica["autoscaling_config"]["max_replicas"] == local["autoscaling_config"]["max_replicas"]  # merged, not replaced
+    assert (
+        replica["autoscaling_config"]["max_replicas"] == local["autoscaling_config"]["max_replicas"]
+    )  # merged, not replaced
     others = [d for d in theirs["deployments"] if d["name"] != "ModelReplica"]
     assert others == [d for d in ours["deployments"] if d["name"] != "ModelReplica"]
 
@@ -73,7 +79,9 @@ def test_rayservice_has_a_cpu_head_and_an_autoscaling_gpu_group() -> None:
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 == worker["resources"]["requests"]["nvidia.com/gpu"]
     # replica_gpus auto = 1 GPU per ModelReplica: one pod per replica, min..max from config.yaml.
-    scaling = next(d for d in config()["applications"][0]["deployments"] if d["name"] == "ModelReplica")["autoscaling_config"]
+    scaling = next(d for d in config()["applications"][0]["deployments"] if d["name"] == "ModelReplica")[
+        "autoscaling_config"
+    ]
     assert (group["minReplicas"], group["maxReplicas"]) == (max(1, scaling["min_replicas"]), scaling["max_replicas"])
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     # KubeRay finds the Serve port by the name "serve" (Service + worker readiness probe).
@@ -165,10 +173,16 @@ def test_nginx_config_is_valid_and_says_what_we_rely_on(tmp_path: Path) -> None:
     ):
         assert directive in text
     read_timeout = int(text.split("proxy_read_timeout ")[1].split("s;")[0])
-    assert read_timeout > config()["http_options"]["request_timeout_s"] >= config()["applications"][0]["args"]["request_timeout_s"]
+    assert (
+        read_timeout
+        > config()["http_options"]["request_timeout_s"]
+        >= config()["applications"][0]["args"]["request_timeout_s"]
+    )
     if shutil.which("nginx") is None:
         pytest.fail("nginx is not installed: scripts/test.sh installs it (apt-get install nginx)")
-    checked = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", str(tmp_path / "nginx" / "error.log")], capture_output=True, text=True)
+    checked = subprocess.run(
+        ["nginx", "-t", "-c", str(conf), "-e", str(tmp_path / "nginx" / "error.log")], capture_output=True, text=True
+    )
     assert checked.returncode == 0, checked.stderr
 
 
@@ -228,7 +242,17 @@ def test_health_sync_marks_failing_proxies_down_and_back_up(tmp_path: Path, prox
 def test_health_sync_command_line(tmp_path: Path, proxies: tuple[Any, Any, str]) -> None:
     good, _, dead = proxies
     upstreams = tmp_path / "upstreams.conf"
-    args = ["--once", "--fall", "1", "--upstreams-file", str(upstreams), "--proxy", f"127.0.0.1:{good.server_port}", "--proxy", dead]
+    args = [
+        "--once",
+        "--fall",
+        "1",
+        "--upstreams-file",
+        str(upstreams),
+        "--proxy",
+        f"127.0.0.1:{good.server_port}",
+        "--proxy",
+        dead,
+    ]
     for runner in (["-m", "cluster.nginx.health_sync"], ["cluster/nginx/health_sync.py"]):
         upstreams.unlink(missing_ok=True)
         result = subprocess.run([sys.executable, *runner, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)

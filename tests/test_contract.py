@@ -36,12 +36,22 @@ def api_schema(base_url: str):
 def test_every_route_answers_as_its_openapi_document_says(api_schema, base_url: str):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} == {
-        "POST /augment", "POST /augment_batch", "POST /classify", "POST /classify_batch", "POST /generate", "GET /tasks", "GET /healthz",
+        "POST /augment",
+        "POST /augment_batch",
+        "POST /classify",
+        "POST /classify_batch",
+        "POST /generate",
+        "GET /tasks",
+        "GET /healthz",
     }
     seen = {"accepted": 0, "refused": 0}
     for operation in operations:
         # Invalid bodies exist only where there is a body: the GET routes take no input.
-        modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if operation.method.upper() == "POST" else (GenerationMode.POSITIVE,)
+        modes = (
+            (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+            if operation.method.upper() == "POST"
+            else (GenerationMode.POSITIVE,)
+        )
         for mode in modes:
 
             @given(case=operation.as_strategy(generation_mode=mode))
@@ -60,12 +70,16 @@ def test_the_document_states_the_rules_it_can(base_url: str):
     doc = httpx.get(f"{base_url}/openapi.json", timeout=30).json()
     schemas = doc["components"]["schemas"]
     seed_bound = schemas["AugmentRequest"]["properties"]["seed"]["anyOf"][0]
-    assert seed_bound["exclusiveMaximum"] == 2**63 and isinstance(seed_bound["exclusiveMaximum"], int)  # not 9.223372036854776e18
+    assert seed_bound["exclusiveMaximum"] == 2**63 and isinstance(
+        seed_bound["exclusiveMaximum"], int
+    )  # not 9.223372036854776e18
     assert schemas["ClassifyRequest"]["properties"]["labels"]["uniqueItems"] is True
     assert "pattern" in schemas["ClassifyRequest"]["properties"]["labels"]["items"]
     forms = schemas["GenerateRequest"]["oneOf"]
     assert forms[0]["required"] == ["prompt"]
-    assert {form["properties"]["task"]["const"] for form in forms[1:]} == {task["name"] for task in httpx.get(f"{base_url}/tasks").json()["tasks"]}
+    assert {form["properties"]["task"]["const"] for form in forms[1:]} == {
+        task["name"] for task in httpx.get(f"{base_url}/tasks").json()["tasks"]
+    }
     for path in ("/augment", "/augment_batch", "/classify", "/classify_batch", "/generate"):
         responses = doc["paths"][path]["post"]["responses"]
         assert {"200", "400", "401", "413", "422", "503", "504"} <= set(responses), path
@@ -76,8 +90,15 @@ def test_the_document_states_the_rules_it_can(base_url: str):
 @pytest.mark.service
 def test_a_body_that_is_not_json_gets_a_documented_answer(base_url: str):
     for path in ("/augment", "/classify", "/generate"):
-        not_utf8 = httpx.post(f"{base_url}{path}", content=b'{"text": "\xff\xfe"}', headers={"content-type": "application/json"}, timeout=30)
-        syntax = httpx.post(f"{base_url}{path}", content=b'{"text": ', headers={"content-type": "application/json"}, timeout=30)
+        not_utf8 = httpx.post(
+            f"{base_url}{path}",
+            content=b'{"text": "\xff\xfe"}',
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        syntax = httpx.post(
+            f"{base_url}{path}", content=b'{"text": ', headers={"content-type": "application/json"}, timeout=30
+        )
         assert not_utf8.status_code == 400 and isinstance(not_utf8.json()["detail"], str), not_utf8.text
         assert syntax.status_code == 422 and syntax.json()["detail"][0]["field"] == "body", syntax.text
 

@@ -38,10 +38,15 @@ def ids(tokenizer, text: str) -> list[int]:
 
 # ------------------------------------------------------------------ loading
 @pytest.mark.parametrize(
-    ("layout", "model_type"), [("modelscope", "t5"), ("modelscope", "mt5"), ("safetensors", "mt5"), ("safetensors", "t5")]
+    ("layout", "model_type"),
+    [("modelscope", "t5"), ("modelscope", "mt5"), ("safetensors", "mt5"), ("safetensors", "t5")],
 )
-def test_checkpoint_layouts_load_with_untied_head_and_equal_logits(tmp_path, tiny_model, demo_model, layout, model_type):
-    out = save_checkpoint(tiny_model, tmp_path / "ckpt", layout=layout, model_type=model_type, tokenizer_dir=demo_model.resolved.path)
+def test_checkpoint_layouts_load_with_untied_head_and_equal_logits(
+    tmp_path, tiny_model, demo_model, layout, model_type
+):
+    out = save_checkpoint(
+        tiny_model, tmp_path / "ckpt", layout=layout, model_type=model_type, tokenizer_dir=demo_model.resolved.path
+    )
     assert (out / ("pytorch_model.bin" if layout == "modelscope" else "model.safetensors")).is_file()
     loaded = load_model(str(out), device="cpu", dtype="float32")
     model = loaded.model
@@ -60,7 +65,9 @@ def test_checkpoint_layouts_load_with_untied_head_and_equal_logits(tmp_path, tin
 def test_plain_transformers_t5_loading_would_scale_decoder_outputs(tmp_path, tiny_model, demo_model):
     """The pitfall the loader exists for: a model_type t5 config.json without tie_word_embeddings makes
     transformers 5 scale decoder outputs, which changes the logits. Our loader's logits are the true ones."""
-    out = save_checkpoint(tiny_model, tmp_path / "t5", layout="modelscope", model_type="t5", tokenizer_dir=demo_model.resolved.path)
+    out = save_checkpoint(
+        tiny_model, tmp_path / "t5", layout="modelscope", model_type="t5", tokenizer_dir=demo_model.resolved.path
+    )
     naive = T5ForConditionalGeneration.from_pretrained(str(out)).eval()
     ours = load_model(str(out), device="cpu", dtype="float32").model
     input_ids = torch.tensor([[259, 338, 323, 1]])
@@ -76,7 +83,13 @@ def test_plain_transformers_t5_loading_would_scale_decoder_outputs(tmp_path, tin
 
 def test_demo_model_is_cached_and_marked(demo_model):
     assert demo_model.is_demo
-    assert demo_model.describe() == {"model": "demo", "demo": True, "device": "cpu", "dtype": "float32", "dtype_reason": "float32 (requested)"}
+    assert demo_model.describe() == {
+        "model": "demo",
+        "demo": True,
+        "device": "cpu",
+        "dtype": "float32",
+        "dtype_reason": "float32 (requested)",
+    }
     assert demo_model_dir() == demo_model.resolved.path
     assert (demo_model.resolved.path / "spiece.model").is_file()
     assert demo_model.tokenizer.eos_token_id == 1 and demo_model.tokenizer.pad_token_id == 0
@@ -131,7 +144,9 @@ def test_modelscope_failure_is_a_clear_error_not_a_fallback(monkeypatch):
 
 
 # ------------------------------------------------------------------ scoring
-def brute_force_scores(model, input_ids: list[int], labels: list[list[int]], eos: int = 1, normalization: str = "vocabulary") -> list[float]:
+def brute_force_scores(
+    model, input_ids: list[int], labels: list[list[int]], eos: int = 1, normalization: str = "vocabulary"
+) -> list[float]:
     """One plain transformers forward pass per label, teacher-forced after the decoder start token: the sum of
     log-probabilities of the label's tokens and </s>, normalised over the full vocabulary (the model's own
     likelihood) or, for label_tokens, over the tokens of all the labels plus </s>."""
@@ -144,7 +159,10 @@ def brute_force_scores(model, input_ids: list[int], labels: list[list[int]], eos
         if normalization == "vocabulary":
             log_probs, targets = torch.log_softmax(logits, dim=-1), label + [eos]
         else:
-            log_probs, targets = torch.log_softmax(logits[:, allowed], dim=-1), [allowed.index(t) for t in label + [eos]]
+            log_probs, targets = (
+                torch.log_softmax(logits[:, allowed], dim=-1),
+                [allowed.index(t) for t in label + [eos]],
+            )
         scores.append(float(sum(log_probs[position, column] for position, column in enumerate(targets))))
     return scores
 
@@ -166,15 +184,24 @@ def test_label_scores_equal_brute_force_reference(engine, demo_model, normalizat
     assert result.probabilities == pytest.approx(expected_probs, abs=1e-6)
 
 
-def test_full_vocabulary_scores_equal_plain_mt5_on_a_checkpoint_built_like_the_real_one(tmp_path, tiny_model, demo_model):
+def test_full_vocabulary_scores_equal_plain_mt5_on_a_checkpoint_built_like_the_real_one(
+    tmp_path, tiny_model, demo_model
+):
     """ModelScope layout, model_type t5, untied head: our loader + packed scorer against transformers' own forward."""
-    out = save_checkpoint(tiny_model, tmp_path / "ckpt", layout="modelscope", model_type="t5", tokenizer_dir=demo_model.resolved.path)
+    out = save_checkpoint(
+        tiny_model, tmp_path / "ckpt", layout="modelscope", model_type="t5", tokenizer_dir=demo_model.resolved.path
+    )
     loaded = load_model(str(out), device="cpu", dtype="float32")
     engine = Seq2SeqEngine(loaded.model)
     tok = loaded.tokenizer
     texts = ["等了三天还没发货,客服也不回消息", "这家面馆的牛肉面味道一般", "股市今天大幅上涨"]
     labels = label_ids(tok, ["物流延迟", "商品缺货", "售后响应慢", "价格争议"])
-    requests = [ScoringRequest(ids(tok, f"文本分类。\n候选标签：物流延迟,商品缺货,售后响应慢,价格争议。\n文本内容：{t}"), labels) for t in texts]
+    requests = [
+        ScoringRequest(
+            ids(tok, f"文本分类。\n候选标签：物流延迟,商品缺货,售后响应慢,价格争议。\n文本内容：{t}"), labels
+        )
+        for t in texts
+    ]
     for request, result in zip(requests, engine.score(requests)):
         reference = brute_force_scores(tiny_model, request.input_ids, labels)
         assert result.log_scores == pytest.approx(reference, abs=1e-5)
@@ -192,7 +219,9 @@ def test_full_vocabulary_projection_runs_only_at_label_states(engine, demo_model
     labels = label_ids(tok, ["物流延迟", "商品缺货", "售后"])
     engine.score([ScoringRequest(ids(tok, "物流太慢了"), labels)])
     prefixes = {tuple(label[: end + 1]) for label in labels for end in range(len(label))}
-    assert [shape[0] for shape in projected] == [1 + len(prefixes)]  # the shared start state, then one per distinct label prefix
+    assert [shape[0] for shape in projected] == [
+        1 + len(prefixes)
+    ]  # the shared start state, then one per distinct label prefix
     assert len(prefixes) < sum(len(label) for label in labels)  # 物流延迟 and 商品缺货 share their first piece here
     assert projected[0][1] == demo_model.model.config.vocab_size
 
@@ -202,15 +231,24 @@ def test_label_token_scoring_never_multiplies_the_full_vocabulary(engine, demo_m
     original = demo_model.model.lm_head.forward
     monkeypatch.setattr(demo_model.model.lm_head, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
     tok = demo_model.tokenizer
-    engine.score([ScoringRequest(ids(tok, "物流太慢了"), label_ids(tok, ["物流延迟", "商品缺货"]), normalization="label_tokens")])
+    engine.score(
+        [ScoringRequest(ids(tok, "物流太慢了"), label_ids(tok, ["物流延迟", "商品缺货"]), normalization="label_tokens")]
+    )
     assert calls == []
 
 
 def test_scores_identical_alone_and_in_a_batch_of_16_unrelated_prompts(engine, demo_model):
     tok = demo_model.tokenizer
     texts = ["今天阳光明媚", "股市今天大幅上涨,银行板块领涨", "这家面馆的牛肉面味道一般", "明天有大雨,出门记得带伞"]
-    label_sets = [["天气", "美食"], ["财经", "体育", "科技"], ["积极", "消极", "中性"], ["物流延迟", "商品缺货", "售后响应慢", "价格争议"]]
-    target = ScoringRequest(ids(tok, "文本分类。\n候选标签：天气,旅游。\n文本内容：周末我们去了杭州旅游"), label_ids(tok, ["天气", "旅游"]))
+    label_sets = [
+        ["天气", "美食"],
+        ["财经", "体育", "科技"],
+        ["积极", "消极", "中性"],
+        ["物流延迟", "商品缺货", "售后响应慢", "价格争议"],
+    ]
+    target = ScoringRequest(
+        ids(tok, "文本分类。\n候选标签：天气,旅游。\n文本内容：周末我们去了杭州旅游"), label_ids(tok, ["天气", "旅游"])
+    )
     alone = engine.score([target])[0]
     others = [
         ScoringRequest(ids(tok, texts[i % 4] * (1 + i % 3)), label_ids(tok, label_sets[(i + 1) % 4])) for i in range(15)
@@ -221,22 +259,39 @@ def test_scores_identical_alone_and_in_a_batch_of_16_unrelated_prompts(engine, d
     assert together.log_scores == pytest.approx(alone.log_scores, abs=1e-5)
     # and every other prompt equals its own brute-force reference inside the mixed batch
     for request, result in zip(batch, engine.score(batch)):
-        assert result.log_scores == pytest.approx(brute_force_scores(demo_model.model, request.input_ids, request.label_ids), abs=1e-4)
+        assert result.log_scores == pytest.approx(
+            brute_force_scores(demo_model.model, request.input_ids, request.label_ids), abs=1e-4
+        )
 
 
 # ------------------------------------------------------------------ generation
-PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
+PROMPTS = [
+    "这家餐厅的服务态度很好,上菜速度也快",
+    "物流太慢了",
+    "新能源汽车的续航里程越来越长,充电桩也越来越多",
+    "学校开学后",
+]
 
 
 def test_seeded_generation_identical_alone_and_in_mixed_batch(engine, demo_model):
     tok = demo_model.tokenizer
-    target = GenerationRequest(ids(tok, PROMPTS[0]), SamplingParams(num_return_sequences=3, max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95, seed=42))
+    target = GenerationRequest(
+        ids(tok, PROMPTS[0]),
+        SamplingParams(num_return_sequences=3, max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95, seed=42),
+    )
     alone = engine.generate([target])[0]
     mixed = [
-        GenerationRequest(ids(tok, PROMPTS[1]), SamplingParams(num_return_sequences=2, max_new_tokens=5, temperature=0.7, seed=1)),
-        GenerationRequest(ids(tok, PROMPTS[2]), SamplingParams(num_return_sequences=1, max_new_tokens=20, temperature=0.0)),
+        GenerationRequest(
+            ids(tok, PROMPTS[1]), SamplingParams(num_return_sequences=2, max_new_tokens=5, temperature=0.7, seed=1)
+        ),
+        GenerationRequest(
+            ids(tok, PROMPTS[2]), SamplingParams(num_return_sequences=1, max_new_tokens=20, temperature=0.0)
+        ),
         target,
-        GenerationRequest(ids(tok, PROMPTS[3]), SamplingParams(num_return_sequences=4, max_new_tokens=3, temperature=1.5, top_k=0, top_p=0.5)),
+        GenerationRequest(
+            ids(tok, PROMPTS[3]),
+            SamplingParams(num_return_sequences=4, max_new_tokens=3, temperature=1.5, top_k=0, top_p=0.5),
+        ),
     ]
     assert engine.generate(mixed)[2] == alone
     assert engine.generate(list(reversed(mixed)))[1] == alone
@@ -257,11 +312,22 @@ def test_each_row_obeys_its_own_limits_in_one_batch(engine, demo_model):
     model = demo_model.model
     prompt = ids(tok, PROMPTS[0])
     requests = [
-        GenerationRequest(prompt, SamplingParams(num_return_sequences=2, max_new_tokens=3, temperature=1.0, top_k=0, top_p=1.0, seed=1)),
+        GenerationRequest(
+            prompt,
+            SamplingParams(num_return_sequences=2, max_new_tokens=3, temperature=1.0, top_k=0, top_p=1.0, seed=1),
+        ),
         GenerationRequest(prompt, SamplingParams(num_return_sequences=1, max_new_tokens=9, temperature=0.0)),
-        GenerationRequest(prompt, SamplingParams(num_return_sequences=3, max_new_tokens=7, temperature=1.3, top_k=3, top_p=1.0, seed=2)),
-        GenerationRequest(prompt, SamplingParams(num_return_sequences=3, max_new_tokens=7, temperature=0.8, top_k=0, top_p=0.3, seed=3)),
-        GenerationRequest(prompt, SamplingParams(num_return_sequences=2, max_new_tokens=6, temperature=2.0, top_k=1, seed=4)),
+        GenerationRequest(
+            prompt,
+            SamplingParams(num_return_sequences=3, max_new_tokens=7, temperature=1.3, top_k=3, top_p=1.0, seed=2),
+        ),
+        GenerationRequest(
+            prompt,
+            SamplingParams(num_return_sequences=3, max_new_tokens=7, temperature=0.8, top_k=0, top_p=0.3, seed=3),
+        ),
+        GenerationRequest(
+            prompt, SamplingParams(num_return_sequences=2, max_new_tokens=6, temperature=2.0, top_k=1, seed=4)
+        ),
     ]
     free, greedy, top_k3, nucleus, top_k1 = engine.generate(requests)
 
@@ -289,9 +355,16 @@ def test_encoder_runs_once_per_input_not_per_returned_sequence(engine, demo_mode
     batch_sizes = []
     encoder = demo_model.model.encoder
     original = encoder.forward
-    monkeypatch.setattr(encoder, "forward", lambda *a, **k: batch_sizes.append(k["input_ids"].shape[0]) or original(*a, **k))
+    monkeypatch.setattr(
+        encoder, "forward", lambda *a, **k: batch_sizes.append(k["input_ids"].shape[0]) or original(*a, **k)
+    )
     tok = demo_model.tokenizer
-    engine.generate([GenerationRequest(ids(tok, p), SamplingParams(num_return_sequences=5, max_new_tokens=2, seed=1)) for p in PROMPTS[:2]])
+    engine.generate(
+        [
+            GenerationRequest(ids(tok, p), SamplingParams(num_return_sequences=5, max_new_tokens=2, seed=1))
+            for p in PROMPTS[:2]
+        ]
+    )
     assert batch_sizes == [2]
 
 
@@ -366,7 +439,9 @@ def test_auto_on_a_cpu_follows_the_measured_speed(fp32_s, bf16_s, chosen):
 
     timer = FakeTimer(fp32_s, bf16_s)
     shape = _base_shape()
-    precision = choose_precision("auto", torch.device("cpu"), shape, speedup=lambda s: bf16_speedup(s, timer=timer, rows=2))
+    precision = choose_precision(
+        "auto", torch.device("cpu"), shape, speedup=lambda s: bf16_speedup(s, timer=timer, rows=2)
+    )
     assert precision.dtype == chosen and not precision.int8
     assert f"measured {fp32_s / bf16_s:.2f}x float32's" in precision.reason and "d_model 768" in precision.reason
 
@@ -378,7 +453,9 @@ def test_auto_on_this_cpu_matches_a_direct_measurement():
     from serve_app.engine.precision import BF16_MARGIN, choose_precision
 
     def step_time(dtype):  # two feed-forward layers of mT5-base at a decoding batch of 32 rows, with its nonlinearity
-        layer = torch.nn.Sequential(torch.nn.Linear(768, 2048, bias=False), torch.nn.GELU(), torch.nn.Linear(2048, 768, bias=False)).to(dtype)
+        layer = torch.nn.Sequential(
+            torch.nn.Linear(768, 2048, bias=False), torch.nn.GELU(), torch.nn.Linear(2048, 768, bias=False)
+        ).to(dtype)
         x = torch.randn(32, 768).to(dtype)
         with torch.inference_mode():
             layer(x)
@@ -397,12 +474,17 @@ def test_auto_on_this_cpu_matches_a_direct_measurement():
         assert "measured" in chosen.reason, (direct, chosen.reason)
 
 
-@pytest.mark.parametrize(("capability", "dtype"), [((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16), ((7, 5), torch.float32), ((7, 0), torch.float32)])
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16), ((7, 5), torch.float32), ((7, 0), torch.float32)],
+)
 def test_auto_on_cuda_uses_bfloat16_only_where_the_gpu_runs_it_natively(capability, dtype):
     from serve_app.engine.precision import choose_precision
 
     never = lambda s: pytest.fail("a GPU is not probed by timing")  # noqa: E731
-    chosen = choose_precision("auto", torch.device("cuda"), _base_shape(), speedup=never, capability=lambda d: capability)
+    chosen = choose_precision(
+        "auto", torch.device("cuda"), _base_shape(), speedup=never, capability=lambda d: capability
+    )
     assert chosen.dtype == dtype and f"compute capability {capability[0]}.{capability[1]}" in chosen.reason
 
 
@@ -451,11 +533,16 @@ def test_bfloat16_and_int8_engines_score_and_generate_close_to_float32(demo_mode
         result = engine.score([request])[0]
         assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-5)
         assert result.probabilities == pytest.approx(reference, abs=0.05)
-        generated = engine.generate([GenerationRequest(prompt, SamplingParams(num_return_sequences=2, max_new_tokens=5, seed=3))])[0]
+        generated = engine.generate(
+            [GenerationRequest(prompt, SamplingParams(num_return_sequences=2, max_new_tokens=5, seed=3))]
+        )[0]
         assert len(generated) == 2 and all(len(seq) <= 5 for seq in generated)
         label_tokens = engine.score([ScoringRequest(prompt, request.label_ids, normalization="label_tokens")])[0]
         assert label_tokens.probabilities == pytest.approx(
-            Seq2SeqEngine(demo_model.model).score([ScoringRequest(prompt, request.label_ids, normalization="label_tokens")])[0].probabilities, abs=0.05
+            Seq2SeqEngine(demo_model.model)
+            .score([ScoringRequest(prompt, request.label_ids, normalization="label_tokens")])[0]
+            .probabilities,
+            abs=0.05,
         )
 
 
@@ -534,7 +621,10 @@ def test_a_row_draws_by_its_own_step_not_the_batch():
     params = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, seed=7)
     alone = [_draw(logits[2:3], params, step) for step in range(6)]
     assert len(set(alone)) > 1
-    rows = [RowSampling.for_sequence(SamplingParams(temperature=t, top_k=k, seed=s), 0) for t, k, s in ((0.0, 50, 1), (0.7, 0, 2), (1.0, 50, 7), (1.3, 5, 3))]
+    rows = [
+        RowSampling.for_sequence(SamplingParams(temperature=t, top_k=k, seed=s), 0)
+        for t, k, s in ((0.0, 50, 1), (0.7, 0, 2), (1.0, 50, 7), (1.3, 5, 3))
+    ]
     tensors = RowTensors.build(rows, 300, logits.device)
     tensors.step += torch.tensor([9, 0, 0, 4])
     for step in range(6):
@@ -580,9 +670,17 @@ def test_a_decoding_step_reads_back_only_its_chosen_tokens(demo_model):
     engine = Seq2SeqEngine(demo_model.model)
     tok = demo_model.tokenizer
     requests = [
-        GenerationRequest(ids(tok, "今天天气很好"), SamplingParams(num_return_sequences=2, max_new_tokens=40, temperature=0.0)),
-        GenerationRequest(ids(tok, "这家店的菜很好吃"), SamplingParams(num_return_sequences=3, max_new_tokens=40, temperature=0.9, top_k=50, top_p=0.9, seed=3)),
-        GenerationRequest(ids(tok, "物流"), SamplingParams(num_return_sequences=2, max_new_tokens=8, temperature=1.2, top_k=0, top_p=0.8, seed=4)),
+        GenerationRequest(
+            ids(tok, "今天天气很好"), SamplingParams(num_return_sequences=2, max_new_tokens=40, temperature=0.0)
+        ),
+        GenerationRequest(
+            ids(tok, "这家店的菜很好吃"),
+            SamplingParams(num_return_sequences=3, max_new_tokens=40, temperature=0.9, top_k=50, top_p=0.9, seed=3),
+        ),
+        GenerationRequest(
+            ids(tok, "物流"),
+            SamplingParams(num_return_sequences=2, max_new_tokens=8, temperature=1.2, top_k=0, top_p=0.8, seed=4),
+        ),
     ]
     batch = engine.new_batch()
     batch.merge(engine.prefill(requests))
@@ -602,7 +700,9 @@ def test_a_decoding_step_reads_back_only_its_chosen_tokens(demo_model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("vocab", [250_112, 70_001])  # mT5's vocabulary (whole groups), and one with a partial last group
+@pytest.mark.parametrize(
+    "vocab", [250_112, 70_001]
+)  # mT5's vocabulary (whole groups), and one with a partial last group
 def test_top_k_selects_what_torch_topk_selects(dtype: torch.dtype, vocab: int) -> None:
     """The grouped top-k gives torch.topk's values, best first, from distinct columns holding them."""
     from serve_app.engine.sampling import GROUP_COLUMNS, top_k
@@ -670,4 +770,3 @@ def test_packed_and_bucketed_scoring_equal_per_label_rows(demo_model):
         for got, want in zip(engine.score(requests), reference):
             assert got.log_scores == pytest.approx(want.log_scores, abs=1e-4)
             assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)
-

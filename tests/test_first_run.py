@@ -23,7 +23,9 @@ PREFLIGHT = [sys.executable, "-m", "serve_app.preflight", str(ROOT / "config.yam
 
 def preflight(env: dict[str, str], timeout_s: float = 90) -> tuple[int, str, float]:
     started = time.monotonic()
-    done = subprocess.run(PREFLIGHT, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        PREFLIGHT, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout_s
+    )
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
@@ -33,7 +35,9 @@ def test_a_missing_local_model_stops_at_once_with_one_message():
     assert code == 2 and seconds < 10
     assert "Traceback" not in output
     assert output.count("cannot start") == 1
-    assert "'/nonexistent/mt5'" in output and "does not exist" in output and "MT5_MODEL" in output and "'demo'" in output
+    assert (
+        "'/nonexistent/mt5'" in output and "does not exist" in output and "MT5_MODEL" in output and "'demo'" in output
+    )
 
 
 @pytest.mark.parametrize("hub", ["modelscope", "huggingface"])
@@ -44,7 +48,11 @@ def test_an_unreachable_hub_stops_within_seconds_naming_the_fix(tmp_path, hub):
         env = {"MT5_MODEL": "", "MODELSCOPE_DOMAIN": closed, "MODELSCOPE_CACHE": str(tmp_path / "cache")}
         named, failed = "iic/nlp_mt5_zero-shot-augment_chinese-base", "downloading it from modelscope.cn failed"
     else:
-        env = {"MT5_MODEL": "hf:someone/mt5-copy", "HF_ENDPOINT": f"http://{closed}", "HF_HOME": str(tmp_path / "cache")}
+        env = {
+            "MT5_MODEL": "hf:someone/mt5-copy",
+            "HF_ENDPOINT": f"http://{closed}",
+            "HF_HOME": str(tmp_path / "cache"),
+        }
         named, failed = "hf:someone/mt5-copy", "Hugging Face Hub failed"
     code, output, seconds = preflight(env)
     assert code == 2 and seconds < 45, output
@@ -69,7 +77,11 @@ def test_serve_run_with_a_model_that_cannot_be_had_fails_the_deployment_not_the_
             assert time.monotonic() < deadline, run.log_tail()
             assert run.process.poll() is None, run.log_tail()
             time.sleep(1)
-        replicas = [p for p in psutil.Process(run.process.pid).children(recursive=True) if "ServeReplica" in " ".join(p.cmdline())]
+        replicas = [
+            p
+            for p in psutil.Process(run.process.pid).children(recursive=True)
+            if "ServeReplica" in " ".join(p.cmdline())
+        ]
         assert replicas == []
         log = run.log_text()
         assert "'/nonexistent/mt5' is a local path, but /nonexistent/mt5 does not exist" in log
@@ -121,7 +133,9 @@ def test_an_interrupted_download_is_never_taken_for_a_model_and_the_next_start_s
     # with room for a loaded box to deliver it.
     with hub_of_the_demo(bytes_per_s=2 * 2**20) as hub:
         env = {**os.environ, **hub_env(hub, cache)}
-        process = subprocess.Popen(PREFLIGHT, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            PREFLIGHT, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         deadline = time.monotonic() + 60
         while not any(f.sent > 4 * 2**20 for f in hub.body_gets(SHARD)):
             assert time.monotonic() < deadline and process.poll() is None, "the download never got going"
@@ -130,7 +144,11 @@ def test_an_interrupted_download_is_never_taken_for_a_model_and_the_next_start_s
         interrupted_output = process.communicate(timeout=8)[0]  # Ctrl+C leaves at once, not when the file is done
         assert SHARD not in snapshot_files(cache)  # nothing half-written sits where the model is looked for
         if how == "ctrl_c":
-            assert process.returncode == 130 and "interrupted while fetching" in interrupted_output and "Traceback" not in interrupted_output
+            assert (
+                process.returncode == 130
+                and "interrupted while fetching" in interrupted_output
+                and "Traceback" not in interrupted_output
+            )
         assert list(cache.rglob("*.incomplete"))  # the partial file stays apart from the snapshot
         hub.bytes_per_s = 0
         code, output, _ = preflight(hub_env(hub, cache))
@@ -152,6 +170,8 @@ def test_the_model_is_fetched_once_per_node_however_many_replicas_load_it(tmp_pa
         assert {name: len(hub.body_gets(name)) for name in hub.files} == {name: 1 for name in hub.files}
         hub.fetches.clear()
         with service(tmp_path / "serve", env=hub_env(hub, tmp_path / "cache")) as run:
-            answer = httpx.post(f"{run.url}/classify", json={"text": "等了三天还没发货", "labels": ["物流延迟", "价格争议"]}, timeout=60)
+            answer = httpx.post(
+                f"{run.url}/classify", json={"text": "等了三天还没发货", "labels": ["物流延迟", "价格争议"]}, timeout=60
+            )
             assert answer.status_code == 200, answer.text
         assert {name: len(hub.body_gets(name)) for name in hub.files} == {name: 1 for name in hub.files}

@@ -15,12 +15,26 @@ from serve_app.engine.graphed_step import GraphedDecoder, row_bucket
 
 pytestmark = pytest.mark.unit
 
-PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
+PROMPTS = [
+    "这家餐厅的服务态度很好,上菜速度也快",
+    "物流太慢了",
+    "新能源汽车的续航里程越来越长,充电桩也越来越多",
+    "学校开学后",
+]
 
 
 def request(tok, index: int, **params) -> GenerationRequest:
-    defaults = {"num_return_sequences": 1 + index % 3, "max_new_tokens": 8 + 9 * (index % 3), "temperature": 0.9, "top_k": 20 + index, "top_p": 0.9, "seed": 7 + index}
-    return GenerationRequest(tok(PROMPTS[index % len(PROMPTS)] * (1 + index % 2)).input_ids, SamplingParams(**{**defaults, **params}))
+    defaults = {
+        "num_return_sequences": 1 + index % 3,
+        "max_new_tokens": 8 + 9 * (index % 3),
+        "temperature": 0.9,
+        "top_k": 20 + index,
+        "top_p": 0.9,
+        "seed": 7 + index,
+    }
+    return GenerationRequest(
+        tok(PROMPTS[index % len(PROMPTS)] * (1 + index % 2)).input_ids, SamplingParams(**{**defaults, **params})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +69,7 @@ def test_fixed_shape_states_match_the_cached_decoders(engine, fixed_engine, tok)
 
 def test_seeded_generation_is_the_same_through_merges_drops_and_growth(engine, fixed_engine, tok):
     """A running batch that requests join and leave at different steps, past the first 64 columns."""
+
     def run(engine_: Seq2SeqEngine) -> dict[tuple[object, int], list[int]]:
         out: dict[tuple[object, int], list[int]] = {}
         batch = engine_.new_batch(capacity=2)
@@ -62,7 +77,10 @@ def test_seeded_generation_is_the_same_through_merges_drops_and_growth(engine, f
         step = 0
         while step == 0 or batch.rows or any(when > step for when in arrivals):
             if step in arrivals:
-                joining = [request(tok, index, max_new_tokens=90 if index == 1 else 8 + 9 * (index % 3)) for index in arrivals[step]]
+                joining = [
+                    request(tok, index, max_new_tokens=90 if index == 1 else 8 + 9 * (index % 3))
+                    for index in arrivals[step]
+                ]
                 batch.merge(engine_.prefill(joining, keys=arrivals[step]))
             for row in engine_.step(batch):
                 out[(row.owner.key, row.owner.sequence)] = row.token_ids

@@ -21,18 +21,32 @@ from serve_app.settings import AppSettings
 
 pytestmark = pytest.mark.unit
 
-PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后"]
+PROMPTS = [
+    "这家餐厅的服务态度很好,上菜速度也快",
+    "物流太慢了",
+    "新能源汽车的续航里程越来越长,充电桩也越来越多",
+    "学校开学后",
+]
 LABELS = ["天气", "美食", "旅游", "新能源汽车"]
 
 
 def gen(tok, index: int, **params) -> GenerationRequest:
-    defaults = {"num_return_sequences": 2, "max_new_tokens": 8 + 4 * (index % 3), "temperature": 0.9, "top_k": 20, "top_p": 0.9, "seed": 7 + index}
+    defaults = {
+        "num_return_sequences": 2,
+        "max_new_tokens": 8 + 4 * (index % 3),
+        "temperature": 0.9,
+        "top_k": 20,
+        "top_p": 0.9,
+        "seed": 7 + index,
+    }
     return GenerationRequest(tok(PROMPTS[index % len(PROMPTS)]).input_ids, SamplingParams(**{**defaults, **params}))
 
 
 def score(tok, index: int) -> ScoringRequest:
     labels = [tok(label).input_ids[:-1] for label in LABELS[: 2 + index % 3]]
-    return ScoringRequest(tok(f"文本分类。\n候选标签：天气,美食。\n文本内容：{PROMPTS[index % len(PROMPTS)]}").input_ids, labels)
+    return ScoringRequest(
+        tok(f"文本分类。\n候选标签：天气,美食。\n文本内容：{PROMPTS[index % len(PROMPTS)]}").input_ids, labels
+    )
 
 
 def test_a_new_request_goes_to_the_lane_with_the_fewest_outstanding(engine, tok):
@@ -81,23 +95,31 @@ def test_lanes_answer_concurrent_callers_as_the_engine_alone_and_share_the_threa
     def on_iteration(lane: int, report: IterationReport) -> None:
         seen.append((lane, lanes.loops[lane].torch_threads, lanes.schedulers[1 - lane].live_rows))
 
-    lanes = Lanes([Scheduler(engine, SchedulerConfig(max_batch_rows=8)) for _ in range(2)], cores=2, on_iteration=on_iteration)
+    lanes = Lanes(
+        [Scheduler(engine, SchedulerConfig(max_batch_rows=8)) for _ in range(2)], cores=2, on_iteration=on_iteration
+    )
     try:
 
         async def lone() -> list[list[int]]:
             return await lanes.generate(generation[0])
 
         assert asyncio.run(lone()) == expected_texts[0]
-        assert {lane for lane, _, _ in seen} == {0} and all(threads == 2 for _, threads, _ in seen), "a lone request runs on lane 0 with every core"
+        assert {lane for lane, _, _ in seen} == {0} and all(threads == 2 for _, threads, _ in seen), (
+            "a lone request runs on lane 0 with every core"
+        )
         seen.clear()
 
         async def crowd() -> list:
-            return await asyncio.gather(*(lanes.generate(request) for request in generation), *(lanes.score(request) for request in scoring))
+            return await asyncio.gather(
+                *(lanes.generate(request) for request in generation), *(lanes.score(request) for request in scoring)
+            )
 
         results = asyncio.run(crowd())
     finally:
         lanes.stop()
-    assert results[: len(generation)] == expected_texts, "seeded texts are the same whichever lane ran them, beside whatever"
+    assert results[: len(generation)] == expected_texts, (
+        "seeded texts are the same whichever lane ran them, beside whatever"
+    )
     for got, expected in zip(results[len(generation) :], expected_scores):
         assert got.log_scores == pytest.approx(expected.log_scores, abs=1e-5)
     assert {lane for lane, _, _ in seen} == {0, 1}, "concurrent work is split across both lanes"

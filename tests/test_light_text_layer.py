@@ -48,7 +48,13 @@ print(json.dumps({
 
 
 def run_light_process(checkpoint: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", LIGHT_PROCESS, checkpoint, json.dumps(SAMPLES)], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LIGHT_PROCESS, checkpoint, json.dumps(SAMPLES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -75,7 +81,9 @@ def test_a_checkpoint_with_only_spiece_model_tokenizes_the_same(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("hub", ["modelscope", "huggingface"])
-def test_text_deployments_fetch_only_the_tokenizer_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub: str) -> None:
+def test_text_deployments_fetch_only_the_tokenizer_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub: str
+) -> None:
     import huggingface_hub
     from modelscope_hub import compat as modelscope_download
 

@@ -25,7 +25,9 @@ GIB = 2**30
 
 
 def mt5_base(dtype: torch.dtype) -> BatchShape:
-    return BatchShape(layers=12, heads=12, head_dim=64, d_model=768, dtype=dtype, device=torch.device("cpu"), vocab=250_112)
+    return BatchShape(
+        layers=12, heads=12, head_dim=64, d_model=768, dtype=dtype, device=torch.device("cpu"), vocab=250_112
+    )
 
 
 def test_a_cached_token_costs_keys_and_values_in_every_layer():
@@ -39,7 +41,10 @@ def test_the_worst_row_is_the_whole_window_grown_plus_its_logits():
     assert 140 * 2**20 < per_row < 150 * 2**20  # about 148 MiB in float32 at mT5-base's shapes
 
 
-@pytest.mark.parametrize(("free_gib", "dtype", "rows"), [(4, torch.float32, 22), (4, torch.bfloat16, 43), (40, torch.bfloat16, 432), (0, torch.float32, 1)])
+@pytest.mark.parametrize(
+    ("free_gib", "dtype", "rows"),
+    [(4, torch.float32, 22), (4, torch.bfloat16, 43), (40, torch.bfloat16, 432), (0, torch.float32, 1)],
+)
 def test_rows_are_what_the_free_memory_holds(free_gib, dtype, rows):
     budget = row_budget(mt5_base(dtype), 512, MAX_NEW_TOKENS, free_gib * GIB)
     assert budget.rows == rows

@@ -57,12 +57,16 @@ def test_a_tied_head_is_never_a_transposed_copy_and_a_gpu_is_not_timed():
     measured = {"linear": 1.0, "transposed": 1.6, "weight_first": 1.2}
     assert choose_head_layout(WEIGHT, tied=True, speedups=lambda weight: dict(measured)).layout == "weight_first"
     never = lambda weight: pytest.fail("a GPU head is not timed")  # noqa: E731
-    assert choose_head_layout(torch.zeros(8, 4, device="meta"), speedups=never).layout == "linear"  # any device but the CPU
+    assert (
+        choose_head_layout(torch.zeros(8, 4, device="meta"), speedups=never).layout == "linear"
+    )  # any device but the CPU
 
 
 def test_the_probe_times_every_layout_against_linear():
     calls = iter(range(1000))
-    speedups = layout_speedups(torch.randn(4096, 64), timer=lambda: float(next(calls)), repeats=2)  # every call takes 1 tick
+    speedups = layout_speedups(
+        torch.randn(4096, 64), timer=lambda: float(next(calls)), repeats=2
+    )  # every call takes 1 tick
     assert speedups == {layout: 1.0 for layout in LAYOUTS}
     speedups = layout_speedups(torch.randn(4096, 64), repeats=2)
     assert set(speedups) == set(LAYOUTS) and speedups["linear"] == 1.0
@@ -80,6 +84,7 @@ def test_a_transposed_copy_of_a_tied_head_is_refused(demo_model):
 @pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "linear"])
 def test_the_engine_answers_the_same_with_every_layout(demo_model, layout):
     """float32 on the demo model: scores to 1e-6 and seeded samples token for token."""
+
     def engine_with(layout_name: str) -> Seq2SeqEngine:
         model = copy.deepcopy(demo_model.model)
         if isinstance(model.lm_head, OutputHead):  # the fixture's own measured layout: back to a plain Linear first
@@ -92,8 +97,14 @@ def test_the_engine_answers_the_same_with_every_layout(demo_model, layout):
     tok = demo_model.tokenizer
     reference, relaid = engine_with("linear"), engine_with(layout)
     assert isinstance(relaid.model.lm_head, OutputHead) and relaid.model.lm_head.layout == layout
-    scoring = [ScoringRequest(tok(text).input_ids, [tok(label).input_ids[:-1] for label in ("物流", "美食", "天气")]) for text in ("物流太慢了", "这家面馆很好吃")]
+    scoring = [
+        ScoringRequest(tok(text).input_ids, [tok(label).input_ids[:-1] for label in ("物流", "美食", "天气")])
+        for text in ("物流太慢了", "这家面馆很好吃")
+    ]
     for ours, theirs in zip(reference.score(scoring), relaid.score(scoring)):
         assert ours.log_scores == pytest.approx(theirs.log_scores, abs=1e-6)
-    generation = [GenerationRequest(tok(text).input_ids, SamplingParams(num_return_sequences=2, max_new_tokens=12, seed=5)) for text in ("物流太慢了", "学校开学后")]
+    generation = [
+        GenerationRequest(tok(text).input_ids, SamplingParams(num_return_sequences=2, max_new_tokens=12, seed=5))
+        for text in ("物流太慢了", "学校开学后")
+    ]
     assert reference.generate(generation) == relaid.generate(generation)

@@ -33,7 +33,11 @@ TASK_INPUTS = {
 
 def _real_weights_dir() -> Path | None:
     path = Path(WEIGHTS).expanduser() if WEIGHTS else None
-    if path and (path / "config.json").is_file() and any((path / name).is_file() for name in ("pytorch_model.bin", "model.safetensors")):
+    if (
+        path
+        and (path / "config.json").is_file()
+        and any((path / name).is_file() for name in ("pytorch_model.bin", "model.safetensors"))
+    ):
         return path
     return None
 
@@ -42,13 +46,17 @@ def _real_weights_dir() -> Path | None:
 def real_service(tmp_path_factory) -> Iterator[str]:
     path = _real_weights_dir()
     if path is None:
-        pytest.skip("no real weights: set MT5_REAL_WEIGHTS to a local copy of iic/nlp_mt5_zero-shot-augment_chinese-base")
+        pytest.skip(
+            "no real weights: set MT5_REAL_WEIGHTS to a local copy of iic/nlp_mt5_zero-shot-augment_chinese-base"
+        )
     with service(tmp_path_factory.mktemp("real"), env={"MT5_MODEL": str(path)}, timeout_s=600) as run:
         yield run.url
 
 
 def test_seed_scenario_5_1_classifies_as_the_article_says(real_service):
-    body = httpx.post(f"{real_service}/classify", json={"text": SCENARIO_TEXT, "labels": SCENARIO_LABELS}, timeout=120).json()
+    body = httpx.post(
+        f"{real_service}/classify", json={"text": SCENARIO_TEXT, "labels": SCENARIO_LABELS}, timeout=120
+    ).json()
     assert body["label"] == "物流延迟", body
 
 
@@ -56,7 +64,9 @@ def test_answers_stay_inside_the_candidates_and_repeat_exactly(real_service):
     answers = set()
     with httpx.Client(timeout=120) as client:
         for _ in range(100):
-            body = client.post(f"{real_service}/classify", json={"text": SCENARIO_TEXT, "labels": SCENARIO_LABELS}).json()
+            body = client.post(
+                f"{real_service}/classify", json={"text": SCENARIO_TEXT, "labels": SCENARIO_LABELS}
+            ).json()
             assert body["label"] in SCENARIO_LABELS
             answers.add((body["label"], tuple(body["labels"])))
     assert len(answers) == 1
@@ -64,7 +74,9 @@ def test_answers_stay_inside_the_candidates_and_repeat_exactly(real_service):
 
 @pytest.mark.parametrize("task", sorted(TASK_INPUTS))
 def test_each_model_card_task_answers_in_its_format(real_service, task):
-    body = httpx.post(f"{real_service}/generate", json={"task": task, **TASK_INPUTS[task], "max_length": 64}, timeout=120).json()
+    body = httpx.post(
+        f"{real_service}/generate", json={"task": task, **TASK_INPUTS[task], "max_length": 64}, timeout=120
+    ).json()
     assert body["task"] == task and body["text"].strip(), body
     if task == "sentiment":
         assert any(word in body["text"] for word in ("积极", "消极", "中性", "正面", "负面")), body

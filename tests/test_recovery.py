@@ -76,7 +76,9 @@ class Load:
             seconds = time.monotonic() - sent
             detail = ""
             if status == 200:
-                if [result["sequence"] for result in body["results"]] != texts or any(r["label"] not in LABELS for r in body["results"]):
+                if [result["sequence"] for result in body["results"]] != texts or any(
+                    r["label"] not in LABELS for r in body["results"]
+                ):
                     self.misaligned += 1
             else:
                 detail = str(body.get("detail", ""))[:120] if isinstance(body, dict) else ""
@@ -150,7 +152,9 @@ def test_killed_model_replica_comes_back_while_the_light_deployments_are_scaled_
     async def scenario() -> str:
         runner = asyncio.create_task(load.run())
         # Sustained load until Serve scales a light deployment up (upscale_delay_s is 10 s in config.yaml).
-        await wait_until(lambda: replica_count(served, "Classifier") > 1 or replica_count(served, "Ingress") > 1, timeout_s=90)
+        await wait_until(
+            lambda: replica_count(served, "Classifier") > 1 or replica_count(served, "Ingress") > 1, timeout_s=90
+        )
         scaled = {name: replica_count(served, name) for name in ("Ingress", "Classifier", "Generator")}
         [victim] = replica_processes(served, "ModelReplica")
         killed_at = time.monotonic() - load.started
@@ -227,7 +231,10 @@ def test_chaos_repeated_and_combined_kills_under_steady_load(served):
         for n in range(3):
             await recover(f"model kill {n + 1}", replica_processes(served, "ModelReplica"))
         await recover("Serve controller", [serve_controller(served)])
-        await recover("Classifier + model", replica_processes(served, "Classifier")[:1] + replica_processes(served, "ModelReplica"))
+        await recover(
+            "Classifier + model",
+            replica_processes(served, "Classifier")[:1] + replica_processes(served, "ModelReplica"),
+        )
         load.stop()
         await runner
 
@@ -289,7 +296,9 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
         watcher.start()
         await asyncio.sleep(0.05)
         assert not watcher.available and len(looks) == 1
-        assert [await watcher.available_now() for _ in range(50)] == [False] * 50 and len(looks) == 1  # fresh: no new look
+        assert [await watcher.available_now() for _ in range(50)] == [False] * 50 and len(
+            looks
+        ) == 1  # fresh: no new look
         await asyncio.sleep(model_availability.FRESH_S + 0.05)
         running[0] = 1  # the replacement is RUNNING; the next poll is an hour away
         assert all(await asyncio.gather(*(watcher.available_now() for _ in range(50))))

@@ -15,13 +15,27 @@ import pytest
 
 from tests.servers import GUARD_AUTH, SINGLE, ServeRun, load_client, replica_processes, service
 
-TEXTS = ["物流太慢了,等了三天还没发货", "这款手机充电很快", "股市今天大幅上涨", "周末我们去了杭州旅游", "这家面馆的牛肉面味道一般"]
+TEXTS = [
+    "物流太慢了,等了三天还没发货",
+    "这款手机充电很快",
+    "股市今天大幅上涨",
+    "周末我们去了杭州旅游",
+    "这家面馆的牛肉面味道一般",
+]
 LABELS = ["物流延迟", "商品缺货", "售后响应慢", "价格争议", "天气", "美食"]
 # Sampling that runs to max_length on the demo model: with more rows than a batch, seconds of decoding alone.
-LONG_SAMPLING = {"num_return_sequences": 10, "max_length": 512, "temperature": 2.0, "top_k": 0, "top_p": 1.0}  # flat: </s> is rare
+LONG_SAMPLING = {
+    "num_return_sequences": 10,
+    "max_length": 512,
+    "temperature": 2.0,
+    "top_k": 0,
+    "top_p": 1.0,
+}  # flat: </s> is rare
 
 
-async def fire(url: str, requests: list[tuple[str, dict]], timeout_s: float = 60) -> list[tuple[int, dict, float, dict]]:
+async def fire(
+    url: str, requests: list[tuple[str, dict]], timeout_s: float = 60
+) -> list[tuple[int, dict, float, dict]]:
     """Send all requests at once; (status, body, seconds, headers) each. A client timeout fails the test: a hang."""
     async with load_client(url, timeout_s, connections=500, headers=GUARD_AUTH) as client:
 
@@ -44,7 +58,11 @@ def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeRun]:  
 
     A timeout needs work that outlasts it on any CPU. The guarded service's queues admit at most a few
     seconds of the demo model's work, less than its timeout on a fast box; one second is far below it."""
-    with service(tmp_path_factory.mktemp("impatient"), {"ModelReplica": {"autoscaling_config": SINGLE}}, {"request_timeout_s": IMPATIENT_TIMEOUT_S, "scheduler_lanes": 1}) as run:
+    with service(
+        tmp_path_factory.mktemp("impatient"),
+        {"ModelReplica": {"autoscaling_config": SINGLE}},
+        {"request_timeout_s": IMPATIENT_TIMEOUT_S, "scheduler_lanes": 1},
+    ) as run:
         yield run
 
 
@@ -64,7 +82,10 @@ def test_slow_request_answers_504_instead_of_hanging(impatient):
     # the service recovers once the abandoned work drains
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if httpx.post(f"{impatient.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=60).status_code == 200:
+        if (
+            httpx.post(f"{impatient.url}/classify", json={"text": TEXTS[0], "labels": LABELS}, timeout=60).status_code
+            == 200
+        ):
             break
         time.sleep(2)
     else:
@@ -77,7 +98,12 @@ def test_a_client_that_hangs_up_frees_its_rows(guarded):
     log_seen = guarded.log_size()
     # one request of more rows than a whole batch: it runs alone for most of a second; the client leaves at 0.3 s
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{guarded.url}/augment", json={"text": TEXTS[2], **LONG_SAMPLING}, headers=GUARD_AUTH, timeout=httpx.Timeout(60, read=0.3))
+        httpx.post(
+            f"{guarded.url}/augment",
+            json={"text": TEXTS[2], **LONG_SAMPLING},
+            headers=GUARD_AUTH,
+            timeout=httpx.Timeout(60, read=0.3),
+        )
     assert guarded.wait_for_log("cancelled by their callers (1 running", since=log_seen), guarded.log_tail()
 
 
@@ -129,7 +155,10 @@ def test_a_refusal_is_logged_in_one_line_and_a_fault_with_its_traceback():
 
     overload = raised(BackPressureError(num_queued_requests=4, max_queued_requests=4))
     assert (overload.levelname, overload.exc_info) == ("WARNING", None)
-    assert overload.getMessage() == "Request refused: BackPressureError: Request dropped due to backpressure (num_queued_requests=4, max_queued_requests=4)."
+    assert (
+        overload.getMessage()
+        == "Request refused: BackPressureError: Request dropped due to backpressure (num_queued_requests=4, max_queued_requests=4)."
+    )
     late = raised(AdmissionRefused(90.0, 60.0))
     assert late.levelname == "WARNING" and late.getMessage().startswith("Request refused: AdmissionRefused: ")
     bad_input = raised(EngineInputError("labels", "must not be empty"))
@@ -195,7 +224,12 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(guarded,
     # answering again within a replica's start time, from a new process
     deadline = killed_at + 120
     while time.monotonic() < deadline:
-        response = httpx.post(f"{guarded.url}/classify_batch", json={"texts": batch_texts, "labels": LABELS}, headers=GUARD_AUTH, timeout=60)
+        response = httpx.post(
+            f"{guarded.url}/classify_batch",
+            json={"texts": batch_texts, "labels": LABELS},
+            headers=GUARD_AUTH,
+            timeout=60,
+        )
         if response.status_code == 200:
             assert [r["sequence"] for r in response.json()["results"]] == batch_texts
             break
@@ -210,7 +244,10 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(guarded,
 def test_bounded_soak_at_four_times_capacity(guarded):
     """60 s of open-loop load at ~4x the measured capacity of the model: every request answered, memory flat, healthy after."""
     # A model-bound request (64 decoding steps, 4 rows): the model, not the HTTP hops, must be what 4x overloads.
-    path, body = "/augment", {"text": TEXTS[0], "num_return_sequences": 4, "max_length": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    path, body = (
+        "/augment",
+        {"text": TEXTS[0], "num_return_sequences": 4, "max_length": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+    )
 
     async def capacity(seconds: float = 8.0) -> float:
         done = 0

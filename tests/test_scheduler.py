@@ -23,18 +23,35 @@ from serve_app.scheduling.scheduler import Scheduler
 
 pytestmark = pytest.mark.unit
 
-PROMPTS = ["这家餐厅的服务态度很好,上菜速度也快", "物流太慢了", "新能源汽车的续航里程越来越长,充电桩也越来越多", "学校开学后", "股市今天大幅上涨,银行板块领涨"]
+PROMPTS = [
+    "这家餐厅的服务态度很好,上菜速度也快",
+    "物流太慢了",
+    "新能源汽车的续航里程越来越长,充电桩也越来越多",
+    "学校开学后",
+    "股市今天大幅上涨,银行板块领涨",
+]
 LABELS = ["天气", "美食", "旅游", "新能源汽车", "物流延迟"]
 
 
 def gen(tok, index: int, **params) -> GenerationRequest:
-    defaults = {"num_return_sequences": 2, "max_new_tokens": 6 + 5 * (index % 4), "temperature": 0.9, "top_k": 20 + index, "top_p": 0.9, "seed": 100 + index}
-    return GenerationRequest(tok(PROMPTS[index % len(PROMPTS)] * (1 + index % 3)).input_ids, SamplingParams(**{**defaults, **params}))
+    defaults = {
+        "num_return_sequences": 2,
+        "max_new_tokens": 6 + 5 * (index % 4),
+        "temperature": 0.9,
+        "top_k": 20 + index,
+        "top_p": 0.9,
+        "seed": 100 + index,
+    }
+    return GenerationRequest(
+        tok(PROMPTS[index % len(PROMPTS)] * (1 + index % 3)).input_ids, SamplingParams(**{**defaults, **params})
+    )
 
 
 def score(tok, index: int) -> ScoringRequest:
     labels = [tok(label).input_ids[:-1] for label in LABELS[: 2 + index % 4]]
-    return ScoringRequest(tok(f"文本分类。\n候选标签：天气,美食。\n文本内容：{PROMPTS[index % len(PROMPTS)]}").input_ids, labels)
+    return ScoringRequest(
+        tok(f"文本分类。\n候选标签：天气,美食。\n文本内容：{PROMPTS[index % len(PROMPTS)]}").input_ids, labels
+    )
 
 
 class Clock:
@@ -97,6 +114,7 @@ def test_merging_two_running_batches_aligns_their_time_axes(engine, tok):
     expected = engine.generate([first])[0], engine.generate([second])[0]
     a, b = engine.prefill([first], keys=["a"]), engine.prefill([second], keys=["b"])
     results: dict[tuple[str, int], list[int]] = {}
+
     def collect(finished) -> None:
         for row in finished:
             results[(row.owner.key, row.owner.sequence)] = row.token_ids
@@ -115,7 +133,9 @@ def test_merging_two_running_batches_aligns_their_time_axes(engine, tok):
 
 
 def test_dropping_rows_moves_only_the_rows_that_fill_holes(engine, tok):
-    batch = engine.prefill([gen(tok, i, num_return_sequences=1, max_new_tokens=50) for i in range(6)], keys=list("abcdef"))
+    batch = engine.prefill(
+        [gen(tok, i, num_return_sequences=1, max_new_tokens=50) for i in range(6)], keys=list("abcdef")
+    )
     engine.decoder.step(batch)  # one column of keys and values for every row, no sampling: no row finishes
     before = {owner.key: batch.self_kv[:, :, row, :, : batch.length].clone() for row, owner in enumerate(batch.owners)}
     batch.drop([1, 4])
@@ -189,7 +209,10 @@ def test_scores_between_decoding_steps_equal_scores_alone(engine, tok):
 def test_a_request_answers_when_its_own_rows_finish(engine, tok):
     scheduler = Scheduler(engine, SchedulerConfig(), clock=Clock())
     answers = Answers()
-    scheduler.submit_generation(gen(tok, 0, max_new_tokens=40, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=1), answers.callback("long"))
+    scheduler.submit_generation(
+        gen(tok, 0, max_new_tokens=40, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=1),
+        answers.callback("long"),
+    )
     scheduler.run_iteration()
     scheduler.run_iteration()
     scheduler.submit_generation(gen(tok, 1, max_new_tokens=3, num_return_sequences=1), answers.callback("short"))
@@ -245,7 +268,9 @@ def test_reconfigure_changes_the_row_budget_at_the_next_iteration(engine, tok):
 def test_cancelled_requests_free_their_rows_at_the_next_step_and_get_no_answer(engine, tok):
     scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=4), clock=Clock())
     answers = Answers()
-    gone = scheduler.submit_generation(gen(tok, 0, max_new_tokens=100, num_return_sequences=2), answers.callback("gone"))
+    gone = scheduler.submit_generation(
+        gen(tok, 0, max_new_tokens=100, num_return_sequences=2), answers.callback("gone")
+    )
     scheduler.submit_generation(gen(tok, 1, max_new_tokens=100, num_return_sequences=2), answers.callback("stays"))
     queued = scheduler.submit_generation(gen(tok, 2, max_new_tokens=5), answers.callback("queued-and-gone"))
     scheduler.submit_generation(gen(tok, 3, max_new_tokens=5), answers.callback("next"))
@@ -314,7 +339,9 @@ def test_out_of_memory_in_a_step_refuses_the_newest_request_and_the_rest_decode_
     scheduler.submit_generation(older, answers.callback("older"))
     scheduler.run_iteration()  # the older request is decoding
     scheduler.submit_generation(newer, answers.callback("newer"))
-    calls = fail_once_with_out_of_memory(engine.model.lm_head, on_call=2, patch=monkeypatch)  # the step after the newer one joined
+    calls = fail_once_with_out_of_memory(
+        engine.model.lm_head, on_call=2, patch=monkeypatch
+    )  # the step after the newer one joined
     scheduler.run_iteration()
     scheduler.run_iteration()
     assert calls[0] >= 2

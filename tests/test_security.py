@@ -34,7 +34,13 @@ def test_health_and_ui_stay_open(locked):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": f"Bearer {KEY}x"}, {"Authorization": KEY}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": f"Bearer {KEY}x"},
+        {"Authorization": KEY},
+    ],
     ids=["missing", "wrong", "basic-scheme", "longer", "no-scheme"],
 )
 @pytest.mark.service
@@ -54,12 +60,20 @@ def test_api_answers_with_the_key(locked):
 
 @pytest.mark.service
 def test_cors_allows_only_the_configured_origin(locked):
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     allowed = httpx.options(f"{locked}/classify", headers={"Origin": ALLOWED_ORIGIN, **preflight})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     other = httpx.options(f"{locked}/classify", headers={"Origin": "http://evil.example", **preflight})
     assert "access-control-allow-origin" not in other.headers
-    answer = httpx.post(f"{locked}/classify", json=BODY, headers={"Origin": ALLOWED_ORIGIN, "Authorization": f"Bearer {KEY}"}, timeout=60)
+    answer = httpx.post(
+        f"{locked}/classify",
+        json=BODY,
+        headers={"Origin": ALLOWED_ORIGIN, "Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
     assert answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
 
 

@@ -45,7 +45,14 @@ def client(base_url: str):
 def test_healthz_reports_the_demo_model_and_its_precision(client):
     body = client.get("/healthz").json()
     # the fixture pins MT5_DTYPE=float32 (conftest.py); what `auto` picks is checked in test_bench_smoke and test_engine
-    assert body == {"status": "ok", "model": "demo", "demo": True, "device": "cpu", "dtype": "float32", "dtype_reason": "float32 (requested)"}
+    assert body == {
+        "status": "ok",
+        "model": "demo",
+        "demo": True,
+        "device": "cpu",
+        "dtype": "float32",
+        "dtype_reason": "float32 (requested)",
+    }
 
 
 @pytest.mark.service
@@ -79,7 +86,10 @@ def test_classify_batch_keeps_order(client):
 
 @pytest.mark.service
 def test_augment_shape_and_limits(client):
-    body = client.post("/augment", json={"text": "这家餐厅的服务态度很好,上菜速度也快", "num_return_sequences": 3, "max_length": 12, "seed": 7}).json()
+    body = client.post(
+        "/augment",
+        json={"text": "这家餐厅的服务态度很好,上菜速度也快", "num_return_sequences": 3, "max_length": 12, "seed": 7},
+    ).json()
     assert set(body) == {"augmented_texts", "truncated"}
     texts = body["augmented_texts"]
     assert 1 <= len(texts) <= 3 and len(set(texts)) == len(texts)
@@ -94,7 +104,9 @@ def test_seeded_augment_repeats_even_under_concurrent_load(client, base_url):
     async def with_background_traffic():
         async with httpx.AsyncClient(base_url=base_url, timeout=120) as aclient:
             noise = [
-                aclient.post("/augment", json={"text": text, "num_return_sequences": 2, "max_length": 8, "temperature": 1.3})
+                aclient.post(
+                    "/augment", json={"text": text, "num_return_sequences": 2, "max_length": 8, "temperature": 1.3}
+                )
                 for text in TEXTS
             ] + [aclient.post("/classify", json={"text": text, "labels": LABEL_SETS[0]}) for text in TEXTS]
             results = await asyncio.gather(aclient.post("/augment", json=request), *noise)
@@ -120,14 +132,18 @@ def test_augment_whose_every_sample_ends_at_once_answers_an_empty_list(client):
     seeds = range(0, 20_000, 64)
     empty_seed = None
     for start in seeds:
-        batch = [SamplingParams(num_return_sequences=1, max_new_tokens=2, seed=seed) for seed in range(start, start + 64)]
+        batch = [
+            SamplingParams(num_return_sequences=1, max_new_tokens=2, seed=seed) for seed in range(start, start + 64)
+        ]
         outputs = pipeline.engine.generate([GenerationRequest(prompt.input_ids, params) for params in batch])
         empty = [params.seed for params, output in zip(batch, outputs) if output == [[]]]
         if empty:
             empty_seed = empty[0]
             break
     assert empty_seed is not None, "no seed in 0..20000 draws </s> first"
-    response = client.post("/augment", json={"text": text, "num_return_sequences": 1, "max_length": 2, "seed": empty_seed})
+    response = client.post(
+        "/augment", json={"text": text, "num_return_sequences": 1, "max_length": 2, "seed": empty_seed}
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {"augmented_texts": [], "truncated": False}
 
@@ -149,7 +165,10 @@ def test_augment_batch_with_one_seed_per_text_equals_each_text_alone(client):
     seeds = [3, 2**63 - 1, 4]
     params = {"num_return_sequences": 3, "max_length": 8, "temperature": 1.5, "top_k": 0, "top_p": 1.0}
     body = client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json()
-    alone = [client.post("/augment", json={"text": text, "seed": seed, **params}).json()["augmented_texts"] for text, seed in zip(texts, seeds)]
+    alone = [
+        client.post("/augment", json={"text": text, "seed": seed, **params}).json()["augmented_texts"]
+        for text, seed in zip(texts, seeds)
+    ]
     assert body["augmented_texts"] == alone
     assert alone[0] != alone[2]  # the seed, not the text, decides the draw
     assert client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json() == body
@@ -158,11 +177,23 @@ def test_augment_batch_with_one_seed_per_text_equals_each_text_alone(client):
 @pytest.mark.service
 def test_generate_tasks_and_raw_prompt(client):
     tasks = {task["name"]: task for task in client.get("/tasks").json()["tasks"]}
-    assert {"sentiment", "keywords", "title", "summary", "opinion_target", "translation", "question_generation"} <= set(tasks)
+    assert {"sentiment", "keywords", "title", "summary", "opinion_target", "translation", "question_generation"} <= set(
+        tasks
+    )
     assert tasks["question_generation"]["fields"] == ["passage", "answer"]
-    body = client.post("/generate", json={"task": "summary", "text": "学校开学后,学生们开始了新的学期。", "max_length": 8}).json()
+    body = client.post(
+        "/generate", json={"task": "summary", "text": "学校开学后,学生们开始了新的学期。", "max_length": 8}
+    ).json()
     assert set(body) == {"text", "task", "truncated"} and body["task"] == "summary" and isinstance(body["text"], str)
-    qg = client.post("/generate", json={"task": "question_generation", "passage": "长城是中国古代的军事防御工程。", "answer": "长城", "max_length": 6})
+    qg = client.post(
+        "/generate",
+        json={
+            "task": "question_generation",
+            "passage": "长城是中国古代的军事防御工程。",
+            "answer": "长城",
+            "max_length": 6,
+        },
+    )
     assert qg.status_code == 200
     raw = client.post("/generate", json={"prompt": "翻译成英文：今天天气很好", "max_length": 6})
     assert raw.status_code == 200 and raw.json()["task"] is None
@@ -183,7 +214,8 @@ def test_docs_openapi_and_ui(client):
 @pytest.mark.service
 def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client, base_url, served):
     requests = [
-        {"text": f"{TEXTS[i % len(TEXTS)]}{'!' * (i // len(TEXTS))}", "labels": LABEL_SETS[i % len(LABEL_SETS)]} for i in range(32)
+        {"text": f"{TEXTS[i % len(TEXTS)]}{'!' * (i // len(TEXTS))}", "labels": LABEL_SETS[i % len(LABEL_SETS)]}
+        for i in range(32)
     ]
     log_before = served.log_path.read_text(errors="replace")
 
@@ -193,12 +225,14 @@ def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client,
 
     together = [response.json() for response in asyncio.run(all_at_once())]
     time.sleep(2)  # replica logs reach serve run's output asynchronously
-    new_log = served.log_path.read_text(errors="replace")[len(log_before):]
+    new_log = served.log_path.read_text(errors="replace")[len(log_before) :]
     # The scheduler logs a summary when it goes idle: 32 requests scored in fewer, larger batches.
     windows = re.findall(r"scored=(\d+) score_batches=(\d+) score_batch_max=(\d+)", new_log)
     scored = sum(int(w[0]) for w in windows)
     batches = sum(int(w[1]) for w in windows)
-    assert scored >= 32 and max(int(w[2]) for w in windows) > 1 and batches < scored, f"scheduler windows seen: {windows}"
+    assert scored >= 32 and max(int(w[2]) for w in windows) > 1 and batches < scored, (
+        f"scheduler windows seen: {windows}"
+    )
 
     for body, answer in zip(requests, together):
         alone = client.post("/classify", json=body).json()
@@ -221,7 +255,14 @@ def test_keep_label_returns_only_paraphrases_classify_puts_under_the_texts_label
     from serve_app.text.label_keeping import ngram_distance
 
     text = TEXTS[1]
-    request = {"text": text, "num_return_sequences": 4, "max_length": 16, "seed": 5, "min_distance": 0.3, "keep_label": {"labels": KEEP_LABELS}}
+    request = {
+        "text": text,
+        "num_return_sequences": 4,
+        "max_length": 16,
+        "seed": 5,
+        "min_distance": 0.3,
+        "keep_label": {"labels": KEEP_LABELS},
+    }
     body = client.post("/augment", json=request).json()
     own = classify_alone(client, text, KEEP_LABELS)
     assert body["label"] == own["label"]  # no label given: the text's own top label
@@ -246,7 +287,14 @@ def test_keep_label_with_another_label_drops_candidates_and_says_so_within_budge
     text = TEXTS[1]
     own = classify_alone(client, text, KEEP_LABELS)["label"]
     other = next(label for label in KEEP_LABELS if label != own)
-    request = {"text": text, "num_return_sequences": 3, "max_length": 12, "seed": 9, "max_candidates": 5, "keep_label": {"labels": KEEP_LABELS, "label": other}}
+    request = {
+        "text": text,
+        "num_return_sequences": 3,
+        "max_length": 12,
+        "seed": 9,
+        "max_candidates": 5,
+        "keep_label": {"labels": KEEP_LABELS, "label": other},
+    }
     body = client.post("/augment", json=request).json()
     counts = body["candidates"]
     assert body["label"] == other and counts["max_candidates"] == 5 and counts["tried"] <= 5
@@ -266,7 +314,11 @@ def test_keep_label_batch_keeps_order_and_equals_each_text_alone(client):
     assert len(body["augmented_texts"]) == len(body["label"]) == len(body["candidates"]) == 3
     for i, (text, seed) in enumerate(zip(texts, seeds)):
         alone = client.post("/augment", json={"text": text, "seed": seed, **params}).json()
-        assert [body["augmented_texts"][i], body["label"][i], body["candidates"][i]] == [alone["augmented_texts"], alone["label"], alone["candidates"]]
+        assert [body["augmented_texts"][i], body["label"][i], body["candidates"][i]] == [
+            alone["augmented_texts"],
+            alone["label"],
+            alone["candidates"],
+        ]
         assert body["label_scores"][i] == pytest.approx(alone["label_scores"], abs=1e-5)
 
 
@@ -275,7 +327,9 @@ def test_min_distance_alone_oversamples_and_drops_near_copies(client):
     from serve_app.text.label_keeping import ngram_distance
 
     text = TEXTS[2]
-    body = client.post("/augment", json={"text": text, "num_return_sequences": 3, "max_length": 12, "seed": 4, "min_distance": 0.5}).json()
+    body = client.post(
+        "/augment", json={"text": text, "num_return_sequences": 3, "max_length": 12, "seed": 4, "min_distance": 0.5}
+    ).json()
     assert "label" not in body and body["candidates"]["max_candidates"] == 9 and body["candidates"]["other_label"] == 0
     kept = [text, *body["augmented_texts"]]
     assert all(ngram_distance(a, b) >= 0.5 for i, a in enumerate(kept) for b in kept[i + 1 :])
@@ -289,7 +343,11 @@ ERROR_CASES = [
     ("/augment", {"text": "物流太慢了", "num_return_sequences": 3, "max_candidates": 2}, "max_candidates"),
     ("/augment", {"text": "物流太慢了", "max_candidates": 51}, "max_candidates"),
     ("/augment", {"text": "物流太慢了", "min_distance": 1.5}, "min_distance"),
-    ("/augment_batch", {"texts": ["物流太慢了"], "keep_label": {"labels": ["物流", "售后"], "lable": "物流"}}, "keep_label.lable"),
+    (
+        "/augment_batch",
+        {"texts": ["物流太慢了"], "keep_label": {"labels": ["物流", "售后"], "lable": "物流"}},
+        "keep_label.lable",
+    ),
     ("/augment_batch", {"texts": ["一", "二"], "seeds": [1]}, "seeds"),
     ("/augment_batch", {"texts": ["一"], "seeds": [1], "seed": 1}, "seeds"),
     ("/augment_batch", {"texts": ["一", "二"], "seeds": [1, -1]}, "seeds.1"),
@@ -334,7 +392,9 @@ def test_bad_fields_get_422_naming_the_field(client, path, body, field):
 
 @pytest.mark.service
 def test_invalid_json_is_422(client):
-    response = client.post("/classify", content=b'{"text": "x", "labels": [', headers={"content-type": "application/json"})
+    response = client.post(
+        "/classify", content=b'{"text": "x", "labels": [', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
@@ -369,7 +429,11 @@ def test_unknown_path_is_404(client):
 @pytest.mark.unit
 def test_config_yaml_passes_serve_schema():
     config = yaml.safe_load(CONFIG.read_text())
-    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    schema = (
+        ServeDeploySchema.model_validate(config)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(config)
+    )
     app = schema.applications[0]
     assert app.import_path == "serve_app.app:build_app"
     assert config["http_options"]["port"] == 7860 and config["http_options"]["host"] == "0.0.0.0"
@@ -385,7 +449,9 @@ def test_config_yaml_passes_serve_schema():
 @pytest.mark.unit
 def test_env_overrides_beat_the_file():
     args = yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]
-    settings = AppSettings.from_args(args, environ={"MT5_MODEL": "/models/mt5", "MT5_DEVICE": "cuda:1", "MT5_DTYPE": "bfloat16"})
+    settings = AppSettings.from_args(
+        args, environ={"MT5_MODEL": "/models/mt5", "MT5_DEVICE": "cuda:1", "MT5_DTYPE": "bfloat16"}
+    )
     assert (settings.model, settings.device, settings.dtype) == ("/models/mt5", "cuda:1", "bfloat16")
     assert AppSettings.from_args(args, environ={}).model == "iic/nlp_mt5_zero-shot-augment_chinese-base"
 
@@ -419,7 +485,9 @@ def test_light_deployments_hold_no_torch(served, client):
     in their processes, and each far below the ModelReplica's memory (figures in BENCHMARKS.md)."""
     from tests.servers import replica_processes
 
-    assert client.post("/classify", json={"text": TEXTS[0], "labels": LABEL_SETS[0]}).status_code == 200  # every deployment is up
+    assert (
+        client.post("/classify", json={"text": TEXTS[0], "labels": LABEL_SETS[0]}).status_code == 200
+    )  # every deployment is up
     model = replica_processes(served, "ModelReplica")[0]
     assert any("libtorch" in m.path for m in model.memory_maps())
     resident = {}
@@ -427,12 +495,22 @@ def test_light_deployments_hold_no_torch(served, client):
         for proc in replica_processes(served, name):
             assert not [m.path for m in proc.memory_maps() if "libtorch" in m.path], name
             resident[name] = proc.memory_info().rss
-    print("resident MiB:", {name: round(rss / 2**20) for name, rss in resident.items()}, "ModelReplica:", round(model.memory_info().rss / 2**20))
+    print(
+        "resident MiB:",
+        {name: round(rss / 2**20) for name, rss in resident.items()},
+        "ModelReplica:",
+        round(model.memory_info().rss / 2**20),
+    )
     assert set(resident) == {"Ingress", "Classifier", "Generator"}
 
 
 @pytest.mark.service
 def test_cors_is_off_by_default(base_url):
     """The shipped config.yaml allows no other origin (the guarded service allows one: tests/test_security.py)."""
-    response = httpx.post(f"{base_url}/classify", json={"text": "等了三天还没发货", "labels": ["物流延迟", "商品缺货"]}, headers={"Origin": "http://anywhere.example"}, timeout=60)
+    response = httpx.post(
+        f"{base_url}/classify",
+        json={"text": "等了三天还没发货", "labels": ["物流延迟", "商品缺货"]},
+        headers={"Origin": "http://anywhere.example"},
+        timeout=60,
+    )
     assert response.status_code == 200 and "access-control-allow-origin" not in response.headers

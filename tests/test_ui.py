@@ -61,13 +61,22 @@ def page(browser, base_url: str):
     """The UI at 1280 px, loaded and ready; fails the test on any JavaScript error or an unserved asset."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=base_url, accept_downloads=True, locale="zh-CN")
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, base_url=base_url, accept_downloads=True, locale="zh-CN"
+    )
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     js_errors: list[str] = []
     bad_assets: list[str] = []
     page.on("pageerror", lambda error: js_errors.append(str(error)))
-    page.on("response", lambda response: bad_assets.append(f"{response.url} -> {response.status}") if "/ui/" in response.url and response.status >= 400 else None)
+    page.on(
+        "response",
+        lambda response: (
+            bad_assets.append(f"{response.url} -> {response.status}")
+            if "/ui/" in response.url and response.status >= 400
+            else None
+        ),
+    )
     page.goto("/")
     assert not bad_assets, f"UI files not served (the ingress must serve ui/ at /ui/): {bad_assets}"
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
@@ -126,7 +135,14 @@ def test_single_augment_round_trip(page):
     from playwright.sync_api import expect
 
     # Seed defaults and a hint line on every control.
-    for control, value in {"#aug-num": "1", "#aug-max-length": "128", "#aug-temperature": "1.0", "#aug-top-k": "50", "#aug-top-p": "0.95", "#aug-seed": ""}.items():
+    for control, value in {
+        "#aug-num": "1",
+        "#aug-max-length": "128",
+        "#aug-temperature": "1.0",
+        "#aug-top-k": "50",
+        "#aug-top-p": "0.95",
+        "#aug-seed": "",
+    }.items():
         expect(page.locator(control)).to_have_value(value)
         expect(page.locator(f"{control}-hint")).not_to_be_empty()
     page.fill("#aug-text", "这家餐厅的服务态度很好，上菜速度也快")
@@ -144,7 +160,14 @@ def test_single_augment_round_trip(page):
     response = _submit(page, "/augment", "#aug-submit")
     assert response.status == 200
     sent = response.request.post_data_json
-    assert sent == {"text": "这家餐厅的服务态度很好，上菜速度也快", "num_return_sequences": 3, "max_length": 128, "temperature": 1.0, "top_k": 50, "top_p": 0.95}
+    assert sent == {
+        "text": "这家餐厅的服务态度很好，上菜速度也快",
+        "num_return_sequences": 3,
+        "max_length": 128,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 0.95,
+    }
     body = response.json()
     items = page.get_by_test_id("aug-result")
     expect(items).to_have_count(len(body["augmented_texts"]))
@@ -196,7 +219,9 @@ def test_batch_augment_round_trip(page):
         page.click("#batch-download-csv")
     assert download.value.suggested_filename.endswith(".csv")
     table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8-sig"))))
-    assert [(row["text"], row["augmented_text"]) for row in table] == [(text, out) for text, outs in zip(inputs, body["augmented_texts"]) for out in outs]
+    assert [(row["text"], row["augmented_text"]) for row in table] == [
+        (text, out) for text, outs in zip(inputs, body["augmented_texts"]) for out in outs
+    ]
     expect(page.get_by_test_id("batch-copy-all")).to_be_enabled()
 
 
@@ -247,7 +272,9 @@ def test_classify_round_trip_score_and_generate(page):
     assert sorted(shown) == sorted(labels) and shown[0] == top.text_content()
     scores = [float(bars.nth(i).get_attribute("data-score")) for i in range(len(labels))]
     assert sum(scores) == pytest.approx(1.0, abs=1e-4)
-    widths = page.eval_on_selector_all("[data-testid=cls-bar] .bar-fill", "els => els.map(e => parseFloat(e.style.width))")
+    widths = page.eval_on_selector_all(
+        "[data-testid=cls-bar] .bar-fill", "els => els.map(e => parseFloat(e.style.width))"
+    )
     assert widths == pytest.approx([s * 100 for s in scores], abs=0.01)
 
     page.get_by_test_id("cls-mode-generate").check()
@@ -257,7 +284,9 @@ def test_classify_round_trip_score_and_generate(page):
     expect(page.get_by_test_id("cls-generated-box")).to_be_visible()
     expect(page.get_by_test_id("cls-bars-box")).to_be_hidden()
     assert page.get_by_test_id("cls-generated").text_content() == body["generated"]
-    expect(page.get_by_test_id("cls-candidate")).to_have_attribute("data-candidate", "true" if body["label"] is not None else "false")
+    expect(page.get_by_test_id("cls-candidate")).to_have_attribute(
+        "data-candidate", "true" if body["label"] is not None else "false"
+    )
     if body["label"] is not None:
         assert page.get_by_test_id("cls-top-label").text_content() in labels
 
@@ -396,17 +425,27 @@ def test_single_augment_keep_label_round_trip(page, base_url: str, output_dir: P
     direct = httpx.post(base_url + "/augment", json=expected, timeout=TIMEOUT_MS / 1000)
     assert direct.status_code == 200, direct.text
     api = direct.json()
-    assert body["augmented_texts"] == api["augmented_texts"] and body["candidates"] == api["candidates"] and body["label"] == api["label"]
+    assert (
+        body["augmented_texts"] == api["augmented_texts"]
+        and body["candidates"] == api["candidates"]
+        and body["label"] == api["label"]
+    )
     label, counts, texts = api["label"], api["candidates"], api["augmented_texts"]
     assert label in KEEP_LABELS
-    assert counts["asked"] == 2 and counts["kept"] == len(texts) and counts["max_candidates"] == 6  # 3 x asked by default
+    assert (
+        counts["asked"] == 2 and counts["kept"] == len(texts) and counts["max_candidates"] == 6
+    )  # 3 x asked by default
 
     # The meta line names the label kept and the counts.
     meta = page.get_by_test_id("aug-meta")
     kept = page.get_by_test_id("aug-kept-meta")
     expect(kept).to_have_text(f"保持类别：{label} · 保留 {counts['kept']} / 尝试 {counts['tried']}")
     expect(meta).to_contain_text(f"保持类别：{label}")
-    assert (kept.get_attribute("data-label"), kept.get_attribute("data-kept"), kept.get_attribute("data-tried")) == (label, str(counts["kept"]), str(counts["tried"]))
+    assert (kept.get_attribute("data-label"), kept.get_attribute("data-kept"), kept.get_attribute("data-tried")) == (
+        label,
+        str(counts["kept"]),
+        str(counts["tried"]),
+    )
 
     # Each paraphrase with its probability for the label; the same texts as the API's for the same seeded request.
     items = page.get_by_test_id("aug-result")
@@ -444,7 +483,11 @@ def test_single_augment_keep_label_round_trip(page, base_url: str, output_dir: P
     assert response.request.post_data_json == narrow
     api = httpx.post(base_url + "/augment", json=narrow, timeout=TIMEOUT_MS / 1000).json()
     counts = api["candidates"]
-    assert api["label"] == "物流延迟" and counts["max_candidates"] == 2 and response.json()["augmented_texts"] == api["augmented_texts"]
+    assert (
+        api["label"] == "物流延迟"
+        and counts["max_candidates"] == 2
+        and response.json()["augmented_texts"] == api["augmented_texts"]
+    )
     expect(kept).to_have_text(f"保持类别：物流延迟 · 保留 {counts['kept']} / 尝试 {counts['tried']}")
     assert page.locator("[data-testid=aug-result] .result-text").all_text_contents() == api["augmented_texts"]
     if counts["kept"] < counts["asked"]:
@@ -472,7 +515,9 @@ def test_single_augment_keep_label_round_trip(page, base_url: str, output_dir: P
     expect(page.get_by_test_id("aug-keep-labels")).to_be_hidden()
     response = _submit(page, "/augment", "#aug-submit")
     assert response.status == 200
-    assert response.request.post_data_json == {k: v for k, v in expected.items() if k not in ("keep_label", "min_distance")}
+    assert response.request.post_data_json == {
+        k: v for k, v in expected.items() if k not in ("keep_label", "min_distance")
+    }
     expect(page.get_by_test_id("aug-kept-meta")).to_have_count(0)
     expect(page.get_by_test_id("aug-label-score")).to_have_count(0)
     expect(note).to_be_hidden()
@@ -483,7 +528,9 @@ def test_keep_label_422_is_shown_next_to_the_label_input(page):
     from playwright.sync_api import expect
 
     _fill_keep_label_form(page)
-    page.get_by_test_id("aug-keep-label-name").fill("\u200b")  # nothing a reader sees (a label not among the labels would join them)
+    page.get_by_test_id("aug-keep-label-name").fill(
+        "\u200b"
+    )  # nothing a reader sees (a label not among the labels would join them)
     response = _submit(page, "/augment", "#aug-submit")
     assert response.status == 422
     assert response.request.post_data_json["keep_label"] == {"labels": KEEP_LABELS, "label": "\u200b"}

@@ -43,7 +43,9 @@ class AugmentBody(BaseModel):
 class Baseline:
     """The model and the two handlers."""
 
-    def __init__(self, spec: str, device: str = "cpu", dtype: str = "float32", max_input_tokens: int = 512, loaded=None) -> None:
+    def __init__(
+        self, spec: str, device: str = "cpu", dtype: str = "float32", max_input_tokens: int = 512, loaded=None
+    ) -> None:
         self.loaded = loaded or load_model(spec, device, dtype, relay_head=False)  # transformers as a user has it
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer

@@ -49,7 +49,12 @@ def build_app(baseline: Baseline) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", **baseline.loaded.describe(), "pid": os.getpid(), "torch_threads": torch.get_num_threads()}
+        return {
+            "status": "ok",
+            **baseline.loaded.describe(),
+            "pid": os.getpid(),
+            "torch_threads": torch.get_num_threads(),
+        }
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
@@ -72,7 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     started = time.monotonic()
     baseline = Baseline(args.model, args.device, args.dtype)
-    logger.info("baseline loaded %s in %.1f s (torch threads %d)", args.model, time.monotonic() - started, torch.get_num_threads())
+    logger.info(
+        "baseline loaded %s in %.1f s (torch threads %d)",
+        args.model,
+        time.monotonic() - started,
+        torch.get_num_threads(),
+    )
     import uvicorn
 
     uvicorn.run(build_app(baseline), host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -46,4 +46,3 @@ def build_checkpoint(target: str | Path | None = None, shape: dict | None = None
         shutil.rmtree(staging, ignore_errors=True)
     log(f"built in {time.monotonic() - started:.0f} s")
     return target
-

@@ -53,13 +53,18 @@ def convert(checkpoint: Path, quantization: str) -> Path:
     class OurLoading(ct2_transformers.TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):
             loaded = load_model(str(model_name_or_path), "cpu", "float32", relay_head=False)
-            assert loaded.model.config.tie_word_embeddings is False or loaded.model.lm_head.weight is loaded.model.shared.weight
+            assert (
+                loaded.model.config.tie_word_embeddings is False
+                or loaded.model.lm_head.weight is loaded.model.shared.weight
+            )
             return loaded.model
 
         def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
             return load_tokenizer(Path(model_name_or_path))
 
-    OurLoading(str(checkpoint)).convert(str(target), quantization=None if quantization == "float32" else quantization, force=True)
+    OurLoading(str(checkpoint)).convert(
+        str(target), quantization=None if quantization == "float32" else quantization, force=True
+    )
     return target
 
 
@@ -69,7 +74,9 @@ class CT2Engine:
     def __init__(self, model_dir: Path, compute_type: str, threads: int) -> None:
         import ctranslate2
 
-        self.translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type, intra_threads=threads, inter_threads=1)
+        self.translator = ctranslate2.Translator(
+            str(model_dir), device="cpu", compute_type=compute_type, intra_threads=threads, inter_threads=1
+        )
         self.vocabulary = _vocabulary(model_dir)
         self.index = {token: i for i, token in enumerate(self.vocabulary)}
         self.compute_type = compute_type
@@ -83,14 +90,22 @@ class CT2Engine:
         results = self.translator.score_batch([source] * len(labels), [self.tokens(label) for label in labels])
         return [sum(result.log_probs) for result in results]
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int
+    ) -> list[list[int]]:
         import ctranslate2
 
         sources = [self.tokens(ids) for ids in prompts]
         ctranslate2.set_random_seed(seed)  # its sampling seed is process-wide
         results = self.translator.translate_batch(
-            sources, beam_size=1, sampling_topk=top_k, sampling_topp=top_p, sampling_temperature=temperature,
-            max_decoding_length=max_new_tokens, max_batch_size=len(sources), return_scores=False,
+            sources,
+            beam_size=1,
+            sampling_topk=top_k,
+            sampling_topp=top_p,
+            sampling_temperature=temperature,
+            max_decoding_length=max_new_tokens,
+            max_batch_size=len(sources),
+            return_scores=False,
         )
         return [[self.index[token] for token in result.hypotheses[0]] for result in results]
 
@@ -140,7 +155,9 @@ class RemoteEngine:
     def label_log_scores(self, prompt_ids: list[int], labels: list[list[int]]) -> list[float]:
         return self.process.call(self.key, "label_log_scores", prompt_ids, labels)
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int
+    ) -> list[list[int]]:
         return self.process.call(self.key, "generate", prompts, max_new_tokens, temperature, top_k, top_p, seed)
 
 

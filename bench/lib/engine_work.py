@@ -31,7 +31,7 @@ class EngineWork:
 
     def chunk(self, start: int, size: int) -> list[Any]:
         """`size` requests from `start`, wrapping around, so every batch has the same shape."""
-        part = self.requests[start % len(self.requests):][:size]
+        part = self.requests[start % len(self.requests) :][:size]
         return part + self.requests[: size - len(part)]
 
 
@@ -49,13 +49,20 @@ def classify_work(service, count: int = 256, labels: list[str] | None = None, se
     return _work(service, service.engine.score, service.text_tasks.classify_requests(jobs))
 
 
-def augment_work(service, count: int = 256, n: int = 2, max_new_tokens: int = 32, seed: int = 1, seeded: bool = False) -> EngineWork:
+def augment_work(
+    service, count: int = 256, n: int = 2, max_new_tokens: int = 32, seed: int = 1, seeded: bool = False
+) -> EngineWork:
     """Paraphrase generation, `n` sequences of `max_new_tokens` per text (random weights never stop early);
     `seeded`: text i samples with seed i, so two engines given the same logits pick the same tokens."""
     from serve_app.engine import SamplingParams
 
-    params = [SamplingParams(num_return_sequences=n, max_new_tokens=max_new_tokens, seed=i if seeded else None) for i in range(count)]
-    return _work(service, service.engine.generate, service.text_tasks.augment_requests(chinese_texts(count, seed), params))
+    params = [
+        SamplingParams(num_return_sequences=n, max_new_tokens=max_new_tokens, seed=i if seeded else None)
+        for i in range(count)
+    ]
+    return _work(
+        service, service.engine.generate, service.text_tasks.augment_requests(chinese_texts(count, seed), params)
+    )
 
 
 def _work(service, run: Callable[[list[Any]], Any], requests: list[Any]) -> EngineWork:
@@ -63,7 +70,9 @@ def _work(service, run: Callable[[list[Any]], Any], requests: list[Any]) -> Engi
     return EngineWork(run, requests, service.loaded.device, precision.name, precision.reason)
 
 
-def timed_batches(work: EngineWork, batch: int, repeats: int, threads: int | None = None, lanes: int | str = "auto") -> dict[str, Any]:
+def timed_batches(
+    work: EngineWork, batch: int, repeats: int, threads: int | None = None, lanes: int | str = "auto"
+) -> dict[str, Any]:
     """Seconds per batch of `batch` requests (after one warm-up), the batch split over the service's lanes."""
     import torch
 
@@ -74,7 +83,9 @@ def timed_batches(work: EngineWork, batch: int, repeats: int, threads: int | Non
     sync = torch.cuda.synchronize if work.device.type == "cuda" else (lambda: None)
     lanes = lane_count(lanes, work.device.type, threads)
     # Each lane's thread runs torch on its share of the threads, as CoreShare gives busy lanes in the service.
-    pool = ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads, initargs=(max(1, threads // lanes),))
+    pool = ThreadPoolExecutor(
+        max_workers=lanes, initializer=torch.set_num_threads, initargs=(max(1, threads // lanes),)
+    )
     try:
         list(pool.map(work.run, [work.requests[:2]] * lanes))  # first-call allocations, on every lane thread
         seconds = []

@@ -7,8 +7,30 @@ import random
 from bench.lib.workloads import chinese_texts
 
 LABEL_POOL = [
-    "体育", "财经", "科技", "娱乐", "教育", "健康", "物流延迟", "商品缺货", "售后响应慢", "价格争议", "天气", "美食",
-    "旅游", "汽车", "房产", "游戏", "军事", "文化", "农业", "法律", "积极", "消极", "中性", "其他",
+    "体育",
+    "财经",
+    "科技",
+    "娱乐",
+    "教育",
+    "健康",
+    "物流延迟",
+    "商品缺货",
+    "售后响应慢",
+    "价格争议",
+    "天气",
+    "美食",
+    "旅游",
+    "汽车",
+    "房产",
+    "游戏",
+    "军事",
+    "文化",
+    "农业",
+    "法律",
+    "积极",
+    "消极",
+    "中性",
+    "其他",
 ]
 
 
@@ -21,5 +43,11 @@ def classify_inputs(count: int, seed: int = 11) -> list[tuple[str, list[str]]]:
 def compare(reference: list[list[float]], other: list[list[float]]) -> dict[str, float]:
     """Largest and mean change of a label probability, and the share of inputs whose top label is the same."""
     deltas = [abs(a - b) for ref, oth in zip(reference, other) for a, b in zip(ref, oth)]
-    agree = sum(max(range(len(r)), key=r.__getitem__) == max(range(len(o)), key=o.__getitem__) for r, o in zip(reference, other))
-    return {"max_abs_dp": max(deltas), "mean_abs_dp": sum(deltas) / len(deltas), "top_label_agreement": agree / len(reference)}
+    agree = sum(
+        max(range(len(r)), key=r.__getitem__) == max(range(len(o)), key=o.__getitem__) for r, o in zip(reference, other)
+    )
+    return {
+        "max_abs_dp": max(deltas),
+        "mean_abs_dp": sum(deltas) / len(deltas),
+        "top_label_agreement": agree / len(reference),
+    }

@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 
-def start_group(command: list[str], log: Path, cwd: Path, env: dict[str, str], append: bool = False) -> subprocess.Popen[bytes]:
+def start_group(
+    command: list[str], log: Path, cwd: Path, env: dict[str, str], append: bool = False
+) -> subprocess.Popen[bytes]:
     """`command` in a session (process group) of its own, its output in `log`: stop_group ends it and all it spawned."""
     with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

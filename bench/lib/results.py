@@ -19,10 +19,22 @@ PAGE = ROOT / "BENCHMARKS.md"
 
 # The page's sections, in order: entry point -> (title, what it measures, how to run it).
 SECTIONS = {
-    "serve": ("The service against a one-at-a-time server", "`python -m bench serve`: the shipped config.yaml under `serve run` against the one-at-a-time transformers server (and, with `--against REF`, an earlier release), closed-loop HTTP load at 1, 8 and 32 clients, the mixed load, and the most /classify clients served at p95 < 1 s"),
-    "engine": ("The engine alone: number formats, and CTranslate2 beside it", "`python -m bench engine`: the engine without Ray or HTTP, classify texts/s and generation tokens/s per number format, what `dtype: auto` picks, and CTranslate2 on the same checkpoint and token ids"),
-    "fidelity": ("Fidelity of the faster settings", "`python -m bench fidelity`: label probabilities of bfloat16, int8 and label-token normalisation against float32 full-vocabulary scoring, and each input alone against inside its batch"),
-    "gpu": ("On a GPU", "`bash bench/gpu_suite.sh \"$OUT\"` on a lent GPU machine (`python -m bench gpu` there): the engine and the serving core without Ray"),
+    "serve": (
+        "The service against a one-at-a-time server",
+        "`python -m bench serve`: the shipped config.yaml under `serve run` against the one-at-a-time transformers server (and, with `--against REF`, an earlier release), closed-loop HTTP load at 1, 8 and 32 clients, the mixed load, and the most /classify clients served at p95 < 1 s",
+    ),
+    "engine": (
+        "The engine alone: number formats, and CTranslate2 beside it",
+        "`python -m bench engine`: the engine without Ray or HTTP, classify texts/s and generation tokens/s per number format, what `dtype: auto` picks, and CTranslate2 on the same checkpoint and token ids",
+    ),
+    "fidelity": (
+        "Fidelity of the faster settings",
+        "`python -m bench fidelity`: label probabilities of bfloat16, int8 and label-token normalisation against float32 full-vocabulary scoring, and each input alone against inside its batch",
+    ),
+    "gpu": (
+        "On a GPU",
+        '`bash bench/gpu_suite.sh "$OUT"` on a lent GPU machine (`python -m bench gpu` there): the engine and the serving core without Ray',
+    ),
 }
 
 
@@ -43,7 +55,9 @@ def page_for(out_dir: Path, quick: bool = False) -> Path | None:
     return PAGE if not quick and Path(out_dir).resolve() == RESULTS_DIR.resolve() else None
 
 
-def save(name: str, results: dict[str, Any], section: str, out_dir: Path = RESULTS_DIR, page: Path | None = PAGE) -> Path:
+def save(
+    name: str, results: dict[str, Any], section: str, out_dir: Path = RESULTS_DIR, page: Path | None = PAGE
+) -> Path:
     """Write `<out_dir>/<name>.json` (with its page section) and, unless page is None, regenerate the page."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
@@ -71,7 +85,7 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
         ".venv/bin/python -m bench serve      # the service vs a one-at-a-time server, HTTP load (~25 min on 2 cores)",
         ".venv/bin/python -m bench engine     # the engine per number format, and CTranslate2 beside it (~10 min)",
         ".venv/bin/python -m bench fidelity   # probabilities of the faster settings against float32 (~10 min)",
-        "bash bench/gpu_suite.sh \"$OUT\"       # on a lent GPU machine: python -m bench gpu, in one call",
+        'bash bench/gpu_suite.sh "$OUT"       # on a lent GPU machine: python -m bench gpu, in one call',
         "```",
         "",
         "`python -m bench <name> --help` lists each one's options; `--quick` runs any of them in a minute on the demo model",

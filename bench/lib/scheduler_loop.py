@@ -15,7 +15,9 @@ from typing import Any
 from bench.lib.loadgen import Sample, percentile, spread_throughput
 
 
-async def closed_loop(lanes, requests: list[Any], kind: str, clients: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+async def closed_loop(
+    lanes, requests: list[Any], kind: str, clients: int, warmup_s: float, duration_s: float
+) -> dict[str, Any]:
     done: list[tuple[float, float]] = []
     stop = asyncio.Event()
     counter = {"next": 0}
@@ -46,7 +48,15 @@ async def closed_loop(lanes, requests: list[Any], kind: str, clients: int, warmu
     }
 
 
-def measure(service, work, clients: int, duration_s: float, warmup_s: float, threads: int | None = None, lanes: int | str = "auto") -> dict[str, Any]:
+def measure(
+    service,
+    work,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    threads: int | None = None,
+    lanes: int | str = "auto",
+) -> dict[str, Any]:
     """`clients` closed-loop clients running `work`'s requests through the service's scheduler lanes."""
     import torch
 

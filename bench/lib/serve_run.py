@@ -46,8 +46,12 @@ def free_port() -> int:
     raise RuntimeError(f"no free loopback port in {PORT_RANGE}")
 
 
-def shipped_config(port: int, deployment_overrides: dict[str, dict[str, Any]] | None = None, args: dict[str, Any] | None = None,
-                   config_path: Path = CONFIG) -> dict[str, Any]:
+def shipped_config(
+    port: int,
+    deployment_overrides: dict[str, dict[str, Any]] | None = None,
+    args: dict[str, Any] | None = None,
+    config_path: Path = CONFIG,
+) -> dict[str, Any]:
     """config.yaml as shipped, on a loopback port, with changes to deployments' options and to the app's args."""
     config = copy.deepcopy(yaml.safe_load(config_path.read_text()))
     config["http_options"].update({"host": "127.0.0.1", "port": port})
@@ -63,7 +67,9 @@ class ServeRun:
 
     `tree` is another checkout (an earlier release, say): Serve's workers import `serve_app` from it."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None, tree: Path = ROOT) -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None, tree: Path = ROOT
+    ) -> None:
         self.config = config
         self.tree = tree
         self.port = config["http_options"]["port"]
@@ -92,7 +98,11 @@ class ServeRun:
                 raise RuntimeError(f"serve run exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 answer = httpx.get(f"{self.url}/healthz", timeout=2, trust_env=False)
-                if answer.status_code == 200 and answer.headers.get("content-type", "").startswith("application/json") and answer.json().get("status") == "ok":
+                if (
+                    answer.status_code == 200
+                    and answer.headers.get("content-type", "").startswith("application/json")
+                    and answer.json().get("status") == "ok"
+                ):
                     return self  # our Ingress, not whatever else might answer on the port
             except (httpx.HTTPError, ValueError):
                 pass

@@ -76,11 +76,16 @@ def augment_workload(
     return Workload(
         name,
         "/augment",
-        [{"text": text, "num_return_sequences": num_return_sequences, "max_length": max_length} for text in chinese_texts(count, seed)],
+        [
+            {"text": text, "num_return_sequences": num_return_sequences, "max_length": max_length}
+            for text in chinese_texts(count, seed)
+        ],
     )
 
 
-def mixed_workload(classify_clients: int = 1, augment_clients: int = 8, max_length: int = 64) -> list[tuple[Workload, int]]:
+def mixed_workload(
+    classify_clients: int = 1, augment_clients: int = 8, max_length: int = 64
+) -> list[tuple[Workload, int]]:
     """Short scoring requests among long generations: what continuous batching must keep fast."""
     classify = classify_workload(seed=2)
     classify = Workload("mixed:classify", classify.route, classify.bodies)

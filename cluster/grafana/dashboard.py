@@ -24,7 +24,9 @@ def _target(expr: str, legend: str, ref: str, fmt: str | None = None) -> dict[st
     return target
 
 
-def _panel(title: str, description: str, targets: list[tuple[str, str]], unit: str, kind: str = "timeseries") -> dict[str, Any]:
+def _panel(
+    title: str, description: str, targets: list[tuple[str, str]], unit: str, kind: str = "timeseries"
+) -> dict[str, Any]:
     return {
         "type": kind,
         "title": title,
@@ -32,21 +34,34 @@ def _panel(title: str, description: str, targets: list[tuple[str, str]], unit: s
         "datasource": DATASOURCE,
         "targets": [_target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(targets)],
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}, "tooltip": {"mode": "multi"}},
+        "options": {
+            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
+            "tooltip": {"mode": "multi"},
+        },
     }
 
 
 def _quantiles(metric: str, by: str, qs: tuple[float, ...] = (0.5, 0.99)) -> list[tuple[str, str]]:
     return [
-        (f"histogram_quantile({q}, sum(rate({metric}_bucket{{{APP}}}[{RATE}])) by ({by}, le))", f"p{int(q * 100)} {{{{{by}}}}}")
+        (
+            f"histogram_quantile({q}, sum(rate({metric}_bucket{{{APP}}}[{RATE}])) by ({by}, le))",
+            f"p{int(q * 100)} {{{{{by}}}}}",
+        )
         for q in qs
     ]
 
 
 def _heatmap(title: str, description: str, metric: str, unit: str) -> dict[str, Any]:
     panel = _panel(title, description, [], unit, kind="heatmap")
-    panel["targets"] = [_target(f"sum(increase({metric}_bucket{{{APP}}}[{RATE}])) by (le)", "{{le}}", "A", fmt="heatmap")]
-    panel["options"] = {"calculate": False, "yAxis": {"unit": unit}, "color": {"scheme": "Oranges", "mode": "scheme"}, "cellGap": 1}
+    panel["targets"] = [
+        _target(f"sum(increase({metric}_bucket{{{APP}}}[{RATE}])) by (le)", "{{le}}", "A", fmt="heatmap")
+    ]
+    panel["options"] = {
+        "calculate": False,
+        "yAxis": {"unit": unit},
+        "color": {"scheme": "Oranges", "mode": "scheme"},
+        "cellGap": 1,
+    }
     return panel
 
 
@@ -57,14 +72,21 @@ def panels() -> list[dict[str, Any]]:
             "Live rows per decoding step",
             "Decoder rows (one per returned sequence) in each step of ModelReplica's continuous-batching scheduler. "
             "Mostly small under load means requests are not meeting in the batch.",
-            "ray_mt5_step_rows", "short",
+            "ray_mt5_step_rows",
+            "short",
         ),
         _panel(
             "Rows per step and requests per scoring batch",
             "Mean live rows per decoding step, and mean requests per scoring batch (classify).",
             [
-                (f"sum(rate(ray_mt5_step_rows_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_step_rows_count{{{APP}}}[{RATE}]))", "rows per step"),
-                (f"sum(rate(ray_mt5_score_batch_size_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_score_batch_size_count{{{APP}}}[{RATE}]))", "requests per scoring batch"),
+                (
+                    f"sum(rate(ray_mt5_step_rows_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_step_rows_count{{{APP}}}[{RATE}]))",
+                    "rows per step",
+                ),
+                (
+                    f"sum(rate(ray_mt5_score_batch_size_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_score_batch_size_count{{{APP}}}[{RATE}]))",
+                    "requests per scoring batch",
+                ),
             ],
             "short",
         ),
@@ -109,14 +131,22 @@ def panels() -> list[dict[str, Any]]:
         _panel(
             "Requests / s per route",
             "HTTP requests through the Serve proxies on every node, by route and status.",
-            [(f"sum(rate(ray_serve_num_http_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, status_code)", "{{route}} {{status_code}}")],
+            [
+                (
+                    f"sum(rate(ray_serve_num_http_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, status_code)",
+                    "{{route}} {{status_code}}",
+                )
+            ],
             "reqps",
         ),
         _panel(
             "Latency per route",
             "End-to-end latency at the Serve proxy (excludes the load balancer).",
             [
-                (f"histogram_quantile({q}, sum(rate(ray_serve_http_request_latency_ms_bucket{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, le))", f"p{int(q * 100)} {{{{route}}}}")
+                (
+                    f"histogram_quantile({q}, sum(rate(ray_serve_http_request_latency_ms_bucket{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, le))",
+                    f"p{int(q * 100)} {{{{route}}}}",
+                )
                 for q in (0.5, 0.9, 0.99)
             ],
             "ms",
@@ -124,7 +154,12 @@ def panels() -> list[dict[str, Any]]:
         _panel(
             "Errors per route",
             "4xx and 5xx answers by route and code: 422 bad input, 413 body too large, 503 overload, 504 timeout, 500 a bug or a lost replica.",
-            [(f"sum(increase(ray_serve_num_http_error_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, error_code)", "{{route}} {{error_code}}")],
+            [
+                (
+                    f"sum(increase(ray_serve_num_http_error_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, error_code)",
+                    "{{route}} {{error_code}}",
+                )
+            ],
             "short",
         ),
         _panel(
@@ -154,7 +189,9 @@ def panels() -> list[dict[str, Any]]:
 def build_dashboard() -> dict[str, Any]:
     laid_out = []
     for index, panel in enumerate(panels()):
-        laid_out.append({"id": index + 1, "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)}, **panel})
+        laid_out.append(
+            {"id": index + 1, "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)}, **panel}
+        )
     return {
         "title": "mT5 zero-shot service",
         "uid": "mt5-serve",
@@ -168,13 +205,22 @@ def build_dashboard() -> dict[str, Any]:
         "time": {"from": "now-1h", "to": "now"},
         "templating": {
             "list": [
-                {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus", "current": {}},
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                },
                 {
                     "name": "application",
                     "label": "Serve application",
                     "type": "query",
                     "datasource": DATASOURCE,
-                    "query": {"query": "label_values(ray_serve_deployment_replica_healthy, application)", "refId": "application"},
+                    "query": {
+                        "query": "label_values(ray_serve_deployment_replica_healthy, application)",
+                        "refId": "application",
+                    },
                     "definition": "label_values(ray_serve_deployment_replica_healthy, application)",
                     "current": {"text": "mt5", "value": "mt5"},
                     "refresh": 2,

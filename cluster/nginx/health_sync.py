@@ -60,7 +60,9 @@ def discover_proxies(dashboard: str, serve_port: int, timeout_s: float = 5.0) ->
     response.raise_for_status()
     nodes = response.json()["data"]["summary"]
     return sorted(
-        f"{node['raylet']['nodeManagerAddress']}:{serve_port}" for node in nodes if node.get("raylet", {}).get("state") == "ALIVE"
+        f"{node['raylet']['nodeManagerAddress']}:{serve_port}"
+        for node in nodes
+        if node.get("raylet", {}).get("state") == "ALIVE"
     )
 
 

@@ -21,18 +21,27 @@ TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 UPSTREAM = "mt5_serve"
 
 
-def render_nginx_conf(listen: str, state_dir: Path, upstreams_file: Path, serve_port: int = 7860, template: Path = TEMPLATE) -> str:
+def render_nginx_conf(
+    listen: str, state_dir: Path, upstreams_file: Path, serve_port: int = 7860, template: Path = TEMPLATE
+) -> str:
     """The main config; paths are absolute so nginx can run with any -p prefix."""
     text = template.read_text(encoding="utf-8")
-    values = {"listen": listen, "state_dir": str(state_dir), "upstreams_file": str(upstreams_file), "serve_port": str(serve_port)}
+    values = {
+        "listen": listen,
+        "state_dir": str(state_dir),
+        "upstreams_file": str(upstreams_file),
+        "serve_port": str(serve_port),
+    }
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     if "{{" in text:
-        raise ValueError(f"unfilled placeholder in {template}: {text[text.index('{{'):][:40]}")
+        raise ValueError(f"unfilled placeholder in {template}: {text[text.index('{{') :][:40]}")
     return text
 
 
-def render_upstreams(proxies: Iterable[str], down: Iterable[str] = (), max_fails: int = 2, fail_timeout_s: int = 10, keepalive: int = 32) -> str:
+def render_upstreams(
+    proxies: Iterable[str], down: Iterable[str] = (), max_fails: int = 2, fail_timeout_s: int = 10, keepalive: int = 32
+) -> str:
     """upstream mt5_serve { ... }: every proxy, the ones failing active checks marked `down`.
 
     If every proxy is down we list them all as up (fail open): passive checks then still
@@ -73,7 +82,9 @@ def write_atomically(path: Path, text: str) -> bool:
     return True
 
 
-def render_all(out_dir: Path, proxies: list[str], listen: str, serve_port: int = 7860, down: Iterable[str] = ()) -> Path:
+def render_all(
+    out_dir: Path, proxies: list[str], listen: str, serve_port: int = 7860, down: Iterable[str] = ()
+) -> Path:
     """Write nginx.conf and upstreams.conf into out_dir (also nginx's state dir); returns nginx.conf."""
     out_dir.mkdir(parents=True, exist_ok=True)
     upstreams = out_dir / "upstreams.conf"
@@ -85,9 +96,13 @@ def render_all(out_dir: Path, proxies: list[str], listen: str, serve_port: int =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--proxy", action="append", required=True, help="a Serve proxy host:port (repeat for every node)")
+    parser.add_argument(
+        "--proxy", action="append", required=True, help="a Serve proxy host:port (repeat for every node)"
+    )
     parser.add_argument("--listen", default="0.0.0.0:80", help="nginx listen address (default 0.0.0.0:80)")
-    parser.add_argument("--out-dir", type=Path, required=True, help="where nginx.conf, upstreams.conf, logs and the pid file go")
+    parser.add_argument(
+        "--out-dir", type=Path, required=True, help="where nginx.conf, upstreams.conf, logs and the pid file go"
+    )
     parser.add_argument("--serve-port", type=int, default=7860)
     args = parser.parse_args(argv)
     conf = render_all(args.out_dir.resolve(), args.proxy, args.listen, args.serve_port)

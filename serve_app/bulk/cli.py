@@ -43,32 +43,66 @@ _FLAGS = {
     "keep_label.label": "--label",
     "max_candidates": "--max-candidates",
     "min_distance": "--min-distance",
-    "num_return_sequences": "--num", "max_length": "--max-length", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}
+    "num_return_sequences": "--num",
+    "max_length": "--max-length",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "seed": "--seed",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("input", type=Path, help="JSONL (.jsonl/.ndjson) or CSV/TSV (.csv/.tsv) with a header row")
     common.add_argument("output", type=Path, help="result file; JSONL or CSV/TSV by its extension")
-    common.add_argument("--text-field", default="text", help="field (JSONL) or column (CSV) holding the text (default: text)")
-    common.add_argument("--id-field", default="id", help="field carried into the results (default: id; the input line number when absent)")
-    common.add_argument("--errors", type=Path, help="where unusable records go, with line number and reason (default: OUTPUT.errors.jsonl)")
-    common.add_argument("--overwrite", action="store_true", help="replace an existing output instead of refusing (discards any resume state)")
-    common.add_argument("--batch-size", type=int, help=f"records per model batch / request (default: {RAY_CHUNK_RECORDS}; with --url 16, at most 50)")
+    common.add_argument(
+        "--text-field", default="text", help="field (JSONL) or column (CSV) holding the text (default: text)"
+    )
+    common.add_argument(
+        "--id-field",
+        default="id",
+        help="field carried into the results (default: id; the input line number when absent)",
+    )
+    common.add_argument(
+        "--errors",
+        type=Path,
+        help="where unusable records go, with line number and reason (default: OUTPUT.errors.jsonl)",
+    )
+    common.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output instead of refusing (discards any resume state)",
+    )
+    common.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"records per model batch / request (default: {RAY_CHUNK_RECORDS}; with --url 16, at most 50)",
+    )
     ray_group = common.add_argument_group("Ray Data (default)")
     ray_group.add_argument(
-        "--address", help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray); a cluster with token auth also needs RAY_AUTH_MODE=token"
+        "--address",
+        help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray); a cluster with token auth also needs RAY_AUTH_MODE=token",
     )
     ray_group.add_argument("--workers", type=int, help="model actors (default: one per GPU, else one per 1-4 CPUs)")
-    ray_group.add_argument("--model", help="demo | checkpoint directory | ModelScope id | hf:<repo> (default: MT5_MODEL, else the config.yaml model)")
+    ray_group.add_argument(
+        "--model",
+        help="demo | checkpoint directory | ModelScope id | hf:<repo> (default: MT5_MODEL, else the config.yaml model)",
+    )
     ray_group.add_argument("--device", help="auto | cpu | cuda (default: MT5_DEVICE, else auto)")
     ray_group.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (default: MT5_DTYPE, else auto)")
     http_group = common.add_argument_group("running service")
-    http_group.add_argument("--url", help="send to this service (e.g. http://127.0.0.1:7860) instead of running the model")
+    http_group.add_argument(
+        "--url", help="send to this service (e.g. http://127.0.0.1:7860) instead of running the model"
+    )
     http_group.add_argument("--concurrency", type=int, default=4, help="requests in flight with --url (default: 4)")
-    http_group.add_argument("--api-key-file", help="file holding the service's API key (default: the MT5_API_KEY variable, if set)")
+    http_group.add_argument(
+        "--api-key-file", help="file holding the service's API key (default: the MT5_API_KEY variable, if set)"
+    )
 
-    parser = argparse.ArgumentParser(prog="mt5-bulk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mt5-bulk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     tasks = parser.add_subparsers(dest="task", required=True)
     augment = tasks.add_parser("augment", parents=[common], help="paraphrases of each text")
     augment.add_argument("--num", type=int, default=1, help="paraphrases per text, 1-10 (default: 1)")
@@ -77,17 +111,38 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--top-k", type=int, default=50, help="0 = off (default: 50)")
     augment.add_argument("--top-p", type=float, default=0.95, help="(default: 0.95)")
     augment.add_argument("--seed", type=int, help="same seed, same paraphrases, however the job is batched or resumed")
-    checks = augment.add_argument_group("checks (README, \"Augmentation that keeps the label\")")
-    checks.add_argument("--keep-label", action="store_true", help="keep only paraphrases whose top label under --labels is the text's own (or --label)")
-    checks.add_argument("--labels", dest="keep_labels", help="with --keep-label: candidate labels, comma or full-width comma separated")
-    checks.add_argument("--label", dest="keep_label_name", help="with --keep-label: the label to keep (default: each text's own top label)")
-    checks.add_argument("--max-candidates", type=int, help=f"candidates sampled per text at most (default with a check: {OVERSAMPLING} x --num)")
-    checks.add_argument("--min-distance", type=float, default=0.0, help="drop paraphrases closer than this (0-1, character bigrams) to the text or a kept one")
+    checks = augment.add_argument_group('checks (README, "Augmentation that keeps the label")')
+    checks.add_argument(
+        "--keep-label",
+        action="store_true",
+        help="keep only paraphrases whose top label under --labels is the text's own (or --label)",
+    )
+    checks.add_argument(
+        "--labels", dest="keep_labels", help="with --keep-label: candidate labels, comma or full-width comma separated"
+    )
+    checks.add_argument(
+        "--label",
+        dest="keep_label_name",
+        help="with --keep-label: the label to keep (default: each text's own top label)",
+    )
+    checks.add_argument(
+        "--max-candidates",
+        type=int,
+        help=f"candidates sampled per text at most (default with a check: {OVERSAMPLING} x --num)",
+    )
+    checks.add_argument(
+        "--min-distance",
+        type=float,
+        default=0.0,
+        help="drop paraphrases closer than this (0-1, character bigrams) to the text or a kept one",
+    )
     classify = tasks.add_parser("classify", parents=[common], help="zero-shot classification of each text")
     classify.add_argument("--labels", required=True, help="candidate labels, comma or full-width comma separated")
     classify.add_argument("--mode", choices=["score", "generate"], default="score", help="(default: score)")
     classify.add_argument(
-        "--scoring", choices=["vocabulary", "label_tokens"], default="vocabulary",
+        "--scoring",
+        choices=["vocabulary", "label_tokens"],
+        default="vocabulary",
         help="score mode: vocabulary = the model's own likelihood (default); label_tokens = faster, normalised over the labels' tokens",
     )
     for subparser in (augment, classify):
@@ -104,12 +159,18 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
     if args.keep_label_name is not None and not args.keep_label:
         raise TextInputError("keep_label", "--label needs --keep-label")
     keep = KeepLabel(list(parse_labels(args.keep_labels)), args.keep_label_name) if args.keep_label else None
-    return TaskSpec("augment", sampling=sampling, checks=Checks(keep_label=keep, max_candidates=args.max_candidates, min_distance=args.min_distance))
+    return TaskSpec(
+        "augment",
+        sampling=sampling,
+        checks=Checks(keep_label=keep, max_candidates=args.max_candidates, min_distance=args.min_distance),
+    )
 
 
 def app_settings(args: argparse.Namespace) -> AppSettings:
     """Flags first, then MT5_MODEL / MT5_DEVICE / MT5_DTYPE, then the defaults (config.yaml's model)."""
-    values: dict[str, Any] = {key: os.environ[variable] for variable, key in ENV_OVERRIDES.items() if os.environ.get(variable)}
+    values: dict[str, Any] = {
+        key: os.environ[variable] for variable, key in ENV_OVERRIDES.items() if os.environ.get(variable)
+    }
     values.update({key: getattr(args, key) for key in ("model", "device", "dtype") if getattr(args, key)})
     return AppSettings.model_validate(values)
 
@@ -120,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = task_spec(args)
     except (EngineInputError, TextInputError) as exc:
-        flag = "--labels" if exc.field.startswith(("labels", "keep_label.labels")) else _FLAGS.get(exc.field, f"--{exc.field}")
+        flag = (
+            "--labels"
+            if exc.field.startswith(("labels", "keep_label.labels"))
+            else _FLAGS.get(exc.field, f"--{exc.field}")
+        )
         parser.error(f"{flag}: {exc.rule}")
     for name in ("batch_size", "workers", "concurrency"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -130,7 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, spec)
     except KeyboardInterrupt:
-        print(f"\nmt5-bulk: interrupted; finished chunks are saved. Run the same command again to resume {args.output}.", file=sys.stderr)
+        print(
+            f"\nmt5-bulk: interrupted; finished chunks are saved. Run the same command again to resume {args.output}.",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except (InputError, ResumeError, ModelSpecError, OSError) as exc:
         print(f"mt5-bulk: error: {exc}", file=sys.stderr)
@@ -142,7 +210,9 @@ def _run(args: argparse.Namespace, spec: TaskSpec) -> int:
     errors_path = args.errors or args.output.with_name(args.output.name + ".errors.jsonl")
     paths = [path.resolve() for path in (args.input, args.output, errors_path)]
     if len(set(paths)) < 3:  # a resume truncates the outputs: never let one of them be the input
-        raise InputError(f"input, output and errors files must be three different files, got {', '.join(map(str, paths))}")
+        raise InputError(
+            f"input, output and errors files must be three different files, got {', '.join(map(str, paths))}"
+        )
     source = read_input(args.input, args.text_field, args.id_field)
 
     runner: HttpRunner | RayRunner
@@ -173,12 +243,17 @@ def _run(args: argparse.Namespace, spec: TaskSpec) -> int:
     files = JobFiles(args.output, errors_path, settings, header=output_format.header())
     state = files.open(args.overwrite)
     if state.next_item:
-        print(f"mt5-bulk: resuming {args.output}: {state.next_item} of {len(source.items)} input records already done", file=sys.stderr)
+        print(
+            f"mt5-bulk: resuming {args.output}: {state.next_item} of {len(source.items)} input records already done",
+            file=sys.stderr,
+        )
     try:
         with runner:
             summary = run_job(source.items, files, output_format, runner, chunk_records, chunk_bytes)
     except ServiceError as exc:
-        print(f"mt5-bulk: error: {exc}\nFinished chunks are saved; run the same command again to resume.", file=sys.stderr)
+        print(
+            f"mt5-bulk: error: {exc}\nFinished chunks are saved; run the same command again to resume.", file=sys.stderr
+        )
         return 1
     _report(summary, args.output, errors_path)
     return 0

@@ -116,7 +116,9 @@ class HttpRunner:
                 return [outcome for record in records for outcome in self._answer([record])]
             return [Outcome(error=_refusal(response))]
         if response.status_code == 401:
-            raise ServiceError(f"{self.url} wants an API key: set MT5_API_KEY or pass --api-key-file (the key it has is missing or wrong)")
+            raise ServiceError(
+                f"{self.url} wants an API key: set MT5_API_KEY or pass --api-key-file (the key it has is missing or wrong)"
+            )
         raise ServiceError(f"{route} answered {response.status_code}: {response.text[:300]}")
 
     def _request(self, records: list[Record]) -> tuple[str, dict[str, Any]]:
@@ -136,8 +138,13 @@ class HttpRunner:
     def _outcomes(self, answer: dict[str, Any]) -> list[Outcome]:
         if self.spec.kind == "classify":
             return [Outcome(answer=result) for result in answer["results"]]
-        columns = [key for key in ("augmented_texts", "truncated", "label", "label_scores", "candidates") if key in answer]
-        return [Outcome(answer=dict(zip(columns, values, strict=True))) for values in zip(*(answer[key] for key in columns), strict=True)]
+        columns = [
+            key for key in ("augmented_texts", "truncated", "label", "label_scores", "candidates") if key in answer
+        ]
+        return [
+            Outcome(answer=dict(zip(columns, values, strict=True)))
+            for values in zip(*(answer[key] for key in columns), strict=True)
+        ]
 
     def _post(self, route: str, body: dict[str, Any]) -> httpx.Response:
         """POST with retries on overload and dropped connections, waiting as the server asks."""
@@ -147,13 +154,17 @@ class HttpRunner:
                 response = self.client.post(route, json=body)
             except httpx.TransportError as exc:
                 if last:
-                    raise ServiceError(f"{route}: {type(exc).__name__}: {exc} (gave up after {self.retries} retries)") from exc
+                    raise ServiceError(
+                        f"{route}: {type(exc).__name__}: {exc} (gave up after {self.retries} retries)"
+                    ) from exc
                 time.sleep(min(self.max_wait_s, 2.0**attempt))
                 continue
             if response.status_code not in RETRY_STATUSES:
                 return response
             if last:
-                raise ServiceError(f"{route} still answered {response.status_code} after {self.retries} retries: {response.text[:200]}")
+                raise ServiceError(
+                    f"{route} still answered {response.status_code} after {self.retries} retries: {response.text[:200]}"
+                )
             time.sleep(_retry_after(response, default=2.0**attempt, cap=self.max_wait_s))
         raise AssertionError("unreachable")
 
@@ -172,7 +183,9 @@ def _refusal(response: httpx.Response) -> str:
     except ValueError:
         detail = None
     if isinstance(detail, list) and detail:
-        return "; ".join(f"{_field(item.get('field', ''))}: {item.get('msg', '')}" for item in detail if isinstance(item, dict))
+        return "; ".join(
+            f"{_field(item.get('field', ''))}: {item.get('msg', '')}" for item in detail if isinstance(item, dict)
+        )
     if isinstance(detail, str):
         return detail
     return f"HTTP {response.status_code}: {response.text[:200]}"
@@ -180,4 +193,4 @@ def _refusal(response: httpx.Response) -> str:
 
 def _field(name: str) -> str:
     # A one-text request names the text `texts.0`; the record's field is `text`.
-    return "text" + name[len("texts.0"):] if name.startswith("texts.0") else name
+    return "text" + name[len("texts.0") :] if name.startswith("texts.0") else name

@@ -110,7 +110,9 @@ def run_job(
 
     chunks = plan_chunks(items, start, chunk_records, chunk_bytes)
     try:
-        with tqdm(total=len(items), initial=start, unit="rec", desc="records", mininterval=0.5, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(items), initial=start, unit="rec", desc="records", mininterval=0.5, dynamic_ncols=True
+        ) as bar:
             # strict: a runner that returned fewer chunks than asked must not look like a finished job.
             for chunk, outcomes in zip(chunks, runner.run(chunks), strict=True):
                 if len(outcomes) != len(chunk.records):

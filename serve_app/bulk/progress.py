@@ -49,7 +49,9 @@ def load(path: Path) -> Progress | None:
     try:
         return Progress(**json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as exc:
-        raise ResumeError(f"{path} is not a progress file this version can read ({exc}); pass --overwrite to start over") from exc
+        raise ResumeError(
+            f"{path} is not a progress file this version can read ({exc}); pass --overwrite to start over"
+        ) from exc
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -111,7 +113,9 @@ class JobFiles:
         for handle in (self.output, self.errors):
             handle.flush()
             os.fsync(handle.fileno())
-        self.state = Progress(self.fingerprint, self.settings, next_item, self.output.tell(), self.errors.tell(), written, errors)
+        self.state = Progress(
+            self.fingerprint, self.settings, next_item, self.output.tell(), self.errors.tell(), written, errors
+        )
         self._save(self.state)
         return self.state
 
@@ -141,9 +145,13 @@ class JobFiles:
 def _open_at(path: Path, length: int) -> BinaryIO:
     """Open for appending after cutting off anything past `length` (the tail of an interrupted chunk)."""
     if not path.exists():
-        raise ResumeError(f"{path} is missing but the progress file says it holds {length} bytes; pass --overwrite to start over")
+        raise ResumeError(
+            f"{path} is missing but the progress file says it holds {length} bytes; pass --overwrite to start over"
+        )
     if path.stat().st_size < length:
-        raise ResumeError(f"{path} is shorter than the progress file says ({path.stat().st_size} < {length} bytes); pass --overwrite to start over")
+        raise ResumeError(
+            f"{path} is shorter than the progress file says ({path.stat().st_size} < {length} bytes); pass --overwrite to start over"
+        )
     handle = path.open("r+b")
     handle.truncate(length)
     handle.seek(length)

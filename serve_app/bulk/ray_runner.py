@@ -84,7 +84,9 @@ def plan_pool(resources: dict[str, float], largest_node_cpus: float, device: str
 class RayRunner:
     """Attaches to a cluster (--address or RAY_ADDRESS) or starts a local Ray, only when there is work."""
 
-    def __init__(self, settings: AppSettings, spec: TaskSpec, address: str | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self, settings: AppSettings, spec: TaskSpec, address: str | None = None, workers: int | None = None
+    ) -> None:
         self.settings = settings
         self.spec = spec
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -132,7 +134,12 @@ class RayRunner:
 
         # JSON strings carry texts and answers through Arrow untouched (nested lists, nulls, mixed id types).
         rows = [
-            {"chunk": index, "payload": json.dumps([[r.line for r in chunk.records], [r.text for r in chunk.records]], ensure_ascii=False)}
+            {
+                "chunk": index,
+                "payload": json.dumps(
+                    [[r.line for r in chunk.records], [r.text for r in chunk.records]], ensure_ascii=False
+                ),
+            }
             for index, chunk in enumerate(chunks)
         ]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
@@ -141,7 +148,11 @@ class RayRunner:
             compute=ActorPoolStrategy(size=self.plan.workers),
             num_cpus=self.plan.num_cpus,
             num_gpus=self.plan.num_gpus,
-            fn_constructor_kwargs={"settings": self.settings.model_dump(), "spec": self.spec, "torch_threads": self.plan.torch_threads},
+            fn_constructor_kwargs={
+                "settings": self.settings.model_dump(),
+                "spec": self.spec,
+                "torch_threads": self.plan.torch_threads,
+            },
         )
         for expected, row in enumerate(dataset.iter_rows()):
             if row["chunk"] != expected:  # resume relies on order; never write a chunk in the wrong place

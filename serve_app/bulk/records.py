@@ -74,7 +74,7 @@ def read_input(path: str | Path, text_field: str = "text", id_field: str = "id")
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if data.startswith(_BOM):  # spreadsheets write one; it is not part of the first field name
-        data = data[len(_BOM):]
+        data = data[len(_BOM) :]
     if fmt == "jsonl":
         items = list(parse_jsonl(data, text_field, id_field))
     else:
@@ -151,7 +151,9 @@ def parse_csv(data: bytes, text_field: str, id_field: str, delimiter: str = ",")
         if header is None:
             header = [name.strip() for name in row]
             if text_field not in header:
-                raise InputError(f"the header has no column {text_field!r} (columns: {', '.join(header)}); pick one with --text-field")
+                raise InputError(
+                    f"the header has no column {text_field!r} (columns: {', '.join(header)}); pick one with --text-field"
+                )
             text_at = header.index(text_field)
             id_at = header.index(id_field) if id_field in header else None
             continue
@@ -161,14 +163,25 @@ def parse_csv(data: bytes, text_field: str, id_field: str, delimiter: str = ",")
         if any(number in bad_utf8 for number in range(first_line, reader.line_num + 1)):
             yield BadRecord(first_line, record_id, "not valid UTF-8")
         elif text_at >= len(row):
-            yield BadRecord(first_line, record_id, f"row has {len(row)} fields, the header {len(header)}: no value for column {text_field!r}")
+            yield BadRecord(
+                first_line,
+                record_id,
+                f"row has {len(row)} fields, the header {len(header)}: no value for column {text_field!r}",
+            )
         else:
             problem = check_text(row[text_at], text_field)
             yield BadRecord(first_line, record_id, problem) if problem else Record(first_line, record_id, row[text_at])
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 

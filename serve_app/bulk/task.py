@@ -55,7 +55,14 @@ class TaskSpec:
         """Output fields, in order; the answer's `sequence` is the input text, written as `text`."""
         if self.kind == "augment":
             keep_label = ["label", "label_scores"] if self.checks.keep_label is not None else []
-            return ["id", "text", "augmented_texts", "truncated", *keep_label, *(["candidates"] if self.checks.active else [])]
+            return [
+                "id",
+                "text",
+                "augmented_texts",
+                "truncated",
+                *keep_label,
+                *(["candidates"] if self.checks.active else []),
+            ]
         if self.mode == "score":
             return ["id", "text", "label", "labels", "scores", "truncated"]
         return ["id", "text", "label", "generated", "truncated"]
@@ -101,4 +108,6 @@ def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[s
         return pipeline.classify(texts, list(spec.labels), spec.mode, spec.scoring)
     if spec.sampling.seed is None:
         return pipeline.augment(texts, spec.sampling, spec.checks)
-    return pipeline.augment(texts, [spec.record_params(line) for line in lines], spec.checks)  # each record its own seed, one batch
+    return pipeline.augment(
+        texts, [spec.record_params(line) for line in lines], spec.checks
+    )  # each record its own seed, one batch

@@ -12,6 +12,8 @@ from serve_app.text.classification import Mode, Scoring
 
 @serve.deployment(name="Classifier")
 class Classifier(TextDeployment):
-    async def classify(self, texts: list[str], labels: list[str], mode: Mode = "score", scoring: Scoring | None = None) -> list[dict[str, Any]]:
+    async def classify(
+        self, texts: list[str], labels: list[str], mode: Mode = "score", scoring: Scoring | None = None
+    ) -> list[dict[str, Any]]:
         """One answer per text, in input order; `scoring` None means the configured default."""
         return await self.text_tasks.classify(self, texts, labels, mode, scoring)

@@ -13,10 +13,14 @@ from serve_app.text.label_keeping import Checks
 
 @serve.deployment(name="Generator")
 class Generator(TextDeployment):
-    async def augment(self, texts: list[str], params: SamplingParams | list[SamplingParams], checks: Checks | None = None) -> list[dict[str, Any]]:
+    async def augment(
+        self, texts: list[str], params: SamplingParams | list[SamplingParams], checks: Checks | None = None
+    ) -> list[dict[str, Any]]:
         """Per text, in input order: its paraphrases (TextTasks.augment)."""
         return await self.text_tasks.augment(self, texts, params, checks)
 
-    async def generate(self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams) -> dict[str, Any]:
+    async def generate(
+        self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams
+    ) -> dict[str, Any]:
         """A model-card task by name (its template filled from `values`), or a raw prompt."""
         return await self.text_tasks.generate(self, task, prompt, values, params)

@@ -66,21 +66,37 @@ class ModelReplica:
         gpu_reserved = bool(ray.get_gpu_ids())
         threads = self.settings.torch_threads or replica_threads(gpu_reserved)
         torch.set_num_threads(threads)
-        self.loaded = load_model(self.settings.model, self.settings.device, self.settings.dtype, gpu_reserved=gpu_reserved)
-        self.engine = Seq2SeqEngine(self.loaded.model, self.settings.max_input_tokens, decode_graphs=self.settings.decode_graphs)
+        self.loaded = load_model(
+            self.settings.model, self.settings.device, self.settings.dtype, gpu_reserved=gpu_reserved
+        )
+        self.engine = Seq2SeqEngine(
+            self.loaded.model, self.settings.max_input_tokens, decode_graphs=self.settings.decode_graphs
+        )
         lanes = lane_count(self.settings.scheduler_lanes, self.loaded.device.type, threads)
         gpu_share = replica_gpu_share() if gpu_reserved else None
         limit_gpu_share(self.loaded.device, gpu_share)
-        memory = row_budget(self.engine.decoder.shape, self.settings.max_input_tokens, MAX_NEW_TOKENS, free_device_bytes(self.loaded.device, gpu_share))
+        memory = row_budget(
+            self.engine.decoder.shape,
+            self.settings.max_input_tokens,
+            MAX_NEW_TOKENS,
+            free_device_bytes(self.loaded.device, gpu_share),
+        )
         self.lane_row_limit = max(1, memory.rows // lanes)  # config.yaml's max_batch_rows is capped to it, per lane
         logger.info("ModelReplica memory: %s; at most %d row(s) per lane", memory.reason, self.lane_row_limit)
         # A request that could not start before the ingress gives up is refused at once (503).
         schedulers = [
-            Scheduler(self.engine, SchedulerConfig().within_rows(self.lane_row_limit), deadline_s=self.settings.request_timeout_s) for _ in range(lanes)
+            Scheduler(
+                self.engine,
+                SchedulerConfig().within_rows(self.lane_row_limit),
+                deadline_s=self.settings.request_timeout_s,
+            )
+            for _ in range(lanes)
         ]
         metrics = SchedulerMetrics(lanes)
         self.lanes = Lanes(schedulers, cores=threads, on_iteration=metrics.record, on_idle=metrics.flush)
-        logger.info("ModelReplica ready: %s; %d scheduler lane(s) on %d torch thread(s)", self.loaded.describe(), lanes, threads)
+        logger.info(
+            "ModelReplica ready: %s; %d scheduler lane(s) on %d torch thread(s)", self.loaded.describe(), lanes, threads
+        )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live scheduler budgets from config.yaml's user_config (no restart)."""

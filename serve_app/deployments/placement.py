@@ -28,7 +28,11 @@ def replicas_that_fit(node_cpus: list[float], cpus_per_replica: float) -> int:
 
 def alive_node_cpus(nodes: list[dict[str, Any]]) -> list[float]:
     """CPU counts of the alive nodes that have CPUs, from `ray.nodes()`."""
-    return [float(node["Resources"].get("CPU", 0.0)) for node in nodes if node.get("Alive") and node["Resources"].get("CPU", 0.0) > 0]
+    return [
+        float(node["Resources"].get("CPU", 0.0))
+        for node in nodes
+        if node.get("Alive") and node["Resources"].get("CPU", 0.0) > 0
+    ]
 
 
 def cluster_gpus(nodes: list[dict[str, Any]]) -> float:

@@ -37,13 +37,19 @@ class SchedulerMetrics:
     def __init__(self, lanes: int = 1) -> None:
         self.lanes = lanes
         self.step_rows = Histogram(
-            "mt5_step_rows", description="Live decoder rows per decoding step", boundaries=ROW_BUCKETS, tag_keys=("lane",)
+            "mt5_step_rows",
+            description="Live decoder rows per decoding step",
+            boundaries=ROW_BUCKETS,
+            tag_keys=("lane",),
         )
         self.step_seconds = Histogram(
             "mt5_step_seconds", description="Time of one decoding step", boundaries=TIME_BUCKETS, tag_keys=("lane",)
         )
         self.prefill_tokens = Histogram(
-            "mt5_prefill_tokens", description="Prompt tokens encoded per scheduler iteration", boundaries=TOKEN_BUCKETS, tag_keys=("lane",)
+            "mt5_prefill_tokens",
+            description="Prompt tokens encoded per scheduler iteration",
+            boundaries=TOKEN_BUCKETS,
+            tag_keys=("lane",),
         )
         self.score_batch = Histogram(
             "mt5_score_batch_size", description="Requests per scoring batch", boundaries=ROW_BUCKETS, tag_keys=("lane",)
@@ -57,8 +63,12 @@ class SchedulerMetrics:
             boundaries=TIME_BUCKETS,
             tag_keys=("kind", "lane"),
         )
-        self.admitted = MetricCounter("mt5_requests_admitted", description="Requests that started", tag_keys=("kind", "lane"))
-        self.finished = MetricCounter("mt5_requests_finished", description="Requests answered by the scheduler", tag_keys=("lane",))
+        self.admitted = MetricCounter(
+            "mt5_requests_admitted", description="Requests that started", tag_keys=("kind", "lane")
+        )
+        self.finished = MetricCounter(
+            "mt5_requests_finished", description="Requests answered by the scheduler", tag_keys=("lane",)
+        )
         self.tokens = MetricCounter(
             "mt5_generated_tokens", description="Tokens generated (one per live row per step)", tag_keys=("lane",)
         )

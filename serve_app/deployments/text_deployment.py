@@ -35,7 +35,11 @@ class TextDeployment:
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
         log_refusals_in_one_line()  # a full model queue is answered 503, not a failure to trace
         tokenizer = load_tokenizer(resolve_spec(self.settings.model, files="tokenizer").path)
-        self.text_tasks = TextTasks(PromptEncoder(tokenizer, self.settings.max_input_tokens), self.settings.prompt_templates(), self.settings.scoring)
+        self.text_tasks = TextTasks(
+            PromptEncoder(tokenizer, self.settings.max_input_tokens),
+            self.settings.prompt_templates(),
+            self.settings.scoring,
+        )
         self.replica = replica
 
     async def call_model(self, method: str, request: Any) -> Any:
@@ -50,7 +54,13 @@ class TextDeployment:
             except Exception as exc:
                 if attempt == MODEL_CALL_ATTEMPTS or not is_replica_loss(exc):
                     raise
-                logger.warning("ModelReplica lost during %s (%s); sending it again (attempt %d of %d)", method, type(exc).__name__, attempt + 1, MODEL_CALL_ATTEMPTS)
+                logger.warning(
+                    "ModelReplica lost during %s (%s); sending it again (attempt %d of %d)",
+                    method,
+                    type(exc).__name__,
+                    attempt + 1,
+                    MODEL_CALL_ATTEMPTS,
+                )
                 await asyncio.sleep(0.5 * attempt)
         raise AssertionError("unreachable")
 

@@ -72,7 +72,14 @@ def save_checkpoint(
     for alias in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
         state.pop(alias, None)
     config = model.config.to_dict()
-    for key in ("tie_word_embeddings", "transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype"):
+    for key in (
+        "tie_word_embeddings",
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "dtype",
+        "torch_dtype",
+    ):
         config.pop(key, None)
     config["model_type"] = model_type
     config["architectures"] = ["T5ForConditionalGeneration" if model_type == "t5" else "MT5ForConditionalGeneration"]
@@ -88,6 +95,8 @@ def save_checkpoint(
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer_dir is not None:
         for item in Path(tokenizer_dir).iterdir():
-            if item.is_file() and (item.name.startswith("tokenizer") or item.suffix == ".model" or item.name == "special_tokens_map.json"):
+            if item.is_file() and (
+                item.name.startswith("tokenizer") or item.suffix == ".model" or item.name == "special_tokens_map.json"
+            ):
                 (out / item.name).write_bytes(item.read_bytes())
     return out

@@ -65,7 +65,9 @@ class DecodeBatch:
     """
 
     @torch.inference_mode()
-    def __init__(self, shape: BatchShape, capacity: int = 8, encoder_columns: int = 1, self_columns: int = INITIAL_COLUMNS) -> None:
+    def __init__(
+        self, shape: BatchShape, capacity: int = 8, encoder_columns: int = 1, self_columns: int = INITIAL_COLUMNS
+    ) -> None:
         self.shape = shape
         self.rows = 0
         self.length = 0  # self-attention columns written so far (shared time axis)
@@ -150,7 +152,9 @@ class DecodeBatch:
         encoder = other.encoder_columns
         self._reserve(rows=end, columns=max(self.length, 1), encoder_columns=encoder)
         if other.length:
-            self.self_kv[:, :, first:end, :, offset : self.length] = other.self_kv[:, :, : other.rows, :, : other.length]
+            self.self_kv[:, :, first:end, :, offset : self.length] = other.self_kv[
+                :, :, : other.rows, :, : other.length
+            ]
         self.cross_kv[:, :, first:end, :, :encoder] = other.cross_kv[:, :, : other.rows, :, :encoder]
         self.next_token[first:end] = other.next_token[: other.rows]
         self.start[first:end] = other.start[: other.rows] + offset

@@ -46,8 +46,17 @@ class CachedDecoder:
     def step(self, batch: DecodeBatch) -> torch.Tensor:
         """Feed every row its `next_token`; returns the decoder states [rows, d_model] that choose the next ones."""
         column = batch.reserve_column()
-        states = self.run(batch.rows, column, column + 1, batch.encoder_columns,
-                          batch.next_token, batch.start, batch.encoder_length, batch.self_kv, batch.cross_kv)
+        states = self.run(
+            batch.rows,
+            column,
+            column + 1,
+            batch.encoder_columns,
+            batch.next_token,
+            batch.start,
+            batch.encoder_length,
+            batch.self_kv,
+            batch.cross_kv,
+        )
         batch.length = column + 1
         return states
 

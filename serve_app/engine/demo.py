@@ -35,7 +35,9 @@ def demo_cache_root() -> Path:
 
 def demo_model_dir() -> Path:
     """Build the demo checkpoint once (keyed by corpus and shape) and return its directory."""
-    digest = hashlib.sha256(CORPUS_PATH.read_bytes() + repr(sorted(DEMO_SHAPE.items())).encode() + _BUILD_VERSION.encode())
+    digest = hashlib.sha256(
+        CORPUS_PATH.read_bytes() + repr(sorted(DEMO_SHAPE.items())).encode() + _BUILD_VERSION.encode()
+    )
     target = demo_cache_root() / f"demo-{digest.hexdigest()[:12]}"
     if (target / "config.json").exists():
         return target

@@ -27,4 +27,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     """An allocation failure on the device (CUDA) or the host (torch's CPU allocator)."""
     import torch
 
-    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error) or "out of memory" in str(error).lower()
+    return (
+        isinstance(error, torch.OutOfMemoryError)
+        or "can't allocate memory" in str(error)
+        or "out of memory" in str(error).lower()
+    )

@@ -84,7 +84,9 @@ class GraphedDecoder:
 
     def _fixed_shape(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         column, next_token, start, encoder_length, self_kv, cross_kv = inputs
-        return self.cached.run(bucket, column, self_kv.shape[4], cross_kv.shape[4], next_token, start, encoder_length, self_kv, cross_kv)
+        return self.cached.run(
+            bucket, column, self_kv.shape[4], cross_kv.shape[4], next_token, start, encoder_length, self_kv, cross_kv
+        )
 
     def _replay(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         # A graph reads the addresses it was captured with: any buffer the batch replaced (growth) is a new key.

@@ -21,14 +21,28 @@ from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedToken
 
 from serve_app.engine.errors import ModelSpecError
 from serve_app.engine.output_head import HeadChoice, choose_head_layout, install_output_head, is_tied
-from serve_app.engine.precision import MatmulShape, Precision, choose_precision, configure_float32_matmuls, quantize_linears
+from serve_app.engine.precision import (
+    MatmulShape,
+    Precision,
+    choose_precision,
+    configure_float32_matmuls,
+    quantize_linears,
+)
 from serve_app.engine.spec import ResolvedSpec, resolve_spec
 from serve_app.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 # Fields of a saved config.json that are not architecture.
-_IGNORED_CONFIG_KEYS = {"model_type", "architectures", "transformers_version", "tie_word_embeddings", "torch_dtype", "dtype", "_name_or_path"}
+_IGNORED_CONFIG_KEYS = {
+    "model_type",
+    "architectures",
+    "transformers_version",
+    "tie_word_embeddings",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+}
 
 
 @dataclass
@@ -59,7 +73,11 @@ class LoadedModel:
         }
 
 
-def choose_device(device: str | None = "auto", gpu_reserved: bool = False, cuda_available: Callable[[], bool] = torch.cuda.is_available) -> torch.device:
+def choose_device(
+    device: str | None = "auto",
+    gpu_reserved: bool = False,
+    cuda_available: Callable[[], bool] = torch.cuda.is_available,
+) -> torch.device:
     """`auto` is cuda when present, else cpu. A cuda request, or `auto` in a process a GPU was
     reserved for, without working CUDA stops here: a GPU node silently serving at CPU speed is
     worse than none. An explicit `cpu` is obeyed even beside a reserved GPU."""
@@ -81,7 +99,9 @@ def load_config(path: Path) -> MT5Config:
     raw = json.loads((path / "config.json").read_text())
     model_type = raw.get("model_type", "mt5")
     if model_type not in ("t5", "mt5"):
-        raise ModelSpecError(f"{path}/config.json has model_type {model_type!r}; this service serves the mT5 family (t5 or mt5)")
+        raise ModelSpecError(
+            f"{path}/config.json has model_type {model_type!r}; this service serves the mT5 family (t5 or mt5)"
+        )
     return MT5Config(**{key: value for key, value in raw.items() if key not in _IGNORED_CONFIG_KEYS})
 
 
@@ -101,7 +121,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path / "model.safetensors"))
     if (path / "pytorch_model.bin").is_file():
         return _torch_load(path / "pytorch_model.bin")
-    raise ModelSpecError(f"{path} holds no weights: expected model.safetensors or pytorch_model.bin (or a sharded index)")
+    raise ModelSpecError(
+        f"{path} holds no weights: expected model.safetensors or pytorch_model.bin (or a sharded index)"
+    )
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
@@ -121,11 +143,15 @@ def build_model(config: MT5Config, state: dict[str, torch.Tensor]) -> MT5ForCond
         model.lm_head.weight = model.shared.weight
     missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
     if missing:
-        raise ModelSpecError(f"checkpoint is missing tensors: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+        raise ModelSpecError(
+            f"checkpoint is missing tensors: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}"
+        )
     return model
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto", gpu_reserved: bool = False, relay_head: bool = True) -> LoadedModel:
+def load_model(
+    spec: str, device: str = "auto", dtype: str = "auto", gpu_reserved: bool = False, relay_head: bool = True
+) -> LoadedModel:
     """Resolve `spec`, load weights and tokenizer, move to device and precision (precision.py), eval mode.
 
     `relay_head`: store lm_head in the matmul layout this CPU runs fastest (output_head.py); False
@@ -147,5 +173,15 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", gpu_reserve
     else:
         head = HeadChoice("linear", "kept as transformers built it")
     tokenizer = load_tokenizer(resolved.path)
-    logger.info("loaded %s from %s on %s as %s (%s); lm_head %s", spec, resolved.path, torch_device, precision.name, precision.reason, head.reason)
-    return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, precision=precision, head=head)
+    logger.info(
+        "loaded %s from %s on %s as %s (%s); lm_head %s",
+        spec,
+        resolved.path,
+        torch_device,
+        precision.name,
+        precision.reason,
+        head.reason,
+    )
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, precision=precision, head=head
+    )

@@ -60,7 +60,9 @@ def worst_row_bytes(shape: BatchShape, max_input_tokens: int, max_new_tokens: in
 
 def row_budget(shape: BatchShape, max_input_tokens: int, max_new_tokens: int, free_bytes: int) -> RowBudget:
     per_row = worst_row_bytes(shape, max_input_tokens, max_new_tokens)
-    return RowBudget(rows=max(1, int(free_bytes * USABLE_SHARE) // per_row), free_bytes=free_bytes, bytes_per_row=per_row)
+    return RowBudget(
+        rows=max(1, int(free_bytes * USABLE_SHARE) // per_row), free_bytes=free_bytes, bytes_per_row=per_row
+    )
 
 
 def free_device_bytes(device: torch.device, gpu_fraction: float | None = None) -> int:

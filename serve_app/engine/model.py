@@ -67,7 +67,12 @@ class Seq2SeqEngine:
     # label, encoder state fanned out to each). Measured with the former bench.levers (docs/perf-notes.md).
     packed_scoring: bool = True
 
-    def __init__(self, model: MT5ForConditionalGeneration, max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS, decode_graphs: bool = False) -> None:
+    def __init__(
+        self,
+        model: MT5ForConditionalGeneration,
+        max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
+        decode_graphs: bool = False,
+    ) -> None:
         """`decode_graphs`: decoding steps replay CUDA graphs (graphed_step.py); CUDA only."""
         self.model = model
         self.config = model.config
@@ -218,9 +223,13 @@ class Seq2SeqEngine:
         for index, request in enumerate(requests):
             self.check_request(request, f"requests[{index}].")
         hidden, mask = self._encoder_states([request.input_ids for request in requests])
-        rows = pack_rows([request.label_ids for request in requests], self.start_id, self.eos_id, packed=self.packed_scoring)
+        rows = pack_rows(
+            [request.label_ids for request in requests], self.start_id, self.eos_id, packed=self.packed_scoring
+        )
         states = decode_rows(self.model, hidden, mask, rows)
-        picked = target_log_probs(self.model.lm_head, states, rows, [request.normalization for request in requests], self.eos_id)
+        picked = target_log_probs(
+            self.model.lm_head, states, rows, [request.normalization for request in requests], self.eos_id
+        )
         totals = torch.zeros(rows.labels, dtype=torch.float32, device=self.device)
         totals.index_add_(0, torch.tensor(rows.target_label, device=self.device), picked)
         results = []
@@ -228,5 +237,7 @@ class Seq2SeqEngine:
         for request in requests:
             scores = totals[offset : offset + len(request.label_ids)]
             offset += len(request.label_ids)
-            results.append(ScoringResult(log_scores=scores.tolist(), probabilities=torch.softmax(scores, dim=0).tolist()))
+            results.append(
+                ScoringResult(log_scores=scores.tolist(), probabilities=torch.softmax(scores, dim=0).tolist())
+            )
         return results

@@ -75,7 +75,9 @@ class HeadChoice:
     reason: str
 
 
-def layout_speedups(weight: torch.Tensor, timer: Timer = time.perf_counter, rows: int = PROBE_ROWS, repeats: int = PROBE_REPEATS) -> dict[Layout, float]:
+def layout_speedups(
+    weight: torch.Tensor, timer: Timer = time.perf_counter, rows: int = PROBE_ROWS, repeats: int = PROBE_REPEATS
+) -> dict[Layout, float]:
     """Each layout's speed against `linear` (>1: faster) on `weight` [vocab, d_model] itself.
 
     The layouts are alternated, so a machine's drift hits each alike (timed one after another, the

@@ -27,8 +27,10 @@ from serve_app.engine.errors import ModelSpecError
 logger = logging.getLogger(__name__)
 
 FLOAT_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
 }
 REFUSED_DTYPES = ("float16", "fp16")
 CHOICES = ("auto", "int8", *FLOAT_DTYPES)
@@ -66,7 +68,9 @@ class Precision:
         return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
 
-def bf16_speedup(shape: MatmulShape, timer: Timer = time.perf_counter, rows: int = PROBE_ROWS, repeats: int = PROBE_REPEATS) -> float:
+def bf16_speedup(
+    shape: MatmulShape, timer: Timer = time.perf_counter, rows: int = PROBE_ROWS, repeats: int = PROBE_REPEATS
+) -> float:
     """float32 time / bfloat16 time of one feed-forward block (in and out projection) at `shape`, best of `repeats`."""
 
     def best_time(dtype: torch.dtype) -> float:
@@ -125,22 +129,31 @@ def choose_precision(
         return Precision(torch.float32, False, f"auto: float32, {measured}")
     if requested == "int8":
         if device.type != "cpu":
-            raise ModelSpecError(f"dtype 'int8' (dynamic quantisation) runs on the CPU only; device is {device}. Use bfloat16 on a GPU.")
+            raise ModelSpecError(
+                f"dtype 'int8' (dynamic quantisation) runs on the CPU only; device is {device}. Use bfloat16 on a GPU."
+            )
         return Precision(torch.float32, True, "int8: linear layers dynamically quantised (requested)")
     if requested not in FLOAT_DTYPES:
         raise ModelSpecError(f"dtype {requested!r} is not one of {', '.join(CHOICES)}")
     dtype = FLOAT_DTYPES[requested]
     if dtype == torch.bfloat16 and device.type == "cuda" and capability(device) < BF16_CUDA_CAPABILITY:
-        logger.warning("bfloat16 requested on %s (compute capability %s): emulated there, slower than float32", device, capability(device))
+        logger.warning(
+            "bfloat16 requested on %s (compute capability %s): emulated there, slower than float32",
+            device,
+            capability(device),
+        )
     return Precision(dtype, False, f"{str(dtype).removeprefix('torch.')} (requested)")
 
 
 def _auto_cuda(device: torch.device, capability: Callable[[torch.device], tuple[int, int]]) -> Precision:
     major, minor = capability(device)
     if (major, minor) >= BF16_CUDA_CAPABILITY:
-        return Precision(torch.bfloat16, False, f"auto: bfloat16, native on this GPU (compute capability {major}.{minor})")
+        return Precision(
+            torch.bfloat16, False, f"auto: bfloat16, native on this GPU (compute capability {major}.{minor})"
+        )
     return Precision(
-        torch.float32, False,
+        torch.float32,
+        False,
         f"auto: float32, this GPU (compute capability {major}.{minor}) has no native bfloat16; float32 matmuls without TF32",
     )
 

@@ -50,9 +50,15 @@ class SamplingParams:
             _is_number(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE,
             f"must be a number from 0 to {MAX_TEMPERATURE} (0 = greedy)",
         )
-        check("top_k", _is_int(self.top_k) and 0 <= self.top_k <= MAX_TOP_K, f"must be an integer from 0 to {MAX_TOP_K}")
+        check(
+            "top_k", _is_int(self.top_k) and 0 <= self.top_k <= MAX_TOP_K, f"must be an integer from 0 to {MAX_TOP_K}"
+        )
         check("top_p", _is_number(self.top_p) and 0.0 < self.top_p <= 1.0, "must be a number with 0 < top_p <= 1")
-        check("seed", self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63), "must be null or an integer from 0 to 2^63-1")
+        check(
+            "seed",
+            self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
+            "must be null or an integer from 0 to 2^63-1",
+        )
 
 
 def _is_int(value: object) -> bool:

@@ -80,7 +80,9 @@ class RowTensors:
         """Upload `rows`' parameters once, when they join (a prefill): never per step."""
         return cls(
             temperature=torch.tensor([row.temperature or 1.0 for row in rows], dtype=torch.float32, device=device),
-            top_k=torch.tensor([min(row.top_k, vocab) if row.top_k > 0 else vocab for row in rows], dtype=torch.long, device=device),
+            top_k=torch.tensor(
+                [min(row.top_k, vocab) if row.top_k > 0 else vocab for row in rows], dtype=torch.long, device=device
+            ),
             top_p=torch.tensor([row.top_p for row in rows], dtype=torch.float32, device=device),
             seed=torch.tensor([row.seed for row in rows], dtype=torch.long, device=device),
             greedy=torch.tensor([row.greedy for row in rows], dtype=torch.bool, device=device),

@@ -41,7 +41,9 @@ class PackedRows:
 
     tokens: list[list[int]] = field(default_factory=list)  # per row: start token, then one token per tree node
     positions: list[list[int]] = field(default_factory=list)  # each token's position within its label (its depth)
-    parents: list[list[int]] = field(default_factory=list)  # each slot's parent slot in the tree; -1 for the start token
+    parents: list[list[int]] = field(
+        default_factory=list
+    )  # each slot's parent slot in the tree; -1 for the start token
     row_request: list[int] = field(default_factory=list)  # the request (encoder input) each row reads
     # One entry per scored token: the row and position of the state that predicts it, the token,
     # and the label (global index over the batch, in request order) whose score it adds to.
@@ -63,7 +65,13 @@ class PackedRows:
         return len(self.tokens) - 1
 
 
-def pack_rows(label_sets: list[list[list[int]]], start_id: int, eos_id: int, packed: bool = True, max_width: int = MAX_PACKED_WIDTH) -> PackedRows:
+def pack_rows(
+    label_sets: list[list[list[int]]],
+    start_id: int,
+    eos_id: int,
+    packed: bool = True,
+    max_width: int = MAX_PACKED_WIDTH,
+) -> PackedRows:
     """Lay out every request's labels in decoder rows: a prefix tree per row (`packed`), or one row per label."""
     out = PackedRows()
     for request, labels in enumerate(label_sets):
@@ -118,7 +126,9 @@ def _ancestry(rows: PackedRows, width: int) -> torch.Tensor:
     return visible
 
 
-def decode_rows(model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor, rows: PackedRows) -> torch.Tensor:
+def decode_rows(
+    model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor, rows: PackedRows
+) -> torch.Tensor:
     """Decoder states [rows, width, d_model] of the packed rows (teacher-forced, one pass)."""
     device = encoder_hidden.device
     count, width = len(rows.tokens), rows.width
@@ -129,7 +139,10 @@ def decode_rows(model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor
         positions[row, : len(row_positions)] = torch.tensor(row_positions)
     row_request = torch.tensor(rows.row_request, device=device)
     if len(rows.row_request) != encoder_hidden.shape[0] or rows.row_request != list(range(count)):
-        encoder_hidden, encoder_mask = encoder_hidden.index_select(0, row_request), encoder_mask.index_select(0, row_request)
+        encoder_hidden, encoder_mask = (
+            encoder_hidden.index_select(0, row_request),
+            encoder_mask.index_select(0, row_request),
+        )
 
     decoder = model.decoder
     attention = decoder.block[0].layer[0].SelfAttention
@@ -145,7 +158,9 @@ def decode_rows(model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor
     lowest = torch.finfo(dtype).min
     bias = attention.relative_attention_bias(buckets.to(device)).permute(0, 3, 1, 2).to(dtype)
     self_bias = torch.where(visible.to(device)[:, None], bias, torch.tensor(lowest, dtype=dtype, device=device))
-    cross_bias = torch.zeros(encoder_mask.shape, dtype=dtype, device=device).masked_fill(encoder_mask == 0, lowest)[:, None, None, :]
+    cross_bias = torch.zeros(encoder_mask.shape, dtype=dtype, device=device).masked_fill(encoder_mask == 0, lowest)[
+        :, None, None, :
+    ]
 
     states = decoder.embed_tokens(tokens.to(device))
     for block in decoder.block:
@@ -153,19 +168,25 @@ def decode_rows(model: MT5ForConditionalGeneration, encoder_hidden: torch.Tensor
     return decoder.final_layer_norm(states)
 
 
-def target_log_probs(head: torch.nn.Module, states: torch.Tensor, rows: PackedRows, normalizations: list[str], eos_id: int) -> torch.Tensor:
+def target_log_probs(
+    head: torch.nn.Module, states: torch.Tensor, rows: PackedRows, normalizations: list[str], eos_id: int
+) -> torch.Tensor:
     """log p(token | state) for every target, float32, normalised per request as `normalizations` says.
 
     `head` is the model's lm_head (a plain or a dynamically quantised Linear)."""
     device = states.device
     width = states.shape[1]
     flat = states.reshape(-1, states.shape[-1])
-    state_of_target = torch.tensor(rows.target_row, device=device) * width + torch.tensor(rows.target_position, device=device)
+    state_of_target = torch.tensor(rows.target_row, device=device) * width + torch.tensor(
+        rows.target_position, device=device
+    )
     used, target_state = torch.unique(state_of_target, return_inverse=True)  # each distinct state once
     used_states = flat.index_select(0, used)
     tokens = torch.tensor(rows.target_token, device=device)
     row_of_state = used // width
-    by_vocabulary = torch.tensor([normalizations[request] == "vocabulary" for request in rows.row_request], device=device)
+    by_vocabulary = torch.tensor(
+        [normalizations[request] == "vocabulary" for request in rows.row_request], device=device
+    )
     state_by_vocabulary = by_vocabulary.index_select(0, row_of_state)
     out = torch.empty(tokens.numel(), dtype=torch.float32, device=device)
     full = state_by_vocabulary.nonzero().squeeze(1)
@@ -195,7 +216,9 @@ def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1)
 
 
-def _label_token_log_probs(head, states, which, request_of_state, target_state, tokens, rows: PackedRows, eos_id: int, out) -> None:
+def _label_token_log_probs(
+    head, states, which, request_of_state, target_state, tokens, rows: PackedRows, eos_id: int, out
+) -> None:
     """Fill `out` for the targets predicted by states `which`, normalised over their request's label tokens."""
     device = states.device
     allowed_by_request: dict[int, set[int]] = {}
@@ -211,7 +234,9 @@ def _label_token_log_probs(head, states, which, request_of_state, target_state, 
     rows_of_head = weight.index_select(0, torch.tensor(columns, device=device))
     rows_of_head = rows_of_head.dequantize() if rows_of_head.is_quantized else rows_of_head
     logits = (states.index_select(0, which).to(rows_of_head.dtype) @ rows_of_head.T).float()
-    logits = logits.masked_fill(~allowed.to(device).index_select(0, request_of_state.index_select(0, which)), float("-inf"))
+    logits = logits.masked_fill(
+        ~allowed.to(device).index_select(0, request_of_state.index_select(0, which)), float("-inf")
+    )
     normaliser = _logsumexp(logits)
     local = torch.full((states.shape[0],), -1, dtype=torch.long, device=device)
     local[which] = torch.arange(which.numel(), device=device)

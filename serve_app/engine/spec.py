@@ -27,7 +27,14 @@ SpecKind = Literal["demo", "local", "modelscope", "huggingface"]
 # What a caller needs of a hub checkpoint: everything (the model replica), or the tokenizer's files only
 # (the text deployments: a node that runs no model replica never fetches the weights).
 Files = Literal["all", "tokenizer"]
-TOKENIZER_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spiece.model"]
+TOKENIZER_FILES = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+]
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ def resolve_spec(spec: str, files: Files = "all") -> ResolvedSpec:
     if kind == "local":
         return ResolvedSpec(spec, kind, _local_dir(spec))
     if kind == "huggingface":
-        return ResolvedSpec(spec, kind, _download_hf(spec[len("hf:"):], _patterns(files)))
+        return ResolvedSpec(spec, kind, _download_hf(spec[len("hf:") :], _patterns(files)))
     return ResolvedSpec(spec, kind, _download_modelscope(spec, _patterns(files)))
 
 
@@ -95,7 +102,9 @@ def _download_modelscope(model_id: str, allow_patterns: list[str] | None = None)
         # modelscope's own snapshot_download delegates to this one; importing `modelscope` itself imports torch.
         from modelscope_hub import compat as modelscope_hub
     except ImportError as exc:  # pragma: no cover - modelscope (which requires modelscope-hub) is a hard dependency
-        raise ModelSpecError(f"Model spec {model_id!r} is a ModelScope id, but modelscope is not installed: pip install modelscope") from exc
+        raise ModelSpecError(
+            f"Model spec {model_id!r} is a ModelScope id, but modelscope is not installed: pip install modelscope"
+        ) from exc
     try:
         # modelscope shows a progress bar per file and caches under $MODELSCOPE_CACHE.
         return Path(modelscope_hub.snapshot_download(model_id, allow_patterns=allow_patterns))
@@ -158,7 +167,11 @@ def find_partial_downloads(spec: str) -> PartialDownload | None:
 
         owner, name = spec.split("/", 1)
         root = get_cache_dir()
-        folders = [root / "models" / f"{owner}--{name}", root / "models" / owner / name, root / "hub" / "models" / owner / name]
+        folders = [
+            root / "models" / f"{owner}--{name}",
+            root / "models" / owner / name,
+            root / "hub" / "models" / owner / name,
+        ]
     else:
         return None
     files = sorted(path for folder in folders if folder.is_dir() for path in folder.rglob("*.incomplete"))

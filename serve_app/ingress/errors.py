@@ -37,7 +37,9 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 
 def input_error_response(exc: InputError) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": [{"field": exc.field, "msg": exc.rule, "type": "value_error"}]})
+    return JSONResponse(
+        status_code=422, content={"detail": [{"field": exc.field, "msg": exc.rule, "type": "value_error"}]}
+    )
 
 
 def overloaded_response(reason: str, retry_after_s: int = RETRY_AFTER_S) -> JSONResponse:
@@ -50,7 +52,14 @@ class RouteFailure(Exception):
     `cause` is what went wrong (a deployment's error as Ray delivered it, a timeout, an input error);
     `status`/`detail`/`retry_after_s` force an answer where the route already knows it."""
 
-    def __init__(self, cause: BaseException | None = None, *, status: int | None = None, detail: str = "", retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        cause: BaseException | None = None,
+        *,
+        status: int | None = None,
+        detail: str = "",
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(detail or repr(cause))
         self.cause = cause
         self.status = status

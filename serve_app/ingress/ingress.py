@@ -50,7 +50,13 @@ def _unavailable(model_info: dict[str, Any], detail: str) -> JSONResponse:
 @serve.ingress()  # the app comes from __serve_build_asgi_app__, one per replica
 class Ingress:
     # async: the model watcher starts on the replica's event loop before the first request
-    async def __init__(self, settings: dict[str, Any], classifier: DeploymentHandle, generator: DeploymentHandle, replica: DeploymentHandle) -> None:
+    async def __init__(
+        self,
+        settings: dict[str, Any],
+        classifier: DeploymentHandle,
+        generator: DeploymentHandle,
+        replica: DeploymentHandle,
+    ) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
         self.templates = self.settings.prompt_templates()
@@ -80,7 +86,11 @@ class Ingress:
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type"],
             )
-        logger.info("Ingress: API key auth %s, CORS origins %s", "on" if api_key else "off", self.settings.cors_allow_origins or "off")
+        logger.info(
+            "Ingress: API key auth %s, CORS origins %s",
+            "on" if api_key else "off",
+            self.settings.cors_allow_origins or "off",
+        )
         api.add_exception_handler(RequestValidationError, validation_error_handler)
         api.add_exception_handler(RouteFailure, route_failure_handler)
         if UI_DIR.is_dir():
@@ -88,13 +98,38 @@ class Ingress:
 
         post = {"methods": ["POST"], "responses": openapi.error_responses(body=True)}
         # Fields a request did not ask for (keep_label's) are left out, not sent as null.
-        api.add_api_route("/augment", self.augment, response_model=schemas.AugmentResponse, response_model_exclude_none=True, **post)
-        api.add_api_route("/augment_batch", self.augment_batch, response_model=schemas.AugmentBatchResponse, response_model_exclude_none=True, **post)
-        api.add_api_route("/classify", self.classify, response_model=schemas.ClassifyScoreResponse | schemas.ClassifyGenerateResponse, **post)
+        api.add_api_route(
+            "/augment", self.augment, response_model=schemas.AugmentResponse, response_model_exclude_none=True, **post
+        )
+        api.add_api_route(
+            "/augment_batch",
+            self.augment_batch,
+            response_model=schemas.AugmentBatchResponse,
+            response_model_exclude_none=True,
+            **post,
+        )
+        api.add_api_route(
+            "/classify",
+            self.classify,
+            response_model=schemas.ClassifyScoreResponse | schemas.ClassifyGenerateResponse,
+            **post,
+        )
         api.add_api_route("/classify_batch", self.classify_batch, response_model=schemas.ClassifyBatchResponse, **post)
         api.add_api_route("/generate", self.generate, response_model=schemas.GenerateResponse, **post)
-        api.add_api_route("/tasks", self.tasks, methods=["GET"], response_model=schemas.TasksResponse, responses=openapi.error_responses(body=False))
-        api.add_api_route("/healthz", self.healthz, methods=["GET"], response_model=schemas.HealthResponse, responses=openapi.health_responses())
+        api.add_api_route(
+            "/tasks",
+            self.tasks,
+            methods=["GET"],
+            response_model=schemas.TasksResponse,
+            responses=openapi.error_responses(body=False),
+        )
+        api.add_api_route(
+            "/healthz",
+            self.healthz,
+            methods=["GET"],
+            response_model=schemas.HealthResponse,
+            responses=openapi.health_responses(),
+        )
         api.openapi = lambda: openapi.document(api, self.templates, auth=api_key is not None)
         api.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
         return api
@@ -104,10 +139,14 @@ class Ingress:
         answer). Nothing is sent while no model replica runs, and a call still waiting when this replica
         sees that none runs is given up."""
         if not await self.model.available_now():
-            raise RouteFailure(status=503, detail=self.model.describe_outage(), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S)
+            raise RouteFailure(
+                status=503, detail=self.model.describe_outage(), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S
+            )
         try:
             # On timeout the call is cancelled, not only abandoned: its rows leave the model's batch.
-            return await asyncio.wait_for(self.model.unless_outage(await_or_cancel(call())), timeout=self.settings.request_timeout_s)
+            return await asyncio.wait_for(
+                self.model.unless_outage(await_or_cancel(call())), timeout=self.settings.request_timeout_s
+            )
         except ModelOutage as outage:
             raise RouteFailure(status=503, detail=str(outage), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S) from None
         except asyncio.TimeoutError:
@@ -116,19 +155,27 @@ class Ingress:
             raise RouteFailure(exc) from exc
 
     async def augment(self, body: schemas.AugmentRequest) -> Any:
-        answer = await self._call(lambda: self.generator.augment.remote([body.text], body.sampling_params(), body.checks()))
+        answer = await self._call(
+            lambda: self.generator.augment.remote([body.text], body.sampling_params(), body.checks())
+        )
         return answer[0]
 
     async def augment_batch(self, body: schemas.AugmentBatchRequest) -> Any:
-        answer = await self._call(lambda: self.generator.augment.remote(body.texts, body.sampling_params_per_text(), body.checks()))
+        answer = await self._call(
+            lambda: self.generator.augment.remote(body.texts, body.sampling_params_per_text(), body.checks())
+        )
         return schemas.batch_of_augment_answers(answer)
 
     async def classify(self, body: schemas.ClassifyRequest) -> Any:
-        answer = await self._call(lambda: self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring))
+        answer = await self._call(
+            lambda: self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring)
+        )
         return answer[0]
 
     async def classify_batch(self, body: schemas.ClassifyBatchRequest) -> Any:
-        answer = await self._call(lambda: self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring))
+        answer = await self._call(
+            lambda: self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring)
+        )
         return {"results": answer}
 
     async def generate(self, body: schemas.GenerateRequest) -> Any:
@@ -139,7 +186,9 @@ class Ingress:
                 self.templates.task_values(body.task, body.slot_values())
             except TextInputError as error:
                 raise RouteFailure(error) from None
-        return await self._call(lambda: self.generator.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params()))
+        return await self._call(
+            lambda: self.generator.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params())
+        )
 
     async def tasks(self) -> Any:
         return {"tasks": self.templates.task_list()}
@@ -148,10 +197,15 @@ class Ingress:
         available = await self.model.available_now()
         if available and self._model_info is None:
             try:  # the first look at the model; a replica lost meanwhile must not hang the health check
-                self._model_info = await asyncio.wait_for(await_or_cancel(self.replica.describe.remote()), timeout=HEALTH_DESCRIBE_TIMEOUT_S)
+                self._model_info = await asyncio.wait_for(
+                    await_or_cancel(self.replica.describe.remote()), timeout=HEALTH_DESCRIBE_TIMEOUT_S
+                )
             except Exception as exc:  # noqa: BLE001
                 logger.warning("healthz: the model did not describe itself: %r", exc)
-                return _unavailable({}, f"the model is unavailable: no ModelReplica answered the health check within {HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly")
+                return _unavailable(
+                    {},
+                    f"the model is unavailable: no ModelReplica answered the health check within {HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly",
+                )
         if not available:
             return _unavailable(self._model_info or {}, self.model.describe_outage())
         return {"status": "ok", **self._model_info}

@@ -76,7 +76,9 @@ class ModelAvailability:
         try:
             await asyncio.wait({task, outage}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
-                raise ModelOutage(f"the model became unavailable while this request waited: no {self.deployment} is running (being replaced); retry shortly")
+                raise ModelOutage(
+                    f"the model became unavailable while this request waited: no {self.deployment} is running (being replaced); retry shortly"
+                )
             return task.result()
         finally:
             outage.cancel()
@@ -122,7 +124,10 @@ class ModelAvailability:
             return self._running_from_details()
         except (ImportError, AttributeError, KeyError, TypeError) as exc:  # another Ray's client: the public way
             if not self._fell_back:
-                logger.warning("model availability: cannot read the controller's details (%r); using serve.status(), which costs more CPU", exc)
+                logger.warning(
+                    "model availability: cannot read the controller's details (%r); using serve.status(), which costs more CPU",
+                    exc,
+                )
                 self._fell_back = True
             return self._running_from_status()
 
@@ -141,7 +146,10 @@ class ModelAvailability:
         application = serve.status().applications.get(self.app_name)
         if application is None or self.deployment not in application.deployments:
             return 0, 0
-        states = {str(getattr(state, "value", state)): count for state, count in application.deployments[self.deployment].replica_states.items()}
+        states = {
+            str(getattr(state, "value", state)): count
+            for state, count in application.deployments[self.deployment].replica_states.items()
+        }
         return states.get("RUNNING", 0), sum(states.get(state, 0) for state in HOLDING_STATES)
 
     def _record(self, replicas: tuple[int, int]) -> None:
@@ -156,5 +164,10 @@ class ModelAvailability:
             self.unavailable_since = time.monotonic()
             logger.warning("model availability: no %s is running; answering 503 until one is", self.deployment)
         elif not was_available and self.available:
-            logger.info("model availability: %d %s replica(s) running again after %.1f s", running, self.deployment, time.monotonic() - (self.unavailable_since or time.monotonic()))
+            logger.info(
+                "model availability: %d %s replica(s) running again after %.1f s",
+                running,
+                self.deployment,
+                time.monotonic() - (self.unavailable_since or time.monotonic()),
+            )
             self.unavailable_since = None

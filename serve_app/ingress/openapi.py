@@ -20,27 +20,50 @@ from serve_app.ingress.auth import OPEN_PATHS
 from serve_app.text.prompts import PromptTemplates
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 0}}}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 0}}
+}
 
 
 def error_responses(*, body: bool) -> dict[int | str, dict[str, Any]]:
     """Every error a route may answer, with the body's schema (FastAPI's `responses`)."""
     errors: dict[int | str, dict[str, Any]] = {
-        401: {"model": schemas.ErrorResponse, "description": "An API key is configured and the request does not carry it (SECURITY.md)"},
-        503: {"model": schemas.ErrorResponse, "description": "Overloaded, or no model replica runs; retry after Retry-After seconds", "headers": _RETRY_AFTER},
+        401: {
+            "model": schemas.ErrorResponse,
+            "description": "An API key is configured and the request does not carry it (SECURITY.md)",
+        },
+        503: {
+            "model": schemas.ErrorResponse,
+            "description": "Overloaded, or no model replica runs; retry after Retry-After seconds",
+            "headers": _RETRY_AFTER,
+        },
         504: {"model": schemas.ErrorResponse, "description": "No answer within the service's request_timeout_s"},
     }
     if body:
-        errors.update({
-            400: {"model": schemas.ErrorResponse, "description": "The body cannot be read as a JSON document (not UTF-8, say)"},
-            413: {"model": schemas.ErrorResponse, "description": "Body over 1 MiB"},
-            422: {"model": schemas.ErrorResponse, "description": "A field breaks a rule; `detail` names the field (a dotted path) and the rule"},
-        })
+        errors.update(
+            {
+                400: {
+                    "model": schemas.ErrorResponse,
+                    "description": "The body cannot be read as a JSON document (not UTF-8, say)",
+                },
+                413: {"model": schemas.ErrorResponse, "description": "Body over 1 MiB"},
+                422: {
+                    "model": schemas.ErrorResponse,
+                    "description": "A field breaks a rule; `detail` names the field (a dotted path) and the rule",
+                },
+            }
+        )
     return errors
 
 
 def health_responses() -> dict[int | str, dict[str, Any]]:
-    return {503: {"model": schemas.HealthUnavailableResponse, "description": "No model replica is running", "headers": _RETRY_AFTER}}
+    return {
+        503: {
+            "model": schemas.HealthUnavailableResponse,
+            "description": "No model replica is running",
+            "headers": _RETRY_AFTER,
+        }
+    }
 
 
 def document(api: FastAPI, templates: PromptTemplates, auth: bool) -> dict[str, Any]:
@@ -50,7 +73,9 @@ def document(api: FastAPI, templates: PromptTemplates, auth: bool) -> dict[str, 
         doc = _whole_bounds(doc)
         doc["components"]["schemas"]["GenerateRequest"]["oneOf"] = schemas.generate_forms(templates)
         if auth:
-            doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer", "description": "The API key"}}
+            doc["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "The API key"}
+            }
             for path, operations in doc["paths"].items():
                 if path not in OPEN_PATHS:
                     for operation in operations.values():
@@ -61,7 +86,12 @@ def document(api: FastAPI, templates: PromptTemplates, auth: bool) -> dict[str, 
 
 def _whole_bounds(node: Any) -> Any:
     if isinstance(node, dict):
-        return {key: int(value) if key in _BOUNDS and isinstance(value, float) and value.is_integer() else _whole_bounds(value) for key, value in node.items()}
+        return {
+            key: int(value)
+            if key in _BOUNDS and isinstance(value, float) and value.is_integer()
+            else _whole_bounds(value)
+            for key, value in node.items()
+        }
     if isinstance(node, list):
         return [_whole_bounds(item) for item in node]
     return node

@@ -94,8 +94,15 @@ def whole(**bounds: int) -> Any:
 
 Whole = Annotated[int, BeforeValidator(_whole)]
 
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Input text (UTF-8), with a non-whitespace character",
-                            json_schema_extra={"pattern": NON_BLANK})]
+Text = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="Input text (UTF-8), with a non-whitespace character",
+        json_schema_extra={"pattern": NON_BLANK},
+    ),
+]
 
 
 def _not_blank(value: str) -> str:
@@ -161,7 +168,7 @@ Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, json_sche
 LABELS_RULE = (
     "distinct as sent, each with a visible character, and answered as sent. Labels that read the same in the prompt once "
     "sanitised (the ASCII and full-width commas, the full stop and colons are neutralised, whitespace is collapsed, NFKC "
-    "applies: \":\" and \"-\", say) are scored on the same tokens and get the same probability"
+    'applies: ":" and "-", say) are scored on the same tokens and get the same probability'
 )
 
 
@@ -175,8 +182,12 @@ def _distinct_labels(labels: list[str]) -> list[str]:
 
 
 class KeepLabelFields(_Strict):
-    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, json_schema_extra={"uniqueItems": True},
-                                description=f"Candidate labels, as /classify takes them: {LABELS_RULE}")
+    labels: list[Label] = Field(
+        min_length=MIN_LABELS,
+        max_length=MAX_LABELS,
+        json_schema_extra={"uniqueItems": True},
+        description=f"Candidate labels, as /classify takes them: {LABELS_RULE}",
+    )
     label: Label | None = Field(
         None,
         description="The label the paraphrases must keep; one not among `labels` joins them as a candidate; null = the text's own "
@@ -202,7 +213,10 @@ class KeepLabelFields(_Strict):
 def _budget_rule(schema: dict[str, Any]) -> None:
     """max_candidates is at least num_return_sequences (its default 1 when absent), or null."""
     cases = [{"properties": {"max_candidates": {"type": "null"}}}, {"not": {"required": ["num_return_sequences"]}}]
-    cases += [{"properties": {"num_return_sequences": {"const": n}, "max_candidates": {"minimum": n}}} for n in range(1, MAX_RETURN_SEQUENCES + 1)]
+    cases += [
+        {"properties": {"num_return_sequences": {"const": n}, "max_candidates": {"minimum": n}}}
+        for n in range(1, MAX_RETURN_SEQUENCES + 1)
+    ]
     schema.setdefault("allOf", []).append({"anyOf": cases})
 
 
@@ -220,7 +234,10 @@ class AugmentChecks(SamplingFields):
         f"null = {OVERSAMPLING} x num_return_sequences with a check, else num_return_sequences",
     )
     min_distance: float = Field(
-        0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+        0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
         description="Drop paraphrases closer than this to the input or to a kept one (character-bigram Jaccard distance; 0 = off)",
     )
 
@@ -265,8 +282,13 @@ Seed = whole(ge=0, lt=SEED_LIMIT)
 def _seeds_rules(schema: dict[str, Any]) -> None:
     """`seed` or `seeds`, not both; and `seeds` as long as `texts`."""
     _budget_rule(schema)
-    schema["allOf"].append({"anyOf": [{"properties": {"seed": {"type": "null"}}}, {"properties": {"seeds": {"type": "null"}}}]})
-    lengths = [{"properties": {"texts": {"minItems": k, "maxItems": k}, "seeds": {"minItems": k, "maxItems": k}}} for k in range(1, MAX_BATCH_TEXTS + 1)]
+    schema["allOf"].append(
+        {"anyOf": [{"properties": {"seed": {"type": "null"}}}, {"properties": {"seeds": {"type": "null"}}}]}
+    )
+    lengths = [
+        {"properties": {"texts": {"minItems": k, "maxItems": k}, "seeds": {"minItems": k, "maxItems": k}}}
+        for k in range(1, MAX_BATCH_TEXTS + 1)
+    ]
     schema["allOf"].append({"anyOf": [{"properties": {"seeds": {"type": "null"}}}, *lengths]})
 
 
@@ -332,9 +354,15 @@ class AugmentBatchResponse(BaseModel):
 
 
 class _LabelsMixin(_Strict):
-    labels: list[Label] = Field(min_length=MIN_LABELS, max_length=MAX_LABELS, json_schema_extra={"uniqueItems": True},
-                                description=f"Candidate labels: {LABELS_RULE}")
-    mode: Literal["score", "generate"] = Field("score", description="score: probability per label; generate: free generation")
+    labels: list[Label] = Field(
+        min_length=MIN_LABELS,
+        max_length=MAX_LABELS,
+        json_schema_extra={"uniqueItems": True},
+        description=f"Candidate labels: {LABELS_RULE}",
+    )
+    mode: Literal["score", "generate"] = Field(
+        "score", description="score: probability per label; generate: free generation"
+    )
     scoring: Literal["vocabulary", "label_tokens"] | None = Field(
         None,
         description="score mode: vocabulary = the model's own likelihood of each label (normalised over the full vocabulary); "
@@ -380,7 +408,10 @@ STANDARD_SLOTS = ("text", "passage", "answer")  # slots with a field of their ow
 
 def _slot_given(slot: str) -> dict[str, Any]:
     """A task's slot has a non-blank value: its own field, or (that field absent or null) its entry in `fields`."""
-    in_fields = {"required": ["fields"], "properties": {"fields": {"required": [slot], "properties": {slot: {"pattern": NON_BLANK}}}}}
+    in_fields = {
+        "required": ["fields"],
+        "properties": {"fields": {"required": [slot], "properties": {slot: {"pattern": NON_BLANK}}}},
+    }
     if slot not in STANDARD_SLOTS:
         return in_fields
     own = {"required": [slot], "properties": {slot: {"type": "string", "pattern": NON_BLANK}}}
@@ -389,9 +420,16 @@ def _slot_given(slot: str) -> dict[str, Any]:
 
 def generate_forms(templates: PromptTemplates) -> list[dict[str, Any]]:
     """/generate's forms, exactly one of which a body takes: a raw prompt, or one task with every slot of its template."""
-    prompt = {"required": ["prompt"], "properties": {"prompt": {"type": "string", "pattern": NON_BLANK}, "task": {"type": "null"}}}
+    prompt = {
+        "required": ["prompt"],
+        "properties": {"prompt": {"type": "string", "pattern": NON_BLANK}, "task": {"type": "null"}},
+    }
     tasks = [
-        {"required": ["task"], "properties": {"task": {"const": name}, "prompt": {"type": "null"}}, "allOf": [_slot_given(slot) for slot in template.fields]}
+        {
+            "required": ["task"],
+            "properties": {"task": {"const": name}, "prompt": {"type": "null"}},
+            "allOf": [_slot_given(slot) for slot in template.fields],
+        }
         for name, template in templates.tasks.items()
     ]
     return [prompt, *tasks]
@@ -401,17 +439,28 @@ class GenerateRequest(SamplingKnobs):
     """A model-card task with its fields, or a raw prompt. Greedy by default (temperature 0)."""
 
     # The model card's tasks; the Ingress states its own configured tasks in /openapi.json (ingress/openapi.py).
-    model_config = ConfigDict(json_schema_extra=lambda schema, model: schema.update(oneOf=generate_forms(PromptTemplates())))
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema, model: schema.update(oneOf=generate_forms(PromptTemplates()))
+    )
 
-    task: str | None = Field(None, description="A task from GET /tasks, e.g. summary, title, sentiment; give exactly one of task or prompt")
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, description="A raw prompt instead of a task, with a non-whitespace character")
+    task: str | None = Field(
+        None, description="A task from GET /tasks, e.g. summary, title, sentiment; give exactly one of task or prompt"
+    )
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="A raw prompt instead of a task, with a non-whitespace character",
+    )
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     passage: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     answer: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     fields: dict[str, Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] = Field(
         default_factory=dict, max_length=16, description="Slots of a custom task template"
     )
-    temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy (the default here)")
+    temperature: float = Field(
+        0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy (the default here)"
+    )
 
     @model_validator(mode="after")
     def _task_or_prompt(self) -> GenerateRequest:
@@ -422,7 +471,11 @@ class GenerateRequest(SamplingKnobs):
         return self
 
     def slot_values(self) -> dict[str, str]:
-        values = {name: value for name, value in (("text", self.text), ("passage", self.passage), ("answer", self.answer)) if value is not None}
+        values = {
+            name: value
+            for name, value in (("text", self.text), ("passage", self.passage), ("answer", self.answer))
+            if value is not None
+        }
         return {**self.fields, **values}
 
 
@@ -438,7 +491,9 @@ class HealthResponse(BaseModel):
     demo: bool
     device: str
     dtype: str = Field(description="float32, bfloat16, float16 or int8: what the model runs in")
-    dtype_reason: str = Field(description="why: auto's choice for this hardware (on a CPU the measured bfloat16 over float32 speed; on CUDA the compute capability) or the configured value")
+    dtype_reason: str = Field(
+        description="why: auto's choice for this hardware (on a CPU the measured bfloat16 over float32 speed; on CUDA the compute capability) or the configured value"
+    )
 
 
 class HealthUnavailableResponse(BaseModel):
@@ -468,7 +523,10 @@ class ErrorResponse(BaseModel):
 
 def batch_of_augment_answers(answers: list[dict[str, Any]]) -> dict[str, Any]:
     """/augment_batch's columns from one /augment answer per text (checks' fields only where asked)."""
-    out: dict[str, Any] = {"augmented_texts": [a["augmented_texts"] for a in answers], "truncated": [a["truncated"] for a in answers]}
+    out: dict[str, Any] = {
+        "augmented_texts": [a["augmented_texts"] for a in answers],
+        "truncated": [a["truncated"] for a in answers],
+    }
     for key in ("label", "label_scores", "candidates"):
         if answers and key in answers[0]:
             out[key] = [a[key] for a in answers]

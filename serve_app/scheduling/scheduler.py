@@ -267,7 +267,9 @@ class Scheduler:
     def _prefill(self, generation: list[_Work], report: IterationReport) -> None:
         started = self.clock()
         try:
-            fresh = self.engine.prefill([work.request for work in generation], keys=[work.ticket for work in generation])
+            fresh = self.engine.prefill(
+                [work.request for work in generation], keys=[work.ticket for work in generation]
+            )
         except Exception as error:  # noqa: BLE001
             if is_out_of_memory(error):  # the newcomers are refused; the running batch goes on
                 logger.warning("scheduler: out of memory encoding %d new request(s); refused with 503", len(generation))
@@ -294,7 +296,9 @@ class Scheduler:
             if is_out_of_memory(error) and self._decoding:
                 self._refuse_newest_for_memory()
                 return
-            logger.exception("scheduler: decoding step failed; failing the %d request(s) in the batch", len(self._decoding))
+            logger.exception(
+                "scheduler: decoding step failed; failing the %d request(s) in the batch", len(self._decoding)
+            )
             for decoding in self._decoding.values():
                 self._answer(decoding.work, None, error)
             self._decoding.clear()
@@ -320,7 +324,11 @@ class Scheduler:
         decoding = self._decoding.pop(newest)
         rows = self._batch.rows_of({newest})
         self._batch.drop(rows)
-        logger.warning("scheduler: out of memory in a decoding step; refused the newest request (%d row(s)), %d request(s) go on", len(rows), len(self._decoding))
+        logger.warning(
+            "scheduler: out of memory in a decoding step; refused the newest request (%d row(s)), %d request(s) go on",
+            len(rows),
+            len(self._decoding),
+        )
         self._answer(decoding.work, None, OutOfMemoryRefused(len(rows)))
 
     # ------------------------------------------------------------ helpers
@@ -340,7 +348,6 @@ class Scheduler:
         wait = self.expected_wait_s(rows)
         if wait > self.deadline_s:
             raise AdmissionRefused(wait, self.deadline_s)
-
 
     def _answer(self, work: _Work, result: Any, error: BaseException | None) -> None:
         self._open.discard(work.ticket)

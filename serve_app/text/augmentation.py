@@ -18,7 +18,10 @@ def prepare_paraphrase(encoder: PromptEncoder, template: Template, text: str, fi
 
 
 def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str]) -> list[EncodedPrompt]:
-    return [prepare_paraphrase(encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}") for i, text in enumerate(texts)]
+    return [
+        prepare_paraphrase(encoder, template, text, field="text" if len(texts) == 1 else f"texts.{i}")
+        for i, text in enumerate(texts)
+    ]
 
 
 def params_per_prompt(params: SamplingParams | Sequence[SamplingParams], count: int) -> list[SamplingParams]:
@@ -29,12 +32,18 @@ def params_per_prompt(params: SamplingParams | Sequence[SamplingParams], count: 
     return per_prompt
 
 
-def engine_requests(prompts: list[EncodedPrompt], params: SamplingParams | Sequence[SamplingParams]) -> list[GenerationRequest]:
+def engine_requests(
+    prompts: list[EncodedPrompt], params: SamplingParams | Sequence[SamplingParams]
+) -> list[GenerationRequest]:
     """One request per prompt, sampled as `params` says (params_per_prompt)."""
-    return [GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params_per_prompt(params, len(prompts)))]
+    return [
+        GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params_per_prompt(params, len(prompts)))
+    ]
 
 
-def answers(encoder: PromptEncoder, texts: list[str], prompts: list[EncodedPrompt], outputs: list[list[list[int]]]) -> list[dict[str, Any]]:
+def answers(
+    encoder: PromptEncoder, texts: list[str], prompts: list[EncodedPrompt], outputs: list[list[list[int]]]
+) -> list[dict[str, Any]]:
     """One /augment answer per text, in order."""
     return [
         {"augmented_texts": paraphrases(encoder, text.strip(), sequences), "truncated": prompt.truncated}
@@ -61,6 +70,8 @@ def paraphrases(encoder: PromptEncoder, source: str, sequences: list[list[int]])
     return kept
 
 
-def prepare_task(encoder: PromptEncoder, template: Template, values: Mapping[str, Any], task: str | None = None) -> EncodedPrompt:
+def prepare_task(
+    encoder: PromptEncoder, template: Template, values: Mapping[str, Any], task: str | None = None
+) -> EncodedPrompt:
     """A /generate task: every slot of its template must be a non-empty string (Template.slot_values)."""
     return encoder.encode(template, template.slot_values(values, task))

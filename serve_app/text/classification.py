@@ -70,7 +70,14 @@ def clean_labels(labels: list[str], most: int = MAX_LABELS) -> list[str]:
     return cleaned
 
 
-def prepare_job(encoder: PromptEncoder, template: Template, text: str, labels: list[str], field: str = "text", most: int = MAX_LABELS) -> ClassifyJob:
+def prepare_job(
+    encoder: PromptEncoder,
+    template: Template,
+    text: str,
+    labels: list[str],
+    field: str = "text",
+    most: int = MAX_LABELS,
+) -> ClassifyJob:
     if not isinstance(text, str) or not text.strip():
         raise EmptyTextError(field)
     labels = clean_labels(labels, most)
@@ -89,12 +96,20 @@ def text_field(index: int, count: int) -> str:
 
 
 def prepare_batch(encoder: PromptEncoder, template: Template, texts: list[str], labels: list[str]) -> list[ClassifyJob]:
-    return [prepare_job(encoder, template, text, labels, field=text_field(i, len(texts))) for i, text in enumerate(texts)]
+    return [
+        prepare_job(encoder, template, text, labels, field=text_field(i, len(texts))) for i, text in enumerate(texts)
+    ]
 
 
-def engine_requests(jobs: list[ClassifyJob], mode: Mode, scoring: Scoring = "vocabulary") -> list[ScoringRequest] | list[GenerationRequest]:
+def engine_requests(
+    jobs: list[ClassifyJob], mode: Mode, scoring: Scoring = "vocabulary"
+) -> list[ScoringRequest] | list[GenerationRequest]:
     """What the engine runs for each job: label scoring (normalised as `scoring` says), or greedy generation."""
-    return [scoring_request(job, scoring) for job in jobs] if mode == "score" else [generation_request(job) for job in jobs]
+    return (
+        [scoring_request(job, scoring) for job in jobs]
+        if mode == "score"
+        else [generation_request(job) for job in jobs]
+    )
 
 
 def answers(jobs: list[ClassifyJob], mode: Mode, outputs: list[Any], encoder: PromptEncoder) -> list[dict[str, Any]]:
@@ -124,7 +139,9 @@ def score_answer(job: ClassifyJob, result: ScoringResult) -> dict[str, Any]:
 def generation_request(job: ClassifyJob) -> GenerationRequest:
     """Greedy decoding, long enough for the longest label and a little more."""
     longest = max(len(ids) for ids in job.label_ids)
-    params = SamplingParams(num_return_sequences=1, max_new_tokens=min(MAX_NEW_TOKENS, longest + 8), temperature=0.0, top_k=0, top_p=1.0)
+    params = SamplingParams(
+        num_return_sequences=1, max_new_tokens=min(MAX_NEW_TOKENS, longest + 8), temperature=0.0, top_k=0, top_p=1.0
+    )
     return GenerationRequest(input_ids=job.prompt.input_ids, params=params)
 
 

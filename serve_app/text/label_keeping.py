@@ -42,7 +42,9 @@ FIRST_ROUND_RATE = 0.5  # before a text's first round, assume half its candidate
 @dataclass(frozen=True)
 class KeepLabel:
     labels: list[str]
-    label: str | None = None  # None: the text's own top label under `labels`; one not among them joins them as a candidate
+    label: str | None = (
+        None  # None: the text's own top label under `labels`; one not among them joins them as a candidate
+    )
 
     def candidates(self) -> list[str]:
         """The labels a paraphrase is classified under: `labels`, and `label` after them when it is not one of them."""
@@ -146,7 +148,9 @@ class Selection:
         rate = len(self.kept) / self.tried if self.tried else FIRST_ROUND_RATE
         wanted = math.ceil(missing / rate) if rate > 0 else self.budget
         size = max(1, min(MAX_RETURN_SEQUENCES, self.budget - self.tried, wanted))
-        params = dataclasses.replace(self.params, num_return_sequences=size, seed=round_seed(self.params.seed, self.rounds))
+        params = dataclasses.replace(
+            self.params, num_return_sequences=size, seed=round_seed(self.params.seed, self.rounds)
+        )
         self.rounds += 1
         return GenerationRequest(self.prompt.input_ids, params)
 
@@ -227,16 +231,32 @@ async def augment_checked(
                     selection.consider(text)
             continue
         labels = keep.candidates()
-        jobs = [(s, classification.prepare_job(encoder, templates.classification, text, labels, most=classification.MAX_LABELS + 1)) for s, candidates in rounds for text in candidates]
+        jobs = [
+            (
+                s,
+                classification.prepare_job(
+                    encoder, templates.classification, text, labels, most=classification.MAX_LABELS + 1
+                ),
+            )
+            for s, candidates in rounds
+            for text in candidates
+        ]
         results = await model.score_many([classification.scoring_request(job, scoring) for _, job in jobs])
         for (selection, job), result in zip(jobs, results):
             answer = classification.score_answer(job, result)  # /classify's own answer: same tie rule
-            selection.consider(job.text.strip(), answer["label"], result.probabilities[job.labels.index(selection.label)])
+            selection.consider(
+                job.text.strip(), answer["label"], result.probabilities[job.labels.index(selection.label)]
+            )
     return [s.answer(keep is not None) for s in selections]
 
 
 async def _choose_labels(
-    model: ModelCalls, encoder: PromptEncoder, template: Template, selections: list[Selection], keep: KeepLabel, scoring: classification.Scoring
+    model: ModelCalls,
+    encoder: PromptEncoder,
+    template: Template,
+    selections: list[Selection],
+    keep: KeepLabel,
+    scoring: classification.Scoring,
 ) -> None:
     """The asked label for every text, or where none is given, the text's own top label (as /classify answers)."""
     asked = wanted_label(keep)
@@ -244,7 +264,12 @@ async def _choose_labels(
         for selection in selections:
             selection.label = asked
         return
-    jobs = [classification.prepare_job(encoder, template, s.source, keep.labels, field=classification.text_field(i, len(selections))) for i, s in enumerate(selections)]  # no label asked: the labels alone
+    jobs = [
+        classification.prepare_job(
+            encoder, template, s.source, keep.labels, field=classification.text_field(i, len(selections))
+        )
+        for i, s in enumerate(selections)
+    ]  # no label asked: the labels alone
     results = await model.score_many([classification.scoring_request(job, scoring) for job in jobs])
     for selection, job, result in zip(selections, jobs, results):
         selection.label = classification.score_answer(job, result)["label"]

@@ -75,7 +75,9 @@ class PromptTemplates:
 
     classification: Template = Template(CLASSIFICATION_TEMPLATE)
     augment: Template = Template(AUGMENT_TEMPLATE)
-    tasks: Mapping[str, Template] = field(default_factory=lambda: {name: Template(text) for name, text in DEFAULT_TASK_TEMPLATES.items()})
+    tasks: Mapping[str, Template] = field(
+        default_factory=lambda: {name: Template(text) for name, text in DEFAULT_TASK_TEMPLATES.items()}
+    )
 
     def task(self, name: str) -> Template:
         """The template of a /generate task; UnknownTaskError (422 on `task`) naming the known ones."""
@@ -86,7 +88,10 @@ class PromptTemplates:
 
     def task_list(self) -> list[dict[str, object]]:
         """GET /tasks: every /generate task, its fields and template."""
-        return [{"name": name, "fields": list(template.fields), "template": template.text} for name, template in self.tasks.items()]
+        return [
+            {"name": name, "fields": list(template.fields), "template": template.text}
+            for name, template in self.tasks.items()
+        ]
 
     def task_values(self, name: str, values: Mapping[str, object]) -> dict[str, str]:
         """A /generate task's slot values, after its rules: the task exists, every slot is a non-empty string."""

@@ -39,7 +39,12 @@ class TextTasks:
         return classification.engine_requests(jobs, mode, scoring or self.scoring)
 
     async def classify(
-        self, model: ModelCalls, texts: list[str], labels: list[str], mode: Mode = "score", scoring: Scoring | None = None
+        self,
+        model: ModelCalls,
+        texts: list[str],
+        labels: list[str],
+        mode: Mode = "score",
+        scoring: Scoring | None = None,
     ) -> list[dict[str, Any]]:
         """One /classify answer per text, in input order."""
         jobs = self.classify_jobs(texts, labels)
@@ -51,19 +56,27 @@ class TextTasks:
     def augment_prompts(self, texts: list[str]) -> list[EncodedPrompt]:
         return augmentation.prepare_batch(self.encoder, self.templates.augment, texts)
 
-    def augment_requests(self, texts: list[str], params: SamplingParams | Sequence[SamplingParams]) -> list[GenerationRequest]:
+    def augment_requests(
+        self, texts: list[str], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[GenerationRequest]:
         """What the engine runs for a plain /augment_batch of `texts`."""
         return augmentation.engine_requests(self.augment_prompts(texts), params)
 
     async def augment(
-        self, model: ModelCalls, texts: list[str], params: SamplingParams | Sequence[SamplingParams], checks: Checks | None = None
+        self,
+        model: ModelCalls,
+        texts: list[str],
+        params: SamplingParams | Sequence[SamplingParams],
+        checks: Checks | None = None,
     ) -> list[dict[str, Any]]:
         """Per text, in input order: distinct paraphrases (none equal to the input) and whether it was truncated.
 
         `params`: one SamplingParams for every text, or one per text (each with its own seed). `checks`:
         keep the label, oversample, drop near-copies (label_keeping.py), scored like /classify."""
         if checks is not None and checks.active:
-            return await label_keeping.augment_checked(model, self.encoder, self.templates, texts, params, checks, self.scoring)
+            return await label_keeping.augment_checked(
+                model, self.encoder, self.templates, texts, params, checks, self.scoring
+            )
         prompts = self.augment_prompts(texts)
         outputs = await model.generate_many(augmentation.engine_requests(prompts, params))
         return augmentation.answers(self.encoder, texts, prompts, outputs)
