@@ -1,8 +1,10 @@
-"""The engine alone, without Ray or HTTP: each number format, what `dtype: auto` picks, and what checked augmentation costs.
+"""The engine alone, without Ray or HTTP: each number format, what `dtype: auto` picks, and what checked augmentation
+costs.
 
     .venv/bin/python -m bench engine                      # the benchmark checkpoint, float32 / bfloat16 / int8
     .venv/bin/python -m bench engine --formats float32 bfloat16 --parts formats
-    .venv/bin/python -m bench engine --quick              # a minute on the demo model (not results; the page is left alone)
+    .venv/bin/python -m bench engine --quick              # a minute on the demo model (not results; the page is left
+    alone)
 
 Every format runs the same work, built by the service's own text layer: classification of
 32 Chinese texts against 4 labels (texts/s), and generation of 32 rows and of 1 row, 64 new
@@ -136,7 +138,8 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
                 "lone": sum(len(seq) for seq in lone[0]),
             }
             log(
-                f"round {round_ + 1}: {name}: classify {seconds['classify_s']:.2f} s, generate 32 rows {seconds['generate32_s']:.2f} s"
+                f"round {round_ + 1}: {name}: classify {seconds['classify_s']:.2f} s, generate 32 rows "
+                f"{seconds['generate32_s']:.2f} s"
             )
     reference = [r.probabilities for r in services["float32"].engine.score(work["float32"][0].requests)]
     figures: dict[str, Any] = {}
@@ -171,7 +174,8 @@ def auto_choice(model: str) -> dict[str, Any]:
 
 
 def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
-    """CTranslate2 on the same checkpoint and token ids as our engine at `auto`, float32 matched first, then timed in alternation."""
+    """CTranslate2 on the same checkpoint and token ids as our engine at `auto`, float32 matched first, then timed in
+    alternation."""
     from bench.lib import ctranslate2_side as ct2
 
     if not ct2.available():
@@ -195,7 +199,8 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
         if t in ctranslate2.get_supported_compute_types("cpu")
     ]
     log(
-        f"converting {checkpoint} for CTranslate2 {ctranslate2.__version__} (compute types here: {', '.join(compute_types)}) ..."
+        f"converting {checkpoint} for CTranslate2 {ctranslate2.__version__} (compute types here: "
+        f"{', '.join(compute_types)}) ..."
     )
     with ct2.CT2Process() as worker:  # CTranslate2 in its own process (ctranslate2_side.py says why)
         knobs = generation.requests[0].params
@@ -228,7 +233,8 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
         out["conversion_proof_demo"] = proof
         if proof["max_abs_dp"] > ct2.MATCH_TOLERANCE:
             out["skipped"] = (
-                f"float32 probabilities on the demo model differ by {proof['max_abs_dp']:.2e} (> {ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
+                f"float32 probabilities on the demo model differ by {proof['max_abs_dp']:.2e} (> "
+                f"{ct2.MATCH_TOLERANCE}): the conversion is not the same model, no speed reported"
             )
             return out
         if model != "demo":
@@ -236,7 +242,8 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
             out["own_spread"] = compare(reference, alone)
             if match["max_abs_dp"] > max(ct2.MATCH_TOLERANCE, ct2.SPREAD_FACTOR * out["own_spread"]["max_abs_dp"]):
                 out["skipped"] = (
-                    f"float32 probabilities differ by {match['max_abs_dp']:.3f}, over {ct2.SPREAD_FACTOR}x our own alone-vs-batch spread "
+                    f"float32 probabilities differ by {match['max_abs_dp']:.3f}, over {ct2.SPREAD_FACTOR}x our own "
+                    "alone-vs-batch spread "
                     f"({out['own_spread']['max_abs_dp']:.3f}): not the same model, no speed reported"
                 )
                 return out
@@ -253,9 +260,12 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
 
         def ct2_run(engine):
             prompts = [r.input_ids for r in generation.requests]
-            gen = lambda rows: engine.generate(
-                prompts[:rows], GENERATION_TOKENS, knobs.temperature, knobs.top_k, knobs.top_p, seed=4
-            )  # noqa: E731
+
+            def gen(rows):
+                return engine.generate(
+                    prompts[:rows], GENERATION_TOKENS, knobs.temperature, knobs.top_k, knobs.top_p, seed=4
+                )
+
             return {
                 "classify": lambda: [engine.label_log_scores(r.input_ids, r.label_ids) for r in classify.requests],
                 "generate32": lambda: gen(GENERATION_ROWS),
@@ -266,7 +276,7 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
         systems = {f"ours {name}": ours_run(service) for name, service in ours.items()}
         systems |= {f"ctranslate2 {t}": ct2_run(engine) for t, engine in engines.items()}
         best: dict[str, dict[str, float]] = {name: {} for name in systems}
-        for name, run in systems.items():  # first calls: allocations, kernel choice
+        for run in systems.values():  # first calls: allocations, kernel choice
             run["classify"](), run["generate1"]()
         for round_ in range(rounds):
             for name, run in systems.items():
@@ -318,7 +328,8 @@ def _demo_conversion_match(threads: int, worker) -> dict[str, Any]:
 def keep_label_cost(
     model: str, rounds: int, texts: int = 16, asked: int = 3, max_new_tokens: int = 32
 ) -> dict[str, Any]:
-    """What the keep-label check costs: seconds to sample one candidate and to score it against 4 labels, in alternation.
+    """What the keep-label check costs: seconds to sample one candidate and to score it against 4 labels, in
+    alternation.
 
     A kept paraphrase costs 1/keep-rate candidates, each sampled and scored, plus the text's own label
     once per text. The checkpoint's random weights sample ids its tokenizer decodes to nothing, so the
@@ -355,17 +366,22 @@ def markdown(out: dict[str, Any]) -> str:
         f = parts["formats"]
         lines += [
             "",
-            f"Classification: {f['classify']}; generation: {f['generation']} (seeded sampling; tokens/s counts the tokens generated). "
-            f"Formats alternated over {f['rounds']} round(s), best kept. |Δp| and agreement: label probabilities against float32 on the same texts.",
+            f"Classification: {f['classify']}; generation: {f['generation']} (seeded sampling; tokens/s counts the "
+            "tokens generated). "
+            f"Formats alternated over {f['rounds']} round(s), best kept. |Δp| and agreement: label probabilities "
+            "against float32 on the same texts.",
             "",
-            "| format | classify texts/s | generation tokens/s, 32 rows | 1 row | × float32 (classify / 32 rows) | max \\|Δp\\| | top label agrees |",
+            "| format | classify texts/s | generation tokens/s, 32 rows | 1 row | × float32 (classify / 32 rows) | max "
+            "\\|Δp\\| | top label agrees |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         base = f["formats"]["float32"]
         for name, v in f["formats"].items():
             lines.append(
-                f"| {name} | {v['classify_texts_per_s']:.1f} | {v['generate32_tokens_per_s']:.0f} | {v['generate1_tokens_per_s']:.1f} | "
-                f"{v['classify_texts_per_s'] / base['classify_texts_per_s']:.2f}x / {v['generate32_tokens_per_s'] / base['generate32_tokens_per_s']:.2f}x | "
+                f"| {name} | {v['classify_texts_per_s']:.1f} | {v['generate32_tokens_per_s']:.0f} | "
+                f"{v['generate1_tokens_per_s']:.1f} | "
+                f"{v['classify_texts_per_s'] / base['classify_texts_per_s']:.2f}x / "
+                f"{v['generate32_tokens_per_s'] / base['generate32_tokens_per_s']:.2f}x | "
                 f"{v['max_abs_dp']:.4f} | {v['top_label_agreement']:.0%} |"
             )
     if "auto" in parts:
@@ -386,8 +402,10 @@ def markdown(out: dict[str, Any]) -> str:
         rates = ", ".join(f"keep rate {rate}: {x:.2f}x" for rate, x in k["x_plain_per_kept_text"].items())
         lines += [
             "",
-            f"Augmentation that keeps the label ({k['dtype']}): sampling a candidate (32 tokens) {k['sample_s_per_candidate'] * 1000:.0f} ms, "
-            f"scoring it against 4 labels {k['score_s_per_candidate'] * 1000:.0f} ms ({k['check_x_sampling']:.2f}x); a returned paraphrase costs, "
+            f"Augmentation that keeps the label ({k['dtype']}): sampling a candidate (32 tokens) "
+            f"{k['sample_s_per_candidate'] * 1000:.0f} ms, "
+            f"scoring it against 4 labels {k['score_s_per_candidate'] * 1000:.0f} ms ({k['check_x_sampling']:.2f}x); a "
+            "returned paraphrase costs, "
             f"against a plain one, {rates}. The keep rate is the model's own.",
         ]
     return "\n".join(lines) + "\n"
@@ -397,15 +415,19 @@ def ctranslate2_markdown(c: dict[str, Any]) -> list[str]:
     if "systems" not in c:
         return [f"CTranslate2: not run ({c.get('skipped', '?')})."]
     spread = (
-        f" Here they differ by up to {c['float32_match']['max_abs_dp']:.3f}, where our own float32 moves by {c['own_spread']['max_abs_dp']:.3f} "
+        f" Here they differ by up to {c['float32_match']['max_abs_dp']:.3f}, where our own float32 moves by "
+        f"{c['own_spread']['max_abs_dp']:.3f} "
         f"between an input alone and inside its batch: random weights amplify rounding."
         if "own_spread" in c
         else ""
     )
     lines = [
-        f"CTranslate2 {c['version']} on the same checkpoint (converted by its Transformers converter from our loader, head untied) and the same "
-        f"token ids; on the demo model its float32 label probabilities match ours to {c['conversion_proof_demo']['max_abs_dp']:.1e}.{spread} "
-        f"Same work as above, alternated, best of each. Its classification is `score_batch`, one (prompt, label) pair per candidate.",
+        f"CTranslate2 {c['version']} on the same checkpoint (converted by its Transformers converter from our loader, "
+        "head untied) and the same "
+        "token ids; on the demo model its float32 label probabilities match ours to "
+        f"{c['conversion_proof_demo']['max_abs_dp']:.1e}.{spread} "
+        "Same work as above, alternated, best of each. Its classification is `score_batch`, one (prompt, label) pair "
+        "per candidate.",
         "",
         "| system | classify texts/s | generation tokens/s, 32 rows | 1 row | max \\|Δp\\| vs our float32 |",
         "|---|---:|---:|---:|---:|",
@@ -413,7 +435,8 @@ def ctranslate2_markdown(c: dict[str, Any]) -> list[str]:
     for name, v in c["systems"].items():
         dp = f"{v['max_abs_dp']:.4f}" if "max_abs_dp" in v else ""
         lines.append(
-            f"| {name} | {v['classify_texts_per_s']:.1f} | {v['generate32_tokens_per_s']:.0f} | {v['generate1_tokens_per_s']:.1f} | {dp} |"
+            f"| {name} | {v['classify_texts_per_s']:.1f} | {v['generate32_tokens_per_s']:.0f} | "
+            f"{v['generate1_tokens_per_s']:.1f} | {dp} |"
         )
     ct2 = {k: v for k, v in c["systems"].items() if k.startswith("ctranslate2")}
     ours = c["systems"]["ours auto"]
@@ -425,8 +448,10 @@ def ctranslate2_markdown(c: dict[str, Any]) -> list[str]:
     )
     lines += [
         "",
-        f"Ours at `auto` ({c['ours_auto']}) against CTranslate2's fastest: generation **{ours['generate32_tokens_per_s'] / fastest_gen[1]['generate32_tokens_per_s']:.2f}x** "
-        f"({fastest_gen[0]}), classification **{ours['classify_texts_per_s'] / fastest_cls[1]['classify_texts_per_s']:.2f}x** ({fastest_cls[0]}); "
+        f"Ours at `auto` ({c['ours_auto']}) against CTranslate2's fastest: generation "
+        f"**{ours['generate32_tokens_per_s'] / fastest_gen[1]['generate32_tokens_per_s']:.2f}x** "
+        f"({fastest_gen[0]}), classification "
+        f"**{ours['classify_texts_per_s'] / fastest_cls[1]['classify_texts_per_s']:.2f}x** ({fastest_cls[0]}); "
         f"at equal precision (float32, 32 rows) generation {same:.2f}x.",
     ]
     return lines

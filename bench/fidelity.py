@@ -1,6 +1,7 @@
 """Fidelity of the faster settings: their label probabilities against float32 full-vocabulary scoring, and their speed.
 
-    .venv/bin/python -m bench fidelity                               # benchmark checkpoint and demo model, 256 inputs each
+    .venv/bin/python -m bench fidelity                               # benchmark checkpoint and demo model, 256 inputs
+    each
     .venv/bin/python -m bench fidelity --models /path/to/real/model  # the real weights, where they are at hand
     .venv/bin/python -m bench fidelity --quick                       # the demo model, 32 inputs (not results)
     .venv/bin/python -m bench fidelity --models /path/to/real/model --int8-by-layer   # where int8 moves the scores
@@ -228,12 +229,16 @@ def interleaved_speeds(engines: dict[str, Any], requests: dict[str, list[Any]], 
 
 def markdown(out: dict[str, Any]) -> str:
     lines = [
-        f"{out['threads']} torch threads. Reference: float32 weights, probabilities normalised over the full vocabulary (the default "
-        "`scoring: vocabulary`). |Δp| is over every candidate's probability; agreement is the share of inputs with the same top label; "
-        f"speed is classify requests/s at batch {BATCH}, the variants alternated; alone vs batch scores the first {BATCH} inputs one by one "
+        f"{out['threads']} torch threads. Reference: float32 weights, probabilities normalised over the full "
+        "vocabulary (the default "
+        "`scoring: vocabulary`). |Δp| is over every candidate's probability; agreement is the share of inputs with the "
+        "same top label; "
+        f"speed is classify requests/s at batch {BATCH}, the variants alternated; alone vs batch scores the first "
+        f"{BATCH} inputs one by one "
         "against inside their batch, in the same format.",
         "",
-        "| model | variant | req/s | × reference | max \\|Δp\\| | mean \\|Δp\\| | top label agrees | alone vs batch: max \\|Δp\\|, agreement |",
+        "| model | variant | req/s | × reference | max \\|Δp\\| | mean \\|Δp\\| | top label agrees | alone vs batch: "
+        "max \\|Δp\\|, agreement |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model in out["models"]:
@@ -242,7 +247,8 @@ def markdown(out: dict[str, Any]) -> str:
             inv = f"{invariance['max_abs_dp']:.1e}, {invariance['top_label_agreement']:.0%}" if invariance else "–"
             lines.append(
                 f"| {model['label']} | {name} | {v['requests_per_s']:.2f} | {v.get('x_reference_speed', 1.0):.2f}x | "
-                f"{v.get('max_abs_dp', 0.0):.4f} | {v.get('mean_abs_dp', 0.0):.5f} | {v.get('top_label_agreement', 1.0):.1%} | {inv} |"
+                f"{v.get('max_abs_dp', 0.0):.4f} | {v.get('mean_abs_dp', 0.0):.5f} | "
+                f"{v.get('top_label_agreement', 1.0):.1%} | {inv} |"
             )
     for model in out["models"]:
         if "int8_by_layer" in model:
@@ -253,7 +259,8 @@ def markdown(out: dict[str, Any]) -> str:
 def int8_by_layer_table(model: dict[str, Any]) -> list[str]:
     study = model["int8_by_layer"]
     lines = [
-        f"int8 layer by layer, {model['label']} ({study['linears']} linear layers): int8 in one group only, and everywhere but that group, "
+        f"int8 layer by layer, {model['label']} ({study['linears']} linear layers): int8 in one group only, and "
+        "everywhere but that group, "
         "against float32; speed is one pass over the inputs at batch 32, against int8 everywhere in the same run.",
         "",
         "| int8 in | linears | req/s | × int8 everywhere | max \\|Δp\\| | top label agrees |",
@@ -261,6 +268,7 @@ def int8_by_layer_table(model: dict[str, Any]) -> list[str]:
     ]
     for name, v in study["variants"].items():
         lines.append(
-            f"| {name} | {v['quantised_linears']} | {v['requests_per_s']:.2f} | {v['x_int8_speed']:.2f}x | {v['max_abs_dp']:.4f} | {v['top_label_agreement']:.1%} |"
+            f"| {name} | {v['quantised_linears']} | {v['requests_per_s']:.2f} | {v['x_int8_speed']:.2f}x | "
+            f"{v['max_abs_dp']:.4f} | {v['top_label_agreement']:.1%} |"
         )
     return lines

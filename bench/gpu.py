@@ -1,4 +1,5 @@
-"""On a GPU machine, without Ray: the engine's latency, memory and batches, the serving core under load, and seeded invariance.
+"""On a GPU machine, without Ray: the engine's latency, memory and batches, the serving core under load, and seeded
+invariance.
 
     bash bench/gpu_wheels.sh                  # here, once: the wheels the GPU machine's Python lacks, into .wheels/
     bash bench/gpu_suite.sh "$OUT"            # there (the device tool, carry [".wheels"]): this command, in one call
@@ -27,6 +28,7 @@ machine's time limit keeps what it finished.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -66,8 +68,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(
-            f"bench gpu: --device {args.device}, but this torch ({torch.__version__}, CUDA build {torch.version.cuda}) sees no "
-            "usable CUDA device; run it on the GPU machine, or pass --device cpu to rehearse on the CPU (figures labelled cpu)"
+            f"bench gpu: --device {args.device}, but this torch ({torch.__version__}, CUDA build {torch.version.cuda}) "
+            "sees no "
+            "usable CUDA device; run it on the GPU machine, or pass --device cpu to rehearse on the CPU (figures "
+            "labelled cpu)"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.model or ("demo" if args.quick else _bench_checkpoint())
@@ -210,7 +214,8 @@ def classify_clients(service, quick: bool) -> dict[str, Any]:
 
 
 def decode_graphs(service, repeats: int) -> dict[str, Any]:
-    """Launched kernels against CUDA graphs for the decoding step, the same model and requests, alternated, best of each."""
+    """Launched kernels against CUDA graphs for the decoding step, the same model and requests, alternated, best of
+    each."""
     from bench.lib.workloads import chinese_texts
     from serve_app.engine import SamplingParams, Seq2SeqEngine
     from serve_app.engine.graphed_step import GraphedDecoder
@@ -234,10 +239,10 @@ def decode_graphs(service, repeats: int) -> dict[str, Any]:
     for _ in range(repeats):
         for work, requests in works.items():
             for name, engine in engines.items():
-                seconds = _timed(service, lambda: engine.generate(requests))
+                seconds = _timed(service, functools.partial(engine.generate, requests))
                 best[name][work] = min(seconds, best[name].get(work, float("inf")))
     tokens = {work: sum(len(sequence) for answer in outputs["eager"][work] for sequence in answer) for work in works}
-    same = sum(a == b for work in works for a, b in zip(outputs["eager"][work], outputs["graphs"][work]))
+    same = sum(a == b for work in works for a, b in zip(outputs["eager"][work], outputs["graphs"][work], strict=True))
     return {
         "captured": captured,
         "graphs_captured": graphed.decoder.captured,
@@ -267,7 +272,7 @@ def seeded_invariance(service) -> dict[str, Any]:
     )
     batched = service.engine.generate(requests)
     alone = [service.engine.generate([request])[0] for request in requests[:8]]
-    same = sum(a == b for a, b in zip(alone, batched))
+    same = sum(a == b for a, b in zip(alone, batched[: len(alone)], strict=True))
     return {"requests": len(alone), "identical_alone_and_batched": same}
 
 
@@ -309,7 +314,8 @@ def fidelity(model: str, device: str, count: int) -> dict[str, Any]:
 
 def markdown(out: dict[str, Any]) -> str:
     lines = [
-        f"Device `{out['device']}` (CUDA {out['cuda']}), model `{out['model']}`{' (quick: not results)' if out['quick'] else ''}.",
+        f"Device `{out['device']}` (CUDA {out['cuda']}), model "
+        f"`{out['model']}`{' (quick: not results)' if out['quick'] else ''}.",
         "",
     ]
     for name, part in out["parts"].items():
@@ -319,31 +325,43 @@ def markdown(out: dict[str, Any]) -> str:
         value = part["result"]
         text = {
             "augment_latency": lambda v: (
-                f"one /augment (3 x 64 tokens) alone: median **{v['median_s'] * 1000:.0f} ms** (the seed article: 380 ms on an A10G)"
+                f"one /augment (3 x 64 tokens) alone: median **{v['median_s'] * 1000:.0f} ms** (the seed article: 380 "
+                "ms on an A10G)"
             ),
             "memory": lambda v: (
                 v.get("skipped")
-                or f"16 rows x 64 tokens: peak **{v['peak_gib']:.2f} GiB** of which weights {v['weights_gib']:.2f} GiB (the seed: 14.2 GB)"
+                or (
+                    f"16 rows x 64 tokens: peak **{v['peak_gib']:.2f} GiB** of which weights {v['weights_gib']:.2f} "
+                    "GiB "
+                    "(the seed: 14.2 GB)"
+                )
             ),
             "decode_graphs": lambda v: (
-                f"decoding step as CUDA graphs{'' if v['captured'] else ' (not captured: the fixed-shape step on a CPU)'}: "
-                f"one /augment alone {v['alone_ms']['graphs']:.0f} vs {v['alone_ms']['eager']:.0f} ms (**{v['x_eager']['alone']:.2f}x**), "
-                f"32 rows {v['rows_32_tokens_per_s']['graphs']:.0f} vs {v['rows_32_tokens_per_s']['eager']:.0f} tokens/s ({v['x_eager']['rows_32']:.2f}x); "
-                f"{v['identical_requests']} of {v['requests']} seeded requests identical; {v['graphs_captured']} graphs captured"
+                "decoding step as CUDA "
+                f"graphs{'' if v['captured'] else ' (not captured: the fixed-shape step on a CPU)'}: "
+                f"one /augment alone {v['alone_ms']['graphs']:.0f} vs {v['alone_ms']['eager']:.0f} ms "
+                f"(**{v['x_eager']['alone']:.2f}x**), "
+                f"32 rows {v['rows_32_tokens_per_s']['graphs']:.0f} vs {v['rows_32_tokens_per_s']['eager']:.0f} "
+                f"tokens/s ({v['x_eager']['rows_32']:.2f}x); "
+                f"{v['identical_requests']} of {v['requests']} seeded requests identical; {v['graphs_captured']} "
+                "graphs captured"
             ),
             "classify_batch": lambda v: f"classification at batch 64: {v['texts_per_s']:.0f} texts/s",
             "classify_clients": lambda v: (
-                f"most /classify clients at p95 < 1 s through the scheduler lanes: **{v['most_clients_p95_under_1s']}** (the seed: 12 on an A10G)"
+                "most /classify clients at p95 < 1 s through the scheduler lanes: "
+                f"**{v['most_clients_p95_under_1s']}** (the seed: 12 on an A10G)"
             ),
             "seeded_invariance": lambda v: (
-                f"seeded sampling: {v['identical_alone_and_batched']} of {v['requests']} requests identical alone and in a batch of 32"
+                f"seeded sampling: {v['identical_alone_and_batched']} of {v['requests']} requests identical alone and "
+                "in a batch of 32"
             ),
             "against_baseline": lambda v: (
                 f"augment at batch {v['requests']}: {v['x_baseline']:.1f}x transformers `generate` one at a time "
                 f"({v['engine_requests_per_s']:.1f} vs {v['baseline_requests_per_s']:.2f} req/s)"
             ),
             "fidelity": lambda v: (
-                f"bfloat16 against float32 on {v['inputs']} inputs: max |Δp| {v['bfloat16_vs_float32']['max_abs_dp']:.4f}, "
+                f"bfloat16 against float32 on {v['inputs']} inputs: max |Δp| "
+                f"{v['bfloat16_vs_float32']['max_abs_dp']:.4f}, "
                 f"top label agrees {v['bfloat16_vs_float32']['top_label_agreement']:.0%}"
             ),
         }[name](value)

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench serve                       # baseline and the service, 1/8/32 clients, mixed, p95 sweep
     .venv/bin/python -m bench serve --against v0.1.0      # and an earlier release of the service, side by side
-    .venv/bin/python -m bench serve --quick               # a minute on the demo model (not results; the page is left alone)
+    .venv/bin/python -m bench serve --quick               # a minute on the demo model (not results; the page is left
+    alone)
 
 Systems run one after the other, never together, so none steals another's cores:
 
@@ -168,7 +169,8 @@ class BaselineProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"the baseline exited with {self.process.returncode}:\n{self.log_path.read_text(errors='replace')[-4000:]}"
+                    "the baseline exited with "
+                    f"{self.process.returncode}:\n{self.log_path.read_text(errors='replace')[-4000:]}"
                 )
             try:
                 response = httpx.get(f"{self.url}/healthz", timeout=2, trust_env=False)
@@ -231,7 +233,12 @@ class ServeProcess:
         time.sleep(seconds)  # abandoned requests are cancelled and leave the batch at the next step
 
     def describe(self) -> str:
-        return f"`serve run` on {'this checkout' if self.run.tree == ROOT else 'a checkout of ' + self.name.split('@')[1]}'s config.yaml, model {self.info.get('dtype', '?')} on {self.info.get('device', '?')} ({self.info.get('dtype_reason', '')})"
+        return (
+            "`serve run` on "
+            f"{'this checkout' if self.run.tree == ROOT else 'a checkout of ' + self.name.split('@')[1]}'s "
+            f"config.yaml, model {self.info.get('dtype', '?')} on {self.info.get('device', '?')} "
+            f"({self.info.get('dtype_reason', '')})"
+        )
 
     def stop(self) -> None:
         self.run.stop()
@@ -263,7 +270,8 @@ def bench_system(
             system.settle(windows["settle"])
             for point in measured:
                 log(
-                    f"{system.name:12s} {point['workload']:15s} c={point['concurrency']:<3d} {point['rps_spread']:7.2f} req/s  "
+                    f"{system.name:12s} {point['workload']:15s} c={point['concurrency']:<3d} "
+                    f"{point['rps_spread']:7.2f} req/s  "
                     f"p50 {_s(point['p50_s'])}  p95 {_s(point['p95_s'])}  ok {point['ok']} err {point['errors']}"
                 )
             return measured
@@ -358,14 +366,18 @@ def markdown(out: dict[str, Any]) -> str:
     lines = [f"Model: `{out['model']}`. Systems, each alone on the machine:", ""]
     for name, info in out["systems"].items():
         lines.append(
-            f"- **{name}**: {info.get('description', '')}; started in {info['startup_s']:.0f} s; model process peak RSS "
+            f"- **{name}**: {info.get('description', '')}; started in {info['startup_s']:.0f} s; model process peak "
+            "RSS "
             f"{_s(info.get('model_peak_rss_mb'), 0)} MiB"
         )
     lines += [
         "",
-        f"Per point {windows['classify'][0]:g} + {windows['classify'][1]:g} s (classify) and {windows['augment'][0]:g} + {windows['augment'][1]:g} s "
-        "(augment, mixed) of warm-up + measurement. req/s spreads each answer over its lifetime (clients that finish together answer in "
-        "bursts); latencies are over the answers inside the window; CPU is the model process's, out of the machine's cores. "
+        f"Per point {windows['classify'][0]:g} + {windows['classify'][1]:g} s (classify) and {windows['augment'][0]:g} "
+        f"+ {windows['augment'][1]:g} s "
+        "(augment, mixed) of warm-up + measurement. req/s spreads each answer over its lifetime (clients that finish "
+        "together answer in "
+        "bursts); latencies are over the answers inside the window; CPU is the model process's, out of the machine's "
+        "cores. "
         "classify: 6 labels, Chinese texts of 20-80 characters; augment: the same texts, 2 sequences x 32 new tokens; "
         "mixed: 1 classify client among 8 augment clients (2 x 64 tokens).",
         "",
@@ -376,7 +388,8 @@ def markdown(out: dict[str, Any]) -> str:
         if p["workload"].startswith("sweep"):
             continue
         lines.append(
-            f"| {p['workload']} | {p['concurrency']} | {p['system']} | {p['rps_spread']:.2f} | {_s(p['p50_s'])} | {_s(p['p95_s'])} | "
+            f"| {p['workload']} | {p['concurrency']} | {p['system']} | {p['rps_spread']:.2f} | {_s(p['p50_s'])} | "
+            f"{_s(p['p95_s'])} | "
             f"{p['ok']} | {p['errors']} | {_s(p.get('model_cpu_cores'), 1)} |"
         )
     if out["ratios"]:
@@ -390,15 +403,15 @@ def markdown(out: dict[str, Any]) -> str:
         for r in out["ratios"]:
             p95 = f"{r['p95_x']:.2f}x" if r["p95_x"] is not None else "–"
             lines.append(
-                f"| {r['system']} | {r['against']} | {r['workload']} | {r['clients']} | **{r['throughput_x']:.2f}x** | {p95} |"
+                f"| {r['system']} | {r['against']} | {r['workload']} | {r['clients']} | **{r['throughput_x']:.2f}x** | "
+                f"{p95} |"
             )
     swept = {name: most_clients_under(out["points"], name) for name in out["systems"]}
     if any(value is not None for value in swept.values()):
         lines += [
             "",
-            f"Most /classify clients served with p95 under {P95_LIMIT_S:g} s (the seed article reports 12 on an A10G GPU): "
-            + "; ".join(f"{name} **{value}**" for name, value in swept.items() if value is not None)
-            + ".",
+            f"Most /classify clients served with p95 under {P95_LIMIT_S:g} s (the seed article reports 12 on an A10G "
+            "GPU): " + "; ".join(f"{name} **{value}**" for name, value in swept.items() if value is not None) + ".",
         ]
     if not out["quick"]:
         lines += ["", "![throughput and p95 against clients](bench/results/serve.png)"]

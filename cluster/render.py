@@ -49,7 +49,8 @@ CLUSTER: dict[str, Any] = {
 # 2-core CPU node. A GPU decodes hundreds of rows per step in about the time of one, so the
 # scheduler may hold more rows and encode larger prefills per iteration, and a replica takes more
 # requests before autoscaling adds another. Rows stay capped by what the GPU's memory holds
-# (serve_app/engine/memory.py), so a smaller GPU is safe. Starting points, not yet measured on a GPU: `bash bench/gpu_suite.sh` is
+# (serve_app/engine/memory.py), so a smaller GPU is safe. Starting points, not yet measured on a GPU: `bash
+# bench/gpu_suite.sh` is
 # the measurement to set them by.
 GPU_PROFILE: dict[str, dict[str, Any]] = {
     "ModelReplica": {

@@ -26,7 +26,10 @@ def assert_same_classification(a: dict[str, Any], b: dict[str, Any], dtype: str 
     The top label is the same unless the two best labels are within rounding of each other."""
     tolerance = SCORE_TOLERANCE[dtype or shipped_dtype()]
     assert set(a["labels"]) == set(b["labels"])
-    scores_a, scores_b = dict(zip(a["labels"], a["scores"])), dict(zip(b["labels"], b["scores"]))
+    scores_a, scores_b = (
+        dict(zip(a["labels"], a["scores"], strict=True)),
+        dict(zip(b["labels"], b["scores"], strict=True)),
+    )
     for label, score in scores_a.items():
         assert abs(score - scores_b[label]) <= tolerance, (label, score, scores_b[label])
     if len(a["scores"]) < 2 or a["scores"][0] - a["scores"][1] > 2 * tolerance:

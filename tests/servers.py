@@ -42,7 +42,8 @@ def service(
     env: dict[str, str] | None = None,
     timeout_s: float = 240,
 ) -> Iterator[ServeRun]:
-    """`serve run` on config.yaml with `overrides` per deployment, `args` for the app and `env`; on the demo model unless env says otherwise."""
+    """`serve run` on config.yaml with `overrides` per deployment, `args` for the app and `env`; on the demo model
+    unless env says otherwise."""
     run = ServeRun(shipped_config(free_port(), overrides, args), workdir, env=env)
     run.start(timeout_s=timeout_s)
     try:

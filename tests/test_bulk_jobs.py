@@ -309,7 +309,7 @@ def test_url_mode_classifies_like_ray_data(
     )
     over_http, on_ray = read_jsonl(workdir / "classified-http.jsonl"), read_jsonl(classified)
     assert len(over_http) == len(on_ray)
-    for a, b in zip(over_http, on_ray):
+    for a, b in zip(over_http, on_ray, strict=True):
         assert (a["id"], a["text"]) == (b["id"], b["text"])
         # batches differ (the service merges requests its own way): the same up to float rounding
         assert_same_classification(a, b)
@@ -320,7 +320,8 @@ def test_url_mode_classifies_like_ray_data(
 def test_url_mode_seeded_augment_matches_ray_data(
     augmented: Path, workdir: Path, base_url: str, bulk_env: dict[str, str]
 ) -> None:
-    # The first 300 lines: each record's seed comes from its line, so these answers equal the first rows of the full run.
+    # The first 300 lines: each record's seed comes from its line, so these answers equal the first rows of the full
+    # run.
     head = b"\n".join((workdir / "in.jsonl").read_bytes().split(b"\n")[:300]) + b"\n"
     (workdir / "head.jsonl").write_bytes(head)
     bulk(
@@ -364,7 +365,7 @@ def test_keep_label_bulk_job_on_ray_data_and_over_http_agree_with_classify(
     on_ray, over_http = read_jsonl(workdir / "kept.jsonl"), read_jsonl(workdir / "kept-http.jsonl")
     assert len(on_ray) == len(over_http) == 12
     labels = list(parse_labels(LABELS_ARG))
-    for a, b in zip(on_ray, over_http):
+    for a, b in zip(on_ray, over_http, strict=True):
         assert set(a) == {"id", "text", "augmented_texts", "truncated", "label", "label_scores", "candidates"}
         assert (a["id"], a["augmented_texts"], a["label"], a["candidates"]) == (
             b["id"],

@@ -1,4 +1,5 @@
-"""Bulk jobs, part by part in process: the readers, the resume state, chunking and seeds, and the HTTP runner against a fake service."""
+"""Bulk jobs, part by part in process: the readers, the resume state, chunking and seeds, and the HTTP runner against a
+fake service."""
 
 from __future__ import annotations
 
@@ -481,7 +482,8 @@ def test_seeded_augment_over_http_sends_each_record_its_own_seed() -> None:
 def test_keep_label_flags_are_checked_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
 ) -> None:
-    """mt5-bulk's own entry point (serve_app.bulk.cli.main): a bad flag is a usage error naming it, before any file or model is touched."""
+    """mt5-bulk's own entry point (serve_app.bulk.cli.main): a bad flag is a usage error naming it, before any file or
+    model is touched."""
     from serve_app.bulk.cli import main
 
     with pytest.raises(SystemExit) as exit_:

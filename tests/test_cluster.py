@@ -8,6 +8,7 @@ takes a node away. About 5 minutes on a 2-core machine.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -275,9 +276,8 @@ def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetClu
     # with no CUDA behind the declared GPUs the replica fell back to the CPU and says so.
     for node in cluster.nodes:
         # A node's proxy starts once the node hosts a replica; it may still be binding its port here.
-        assert wait_for(lambda: probe(f"{node.ip}:{SERVE_PORT}", timeout_s=2), timeout_s=60), (
-            f"no proxy on {node.spec.name}"
-        )
+        proxy_up = functools.partial(probe, f"{node.ip}:{SERVE_PORT}", timeout_s=2)
+        assert wait_for(proxy_up, timeout_s=60), f"no proxy on {node.spec.name}"
         health = httpx.get(f"{node.proxy_url}/healthz", timeout=30).json()
         assert health["status"] == "ok" and health["device"] == "cpu" and health["demo"] is True, (
             node.spec.name,
@@ -288,7 +288,8 @@ def test_replicas_spread_over_nodes_and_gpu_nodes_host_the_model(cluster: NetClu
 
 
 def test_batching_knobs_change_live_without_restarting_replicas(cluster: NetCluster, tmp_path: Path) -> None:
-    """config.yaml's user_config reaches running ModelReplicas through reconfigure(): same replicas, new scheduler budgets."""
+    """config.yaml's user_config reaches running ModelReplicas through reconfigure(): same replicas, new scheduler
+    budgets."""
 
     def model_replicas() -> dict[str, Any]:
         details = cluster.app_details() or {"deployments": {}}
@@ -545,7 +546,8 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
         window = [o for o in results if start <= o.done - killed_at < start + 5]
         if window:
             print(
-                f"  {start:+3d}s..{start + 5:+3d}s  {dict(Counter(o.status for o in window))}  slowest {max(o.seconds for o in window):.1f}s"
+                f"  {start:+3d}s..{start + 5:+3d}s  {dict(Counter(o.status for o in window))}  slowest "
+                f"{max(o.seconds for o in window):.1f}s"
             )
     # Every request got a definite answer: a status code, never a client timeout or a reset.
     assert all(isinstance(outcome, int) for outcome in outcomes), outcomes

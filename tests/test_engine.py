@@ -202,7 +202,7 @@ def test_full_vocabulary_scores_equal_plain_mt5_on_a_checkpoint_built_like_the_r
         )
         for t in texts
     ]
-    for request, result in zip(requests, engine.score(requests)):
+    for request, result in zip(requests, engine.score(requests), strict=True):
         reference = brute_force_scores(tiny_model, request.input_ids, labels)
         assert result.log_scores == pytest.approx(reference, abs=1e-5)
         assert result.probabilities == pytest.approx(torch.softmax(torch.tensor(reference), 0).tolist(), abs=1e-5)
@@ -258,7 +258,7 @@ def test_scores_identical_alone_and_in_a_batch_of_16_unrelated_prompts(engine, d
     assert together.probabilities == pytest.approx(alone.probabilities, abs=1e-6)
     assert together.log_scores == pytest.approx(alone.log_scores, abs=1e-5)
     # and every other prompt equals its own brute-force reference inside the mixed batch
-    for request, result in zip(batch, engine.score(batch)):
+    for request, result in zip(batch, engine.score(batch), strict=True):
         assert result.log_scores == pytest.approx(
             brute_force_scores(demo_model.model, request.input_ids, request.label_ids), abs=1e-4
         )
@@ -521,7 +521,8 @@ def test_a_cuda_request_without_cuda_stops_with_the_fix():
 
 
 def test_bfloat16_and_int8_engines_score_and_generate_close_to_float32(demo_model):
-    """Reduced precision changes numbers a little, never the shape of answers; probabilities stay close on the demo model."""
+    """Reduced precision changes numbers a little, never the shape of answers; probabilities stay close on the demo
+    model."""
     tok = demo_model.tokenizer
     prompt = ids(tok, "文本分类。\n候选标签：天气,美食,旅游。\n文本内容：今天阳光明媚")
     request = ScoringRequest(prompt, label_ids(tok, ["天气", "美食", "旅游"]))
@@ -574,7 +575,8 @@ def test_nearly_tied_logits_swapping_ranks_do_not_change_a_seeded_draw():
 
 
 def test_a_swap_at_the_top_k_edge_changes_no_other_candidate():
-    """Tokens k and k+1 trade places: a draw that is neither of them stays the same token (noise is keyed by token id)."""
+    """Tokens k and k+1 trade places: a draw that is neither of them stays the same token (noise is keyed by token
+    id)."""
     torch.manual_seed(1)
     k = 10
     base = torch.randn(1, 400)
@@ -634,7 +636,8 @@ def test_a_row_draws_by_its_own_step_not_the_batch():
 
 
 class HostRoundTrips(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts what a step asks of the host: scalars read back (item, int, bool), lists read back, tensors built from lists."""
+    """Counts what a step asks of the host: scalars read back (item, int, bool), lists read back, tensors built from
+    lists."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -666,7 +669,8 @@ class HostRoundTrips(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def test_a_decoding_step_reads_back_only_its_chosen_tokens(demo_model):
-    """Per step: one read-back (the chosen tokens); an upload only on a step where rows finish (the rows that fill the holes)."""
+    """Per step: one read-back (the chosen tokens); an upload only on a step where rows finish (the rows that fill the
+    holes)."""
     engine = Seq2SeqEngine(demo_model.model)
     tok = demo_model.tokenizer
     requests = [
@@ -727,11 +731,12 @@ def test_top_k_of_a_narrow_row_is_torch_topk() -> None:
     from serve_app.engine.sampling import top_k
 
     logits = torch.randn(3, 4000)
-    assert all(torch.equal(a, b) for a, b in zip(top_k(logits, 50), logits.topk(50, dim=-1)))
+    assert all(torch.equal(a, b) for a, b in zip(top_k(logits, 50), logits.topk(50, dim=-1), strict=True))
 
 
 def test_labels_sharing_prefixes_score_as_if_decoded_alone(demo_model, monkeypatch):
-    """The prefix tree: shared first tokens, a label that is a prefix of another, the same label twice, a tree spilling into a second row."""
+    """The prefix tree: shared first tokens, a label that is a prefix of another, the same label twice, a tree spilling
+    into a second row."""
     from serve_app.engine import scoring
 
     engine = Seq2SeqEngine(demo_model.model)
@@ -761,12 +766,12 @@ def test_packed_and_bucketed_scoring_equal_per_label_rows(demo_model):
     label_sets = [["天气", "美食"], ["财经", "体育", "科技", "新能源汽车"], ["物流延迟", "商品缺货", "售后响应慢"]]
     requests = [
         ScoringRequest(tok(text * (1 + i)).input_ids, [tok(label).input_ids[:-1] for label in labels])
-        for i, (text, labels) in enumerate(zip(texts * 3, label_sets * 3))
+        for i, (text, labels) in enumerate(zip(texts * 3, label_sets * 3, strict=True))
     ]
     engine.packed_scoring, engine.bucket_overhead_tokens = False, None
     reference = engine.score(requests)
     for packed, overhead in ((True, None), (False, 1), (True, 1), (True, 64)):
         engine.packed_scoring, engine.bucket_overhead_tokens = packed, overhead
-        for got, want in zip(engine.score(requests), reference):
+        for got, want in zip(engine.score(requests), reference, strict=True):
             assert got.log_scores == pytest.approx(want.log_scores, abs=1e-4)
             assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)

@@ -120,7 +120,7 @@ def test_lanes_answer_concurrent_callers_as_the_engine_alone_and_share_the_threa
     assert results[: len(generation)] == expected_texts, (
         "seeded texts are the same whichever lane ran them, beside whatever"
     )
-    for got, expected in zip(results[len(generation) :], expected_scores):
+    for got, expected in zip(results[len(generation) :], expected_scores, strict=True):
         assert got.log_scores == pytest.approx(expected.log_scores, abs=1e-5)
     assert {lane for lane, _, _ in seen} == {0, 1}, "concurrent work is split across both lanes"
     both_busy = [threads for _, threads, other_rows in seen if other_rows]

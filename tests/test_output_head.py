@@ -101,7 +101,7 @@ def test_the_engine_answers_the_same_with_every_layout(demo_model, layout):
         ScoringRequest(tok(text).input_ids, [tok(label).input_ids[:-1] for label in ("物流", "美食", "天气")])
         for text in ("物流太慢了", "这家面馆很好吃")
     ]
-    for ours, theirs in zip(reference.score(scoring), relaid.score(scoring)):
+    for ours, theirs in zip(reference.score(scoring), relaid.score(scoring), strict=True):
         assert ours.log_scores == pytest.approx(theirs.log_scores, abs=1e-6)
     generation = [
         GenerationRequest(tok(text).input_ids, SamplingParams(num_return_sequences=2, max_new_tokens=12, seed=5))

@@ -141,7 +141,8 @@ def outage_summary(load: Load, killed_at: float, back_after: float) -> str:
     return (
         f"back after {back_after:.1f} s; during the outage {len(during)} answers: "
         f"{sum(o.status == 200 for o in during)}x200, {len(refused)}x503 (slowest {slowest_refusal:.2f} s), "
-        f"{sum(o.status == 504 for o in during)}x504; slowest answer {max((o.seconds for o in during), default=0):.1f} s"
+        f"{sum(o.status == 504 for o in during)}x504; slowest answer {max((o.seconds for o in during), default=0):.1f} "
+        "s"
     )
 
 

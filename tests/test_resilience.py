@@ -77,7 +77,8 @@ def test_slow_request_answers_504_instead_of_hanging(impatient):
     response = httpx.post(f"{impatient.url}/augment_batch", json=slow, timeout=60)
     assert response.status_code == 504, response.text
     assert response.json()["detail"] == f"no answer within {IMPATIENT_TIMEOUT_S} s" and time.monotonic() - started < 30
-    # the timed-out call is cancelled down to the model: its rows leave the batch at the next step (the scheduler logs it)
+    # the timed-out call is cancelled down to the model: its rows leave the batch at the next step (the scheduler logs
+    # it)
     assert impatient.wait_for_log("cancelled by their callers"), impatient.log_tail()
     # the service recovers once the abandoned work drains
     deadline = time.monotonic() + 120
@@ -118,7 +119,7 @@ def test_overload_answers_503_with_retry_after_at_once(guarded):
     rejected = [(seconds, headers, body) for status, body, seconds, headers in results if status == 503]
     served = [seconds for status, _, seconds, _ in results if status == 200]
     assert rejected and served, statuses
-    for seconds, headers, body in rejected:
+    for _seconds, headers, body in rejected:
         assert headers.get("retry-after") == "1" and "capacity" in body["detail"]
     # rejections come straight back instead of waiting in an unbounded queue
     assert sorted(s for s, *_ in rejected)[len(rejected) // 2] < max(served)
@@ -155,9 +156,9 @@ def test_a_refusal_is_logged_in_one_line_and_a_fault_with_its_traceback():
 
     overload = raised(BackPressureError(num_queued_requests=4, max_queued_requests=4))
     assert (overload.levelname, overload.exc_info) == ("WARNING", None)
-    assert (
-        overload.getMessage()
-        == "Request refused: BackPressureError: Request dropped due to backpressure (num_queued_requests=4, max_queued_requests=4)."
+    assert overload.getMessage() == (
+        "Request refused: BackPressureError: Request dropped due to backpressure (num_queued_requests=4, "
+        "max_queued_requests=4)."
     )
     late = raised(AdmissionRefused(90.0, 60.0))
     assert late.levelname == "WARNING" and late.getMessage().startswith("Request refused: AdmissionRefused: ")
@@ -242,7 +243,8 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(guarded,
 
 @pytest.mark.service
 def test_bounded_soak_at_four_times_capacity(guarded):
-    """60 s of open-loop load at ~4x the measured capacity of the model: every request answered, memory flat, healthy after."""
+    """60 s of open-loop load at ~4x the measured capacity of the model: every request answered, memory flat, healthy
+    after."""
     # A model-bound request (64 decoding steps, 4 rows): the model, not the HTTP hops, must be what 4x overloads.
     path, body = (
         "/augment",

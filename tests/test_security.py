@@ -19,7 +19,8 @@ ALLOWED_ORIGIN = GUARD_ORIGIN
 
 @pytest.fixture(scope="module")
 def locked(guarded) -> str:
-    """The guarded service (tests/servers.guarded_service): an API key in the environment and one CORS origin allowed."""
+    """The guarded service (tests/servers.guarded_service): an API key in the environment and one CORS origin
+    allowed."""
     return guarded.url
 
 

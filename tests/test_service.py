@@ -79,7 +79,7 @@ def test_classify_batch_keeps_order(client):
     texts = TEXTS[:5]
     body = client.post("/classify_batch", json={"texts": texts, "labels": LABEL_SETS[1]}).json()
     assert [result["sequence"] for result in body["results"]] == texts
-    for text, result in zip(texts, body["results"]):
+    for text, result in zip(texts, body["results"], strict=True):
         alone = client.post("/classify", json={"text": text, "labels": LABEL_SETS[1]}).json()
         assert_same_classification(result, alone)
 
@@ -136,7 +136,7 @@ def test_augment_whose_every_sample_ends_at_once_answers_an_empty_list(client):
             SamplingParams(num_return_sequences=1, max_new_tokens=2, seed=seed) for seed in range(start, start + 64)
         ]
         outputs = pipeline.engine.generate([GenerationRequest(prompt.input_ids, params) for params in batch])
-        empty = [params.seed for params, output in zip(batch, outputs) if output == [[]]]
+        empty = [params.seed for params, output in zip(batch, outputs, strict=True) if output == [[]]]
         if empty:
             empty_seed = empty[0]
             break
@@ -155,7 +155,7 @@ def test_augment_batch_keeps_order_and_length(client):
     body = client.post("/augment_batch", json={"texts": texts, **params}).json()
     assert set(body) == {"augmented_texts", "truncated"}
     assert len(body["augmented_texts"]) == len(texts) and body["truncated"] == [False] * 4
-    for text, batch_answer in zip(texts, body["augmented_texts"]):
+    for text, batch_answer in zip(texts, body["augmented_texts"], strict=True):
         assert batch_answer == client.post("/augment", json={"text": text, **params}).json()["augmented_texts"]
 
 
@@ -167,7 +167,7 @@ def test_augment_batch_with_one_seed_per_text_equals_each_text_alone(client):
     body = client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json()
     alone = [
         client.post("/augment", json={"text": text, "seed": seed, **params}).json()["augmented_texts"]
-        for text, seed in zip(texts, seeds)
+        for text, seed in zip(texts, seeds, strict=True)
     ]
     assert body["augmented_texts"] == alone
     assert alone[0] != alone[2]  # the seed, not the text, decides the draw
@@ -234,7 +234,7 @@ def test_concurrent_classify_requests_are_batched_and_match_solo_answers(client,
         f"scheduler windows seen: {windows}"
     )
 
-    for body, answer in zip(requests, together):
+    for body, answer in zip(requests, together, strict=True):
         alone = client.post("/classify", json=body).json()
         assert answer["sequence"] == body["text"]
         assert_same_classification(answer, alone)
@@ -273,10 +273,10 @@ def test_keep_label_returns_only_paraphrases_classify_puts_under_the_texts_label
     assert counts["kept"] + counts["repeated"] + counts["too_close"] + counts["other_label"] <= counts["tried"]
     if counts["kept"] < counts["asked"]:
         assert counts["tried"] == counts["max_candidates"]  # fewer than asked only when the budget ran out
-    for paraphrase, probability in zip(body["augmented_texts"], body["label_scores"]):
+    for paraphrase, probability in zip(body["augmented_texts"], body["label_scores"], strict=True):
         answer = classify_alone(client, paraphrase, KEEP_LABELS)
         assert answer["label"] == body["label"], (paraphrase, answer)
-        assert abs(dict(zip(answer["labels"], answer["scores"]))[body["label"]] - probability) <= 1e-5
+        assert abs(dict(zip(answer["labels"], answer["scores"], strict=True))[body["label"]] - probability) <= 1e-5
     kept = [text, *body["augmented_texts"]]
     assert all(ngram_distance(a, b) >= 0.3 for i, a in enumerate(kept) for b in kept[i + 1 :])
     assert client.post("/augment", json=request).json() == body  # seeded: the same kept texts
@@ -312,7 +312,7 @@ def test_keep_label_batch_keeps_order_and_equals_each_text_alone(client):
     params = {"num_return_sequences": 2, "max_length": 10, "min_distance": 0.2, "keep_label": {"labels": KEEP_LABELS}}
     body = client.post("/augment_batch", json={"texts": texts, "seeds": seeds, **params}).json()
     assert len(body["augmented_texts"]) == len(body["label"]) == len(body["candidates"]) == 3
-    for i, (text, seed) in enumerate(zip(texts, seeds)):
+    for i, (text, seed) in enumerate(zip(texts, seeds, strict=True)):
         alone = client.post("/augment", json={"text": text, "seed": seed, **params}).json()
         assert [body["augmented_texts"][i], body["label"][i], body["candidates"][i]] == [
             alone["augmented_texts"],

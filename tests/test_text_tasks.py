@@ -81,7 +81,7 @@ def test_labels_that_read_the_same_in_the_prompt_get_the_same_score_and_keep_the
     labels = ["天气", ":", "-", " 美食", "美食"]
     [answer] = pipeline.classify(["今天阳光明媚"], labels)
     assert sorted(answer["labels"]) == sorted(labels)  # answered as sent
-    scores = dict(zip(answer["labels"], answer["scores"]))
+    scores = dict(zip(answer["labels"], answer["scores"], strict=True))
     assert scores[":"] == pytest.approx(scores["-"], abs=1e-6) and scores[" 美食"] == pytest.approx(
         scores["美食"], abs=1e-6
     )
@@ -118,7 +118,7 @@ def test_score_answers_are_candidates_sorted_and_stable(pipeline):
     texts = ["等了三天还没发货,客服也不回消息", "衣服尺码偏小", "SPF50+广谱防晒,清爽不油腻"]
     first = pipeline.classify(texts, labels)
     again = [pipeline.classify([text], labels)[0] for text in texts]
-    for answer, repeat, text in zip(first, again, texts):
+    for answer, repeat, text in zip(first, again, texts, strict=True):
         assert answer["sequence"] == text
         assert answer["label"] in labels and answer["label"] == answer["labels"][0]
         assert sorted(answer["labels"]) == sorted(labels)
@@ -179,7 +179,7 @@ def test_checked_augmentation_keeps_the_label_respects_the_budget_and_repeats_al
         checks = Checks(keep_label=KeepLabel(labels, label), max_candidates=7, min_distance=0.25)
         answers = pipeline.augment(texts, params, checks)
         assert len(answers) == 3
-        for text, p, answer in zip(texts, params, answers):
+        for text, p, answer in zip(texts, params, answers, strict=True):
             own = pipeline.classify([text], labels)[0]["label"]
             assert answer["label"] == (label or own)
             counts = answer["candidates"]
@@ -204,7 +204,7 @@ def test_a_kept_label_not_among_the_labels_joins_them_as_a_candidate(pipeline):
         ["物流太慢了"], SamplingParams(num_return_sequences=2, max_new_tokens=8, seed=3), checks
     )
     assert answer["label"] == "价格" and len(answer["label_scores"]) == len(answer["augmented_texts"])
-    for text, score in zip(answer["augmented_texts"], answer["label_scores"]):
+    for text, score in zip(answer["augmented_texts"], answer["label_scores"], strict=True):
         [classified] = pipeline.classify([text], ["物流", "售后", "价格"])
         assert classified["label"] == "价格" and classified["scores"][0] == pytest.approx(score, abs=1e-5)
 

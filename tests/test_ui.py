@@ -153,7 +153,8 @@ def test_single_augment_round_trip(page):
             const button = document.getElementById('aug-submit');
             new MutationObserver(() => {
                 const spinner = document.getElementById('aug-spinner');
-                if (button.classList.contains('is-loading') && button.disabled && getComputedStyle(spinner).display !== 'none') window.__sawSpinner = true;
+                if (button.classList.contains('is-loading') && button.disabled && getComputedStyle(spinner).display !==
+                'none') window.__sawSpinner = true;
             }).observe(button, {attributes: true});
         }"""
     )
@@ -220,7 +221,7 @@ def test_batch_augment_round_trip(page):
     assert download.value.suggested_filename.endswith(".csv")
     table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8-sig"))))
     assert [(row["text"], row["augmented_text"]) for row in table] == [
-        (text, out) for text, outs in zip(inputs, body["augmented_texts"]) for out in outs
+        (text, out) for text, outs in zip(inputs, body["augmented_texts"], strict=True) for out in outs
     ]
     expect(page.get_by_test_id("batch-copy-all")).to_be_enabled()
 
@@ -453,7 +454,7 @@ def test_single_augment_keep_label_round_trip(page, base_url: str, output_dir: P
     assert page.locator("[data-testid=aug-result] .result-text").all_text_contents() == texts
     scores = page.locator("[data-testid=aug-result] [data-testid=aug-label-score]")
     expect(scores).to_have_count(len(texts))
-    for i, (shown, p) in enumerate(zip(scores.all_text_contents(), api["label_scores"])):
+    for i, (shown, p) in enumerate(zip(scores.all_text_contents(), api["label_scores"], strict=True)):
         assert re.fullmatch(rf"{re.escape(label)} \d{{1,3}}\.\d%", shown), shown
         assert float(shown.split()[-1].rstrip("%")) == pytest.approx(p * 100, abs=0.06), (i, shown, p)
         assert float(scores.nth(i).get_attribute("data-score")) == pytest.approx(p, abs=1e-5)

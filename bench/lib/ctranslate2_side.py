@@ -40,7 +40,8 @@ def available() -> bool:
 
 
 def convert(checkpoint: Path, quantization: str) -> Path:
-    """The CTranslate2 model of `checkpoint` in `quantization` (float32, int8, ...), converted once into a folder beside it."""
+    """The CTranslate2 model of `checkpoint` in `quantization` (float32, int8, ...), converted once into a folder beside
+    it."""
     import ctranslate2.converters.transformers as ct2_transformers
 
     from serve_app.engine.loading import load_model

@@ -59,7 +59,10 @@ def machine_description() -> dict[str, Any]:
         memory_gib = 0.0
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     cores = os.cpu_count()
-    description = f"{cores}-core {lscpu_model()} ({', '.join(features) or 'none of ' + '/'.join(FEATURES)}), {memory_gib:.0f} GiB, {gpu}"
+    description = (
+        f"{cores}-core {lscpu_model()} ({', '.join(features) or 'none of ' + '/'.join(FEATURES)}), "
+        f"{memory_gib:.0f} GiB, {gpu}"
+    )
     return {
         "description": description,
         "cpu": lscpu_model(),

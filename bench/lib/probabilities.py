@@ -42,9 +42,10 @@ def classify_inputs(count: int, seed: int = 11) -> list[tuple[str, list[str]]]:
 
 def compare(reference: list[list[float]], other: list[list[float]]) -> dict[str, float]:
     """Largest and mean change of a label probability, and the share of inputs whose top label is the same."""
-    deltas = [abs(a - b) for ref, oth in zip(reference, other) for a, b in zip(ref, oth)]
+    deltas = [abs(a - b) for ref, oth in zip(reference, other, strict=True) for a, b in zip(ref, oth, strict=True)]
     agree = sum(
-        max(range(len(r)), key=r.__getitem__) == max(range(len(o)), key=o.__getitem__) for r, o in zip(reference, other)
+        max(range(len(r)), key=r.__getitem__) == max(range(len(o)), key=o.__getitem__)
+        for r, o in zip(reference, other, strict=True)
     )
     return {
         "max_abs_dp": max(deltas),

@@ -18,7 +18,8 @@ def start_group(
 
 def stop_group(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT, timeout_s: float = 30) -> None:
     """Stop a process started by start_group and everything in its process group: `sig` to the group, and
-    SIGKILL to whatever is left once the leader has ended or `timeout_s` has passed (Ray's agents after a kill -9, say)."""
+    SIGKILL to whatever is left once the leader has ended or `timeout_s` has passed (Ray's agents after a kill -9,
+    say)."""
     if process is None:
         return
     for current in (sig, signal.SIGKILL):

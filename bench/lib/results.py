@@ -21,25 +21,31 @@ PAGE = ROOT / "BENCHMARKS.md"
 SECTIONS = {
     "serve": (
         "The service against a one-at-a-time server",
-        "`python -m bench serve`: the shipped config.yaml under `serve run` against the one-at-a-time transformers server (and, with `--against REF`, an earlier release), closed-loop HTTP load at 1, 8 and 32 clients, the mixed load, and the most /classify clients served at p95 < 1 s",
+        "`python -m bench serve`: the shipped config.yaml under `serve run` against the one-at-a-time transformers "
+        "server (and, with `--against REF`, an earlier release), closed-loop HTTP load at 1, 8 and 32 clients, the "
+        "mixed load, and the most /classify clients served at p95 < 1 s",
     ),
     "engine": (
         "The engine alone: number formats, and CTranslate2 beside it",
-        "`python -m bench engine`: the engine without Ray or HTTP, classify texts/s and generation tokens/s per number format, what `dtype: auto` picks, and CTranslate2 on the same checkpoint and token ids",
+        "`python -m bench engine`: the engine without Ray or HTTP, classify texts/s and generation tokens/s per number "
+        "format, what `dtype: auto` picks, and CTranslate2 on the same checkpoint and token ids",
     ),
     "fidelity": (
         "Fidelity of the faster settings",
-        "`python -m bench fidelity`: label probabilities of bfloat16, int8 and label-token normalisation against float32 full-vocabulary scoring, and each input alone against inside its batch",
+        "`python -m bench fidelity`: label probabilities of bfloat16, int8 and label-token normalisation against "
+        "float32 full-vocabulary scoring, and each input alone against inside its batch",
     ),
     "gpu": (
         "On a GPU",
-        '`bash bench/gpu_suite.sh "$OUT"` on a lent GPU machine (`python -m bench gpu` there): the engine and the serving core without Ray',
+        '`bash bench/gpu_suite.sh "$OUT"` on a lent GPU machine (`python -m bench gpu` there): the engine and the '
+        "serving core without Ray",
     ),
 }
 
 
 def relative(path: str | Path) -> str:
-    """`path` relative to the repository when it lies inside it, else under `~` (results never record this machine's folders)."""
+    """`path` relative to the repository when it lies inside it, else under `~` (results never record this machine's
+    folders)."""
     path = Path(path).resolve()
     for base, shown in ((ROOT, None), (Path.home().resolve(), "~")):
         try:
@@ -51,7 +57,8 @@ def relative(path: str | Path) -> str:
 
 
 def page_for(out_dir: Path, quick: bool = False) -> Path | None:
-    """The page a run regenerates: BENCHMARKS.md for full runs into bench/results, none for a quick run or another folder."""
+    """The page a run regenerates: BENCHMARKS.md for full runs into bench/results, none for a quick run or another
+    folder."""
     return PAGE if not quick and Path(out_dir).resolve() == RESULTS_DIR.resolve() else None
 
 
@@ -75,7 +82,8 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
         "Current results, written by the entry points themselves: each run of `python -m bench <name>` saves",
         "`bench/results/<name>.json` and regenerates this page from every results file (do not edit it by hand).",
         "Each section names the machine it ran on: compare figures within one section, as ratios measured side",
-        "by side in one run. Dated findings and the history of these numbers are in [docs/perf-notes.md](docs/perf-notes.md).",
+        "by side in one run. Dated findings and the history of these numbers are in "
+        "[docs/perf-notes.md](docs/perf-notes.md).",
         "The benchmark checkpoint has mT5-base's shapes (d_model 768, 12 + 12 layers, vocabulary 250,112, untied",
         "lm_head) and random weights: the same compute as the real model, which it cannot stand in for on quality.",
         "",
@@ -88,7 +96,8 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
         'bash bench/gpu_suite.sh "$OUT"       # on a lent GPU machine: python -m bench gpu, in one call',
         "```",
         "",
-        "`python -m bench <name> --help` lists each one's options; `--quick` runs any of them in a minute on the demo model",
+        "`python -m bench <name> --help` lists each one's options; `--quick` runs any of them in a minute on the demo "
+        "model",
         "(its figures are not results, and it does not touch this page).",
     ]
     for name, (title, what) in SECTIONS.items():
@@ -99,7 +108,8 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
             continue
         results = json.loads(path.read_text())
         lines += [
-            f"Run {results.get('date', '?')} on {results.get('machine', {}).get('description', '?')}: `{results.get('command', '')}`.",
+            f"Run {results.get('date', '?')} on {results.get('machine', {}).get('description', '?')}: "
+            f"`{results.get('command', '')}`.",
             "",
             results.get("section", "").rstrip(),
         ]

@@ -80,11 +80,13 @@ def panels() -> list[dict[str, Any]]:
             "Mean live rows per decoding step, and mean requests per scoring batch (classify).",
             [
                 (
-                    f"sum(rate(ray_mt5_step_rows_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_step_rows_count{{{APP}}}[{RATE}]))",
+                    f"sum(rate(ray_mt5_step_rows_sum{{{APP}}}[{RATE}])) / "
+                    f"sum(rate(ray_mt5_step_rows_count{{{APP}}}[{RATE}]))",
                     "rows per step",
                 ),
                 (
-                    f"sum(rate(ray_mt5_score_batch_size_sum{{{APP}}}[{RATE}])) / sum(rate(ray_mt5_score_batch_size_count{{{APP}}}[{RATE}]))",
+                    f"sum(rate(ray_mt5_score_batch_size_sum{{{APP}}}[{RATE}])) / "
+                    f"sum(rate(ray_mt5_score_batch_size_count{{{APP}}}[{RATE}]))",
                     "requests per scoring batch",
                 ),
             ],
@@ -104,13 +106,15 @@ def panels() -> list[dict[str, Any]]:
         ),
         _panel(
             "Queue wait before start",
-            "How long a request waited in the scheduler before it joined the running batch (generate) or a scoring batch (score).",
+            "How long a request waited in the scheduler before it joined the running batch (generate) or a scoring "
+            "batch (score).",
             _quantiles("ray_mt5_queue_wait_seconds", "kind"),
             "s",
         ),
         _panel(
             "Requests admitted and finished / s",
-            "Requests that started per second (by kind) and that the scheduler answered; live rows and queued requests now.",
+            "Requests that started per second (by kind) and that the scheduler answered; live rows and queued requests "
+            "now.",
             [
                 (f"sum(rate(ray_mt5_requests_admitted_total{{{APP}}}[{RATE}])) by (kind)", "admitted {{kind}}"),
                 (f"sum(rate(ray_mt5_requests_finished_total{{{APP}}}[{RATE}]))", "finished"),
@@ -133,7 +137,8 @@ def panels() -> list[dict[str, Any]]:
             "HTTP requests through the Serve proxies on every node, by route and status.",
             [
                 (
-                    f"sum(rate(ray_serve_num_http_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, status_code)",
+                    f"sum(rate(ray_serve_num_http_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, "
+                    "status_code)",
                     "{{route}} {{status_code}}",
                 )
             ],
@@ -144,7 +149,8 @@ def panels() -> list[dict[str, Any]]:
             "End-to-end latency at the Serve proxy (excludes the load balancer).",
             [
                 (
-                    f"histogram_quantile({q}, sum(rate(ray_serve_http_request_latency_ms_bucket{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, le))",
+                    f"histogram_quantile({q}, sum(rate("
+                    f"ray_serve_http_request_latency_ms_bucket{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, le))",
                     f"p{int(q * 100)} {{{{route}}}}",
                 )
                 for q in (0.5, 0.9, 0.99)
@@ -153,10 +159,12 @@ def panels() -> list[dict[str, Any]]:
         ),
         _panel(
             "Errors per route",
-            "4xx and 5xx answers by route and code: 422 bad input, 413 body too large, 503 overload, 504 timeout, 500 a bug or a lost replica.",
+            "4xx and 5xx answers by route and code: 422 bad input, 413 body too large, 503 overload, 504 timeout, 500 "
+            "a bug or a lost replica.",
             [
                 (
-                    f"sum(increase(ray_serve_num_http_error_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, error_code)",
+                    f"sum(increase(ray_serve_num_http_error_requests_total{{{APP},{NOT_HEALTH}}}[{RATE}])) by (route, "
+                    "error_code)",
                     "{{route}} {{error_code}}",
                 )
             ],
@@ -173,7 +181,8 @@ def panels() -> list[dict[str, Any]]:
         ),
         _panel(
             "Queued requests per deployment",
-            "Requests waiting in callers' routers for a replica slot (max_ongoing_requests is full). Sustained > 0 means add replicas.",
+            "Requests waiting in callers' routers for a replica slot (max_ongoing_requests is full). Sustained > 0 "
+            "means add replicas.",
             [(f"sum(ray_serve_deployment_queued_queries{{{APP}}}) by (deployment)", "{{deployment}}")],
             "short",
         ),
@@ -195,7 +204,7 @@ def build_dashboard() -> dict[str, Any]:
     return {
         "title": "mT5 zero-shot service",
         "uid": "mt5-serve",
-        "description": "Batching, model throughput, HTTP per route and replica counts of the mT5 Ray Serve application.",
+        "description": "Batching, model throughput, HTTP per route and replica counts of the mT5 Ray Serve app.",
         "tags": ["ray", "serve", "mt5"],
         "timezone": "browser",
         "schemaVersion": 39,

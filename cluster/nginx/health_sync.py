@@ -82,7 +82,7 @@ class HealthSync:
         """Probe every proxy once; rewrite the file and reload nginx if the picture changed."""
         # In parallel: a dead node costs one probe timeout per round, not one per dead node.
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(proxies)))) as pool:
-            results = dict(zip(proxies, pool.map(self.probe, proxies)))
+            results = dict(zip(proxies, pool.map(self.probe, proxies), strict=True))
         for proxy, ok in results.items():
             streak = self._streak.get(proxy, 0)
             streak = max(streak, 0) + 1 if ok else min(streak, 0) - 1

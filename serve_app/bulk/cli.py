@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group = common.add_argument_group("Ray Data (default)")
     ray_group.add_argument(
         "--address",
-        help="Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray); a cluster with token auth also needs RAY_AUTH_MODE=token",
+        help=(
+            "Ray cluster to attach to (default: RAY_ADDRESS, else a local Ray); a cluster with token auth also needs "
+            "RAY_AUTH_MODE=token"
+        ),
     )
     ray_group.add_argument("--workers", type=int, help="model actors (default: one per GPU, else one per 1-4 CPUs)")
     ray_group.add_argument(
@@ -143,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scoring",
         choices=["vocabulary", "label_tokens"],
         default="vocabulary",
-        help="score mode: vocabulary = the model's own likelihood (default); label_tokens = faster, normalised over the labels' tokens",
+        help=(
+            "score mode: vocabulary = the model's own likelihood (default); label_tokens = faster, normalised over "
+            "the labels' tokens"
+        ),
     )
     for subparser in (augment, classify):
         subparser.set_defaults(subparser=subparser)  # so value errors print the subcommand's usage
@@ -276,7 +282,8 @@ def _report(summary: Summary, output: Path, errors_path: Path) -> None:
     resumed = f" (resumed after {summary.resumed_from})" if summary.resumed_from else ""
     print(
         f"mt5-bulk: wrote {summary.written} record(s) to {output}, {errors}; "
-        f"{summary.total - summary.resumed_from} input record(s){resumed} in {summary.elapsed_s:.1f} s, {summary.rate:.1f} records/s",
+        f"{summary.total - summary.resumed_from} input record(s){resumed} in {summary.elapsed_s:.1f} s, "
+        f"{summary.rate:.1f} records/s",
         file=sys.stderr,
     )
 

@@ -117,7 +117,8 @@ class HttpRunner:
             return [Outcome(error=_refusal(response))]
         if response.status_code == 401:
             raise ServiceError(
-                f"{self.url} wants an API key: set MT5_API_KEY or pass --api-key-file (the key it has is missing or wrong)"
+                f"{self.url} wants an API key: set MT5_API_KEY or pass --api-key-file (the key it has is missing or "
+                "wrong)"
             )
         raise ServiceError(f"{route} answered {response.status_code}: {response.text[:300]}")
 

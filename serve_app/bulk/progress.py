@@ -85,8 +85,10 @@ class JobFiles:
             existing = [str(path) for path in (self.output_path, self.errors_path) if path.exists()]
             if existing:
                 raise ResumeError(
-                    f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}, with no unfinished job "
-                    f"recorded for {'it' if len(existing) == 1 else 'them'} (no {self.progress_path.name}); pass --overwrite to replace."
+                    f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}, with no unfinished "
+                    "job "
+                    f"recorded for {'it' if len(existing) == 1 else 'them'} (no {self.progress_path.name}); pass "
+                    "--overwrite to replace."
                 )
         if state is None:
             for path, content in ((self.output_path, self.header), (self.errors_path, b"")):
@@ -150,7 +152,8 @@ def _open_at(path: Path, length: int) -> BinaryIO:
         )
     if path.stat().st_size < length:
         raise ResumeError(
-            f"{path} is shorter than the progress file says ({path.stat().st_size} < {length} bytes); pass --overwrite to start over"
+            f"{path} is shorter than the progress file says ({path.stat().st_size} < {length} bytes); pass --overwrite "
+            "to start over"
         )
     handle = path.open("r+b")
     handle.truncate(length)

@@ -65,7 +65,8 @@ class PoolPlan:
 
 
 def plan_pool(resources: dict[str, float], largest_node_cpus: float, device: str, workers: int | None) -> PoolPlan:
-    """One actor per GPU; without GPUs (or with device cpu), actors of 1-4 threads (half a node's cores) across the CPUs."""
+    """One actor per GPU; without GPUs (or with device cpu), actors of 1-4 threads (half a node's cores) across the
+    CPUs."""
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
     if gpus and device != "cpu":

@@ -152,7 +152,8 @@ def parse_csv(data: bytes, text_field: str, id_field: str, delimiter: str = ",")
             header = [name.strip() for name in row]
             if text_field not in header:
                 raise InputError(
-                    f"the header has no column {text_field!r} (columns: {', '.join(header)}); pick one with --text-field"
+                    f"the header has no column {text_field!r} (columns: {', '.join(header)}); pick one with "
+                    "--text-field"
                 )
             text_at = header.index(text_field)
             id_at = header.index(id_field) if id_field in header else None

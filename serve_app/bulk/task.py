@@ -100,7 +100,11 @@ def run_chunk(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[
         if len(texts) == 1:
             return [Outcome(error=f"{exc.field}: {exc.rule}")]
     # Rare (the reader already refuses blank and over-long texts): find the culprit one text at a time.
-    return [outcome for line, text in zip(lines, texts) for outcome in run_chunk(pipeline, spec, [line], [text])]
+    return [
+        outcome
+        for line, text in zip(lines, texts, strict=True)
+        for outcome in run_chunk(pipeline, spec, [line], [text])
+    ]
 
 
 def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[str]) -> list[dict[str, Any]]:

@@ -1,1 +1,2 @@
-"""Ray Serve deployments: ModelReplica (tensors), Classifier and Generator (text); the HTTP edge, Ingress, is serve_app/ingress."""
+"""Ray Serve deployments: ModelReplica (tensors), Classifier and Generator (text); the HTTP edge, Ingress, is
+serve_app/ingress."""

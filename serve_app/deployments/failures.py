@@ -45,7 +45,8 @@ def is_overload(exc: BaseException) -> bool:
 
 
 def is_refusal(exc: BaseException) -> bool:
-    """Answered 422 or 503 + Retry-After by design (bad input, a full queue, a late start, no memory): not a fault of ours."""
+    """Answered 422 or 503 + Retry-After by design (bad input, a full queue, a late start, no memory): not a fault of
+    ours."""
     return input_error(exc) is not None or is_overload(exc) or admission_refusal(exc) is not None
 
 

@@ -28,7 +28,8 @@ def row_bucket(rows: int) -> str:
 
 
 class SchedulerMetrics:
-    """Records every iteration of each lane; logs each lane's summary (with its cumulative rows-per-step histogram) every 10 s and when idle.
+    """Records every iteration of each lane; logs each lane's summary (with its cumulative rows-per-step histogram)
+    every 10 s and when idle.
 
     Each lane's loop calls `record`/`flush` with its own lane number from its own thread, so the
     per-lane windows need no lock; Ray's metric objects are shared, told apart by the "lane" tag.
@@ -156,5 +157,6 @@ class _Window:
             f"step_ms_mean={1000 * self.step_seconds / steps:.1f} prefill_tokens={self.prefill_tokens} "
             f"admitted={self.admitted} scored={self.scored} score_batches={self.score_batches} "
             f"score_batch_max={self.score_batch_max} finished={self.finished} "
-            f"cancelled_rows={self.cancelled_rows} cancelled_waiting={self.cancelled_waiting} max_queue_wait_ms={1000 * self.max_wait:.0f} waiting={self.waiting}"
+            f"cancelled_rows={self.cancelled_rows} cancelled_waiting={self.cancelled_waiting} "
+            f"max_queue_wait_ms={1000 * self.max_wait:.0f} waiting={self.waiting}"
         )

@@ -121,7 +121,8 @@ class DecodeBatch:
         sampling: list[RowSampling],
         max_new_tokens: list[int],
     ) -> DecodeBatch:
-        """Fresh rows that have not decoded yet: `cross_kv` [layers, 2, rows, heads, encoder, head_dim], which the batch takes as is.
+        """Fresh rows that have not decoded yet: `cross_kv` [layers, 2, rows, heads, encoder, head_dim], which the batch
+        takes as is.
 
         No self-attention columns yet: the first step reserves them. A scheduler merges these rows
         into its running batch at once, so allocating (and zero-filling) them here would be waste.
@@ -159,7 +160,7 @@ class DecodeBatch:
         self.next_token[first:end] = other.next_token[: other.rows]
         self.start[first:end] = other.start[: other.rows] + offset
         self.encoder_length[first:end] = other.encoder_length[: other.rows]
-        for ours, theirs in zip(self._row_tensor_list(), other._row_tensor_list()):
+        for ours, theirs in zip(self._row_tensor_list(), other._row_tensor_list(), strict=True):
             ours[first:end] = theirs[: other.rows]
         self.encoder_lengths += other.encoder_lengths
         self.owners += other.owners
@@ -187,7 +188,7 @@ class DecodeBatch:
             for tensor in (self.next_token, self.start, self.encoder_length, *self._row_tensor_list()):
                 tensor[target] = tensor[source]
             for items in self._row_lists():
-                for hole, mover in zip(holes, movers):
+                for hole, mover in zip(holes, movers, strict=True):
                     items[hole] = items[mover]
         for items in self._row_lists():
             del items[remaining:]
@@ -231,7 +232,8 @@ class DecodeBatch:
         return torch.zeros((s.layers, 2, rows, s.heads, columns, s.head_dim), dtype=s.dtype, device=s.device)
 
     def _reserve(self, rows: int, columns: int, encoder_columns: int) -> None:
-        """Grow the buffers (by doubling) until they hold `rows` rows, `columns` self and `encoder_columns` cross columns."""
+        """Grow the buffers (by doubling) until they hold `rows` rows, `columns` self and `encoder_columns` cross
+        columns."""
         capacity = self.capacity
         if rows > capacity:
             capacity = max(rows, 2 * capacity)

@@ -50,7 +50,8 @@ class _Graph:
 
 
 class GraphedDecoder:
-    """A decoder for Seq2SeqEngine with CachedDecoder's face (`shape`, `cross_keys_values`, `step`), stepping through graphs."""
+    """A decoder for Seq2SeqEngine with CachedDecoder's face (`shape`, `cross_keys_values`, `step`), stepping through
+    graphs."""
 
     def __init__(self, decoder: CachedDecoder, capture: bool = True, max_graphs: int = MAX_GRAPHS) -> None:
         if capture and decoder.shape.device.type != "cuda":

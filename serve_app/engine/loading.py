@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,7 +86,8 @@ def choose_device(
     if wants_cuda and not cuda_available():
         asked = "a GPU reserved for this replica (device auto)" if automatic else f"device {device!r}"
         raise ModelSpecError(
-            f"{asked} but CUDA is not usable here (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none: a CPU-only build'}). "
+            f"{asked} but CUDA is not usable here (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda or 'none: a CPU-only build'}). "
             "Install the CUDA build of torch that matches the node's driver (the image pins one), "
             "or set device: cpu (and replica_gpus: 0) to serve from the CPU on purpose."
         )

@@ -44,7 +44,10 @@ class RowBudget:
 
     @property
     def reason(self) -> str:
-        return f"{self.rows} rows fit: {self.free_bytes / 2**30:.1f} GiB free x {USABLE_SHARE} / {self.bytes_per_row / 2**20:.0f} MiB per worst-case row"
+        return (
+            f"{self.rows} rows fit: {self.free_bytes / 2**30:.1f} GiB free x {USABLE_SHARE} / "
+            f"{self.bytes_per_row / 2**20:.0f} MiB per worst-case row"
+        )
 
 
 def cache_bytes_per_token(shape: BatchShape) -> int:

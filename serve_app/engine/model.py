@@ -158,7 +158,7 @@ class Seq2SeqEngine:
         hidden, mask = self._encoder_states([request.input_ids for request in requests])
         cross_kv = self.decoder.cross_keys_values(hidden)
         owners, sampling, limits, row_request = [], [], [], []
-        for index, (key, request) in enumerate(zip(keys, requests)):
+        for index, (key, request) in enumerate(zip(keys, requests, strict=True)):
             params = request.params
             for sequence in range(params.num_return_sequences):
                 owners.append(RowOwner(key, sequence))

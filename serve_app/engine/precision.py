@@ -123,7 +123,10 @@ def choose_precision(
         if device.type == "cuda":
             return _auto_cuda(device, capability)
         ratio = (speedup or (lambda s: _measured_bf16_speedup(s, torch.get_num_threads())))(shape)
-        measured = f"bfloat16 matmuls measured {ratio:.2f}x float32's on this CPU (d_model {shape.d_model}, d_ff {shape.d_ff}, {torch.get_num_threads()} threads; bfloat16 from {BF16_MARGIN}x)"
+        measured = (
+            f"bfloat16 matmuls measured {ratio:.2f}x float32's on this CPU (d_model {shape.d_model}, d_ff "
+            f"{shape.d_ff}, {torch.get_num_threads()} threads; bfloat16 from {BF16_MARGIN}x)"
+        )
         if ratio >= BF16_MARGIN:
             return Precision(torch.bfloat16, False, f"auto: bfloat16, {measured}")
         return Precision(torch.float32, False, f"auto: float32, {measured}")
@@ -154,7 +157,8 @@ def _auto_cuda(device: torch.device, capability: Callable[[torch.device], tuple[
     return Precision(
         torch.float32,
         False,
-        f"auto: float32, this GPU (compute capability {major}.{minor}) has no native bfloat16; float32 matmuls without TF32",
+        f"auto: float32, this GPU (compute capability {major}.{minor}) has no native bfloat16; float32 matmuls without "
+        "TF32",
     )
 
 

@@ -134,7 +134,7 @@ def decode_rows(
     count, width = len(rows.tokens), rows.width
     tokens = torch.zeros((count, width), dtype=torch.long)
     positions = torch.zeros((count, width), dtype=torch.long)
-    for row, (row_tokens, row_positions) in enumerate(zip(rows.tokens, rows.positions)):
+    for row, (row_tokens, row_positions) in enumerate(zip(rows.tokens, rows.positions, strict=True)):
         tokens[row, : len(row_tokens)] = torch.tensor(row_tokens)
         positions[row, : len(row_positions)] = torch.tensor(row_positions)
     row_request = torch.tensor(rows.row_request, device=device)
@@ -222,7 +222,7 @@ def _label_token_log_probs(
     """Fill `out` for the targets predicted by states `which`, normalised over their request's label tokens."""
     device = states.device
     allowed_by_request: dict[int, set[int]] = {}
-    for row, token in zip(rows.target_row, rows.target_token):
+    for row, token in zip(rows.target_row, rows.target_token, strict=True):
         allowed_by_request.setdefault(rows.row_request[row], {eos_id}).add(token)
     columns = sorted(set().union(*allowed_by_request.values()))
     column_of = torch.full((max(columns) + 1,), -1, dtype=torch.long)

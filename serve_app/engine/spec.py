@@ -18,7 +18,8 @@ from serve_app.engine.errors import ModelSpecError
 DEFAULT_MODEL_ID = "iic/nlp_mt5_zero-shot-augment_chinese-base"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FIX = (
-    "Set `model` in config.yaml or the MT5_MODEL environment variable to one of: 'demo' (built-in tiny model, offline), "
+    "Set `model` in config.yaml or the MT5_MODEL environment variable to one of: 'demo' (built-in tiny model, "
+    "offline), "
     "a local directory holding config.json and the weights, a ModelScope id such as "
     f"'{DEFAULT_MODEL_ID}', or 'hf:<repo>' for the Hugging Face Hub."
 )
@@ -141,10 +142,16 @@ class PartialDownload:
     resumable: bool  # the hub's client carries on from these bytes; else they are of no use
 
     def describe(self, spec: str) -> str:
-        what = f"an earlier download of {spec!r} stopped part-way ({self.size / 2**20:.1f} MiB in {len(self.files)} partial file(s))"
+        what = (
+            f"an earlier download of {spec!r} stopped part-way ({self.size / 2**20:.1f} MiB in {len(self.files)} "
+            "partial file(s))"
+        )
         if self.resumable:
             return f"{what}: the ModelScope client resumes them from where they stopped"
-        return f"{what}: the Hugging Face client cannot resume them across runs, so they are removed and those files fetched again"
+        return (
+            f"{what}: the Hugging Face client cannot resume them across runs, so they are removed and those files "
+            "fetched again"
+        )
 
     def discard_if_useless(self) -> None:
         if not self.resumable:

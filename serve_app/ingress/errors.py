@@ -1,4 +1,5 @@
-"""Every failure's HTTP answer: 422 for a broken rule, 503 (+ Retry-After) for overload or no model, 504, never 500 for client input."""
+"""Every failure's HTTP answer: 422 for a broken rule, 503 (+ Retry-After) for overload or no model, 504, never 500 for
+client input."""
 
 from __future__ import annotations
 

@@ -71,7 +71,10 @@ class Ingress:
         """This replica's app: the routes below, the UI, and the middleware its settings ask for."""
         api = FastAPI(
             title="mT5 zero-shot classification and augmentation",
-            description="全任务零样本学习-mT5分类增强版-中文-base on Ray Serve: zero-shot classification, augmentation and the model card's tasks.",
+            description=(
+                "全任务零样本学习-mT5分类增强版-中文-base on Ray Serve: "
+                "zero-shot classification, augmentation and the model card's tasks."
+            ),
             version="0.1.0",
         )
         # Starlette runs the last-added middleware first: CORS, then the API key, then the body limit.
@@ -204,7 +207,8 @@ class Ingress:
                 logger.warning("healthz: the model did not describe itself: %r", exc)
                 return _unavailable(
                     {},
-                    f"the model is unavailable: no ModelReplica answered the health check within {HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly",
+                    "the model is unavailable: no ModelReplica answered the health check within "
+                    f"{HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly",
                 )
         if not available:
             return _unavailable(self._model_info or {}, self.model.describe_outage())

@@ -77,7 +77,8 @@ class ModelAvailability:
             await asyncio.wait({task, outage}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
                 raise ModelOutage(
-                    f"the model became unavailable while this request waited: no {self.deployment} is running (being replaced); retry shortly"
+                    f"the model became unavailable while this request waited: no {self.deployment} is running (being "
+                    "replaced); retry shortly"
                 )
             return task.result()
         finally:
@@ -91,7 +92,10 @@ class ModelAvailability:
 
     def describe_outage(self) -> str:
         since = "" if self.unavailable_since is None else f" for {time.monotonic() - self.unavailable_since:.0f} s"
-        return f"the model is unavailable{since}: no {self.deployment} is running (starting or being replaced); retry shortly"
+        return (
+            f"the model is unavailable{since}: no {self.deployment} is running (starting or being replaced); retry "
+            "shortly"
+        )
 
     def start(self) -> None:
         """Start watching on the running event loop (idempotent)."""
@@ -125,7 +129,8 @@ class ModelAvailability:
         except (ImportError, AttributeError, KeyError, TypeError) as exc:  # another Ray's client: the public way
             if not self._fell_back:
                 logger.warning(
-                    "model availability: cannot read the controller's details (%r); using serve.status(), which costs more CPU",
+                    "model availability: cannot read the controller's details (%r); using serve.status(), which costs "
+                    "more CPU",
                     exc,
                 )
                 self._fell_back = True

@@ -30,7 +30,6 @@ from serve_app.text.classification import (
     clean_labels,
 )
 from serve_app.text.errors import TextInputError
-from serve_app.text.prompts import PromptTemplates, sanitize_label
 from serve_app.text.label_keeping import (
     MAX_CANDIDATES,
     OVERSAMPLING,
@@ -39,6 +38,7 @@ from serve_app.text.label_keeping import (
     check_rules,
     wanted_label,
 )
+from serve_app.text.prompts import PromptTemplates, sanitize_label
 
 MAX_TEXT_CHARS = 20_000  # far past the 512-token window; longer text is truncated anyway
 MAX_BATCH_TEXTS = 50
@@ -73,7 +73,8 @@ NON_BLANK = _character_class([point for point in range(0x3001) if chr(point).iss
 
 @functools.cache
 def visible_label_character() -> str:
-    """A label must hold one character that sanitize_label keeps (not a control, format, unassigned or space character)."""
+    """A label must hold one character that sanitize_label keeps (not a control, format, unassigned or space
+    character)."""
     return _character_class([point for point in range(0x110000) if not sanitize_label(chr(point))])
 
 
@@ -166,8 +167,10 @@ class SamplingFields(SamplingKnobs):
 
 Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, json_schema_extra=_label_pattern)]
 LABELS_RULE = (
-    "distinct as sent, each with a visible character, and answered as sent. Labels that read the same in the prompt once "
-    "sanitised (the ASCII and full-width commas, the full stop and colons are neutralised, whitespace is collapsed, NFKC "
+    "distinct as sent, each with a visible character, and answered as sent. Labels that read the same in the prompt "
+    "once "
+    "sanitised (the ASCII and full-width commas, the full stop and colons are neutralised, whitespace is collapsed, "
+    "NFKC "
     'applies: ":" and "-", say) are scored on the same tokens and get the same probability'
 )
 
@@ -190,8 +193,10 @@ class KeepLabelFields(_Strict):
     )
     label: Label | None = Field(
         None,
-        description="The label the paraphrases must keep; one not among `labels` joins them as a candidate; null = the text's own "
-        "top label under `labels`",
+        description=(
+            "The label the paraphrases must keep; one not among `labels` joins them as a candidate; "
+            "null = the text's own top label under `labels`"
+        ),
     )
 
     _check_labels = field_validator("labels")(_distinct_labels)
@@ -230,15 +235,21 @@ class AugmentChecks(SamplingFields):
     )
     max_candidates: whole(ge=1, le=MAX_CANDIDATES) | None = Field(
         None,
-        description=f"Most candidates sampled per text to find num_return_sequences that pass the checks, at least num_return_sequences; "
-        f"null = {OVERSAMPLING} x num_return_sequences with a check, else num_return_sequences",
+        description=(
+            "Most candidates sampled per text to find num_return_sequences that pass the checks, at least "
+            "num_return_sequences; "
+            f"null = {OVERSAMPLING} x num_return_sequences with a check, else num_return_sequences"
+        ),
     )
     min_distance: float = Field(
         0.0,
         ge=0.0,
         le=1.0,
         allow_inf_nan=False,
-        description="Drop paraphrases closer than this to the input or to a kept one (character-bigram Jaccard distance; 0 = off)",
+        description=(
+            "Drop paraphrases closer than this to the input or to a kept one (character-bigram Jaccard "
+            "distance; 0 = off)"
+        ),
     )
 
     @field_validator("max_candidates")
@@ -300,7 +311,10 @@ class AugmentBatchRequest(AugmentChecks):
         None,
         min_length=1,
         max_length=MAX_BATCH_TEXTS,
-        description="One seed per text (as many as `texts`), instead of `seed`: text i gets what /augment gives it with seed seeds[i]",
+        description=(
+            "One seed per text (as many as `texts`), instead of `seed`: text i gets what /augment gives it "
+            "with seed seeds[i]"
+        ),
     )
 
     _check_texts = field_validator("texts")(_none_blank)
@@ -365,8 +379,11 @@ class _LabelsMixin(_Strict):
     )
     scoring: Literal["vocabulary", "label_tokens"] | None = Field(
         None,
-        description="score mode: vocabulary = the model's own likelihood of each label (normalised over the full vocabulary); "
-        "label_tokens = normalised over the labels' tokens only (faster, a different quantity); null = the service's default",
+        description=(
+            "score mode: vocabulary = the model's own likelihood of each label (normalised over the full "
+            "vocabulary); label_tokens = normalised over the labels' tokens only (faster, a different quantity); "
+            "null = the service's default"
+        ),
     )
 
     _check_labels = field_validator("labels")(_distinct_labels)
@@ -419,7 +436,8 @@ def _slot_given(slot: str) -> dict[str, Any]:
 
 
 def generate_forms(templates: PromptTemplates) -> list[dict[str, Any]]:
-    """/generate's forms, exactly one of which a body takes: a raw prompt, or one task with every slot of its template."""
+    """/generate's forms, exactly one of which a body takes: a raw prompt, or one task with every slot of its
+    template."""
     prompt = {
         "required": ["prompt"],
         "properties": {"prompt": {"type": "string", "pattern": NON_BLANK}, "task": {"type": "null"}},
@@ -492,7 +510,10 @@ class HealthResponse(BaseModel):
     device: str
     dtype: str = Field(description="float32, bfloat16, float16 or int8: what the model runs in")
     dtype_reason: str = Field(
-        description="why: auto's choice for this hardware (on a CPU the measured bfloat16 over float32 speed; on CUDA the compute capability) or the configured value"
+        description=(
+            "why: auto's choice for this hardware (on a CPU the measured bfloat16 over float32 speed; on CUDA "
+            "the compute capability) or the configured value"
+        )
     )
 
 

@@ -34,7 +34,8 @@ class AdmissionRefused(Refused):
 
 
 class OutOfMemoryRefused(Refused):
-    """The device ran out of memory with this request in the batch; it was the newest, so it left and the rest went on."""
+    """The device ran out of memory with this request in the batch; it was the newest, so it left and the rest went
+    on."""
 
     def __init__(self, rows: int) -> None:
         super().__init__(f"the model ran out of memory with this request's {rows} row(s) in its batch; retry shortly")

@@ -74,7 +74,8 @@ def _bind(callback: Callable, lane: int) -> Callable:
 
 
 def lane_count(setting: int | str, device_type: str, threads: int) -> int:
-    """config.yaml's `scheduler_lanes` (or a command line's "auto" / "2"): "auto" is 2 on a CPU with at least 2 threads and 1 on a GPU.
+    """config.yaml's `scheduler_lanes` (or a command line's "auto" / "2"): "auto" is 2 on a CPU with at least 2 threads
+    and 1 on a GPU.
 
     On a GPU one batch already keeps the device busy, and lanes would only split it. On a CPU a
     number is capped at one lane per torch thread.

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine
-from serve_app.scheduling.config import SchedulerConfig
 from serve_app.engine.errors import is_out_of_memory
+from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.errors import AdmissionRefused, OutOfMemoryRefused
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class Scheduler:
             for work in scoring:
                 self._answer(work, None, error)
             return
-        for work, result in zip(scoring, results):
+        for work, result in zip(scoring, results, strict=True):
             self._answer(work, result, None)
         report.scored = len(scoring)
         report.finished += len(scoring)

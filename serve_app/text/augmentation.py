@@ -37,7 +37,8 @@ def engine_requests(
 ) -> list[GenerationRequest]:
     """One request per prompt, sampled as `params` says (params_per_prompt)."""
     return [
-        GenerationRequest(prompt.input_ids, p) for prompt, p in zip(prompts, params_per_prompt(params, len(prompts)))
+        GenerationRequest(prompt.input_ids, p)
+        for prompt, p in zip(prompts, params_per_prompt(params, len(prompts)), strict=True)
     ]
 
 
@@ -47,7 +48,7 @@ def answers(
     """One /augment answer per text, in order."""
     return [
         {"augmented_texts": paraphrases(encoder, text.strip(), sequences), "truncated": prompt.truncated}
-        for text, prompt, sequences in zip(texts, prompts, outputs)
+        for text, prompt, sequences in zip(texts, prompts, outputs, strict=True)
     ]
 
 

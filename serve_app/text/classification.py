@@ -45,7 +45,8 @@ class ClassifyJob:
 
 
 def clean_label(label: object, field: str) -> str:
-    """One label, as sent; raises on an empty, over-long or invisible label (nothing left once sanitised for the prompt)."""
+    """One label, as sent; raises on an empty, over-long or invisible label (nothing left once sanitised for the
+    prompt)."""
     if not isinstance(label, str) or not label:
         raise TextInputError(field, "must be a non-empty string")
     if len(label) > MAX_LABEL_CHARS:
@@ -115,8 +116,8 @@ def engine_requests(
 def answers(jobs: list[ClassifyJob], mode: Mode, outputs: list[Any], encoder: PromptEncoder) -> list[dict[str, Any]]:
     """The HTTP answers, in job order, from the engine's outputs for `engine_requests(jobs, mode)`."""
     if mode == "score":
-        return [score_answer(job, result) for job, result in zip(jobs, outputs)]
-    return [generate_answer(job, encoder.decode(output[0])) for job, output in zip(jobs, outputs)]
+        return [score_answer(job, result) for job, result in zip(jobs, outputs, strict=True)]
+    return [generate_answer(job, encoder.decode(output[0])) for job, output in zip(jobs, outputs, strict=True)]
 
 
 def scoring_request(job: ClassifyJob, scoring: Scoring = "vocabulary") -> ScoringRequest:

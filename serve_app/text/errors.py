@@ -1,4 +1,5 @@
-"""Refusals of the text layer: a field of the client's input breaks a rule (answered 422 naming the field and the rule)."""
+"""Refusals of the text layer: a field of the client's input breaks a rule (answered 422 naming the field and the
+rule)."""
 
 from __future__ import annotations
 

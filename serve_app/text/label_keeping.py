@@ -32,7 +32,6 @@ from serve_app.text.model_calls import ModelCalls
 from serve_app.text.prompts import PromptTemplates, Template
 from serve_app.text.tokenization import EncodedPrompt, PromptEncoder
 
-
 MAX_CANDIDATES = 50  # candidates sampled per text at most, whatever the request asks
 OVERSAMPLING = 3  # the default budget with checks: this many candidates per paraphrase asked for
 NGRAM = 2  # min_distance compares character bigrams (Jaccard), blind to whitespace
@@ -217,14 +216,17 @@ async def augment_checked(
     prompts = augmentation.prepare_batch(encoder, templates.augment, texts)
     selections = [
         Selection(text.strip(), prompt, p, checks.budget(p.num_return_sequences), checks.min_distance)
-        for text, prompt, p in zip(texts, prompts, per_text)
+        for text, prompt, p in zip(texts, prompts, per_text, strict=True)
     ]
     keep = checks.keep_label
     if keep is not None:
         await _choose_labels(model, encoder, templates.classification, selections, keep, scoring)
     while pending := [s for s in selections if not s.done]:
         outputs = await model.generate_many([s.next_request() for s in pending])
-        rounds = [(s, s.fresh([encoder.decode(ids) for ids in sequences])) for s, sequences in zip(pending, outputs)]
+        rounds = [
+            (s, s.fresh([encoder.decode(ids) for ids in sequences]))
+            for s, sequences in zip(pending, outputs, strict=True)
+        ]
         if keep is None:
             for selection, candidates in rounds:
                 for text in candidates:
@@ -242,7 +244,7 @@ async def augment_checked(
             for text in candidates
         ]
         results = await model.score_many([classification.scoring_request(job, scoring) for _, job in jobs])
-        for (selection, job), result in zip(jobs, results):
+        for (selection, job), result in zip(jobs, results, strict=True):
             answer = classification.score_answer(job, result)  # /classify's own answer: same tie rule
             selection.consider(
                 job.text.strip(), answer["label"], result.probabilities[job.labels.index(selection.label)]
@@ -271,5 +273,5 @@ async def _choose_labels(
         for i, s in enumerate(selections)
     ]  # no label asked: the labels alone
     results = await model.score_many([classification.scoring_request(job, scoring) for job in jobs])
-    for selection, job, result in zip(selections, jobs, results):
+    for selection, job, result in zip(selections, jobs, results, strict=True):
         selection.label = classification.score_answer(job, result)["label"]
