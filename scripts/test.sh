@@ -16,4 +16,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test,bench]"
 
+# Lint, format and types first: a style slip fails here in seconds, not after the suite.
+bash scripts/check.sh
+
 exec .venv/bin/python -m pytest "$@"

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from ray import serve
+from ray.serve import Deployment
 
 from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.generator import Generator
@@ -20,6 +21,13 @@ from serve_app.ingress.ingress import Ingress
 from serve_app.settings import AppSettings
 
 logger = logging.getLogger("ray.serve")
+
+
+def as_deployment(decorated: object) -> Deployment:
+    """A `@serve.deployment` class as what it is at run time (Ray's stubs leave it typed as the class)."""
+    if not isinstance(decorated, Deployment):
+        raise TypeError(f"{decorated!r} is not a Serve deployment")
+    return decorated
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
@@ -59,7 +67,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         gpus,
     )
     shared = settings.model_dump()
-    replica = ModelReplica.options(ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}).bind(shared)
-    classifier = Classifier.bind(shared, replica)
-    generator = Generator.bind(shared, replica)
-    return Ingress.bind(shared, classifier, generator, replica)
+    replica = as_deployment(ModelReplica).options(ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}).bind(shared)
+    classifier = as_deployment(Classifier).bind(shared, replica)
+    generator = as_deployment(Generator).bind(shared, replica)
+    return as_deployment(Ingress).bind(shared, classifier, generator, replica)

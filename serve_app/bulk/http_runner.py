@@ -99,9 +99,9 @@ class HttpRunner:
                     break
             while pending:
                 outcomes = pending.popleft().result()
-                chunk = next(upcoming, None)
-                if chunk is not None:
-                    pending.append(pool.submit(self._answer, chunk.records))
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append(pool.submit(self._answer, following.records))
                 yield outcomes
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -124,16 +124,17 @@ class HttpRunner:
 
     def _request(self, records: list[Record]) -> tuple[str, dict[str, Any]]:
         texts = [record.text for record in records]
+        body: dict[str, Any]
         if self.spec.kind == "classify":
             body = {"texts": texts, "labels": list(self.spec.labels), "mode": self.spec.mode}
             if self.spec.mode == "score":
                 body["scoring"] = self.spec.scoring
             return "/classify_batch", body
         params = self.spec.sampling
-        body: dict[str, Any] = {"texts": texts, **SamplingFields.wire_fields(params)}
+        body = {"texts": texts, **SamplingFields.wire_fields(params)}
         if params.seed is not None:  # each record its own seed, whatever chunk it lands in
             body["seeds"] = [self.spec.record_params(record.line).seed for record in records]
-        body.update(AugmentChecks.wire_fields(self.spec.checks))
+        body.update(AugmentChecks.check_fields(self.spec.checks))
         return "/augment_batch", body
 
     def _outcomes(self, answer: dict[str, Any]) -> list[Outcome]:

@@ -13,13 +13,15 @@ import asyncio
 from collections.abc import Awaitable, Iterable
 from typing import TypeVar
 
-from ray.serve.handle import DeploymentResponse
+from ray.serve.handle import DeploymentResponse, DeploymentResponseGenerator
 
 T = TypeVar("T")
 
 
-async def await_or_cancel(response: DeploymentResponse[T]) -> T:
+async def await_or_cancel(response: DeploymentResponse[T] | DeploymentResponseGenerator[T]) -> T:
     """The response's result; if this await is cancelled, the call is cancelled too."""
+    if not isinstance(response, DeploymentResponse):  # handle.remote() is typed for streaming too; none of ours streams
+        raise TypeError(f"expected a unary deployment call, got {type(response).__name__}")
     try:
         return await response
     except asyncio.CancelledError:

@@ -13,9 +13,9 @@ from serve_app.scheduling.scheduler import IterationReport
 
 logger = logging.getLogger("ray.serve")
 
-ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-TOKEN_BUCKETS = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-TIME_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+ROW_BUCKETS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+TOKEN_BUCKETS: list[float] = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+TIME_BUCKETS: list[float] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 SUMMARY_EVERY_S = 10.0
 
 
@@ -62,10 +62,12 @@ class SchedulerMetrics:
             "mt5_queue_wait_seconds",
             description="Time a request waited before it started",
             boundaries=TIME_BUCKETS,
-            tag_keys=("kind", "lane"),
+            tag_keys=("kind", "lane"),  # type: ignore[arg-type]  # Ray annotates tag_keys as a 1-tuple
         )
         self.admitted = MetricCounter(
-            "mt5_requests_admitted", description="Requests that started", tag_keys=("kind", "lane")
+            "mt5_requests_admitted",
+            description="Requests that started",
+            tag_keys=("kind", "lane"),  # type: ignore[arg-type]  # Ray annotates tag_keys as a 1-tuple
         )
         self.finished = MetricCounter(
             "mt5_requests_finished", description="Requests answered by the scheduler", tag_keys=("lane",)

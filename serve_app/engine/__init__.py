@@ -8,7 +8,18 @@ and the text layer use them.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the type checker sees; at run time __getattr__ below loads each on first use
+    from serve_app.engine.errors import EngineInputError as EngineInputError
+    from serve_app.engine.errors import ModelSpecError as ModelSpecError
+    from serve_app.engine.loading import LoadedModel as LoadedModel
+    from serve_app.engine.loading import load_model as load_model
+    from serve_app.engine.model import Seq2SeqEngine as Seq2SeqEngine
+    from serve_app.engine.requests import GenerationRequest as GenerationRequest
+    from serve_app.engine.requests import SamplingParams as SamplingParams
+    from serve_app.engine.requests import ScoringRequest as ScoringRequest
+    from serve_app.engine.tokenizer import load_tokenizer as load_tokenizer
 
 _HOMES = {
     "EngineInputError": "serve_app.engine.errors",

@@ -45,11 +45,13 @@ def random_mt5(config_kwargs: dict[str, Any], seed: int = 0) -> MT5ForConditiona
         for param in model.parameters():
             param.normal_(0.0, 0.05)
         for module in model.modules():
-            if module.__class__.__name__.endswith("LayerNorm"):
-                module.weight.fill_(1.0)
+            weight = getattr(module, "weight", None)
+            if module.__class__.__name__.endswith("LayerNorm") and isinstance(weight, torch.Tensor):
+                weight.fill_(1.0)
     model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * 0.05)
     model.config.tie_word_embeddings = False
-    return model.eval()
+    model.train(False)
+    return model
 
 
 def save_checkpoint(

@@ -16,7 +16,9 @@ the right and masked per row.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -106,7 +108,7 @@ class DecodeBatch:
     def keys(self) -> set[Hashable]:
         return {owner.key for owner in self.owners}
 
-    def rows_of(self, keys: set[Hashable]) -> list[int]:
+    def rows_of(self, keys: AbstractSet[Hashable]) -> list[int]:
         return [row for row, owner in enumerate(self.owners) if owner.key in keys]
 
     # -------------------------------------------------------------- building
@@ -263,7 +265,7 @@ class DecodeBatch:
     def _row_tensor_list(self) -> list[torch.Tensor]:
         return [getattr(self.row_tensors, name) for name in RowTensors.FIELDS]
 
-    def _row_lists(self) -> tuple[list, ...]:
+    def _row_lists(self) -> tuple[list[Any], ...]:
         """The host-side per-row lists, kept in the rows' order."""
         return (self.owners, self.sampling, self.max_new_tokens, self.outputs, self.encoder_lengths)
 

@@ -8,6 +8,8 @@ batch's buffers and masks instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.nn import functional as F
 from transformers import MT5ForConditionalGeneration
@@ -15,10 +17,20 @@ from transformers import MT5ForConditionalGeneration
 from serve_app.engine.decode_batch import BatchShape, DecodeBatch
 
 
+def decoder_blocks(model: MT5ForConditionalGeneration) -> list[Any]:
+    """The decoder's T5 blocks (transformers types their parts only as nn.Module: read as Any)."""
+    return list(model.decoder.block)
+
+
+def relative_attention(model: MT5ForConditionalGeneration) -> Any:
+    """The decoder's first self-attention, which holds the relative position bias every layer shares."""
+    return decoder_blocks(model)[0].layer[0].SelfAttention
+
+
 class CachedDecoder:
     def __init__(self, model: MT5ForConditionalGeneration) -> None:
-        self.decoder = model.decoder
-        self.blocks = list(model.decoder.block)
+        self.decoder: Any = model.decoder
+        self.blocks = decoder_blocks(model)
         config = model.config
         parameter = next(model.parameters())
         self.shape = BatchShape(
@@ -30,7 +42,7 @@ class CachedDecoder:
             device=parameter.device,
             vocab=model.lm_head.out_features,
         )
-        self.relative = self.blocks[0].layer[0].SelfAttention
+        self.relative = relative_attention(model)
 
     def cross_keys_values(self, encoder_hidden: torch.Tensor) -> torch.Tensor:
         """Each layer's cross-attention keys and values: [layers, 2, batch, heads, length, head_dim]."""
@@ -108,7 +120,8 @@ class CachedDecoder:
             cross = cross_kv[layer, :, :rows, :, :encoder_columns]
             hidden = hidden + attention.o(self._attend(query, cross[0], cross[1], cross_bias))
             hidden = feed_forward(hidden)
-        return self.decoder.final_layer_norm(hidden)[:, 0]
+        states: torch.Tensor = self.decoder.final_layer_norm(hidden)[:, 0]
+        return states
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
         """[rows, 1, heads * head_dim] -> [rows, heads, 1, head_dim]."""
@@ -127,7 +140,8 @@ class CachedDecoder:
             num_buckets=self.relative.relative_attention_num_buckets,
             max_distance=self.relative.relative_attention_max_distance,
         )
-        return self.relative.relative_attention_bias(buckets).T.to(self.shape.dtype)
+        bias: torch.Tensor = self.relative.relative_attention_bias(buckets).T.to(self.shape.dtype)
+        return bias
 
 
 def _write_column(cache: torch.Tensor, column: int | torch.Tensor, values: torch.Tensor) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ModelSpecError(RuntimeError):
     """A model spec that cannot be resolved: names the spec, where it looked and the fix."""
@@ -15,7 +17,9 @@ class EngineInputError(ValueError):
         self.field = field
         self.rule = rule
 
-    def __reduce__(self):  # pickled across Ray processes: rebuild from (field, rule), whatever the subclass
+    def __reduce__(
+        self,
+    ) -> tuple[Any, ...]:  # pickled across Ray processes: rebuild from (field, rule), whatever the subclass
         return (EngineInputError, (self.field, self.rule))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,10 +62,10 @@ class GraphedDecoder:
         self.capture = capture
         self.max_graphs = max_graphs
         self.column = torch.zeros(1, dtype=torch.long, device=decoder.shape.device)  # the graphs' one moving input
-        self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self.graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
         self.captured = 0  # graphs captured so far (a long run should stop capturing)
         self._lock = threading.Lock()  # scheduler lanes share one engine: steps take turns over `column` and the graphs
-        self._pool: tuple | None = None  # one memory pool for every graph: they replay one at a time
+        self._pool: Any = None  # one memory pool for every graph: they replay one at a time
 
     def cross_keys_values(self, encoder_hidden: torch.Tensor) -> torch.Tensor:
         return self.cached.cross_keys_values(encoder_hidden)
@@ -106,7 +107,7 @@ class GraphedDecoder:
     def _capture_graph(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> _Graph:
         # Warm up on a side stream first (lazy initialisation, cuBLAS workspaces), as torch's docs ask.
         # The warm-up writes this step's column too: the same values the replay writes again.
-        stream = torch.cuda.Stream()
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             self._fixed_shape(bucket, inputs)

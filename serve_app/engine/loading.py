@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
 from serve_app.engine.errors import ModelSpecError
@@ -82,7 +83,9 @@ def choose_device(
     reserved for, without working CUDA stops here: a GPU node silently serving at CPU speed is
     worse than none. An explicit `cpu` is obeyed even beside a reserved GPU."""
     automatic = device in ("auto", "", None)
-    wants_cuda = (automatic and gpu_reserved) or (not automatic and torch.device(device).type == "cuda")
+    wants_cuda = (automatic and gpu_reserved) or (
+        not automatic and device is not None and torch.device(device).type == "cuda"
+    )
     if wants_cuda and not cuda_available():
         asked = "a GPU reserved for this replica (device auto)" if automatic else f"device {device!r}"
         raise ModelSpecError(
@@ -91,7 +94,7 @@ def choose_device(
             "Install the CUDA build of torch that matches the node's driver (the image pins one), "
             "or set device: cpu (and replica_gpus: 0) to serve from the CPU on purpose."
         )
-    if automatic:
+    if automatic or device is None:
         return torch.device("cuda" if cuda_available() else "cpu")
     return torch.device(device)
 
@@ -128,7 +131,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
-    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    state: dict[str, torch.Tensor] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    return state
 
 
 def build_model(config: MT5Config, state: dict[str, torch.Tensor]) -> MT5ForConditionalGeneration:
@@ -137,7 +141,7 @@ def build_model(config: MT5Config, state: dict[str, torch.Tensor]) -> MT5ForCond
         model = MT5ForConditionalGeneration(config)
     separate_head = "lm_head.weight" in state and not torch.equal(state["lm_head.weight"], state["shared.weight"])
     model.load_state_dict(state, strict=False, assign=True)
-    model.set_input_embeddings(model.shared)  # encoder/decoder embed_tokens share `shared`
+    model.set_input_embeddings(model.shared)  # type: ignore[no-untyped-call]  # encoder/decoder share `shared`
     if separate_head:
         model.config.tie_word_embeddings = False
     else:
@@ -163,10 +167,11 @@ def load_model(
     precision = choose_precision(dtype, torch_device, MatmulShape(config.d_model, config.d_ff))
     configure_float32_matmuls(torch_device)
     model = build_model(config, read_state_dict(resolved.path))
-    model = model.to(device=torch_device, dtype=precision.dtype).eval()
+    nn.Module.to(model, device=torch_device, dtype=precision.dtype)  # in place (transformers' .to wrapper is untyped)
+    model.train(False)
     model.requires_grad_(False)
     if precision.int8:
-        model = quantize_linears(model)
+        quantize_linears(model)  # in place
         head = HeadChoice("linear", "int8: the quantised linear")
     elif relay_head:
         head = choose_head_layout(model.lm_head.weight, tied=is_tied(model))

@@ -17,7 +17,7 @@ from transformers import MT5ForConditionalGeneration
 
 from serve_app.engine.decode_batch import DecodeBatch, FinishedRow, RowOwner
 from serve_app.engine.decoder import CachedDecoder
-from serve_app.engine.errors import EngineInputError
+from serve_app.engine.errors import EngineInputError, ModelSpecError
 from serve_app.engine.graphed_step import GraphedDecoder
 from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
 from serve_app.engine.sampling import RowSampling, sample_next_tokens
@@ -57,6 +57,13 @@ def length_buckets(lengths: list[int], overhead_tokens: int | None) -> list[list
     return groups[::-1]
 
 
+def _token_id(value: int | list[int] | None, name: str) -> int:
+    """One special token id from the model's config (mT5 has one of each)."""
+    if not isinstance(value, int):
+        raise ModelSpecError(f"the model's config.json must give one integer {name}, got {value!r}")
+    return value
+
+
 class Seq2SeqEngine:
     """Runs GenerationRequests and ScoringRequests as padded batches on one model."""
 
@@ -78,10 +85,10 @@ class Seq2SeqEngine:
         self.config = model.config
         self.device = next(model.parameters()).device
         self.max_input_tokens = max_input_tokens
-        self.pad_id = self.config.pad_token_id
-        self.eos_id = self.config.eos_token_id
-        self.start_id = self.config.decoder_start_token_id
-        self.vocab_size = model.lm_head.out_features
+        self.pad_id = _token_id(self.config.pad_token_id, "pad_token_id")
+        self.eos_id = _token_id(self.config.eos_token_id, "eos_token_id")
+        self.start_id = _token_id(self.config.decoder_start_token_id, "decoder_start_token_id")
+        self.vocab_size = int(model.lm_head.out_features)
         self.decoder: CachedDecoder | GraphedDecoder = CachedDecoder(model)
         if decode_graphs:
             self.decoder = GraphedDecoder(self.decoder)
@@ -117,12 +124,13 @@ class Seq2SeqEngine:
         buckets = length_buckets([len(ids) for ids in inputs], self.bucket_overhead_tokens)
         if len(buckets) == 1:
             return self._run_encoder(inputs, list(range(len(inputs)))), mask
-        hidden = None
+        hidden: torch.Tensor | None = None
         for bucket in buckets:
             states = self._run_encoder(inputs, bucket)
             if hidden is None:
                 hidden = states.new_zeros((len(inputs), length, states.shape[-1]))
             hidden[torch.tensor(bucket, device=self.device), : states.shape[1]] = states
+        assert hidden is not None  # at least two buckets
         return hidden, mask
 
     def _run_encoder(self, inputs: list[list[int]], rows: list[int]) -> torch.Tensor:
@@ -134,7 +142,8 @@ class Seq2SeqEngine:
             input_ids[position, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[position, : len(ids)] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        return self.model.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        states: torch.Tensor = self.model.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return states
 
     # ------------------------------------------------------------ generation
     def new_batch(self, capacity: int = 8) -> DecodeBatch:
@@ -211,7 +220,9 @@ class Seq2SeqEngine:
         results: list[list[list[int]]] = [[[] for _ in range(r.params.num_return_sequences)] for r in requests]
         while batch.rows:
             for row in self.step(batch):
-                results[row.owner.key][row.owner.sequence] = row.token_ids
+                key = row.owner.key
+                assert isinstance(key, int)  # prefill's default keys: the requests' indices
+                results[key][row.owner.sequence] = row.token_ids
         return results
 
     # --------------------------------------------------------------- scoring

@@ -20,11 +20,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import PreTrainedModel
 
 Layout = Literal["linear", "transposed", "weight_first"]
 LAYOUTS: tuple[Layout, ...] = ("linear", "transposed", "weight_first")
@@ -114,12 +115,13 @@ def choose_head_layout(
     return HeadChoice(layout, f"{layout}: measured {measured[layout]:.2f}x linear ({figures})")
 
 
-def is_tied(model: nn.Module) -> bool:
+def is_tied(model: PreTrainedModel) -> bool:
     """lm_head shares the embeddings' tensor: a transposed copy would double that memory."""
-    return model.lm_head.weight is model.get_input_embeddings().weight
+    head: Any = model.lm_head
+    return bool(head.weight is model.get_input_embeddings().weight)
 
 
-def install_output_head(model: nn.Module, layout: Layout) -> None:
+def install_output_head(model: PreTrainedModel, layout: Layout) -> None:
     """Replace `model.lm_head` (a bias-free nn.Linear) by an OutputHead in `layout`, in place; `linear` keeps it."""
     head = model.lm_head
     if not isinstance(head, nn.Linear) or head.bias is not None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import torch
 from torch import nn
@@ -78,7 +79,10 @@ def bf16_speedup(
         x = torch.randn(rows, shape.d_model, generator=generator).to(dtype)
         w_in = torch.randn(shape.d_ff, shape.d_model, generator=generator).to(dtype)
         w_out = torch.randn(shape.d_model, shape.d_ff, generator=generator).to(dtype)
-        block = lambda: nn.functional.linear(nn.functional.linear(x, w_in), w_out)  # noqa: E731
+
+        def block() -> torch.Tensor:
+            return nn.functional.linear(nn.functional.linear(x, w_in), w_out)
+
         block()  # first call: kernel selection, allocation
         best = float("inf")
         for _ in range(repeats):
@@ -176,7 +180,8 @@ def quantize_linears(model: nn.Module, names: set[str] | None = None) -> nn.Modu
 
     from torch.ao.quantization import quantize_dynamic
 
-    spec: set[type[nn.Module]] | set[str] = {nn.Linear} if names is None else names
+    spec: set[type[nn.Module]] | set[str] = set(names) if names is not None else {cast(type[nn.Module], nn.Linear)}
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; the API still works
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
+    return model

@@ -22,10 +22,13 @@ Normalisation (per request):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from torch import nn
 from transformers import MT5ForConditionalGeneration
+
+from serve_app.engine.decoder import relative_attention
 
 Normalization = Literal["vocabulary", "label_tokens"]
 NORMALIZATIONS: tuple[str, ...] = ("vocabulary", "label_tokens")
@@ -144,8 +147,8 @@ def decode_rows(
             encoder_mask.index_select(0, row_request),
         )
 
-    decoder = model.decoder
-    attention = decoder.block[0].layer[0].SelfAttention
+    decoder: Any = model.decoder
+    attention = relative_attention(model)
     relative = positions[:, None, :] - positions[:, :, None]  # [rows, query, key]: key - query
     buckets = attention._relative_position_bucket(
         relative,
@@ -165,7 +168,8 @@ def decode_rows(
     states = decoder.embed_tokens(tokens.to(device))
     for block in decoder.block:
         states = block(states, None, self_bias, encoder_hidden, None, cross_bias, cache=None)[0]
-    return decoder.final_layer_norm(states)
+    out: torch.Tensor = decoder.final_layer_norm(states)
+    return out
 
 
 def target_log_probs(
@@ -199,11 +203,18 @@ def target_log_probs(
     return out
 
 
-def _vocabulary_log_probs(head, states, which, target_state, tokens, out) -> None:
+def _vocabulary_log_probs(
+    head: nn.Module,
+    states: torch.Tensor,
+    which: torch.Tensor,
+    target_state: torch.Tensor,
+    tokens: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
     """Fill `out` for the targets predicted by states `which`, chunk by chunk over the full vocabulary."""
-    for chunk in which.split(VOCABULARY_CHUNK):
+    for chunk in torch.split(which, VOCABULARY_CHUNK):
         # Logits are cast to float32 before the log-softmax: in bf16 the 250k small terms would be lost.
-        logits = head(states.index_select(0, chunk)).float()
+        logits: torch.Tensor = head(states.index_select(0, chunk)).float()
         normaliser = _logsumexp(logits)
         local = torch.full((states.shape[0],), -1, dtype=torch.long, device=states.device)
         local[chunk] = torch.arange(chunk.numel(), device=states.device)
@@ -217,7 +228,15 @@ def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _label_token_log_probs(
-    head, states, which, request_of_state, target_state, tokens, rows: PackedRows, eos_id: int, out
+    head: nn.Module,
+    states: torch.Tensor,
+    which: torch.Tensor,
+    request_of_state: torch.Tensor,
+    target_state: torch.Tensor,
+    tokens: torch.Tensor,
+    rows: PackedRows,
+    eos_id: int,
+    out: torch.Tensor,
 ) -> None:
     """Fill `out` for the targets predicted by states `which`, normalised over their request's label tokens."""
     device = states.device
@@ -230,7 +249,8 @@ def _label_token_log_probs(
     allowed = torch.zeros((max(allowed_by_request) + 1, len(columns)), dtype=torch.bool)
     for request, request_tokens in allowed_by_request.items():
         allowed[request, column_of[sorted(request_tokens)]] = True
-    weight = head.weight() if callable(head.weight) else head.weight  # a quantised Linear's weight is a method
+    weight_of: Any = head.weight  # a quantised Linear's weight is a method
+    weight: torch.Tensor = weight_of() if callable(weight_of) else weight_of
     rows_of_head = weight.index_select(0, torch.tensor(columns, device=device))
     rows_of_head = rows_of_head.dequantize() if rows_of_head.is_quantized else rows_of_head
     logits = (states.index_select(0, which).to(rows_of_head.dtype) @ rows_of_head.T).float()

@@ -20,10 +20,13 @@ from serve_app.engine.errors import ModelSpecError
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of the checkpoint at `path` (tokenizer.json, or spiece.model converted)."""
     path = Path(path)
+    tokenizer: PreTrainedTokenizerBase
     try:
-        return T5Tokenizer.from_pretrained(str(path))
+        tokenizer = T5Tokenizer.from_pretrained(str(path))
     except Exception as exc:
         if (path / "spiece.model").is_file():
             # A bare spiece.model without tokenizer files: mT5's vocabulary has no <extra_id_*> additions.
-            return T5Tokenizer.from_pretrained(str(path), extra_ids=0)
+            tokenizer = T5Tokenizer.from_pretrained(str(path), extra_ids=0)
+            return tokenizer
         raise ModelSpecError(f"{path}: no usable tokenizer (expected spiece.model or tokenizer.json): {exc}") from exc
+    return tokenizer

@@ -33,7 +33,9 @@ def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Registered for RequestValidationError (Starlette types every handler as taking an Exception)."""
+    assert isinstance(exc, RequestValidationError)
     return JSONResponse(status_code=422, content={"detail": field_errors(list(exc.errors()))})
 
 
@@ -89,5 +91,7 @@ def failure_response(failure: RouteFailure) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
-async def route_failure_handler(request: Request, failure: RouteFailure) -> JSONResponse:
+async def route_failure_handler(request: Request, failure: Exception) -> JSONResponse:
+    """Registered for RouteFailure."""
+    assert isinstance(failure, RouteFailure)
     return failure_response(failure)

@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.handle_calls import await_or_cancel
@@ -50,12 +50,12 @@ def _unavailable(model_info: dict[str, Any], detail: str) -> JSONResponse:
 @serve.ingress()  # the app comes from __serve_build_asgi_app__, one per replica
 class Ingress:
     # async: the model watcher starts on the replica's event loop before the first request
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self,
         settings: dict[str, Any],
-        classifier: DeploymentHandle,
-        generator: DeploymentHandle,
-        replica: DeploymentHandle,
+        classifier: DeploymentHandle[Any],
+        generator: DeploymentHandle[Any],
+        replica: DeploymentHandle[Any],
     ) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
@@ -99,7 +99,7 @@ class Ingress:
         if UI_DIR.is_dir():
             api.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
 
-        post = {"methods": ["POST"], "responses": openapi.error_responses(body=True)}
+        post: dict[str, Any] = {"methods": ["POST"], "responses": openapi.error_responses(body=True)}
         # Fields a request did not ask for (keep_label's) are left out, not sent as null.
         api.add_api_route(
             "/augment", self.augment, response_model=schemas.AugmentResponse, response_model_exclude_none=True, **post
@@ -133,11 +133,11 @@ class Ingress:
             response_model=schemas.HealthResponse,
             responses=openapi.health_responses(),
         )
-        api.openapi = lambda: openapi.document(api, self.templates, auth=api_key is not None)
+        api.openapi = lambda: openapi.document(api, self.templates, auth=api_key is not None)  # type: ignore[method-assign]
         api.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
         return api
 
-    async def _call(self, call: Callable[[], DeploymentResponse]) -> Any:
+    async def _call(self, call: Callable[[], DeploymentResponse[Any] | DeploymentResponseGenerator[Any]]) -> Any:
         """Make a deployment call and await it, or raise RouteFailure (errors.failure_response decides the
         answer). Nothing is sent while no model replica runs, and a call still waiting when this replica
         sees that none runs is given up."""
@@ -210,7 +210,7 @@ class Ingress:
                     "the model is unavailable: no ModelReplica answered the health check within "
                     f"{HEALTH_DESCRIBE_TIMEOUT_S} s (starting or being replaced); retry shortly",
                 )
-        if not available:
+        if not available or self._model_info is None:
             return _unavailable(self._model_info or {}, self.model.describe_outage())
         return {"status": "ok", **self._model_info}
 

@@ -141,7 +141,10 @@ class ModelAvailability:
         first, which costs this light replica far more CPU for a look it takes every second."""
         from ray.serve.context import _get_global_client
 
-        applications = _get_global_client().get_serve_details()["applications"]
+        client = _get_global_client()
+        if client is None:  # not connected to Serve: the caller falls back to serve.status()
+            raise AttributeError("no Serve controller client in this process")
+        applications = client.get_serve_details()["applications"]
         deployments = applications[self.app_name]["deployments"] if self.app_name in applications else {}
         replicas = deployments[self.deployment]["replicas"] if self.deployment in deployments else []
         states = [replica["state"] for replica in replicas]

@@ -87,13 +87,11 @@ def _whole(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def whole(**bounds: int) -> Any:
-    """An integer field's type with its bounds (Field's ge/le/lt), integral floats accepted. The bounds go inside the
-    type, not on the field, so that the JSON schema states them also where the field may be null or is a list's item."""
-    return Annotated[int, Field(**bounds), BeforeValidator(_whole)]
-
-
 Whole = Annotated[int, BeforeValidator(_whole)]
+# Integer types with their bounds inside the type, not on the field, so that the JSON schema states them also
+# where the field may be null or is a list's item.
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT), BeforeValidator(_whole)]
+CandidateBudget = Annotated[int, Field(ge=1, le=MAX_CANDIDATES), BeforeValidator(_whole)]
 
 Text = Annotated[
     str,
@@ -131,7 +129,7 @@ class SamplingKnobs(_Strict):
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")
     top_k: Whole = Field(50, ge=0, le=MAX_TOP_K, description="Sample from the k most likely tokens; 0 = off")
     top_p: float = Field(0.95, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass")
-    seed: whole(ge=0, lt=SEED_LIMIT) | None = Field(None, description="Same seed, same outputs")
+    seed: Seed | None = Field(None, description="Same seed, same outputs")
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
@@ -233,7 +231,7 @@ class AugmentChecks(SamplingFields):
     keep_label: KeepLabelFields | None = Field(
         None, description="Return only paraphrases whose top label under `labels` (the /classify scoring) is `label`"
     )
-    max_candidates: whole(ge=1, le=MAX_CANDIDATES) | None = Field(
+    max_candidates: CandidateBudget | None = Field(
         None,
         description=(
             "Most candidates sampled per text to find num_return_sequences that pass the checks, at least "
@@ -269,7 +267,7 @@ class AugmentChecks(SamplingFields):
         return Checks(keep_label=keep, max_candidates=self.max_candidates, min_distance=float(self.min_distance))
 
     @staticmethod
-    def wire_fields(checks: Checks) -> dict[str, Any]:
+    def check_fields(checks: Checks) -> dict[str, Any]:
         """checks() reversed: a client's JSON for `checks` (only what it asks)."""
         out: dict[str, Any] = {}
         if checks.keep_label is not None:
@@ -285,9 +283,6 @@ class AugmentRequest(AugmentChecks):
     text: Text
 
     _check_text = field_validator("text")(_not_blank)
-
-
-Seed = whole(ge=0, lt=SEED_LIMIT)
 
 
 def _seeds_rules(schema: dict[str, Any]) -> None:

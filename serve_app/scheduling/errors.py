@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 class Refused(RuntimeError):
@@ -29,7 +30,7 @@ class AdmissionRefused(Refused):
         """When a retry has a fair chance: once the work ahead of it beyond the deadline has drained."""
         return max(1, min(60, math.ceil(self.expected_wait_s - self.deadline_s)))
 
-    def __reduce__(self):  # pickled across Ray processes
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across Ray processes
         return (AdmissionRefused, (self.expected_wait_s, self.deadline_s))
 
 
@@ -41,5 +42,5 @@ class OutOfMemoryRefused(Refused):
         super().__init__(f"the model ran out of memory with this request's {rows} row(s) in its batch; retry shortly")
         self.rows = rows
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (OutOfMemoryRefused, (self.rows,))

@@ -69,7 +69,7 @@ def least_outstanding(schedulers: Sequence[Scheduler]) -> int:
     return min(range(len(schedulers)), key=lambda lane: schedulers[lane].outstanding)
 
 
-def _bind(callback: Callable, lane: int) -> Callable:
+def _bind(callback: Callable[..., None], lane: int) -> Callable[..., None]:
     return lambda *args: callback(lane, *args)
 
 

@@ -67,10 +67,12 @@ class SchedulerLoop:
         self._thread.start()
 
     async def generate(self, request: GenerationRequest) -> list[list[int]]:
-        return await self._await(lambda done: self.scheduler.submit_generation(request, done))
+        sequences: list[list[int]] = await self._await(lambda done: self.scheduler.submit_generation(request, done))
+        return sequences
 
     async def score(self, request: ScoringRequest) -> ScoringResult:
-        return await self._await(lambda done: self.scheduler.submit_scoring(request, done))
+        result: ScoringResult = await self._await(lambda done: self.scheduler.submit_scoring(request, done))
+        return result
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()

@@ -54,7 +54,17 @@ class _Work:
 
     @property
     def rows(self) -> int:
-        return self.request.params.num_return_sequences if self.kind == "generate" else 0
+        return self.request.params.num_return_sequences if isinstance(self.request, GenerationRequest) else 0
+
+    @property
+    def generation(self) -> GenerationRequest:
+        assert isinstance(self.request, GenerationRequest), self.kind
+        return self.request
+
+    @property
+    def scoring(self) -> ScoringRequest:
+        assert isinstance(self.request, ScoringRequest), self.kind
+        return self.request
 
 
 @dataclass
@@ -247,11 +257,11 @@ class Scheduler:
     def _score(self, scoring: list[_Work], report: IterationReport) -> None:
         started = self.clock()
         try:
-            results = self.engine.score([work.request for work in scoring])
+            results = self.engine.score([work.scoring for work in scoring])
         except Exception as error:  # noqa: BLE001 - every caller must get an answer
             if is_out_of_memory(error):
                 logger.warning("scheduler: out of memory scoring %d request(s); refused with 503", len(scoring))
-                error = OutOfMemoryRefused(sum(len(work.request.label_ids) for work in scoring))
+                error = OutOfMemoryRefused(sum(len(work.scoring.label_ids) for work in scoring))
             else:
                 logger.exception("scheduler: scoring batch failed")
             for work in scoring:
@@ -268,7 +278,7 @@ class Scheduler:
         started = self.clock()
         try:
             fresh = self.engine.prefill(
-                [work.request for work in generation], keys=[work.ticket for work in generation]
+                [work.generation for work in generation], keys=[work.ticket for work in generation]
             )
         except Exception as error:  # noqa: BLE001
             if is_out_of_memory(error):  # the newcomers are refused; the running batch goes on
@@ -306,11 +316,13 @@ class Scheduler:
             return
         report.step_seconds = self.clock() - started
         for row in finished:
-            decoding = self._decoding[row.owner.key]
+            ticket = row.owner.key
+            assert isinstance(ticket, int)  # _prefill keys rows by ticket
+            decoding = self._decoding[ticket]
             decoding.sequences[row.owner.sequence] = row.token_ids
             decoding.remaining -= 1
             if decoding.remaining == 0:
-                del self._decoding[row.owner.key]
+                del self._decoding[ticket]
                 self._answer(decoding.work, decoding.sequences, None)
                 report.finished += 1
         self.drain.record(len(finished), self.clock() - report.started)

@@ -151,5 +151,5 @@ def generate_answer(job: ClassifyJob, generated: str) -> dict[str, Any]:
     by_prompt_form: dict[str, str] = {}
     for label in job.labels:  # labels that read the same in the prompt: the first, as ties are broken
         by_prompt_form.setdefault(sanitize_label(label), label)
-    label = by_prompt_form.get(sanitize_label(generated))
-    return {"sequence": job.text, "label": label, "generated": generated, "truncated": job.prompt.truncated}
+    written = by_prompt_form.get(sanitize_label(generated))
+    return {"sequence": job.text, "label": written, "generated": generated, "truncated": job.prompt.truncated}

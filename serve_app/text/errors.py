@@ -3,6 +3,8 @@ rule)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TextInputError(ValueError):
     """Bad text input. `field` names the offending field (dotted path inside a body), `rule` the rule it broke."""
@@ -12,7 +14,9 @@ class TextInputError(ValueError):
         self.field = field
         self.rule = rule
 
-    def __reduce__(self):  # pickled across Ray processes: rebuild from (field, rule), whatever the subclass
+    def __reduce__(
+        self,
+    ) -> tuple[Any, ...]:  # pickled across Ray processes: rebuild from (field, rule), whatever the subclass
         return (TextInputError, (self.field, self.rule))
 
 

@@ -246,6 +246,7 @@ async def augment_checked(
         results = await model.score_many([classification.scoring_request(job, scoring) for _, job in jobs])
         for (selection, job), result in zip(jobs, results, strict=True):
             answer = classification.score_answer(job, result)  # /classify's own answer: same tie rule
+            assert selection.label is not None  # the rounds above gave every selection its label
             selection.consider(
                 job.text.strip(), answer["label"], result.probabilities[job.labels.index(selection.label)]
             )

@@ -9,7 +9,7 @@ requests from the same preparation, so they time what the service sends.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from serve_app.engine.requests import GenerationRequest, SamplingParams, ScoringRequest
 from serve_app.text import augmentation, classification, label_keeping
@@ -49,8 +49,12 @@ class TextTasks:
         """One /classify answer per text, in input order."""
         jobs = self.classify_jobs(texts, labels)
         requests = self.classify_requests(jobs, mode, scoring)
-        outputs = await (model.score_many(requests) if mode == "score" else model.generate_many(requests))
-        return classification.answers(jobs, mode, list(outputs), self.encoder)
+        outputs: list[Any]
+        if mode == "score":
+            outputs = await model.score_many(cast(list[ScoringRequest], requests))
+        else:
+            outputs = await model.generate_many(cast(list[GenerationRequest], requests))
+        return classification.answers(jobs, mode, outputs, self.encoder)
 
     # ------------------------------------------------------------ augmentation
     def augment_prompts(self, texts: list[str]) -> list[EncodedPrompt]:

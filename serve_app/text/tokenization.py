@@ -55,7 +55,10 @@ class PromptEncoder:
         return ids[:-1] if ids and ids[-1] == self.eos_id else ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text.strip()
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, truncation=False)["input_ids"]
+        ids: list[int] = self.tokenizer(text, truncation=False)["input_ids"]
+        return ids
