@@ -1,1 +1,1 @@
-"""Benchmark harness: baseline vs the Serve app (bench.run) and engine levers (bench.levers)."""
+"""The benchmarks: `python -m bench {serve,engine,fidelity,gpu}` (bench/__main__.py); plumbing in bench/lib."""

@@ -402,7 +402,9 @@ def markdown(out: dict[str, Any]) -> str:
         rates = ", ".join(f"keep rate {rate}: {x:.2f}x" for rate, x in k["x_plain_per_kept_text"].items())
         lines += [
             "",
-            f"Augmentation that keeps the label ({k['dtype']}): sampling a candidate (32 tokens) "
+            "### Augmentation that keeps the label",
+            "",
+            f"In {k['dtype']}: sampling a candidate (32 tokens) "
             f"{k['sample_s_per_candidate'] * 1000:.0f} ms, "
             f"scoring it against 4 labels {k['score_s_per_candidate'] * 1000:.0f} ms ({k['check_x_sampling']:.2f}x); a "
             "returned paraphrase costs, "

@@ -130,6 +130,34 @@ def test_language_toggle_switches_the_strings(page):
     expect(page.locator("label[for=aug-temperature]")).to_have_text("温度")
 
 
+def test_sampling_controls_show_the_services_own_defaults_and_bounds(page):
+    """The UI types no default: every sampling control shows the default and bounds of the OpenAPI document."""
+    from playwright.sync_api import expect
+
+    from serve_app.engine.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_P
+
+    schemas = page.request.get("/openapi.json").json()["components"]["schemas"]
+    slugs = {"num_return_sequences": "num", "max_length": "max-length", "temperature": "temperature"}
+    slugs |= {"top_k": "top-k", "top_p": "top-p"}
+    checked = 0
+    for prefix, schema in (("aug", "AugmentRequest"), ("batch", "AugmentBatchRequest"), ("gen", "GenerateRequest")):
+        properties = schemas[schema]["properties"]
+        for name, slug in slugs.items():
+            control = page.locator(f".params input#{prefix}-{slug}")  # batch's count is a select of its own
+            if name not in properties or not control.count():
+                continue
+            field = properties[name]
+            assert float(control.input_value()) == field["default"], (prefix, name)
+            if "maximum" in field:
+                expect(control).to_have_attribute("max", str(field["maximum"]))
+            checked += 1
+    assert checked == 5 + 4 + 4
+    # The two the page shows are the engine's own constants, through the schema: /generate is greedy by default.
+    expect(page.locator("#aug-max-length")).to_have_value(str(DEFAULT_MAX_NEW_TOKENS))
+    expect(page.locator("#aug-top-p")).to_have_value(str(DEFAULT_TOP_P))
+    expect(page.locator("#gen-temperature")).to_have_value("0.0")
+
+
 # ------------------------------------------------------------------ round trips
 def test_single_augment_round_trip(page):
     from playwright.sync_api import expect

@@ -5,7 +5,7 @@ import { saveApiKey } from "./lib/api.js";
 import { $, t } from "./lib/dom.js";
 import { renderFieldError } from "./lib/errors.js";
 import { loadHealth, relabelHealth, watchHealth } from "./lib/health.js";
-import { buildParams } from "./lib/params.js";
+import { applySchemaDefaults, buildParams } from "./lib/params.js";
 import { LANG_KEY, PANELS, panels, state } from "./lib/state.js";
 import "./panels/augment.js";
 import "./panels/batch.js";
@@ -102,7 +102,10 @@ function init() {
   showPanel(location.hash.slice(1) || "augment");
   loadHealth().then(watchHealth);
   loadTasks();
-  document.body.dataset.ready = "true";
+  // Ready once the controls show the service's defaults (or the document could not be read: they stay empty).
+  applySchemaDefaults().finally(() => {
+    document.body.dataset.ready = "true";
+  });
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);

@@ -25,6 +25,7 @@ from serve_app.bulk.records import InputError, ResultFormat, file_format, read_i
 from serve_app.bulk.task import TaskSpec, parse_labels
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError, ModelSpecError
+from serve_app.engine.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from serve_app.ingress.auth import load_api_key
 from serve_app.settings import ENV_OVERRIDES, AppSettings
 from serve_app.text.errors import TextInputError
@@ -109,10 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = parser.add_subparsers(dest="task", required=True)
     augment = tasks.add_parser("augment", parents=[common], help="paraphrases of each text")
     augment.add_argument("--num", type=int, default=1, help="paraphrases per text, 1-10 (default: 1)")
-    augment.add_argument("--max-length", type=int, default=128, help="most new tokens per paraphrase (default: 128)")
-    augment.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
-    augment.add_argument("--top-k", type=int, default=50, help="0 = off (default: 50)")
-    augment.add_argument("--top-p", type=float, default=0.95, help="(default: 0.95)")
+    augment.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="most new tokens per paraphrase (default: %(default)s)",
+    )
+    augment.add_argument(
+        "--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy (default: %(default)s)"
+    )
+    augment.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0 = off (default: %(default)s)")
+    augment.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help="(default: %(default)s)")
     augment.add_argument("--seed", type=int, help="same seed, same paraphrases, however the job is batched or resumed")
     checks = augment.add_argument_group('checks (README, "Augmentation that keeps the label")')
     checks.add_argument(

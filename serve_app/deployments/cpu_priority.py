@@ -3,7 +3,7 @@
 On a CPU-only node the proxy, Ingress, Classifier and Generator run beside the
 ModelReplica's torch threads; each time one of them takes a core mid-step, the
 replica's other thread waits at the next barrier. A lower scheduling priority
-(a higher `nice`) lets them run in the gaps instead (docs/perf-notes.md, "CPU priority").
+(a higher `nice`) lets them run in the gaps instead (docs/perf-notes.md, "CPU priority of the light deployments").
 Raising a process's nice value needs no privilege; lowering it would.
 
 Ray starts every worker, the ModelReplica included, at nice 15 (`RAY_worker_niceness`), so

@@ -68,10 +68,10 @@ class Seq2SeqEngine:
     """Runs GenerationRequests and ScoringRequests as padded batches on one model."""
 
     # Encoding in length buckets: an extra encoder call is worth it when it saves more than this
-    # many padded tokens (None: always one padded batch). Measured with the former bench.levers (docs/perf-notes.md).
+    # many padded tokens (None: always one padded batch). docs/perf-notes.md, "length buckets for the encoder".
     bucket_overhead_tokens: int | None = 64
     # Scoring: all labels of an input in one packed decoder sequence (False: one decoder row per
-    # label, encoder state fanned out to each). Measured with the former bench.levers (docs/perf-notes.md).
+    # label, encoder state fanned out to each). docs/perf-notes.md, "packed label scoring".
     packed_scoring: bool = True
 
     def __init__(

@@ -18,16 +18,23 @@ MAX_NEW_TOKENS = 512
 MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 1000
 
+# The sampling defaults, here only: SamplingParams, the HTTP schemas (and through their OpenAPI document, the UI)
+# and mt5-bulk take them from here.
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_K = 50
+DEFAULT_TOP_P = 0.95
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request samples. temperature 0 means greedy; top_k 0 means no top-k cut."""
 
     num_return_sequences: int = 1
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 0.95
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
+    top_p: float = DEFAULT_TOP_P
     seed: int | None = None
 
     def __post_init__(self) -> None:

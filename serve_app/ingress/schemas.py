@@ -17,6 +17,10 @@ from pydantic import (
 )
 
 from serve_app.engine.requests import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
     MAX_NEW_TOKENS,
     MAX_RETURN_SEQUENCES,
     MAX_TEMPERATURE,
@@ -125,10 +129,12 @@ class _Strict(BaseModel):
 class SamplingKnobs(_Strict):
     """The sampling fields every generating route shares; `max_length` on the wire is new tokens inside."""
 
-    max_length: Whole = Field(128, ge=1, le=MAX_NEW_TOKENS, description="Most new tokens per output")
-    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy")
-    top_k: Whole = Field(50, ge=0, le=MAX_TOP_K, description="Sample from the k most likely tokens; 0 = off")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass")
+    max_length: Whole = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS, description="Most new tokens per output")
+    temperature: float = Field(
+        DEFAULT_TEMPERATURE, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 = greedy"
+    )
+    top_k: Whole = Field(DEFAULT_TOP_K, ge=0, le=MAX_TOP_K, description="Sample from the k most likely tokens; 0 = off")
+    top_p: float = Field(DEFAULT_TOP_P, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass")
     seed: Seed | None = Field(None, description="Same seed, same outputs")
 
     def sampling_params(self) -> SamplingParams:

@@ -2,8 +2,8 @@
 
 On a CPU node one batch split across all cores loses time at every op's barrier,
 and more so when another process takes a core mid-op; independent batches do
-not wait for each other (docs/perf-notes.md, "Lanes"). A request goes to the lane with the least outstanding work,
-so load splits evenly; a lane's torch threads follow how many lanes are busy
+not wait for each other (docs/perf-notes.md, "two scheduler lanes per CPU replica"). A request goes to the
+lane with the least outstanding work, so load splits evenly; a lane's torch threads follow how many lanes are busy
 (CoreShare), so a lone request still runs on every core.
 
 Each lane is a complete Scheduler: continuous batching, admission and

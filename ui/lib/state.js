@@ -7,14 +7,15 @@ export const LANG_KEY = "mt5-ui-lang";
 export const API_KEY_KEY = "mt5-ui-api-key";
 export const PANELS = ["augment", "batch", "classify", "generate"];
 
-// Sampling controls; limits mirror the API's, but are only hints: out-of-range values are sent and the server's 422 is shown.
+// Sampling controls. Their defaults and bounds are the service's own, read from its OpenAPI document
+// (lib/params.js, applySchemaDefaults); the bounds are only hints: out-of-range values are sent and the 422 shown.
 export const PARAMS = {
-  num_return_sequences: { slug: "num", min: 1, max: 10, step: 1, value: 1, range: true },
-  max_length: { slug: "max-length", min: 1, max: 512, step: 1, value: 128, range: true },
-  temperature: { slug: "temperature", min: 0, max: 2, step: 0.05, value: "1.0", range: true },
-  top_k: { slug: "top-k", min: 0, max: 1000, step: 1, value: 50, range: true },
-  top_p: { slug: "top-p", min: 0.01, max: 1, step: 0.01, value: 0.95, range: true },
-  seed: { slug: "seed", min: 0, value: null, range: false },
+  num_return_sequences: { slug: "num", step: 1, range: true },
+  max_length: { slug: "max-length", step: 1, range: true },
+  temperature: { slug: "temperature", step: 0.05, range: true },
+  top_k: { slug: "top-k", step: 1, range: true },
+  top_p: { slug: "top-p", step: 0.01, range: true },
+  seed: { slug: "seed", step: 1, range: false },
 };
 export const SAMPLING = ["max_length", "temperature", "top_k", "top_p", "seed"];
 
