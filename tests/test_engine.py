@@ -211,10 +211,20 @@ def test_full_vocabulary_scores_equal_plain_mt5_on_a_checkpoint_built_like_the_r
 def test_full_vocabulary_projection_runs_only_at_label_states(engine, demo_model, monkeypatch):
     """The 250k-column projection is the cost: once per distinct state that predicts a label token."""
     from serve_app.engine import scoring
+    from serve_app.engine.output_head import OutputHead
 
-    projected = []
-    original = scoring._logsumexp
-    monkeypatch.setattr(scoring, "_logsumexp", lambda logits: projected.append(logits.shape) or original(logits))
+    projected, columns = [], []
+    original, block = scoring.log_probs, OutputHead.exact_block_logits
+
+    def blocks(head, states, index):
+        logits = block(head, states, index)
+        columns.append(logits.shape[1])
+        return logits
+
+    monkeypatch.setattr(
+        scoring, "log_probs", lambda head, states, *a: projected.append(states.shape) or original(head, states, *a)
+    )
+    monkeypatch.setattr(OutputHead, "exact_block_logits", blocks)
     tok = demo_model.tokenizer
     labels = label_ids(tok, ["物流延迟", "商品缺货", "售后"])
     engine.score([ScoringRequest(ids(tok, "物流太慢了"), labels)])
@@ -223,7 +233,7 @@ def test_full_vocabulary_projection_runs_only_at_label_states(engine, demo_model
         1 + len(prefixes)
     ]  # the shared start state, then one per distinct label prefix
     assert len(prefixes) < sum(len(label) for label in labels)  # 物流延迟 and 商品缺货 share their first piece here
-    assert projected[0][1] == demo_model.model.config.vocab_size
+    assert sum(columns) == demo_model.model.config.vocab_size  # every column once, block by block
 
 
 def test_label_token_scoring_never_multiplies_the_full_vocabulary(engine, demo_model, monkeypatch):
@@ -709,7 +719,7 @@ def test_a_decoding_step_reads_back_only_its_chosen_tokens(demo_model):
 )  # mT5's vocabulary (whole groups), and one with a partial last group
 def test_top_k_selects_what_torch_topk_selects(dtype: torch.dtype, vocab: int) -> None:
     """The grouped top-k gives torch.topk's values, best first, from distinct columns holding them."""
-    from serve_app.engine.sampling import GROUP_COLUMNS, top_k
+    from serve_app.engine.vocabulary import GROUP_COLUMNS, top_k
 
     generator = torch.Generator().manual_seed(vocab)
     logits = (torch.randn(6, vocab, generator=generator) * 4).to(dtype)  # bfloat16: many equal values near the cut
@@ -728,7 +738,7 @@ def test_top_k_selects_what_torch_topk_selects(dtype: torch.dtype, vocab: int) -
 
 
 def test_top_k_of_a_narrow_row_is_torch_topk() -> None:
-    from serve_app.engine.sampling import top_k
+    from serve_app.engine.vocabulary import top_k
 
     logits = torch.randn(3, 4000)
     assert all(torch.equal(a, b) for a, b in zip(top_k(logits, 50), logits.topk(50, dim=-1), strict=True))

@@ -18,6 +18,7 @@ from serve_app.engine.output_head import (
     install_output_head,
     layout_speedups,
 )
+from serve_app.engine.packed_linear import packing_available
 
 pytestmark = pytest.mark.unit
 
@@ -30,6 +31,10 @@ def test_every_layout_computes_the_linear_logits(layout, dtype, tolerance):
     generator = torch.Generator().manual_seed(3)
     weight = torch.randn(1000, 64, generator=generator).to(dtype)
     states = torch.randn(5, 3, 64, generator=generator).to(dtype)  # [rows, positions, d_model], as scoring passes them
+    if layout == "packed" and not packing_available(weight):
+        with pytest.raises(ValueError, match="bfloat16"):
+            OutputHead(weight, layout)
+        return
     head = OutputHead(weight, layout)
     assert head.weight.shape == (1000, 64) and torch.equal(head.weight, weight)
     assert (head.out_features, head.in_features) == (1000, 64)
@@ -67,10 +72,37 @@ def test_the_probe_times_every_layout_against_linear():
     speedups = layout_speedups(
         torch.randn(4096, 64), timer=lambda: float(next(calls)), repeats=2
     )  # every call takes 1 tick
-    assert speedups == {layout: 1.0 for layout in LAYOUTS}
+    unpacked = [layout for layout in LAYOUTS if layout != "packed"]  # oneDNN packs bfloat16 only
+    assert speedups == {layout: 1.0 for layout in unpacked}
     speedups = layout_speedups(torch.randn(4096, 64), repeats=2)
-    assert set(speedups) == set(LAYOUTS) and speedups["linear"] == 1.0
+    assert set(speedups) == set(unpacked) and speedups["linear"] == 1.0
     assert all(0.05 < x < 20 for x in speedups.values()), speedups
+    speedups = layout_speedups(torch.randn(4096, 64).bfloat16(), repeats=2)
+    assert set(speedups) == set(LAYOUTS), speedups
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_block_logits_are_float32_sums_whatever_the_format(layout, dtype):
+    """Each block's float32 logits lie within 2^-18 |logit| of the float64 sum of the same products (bfloat16) or
+    are float32's own (float32); bfloat16's rounded logits are far off, which is why they are not used."""
+    generator = torch.Generator().manual_seed(5)
+    weight = (torch.randn(3000, 256, generator=generator) * 0.4).to(dtype)
+    states = torch.randn(7, 256, generator=generator).to(dtype)
+    if layout == "packed" and not packing_available(weight):
+        return
+    head = OutputHead(weight, layout)
+    blocks = [head.exact_block_logits(states, index) for index in range(len(head.ranges))]
+    assert [b.shape[1] for b in blocks] == [stop - first for first, stop in head.ranges]
+    exact = torch.cat(blocks, dim=1)
+    assert exact.dtype == torch.float32
+    reference = states.double() @ weight.double().T
+    error = (exact.double() - reference).abs().max().item()
+    rounded = (head(states).double() - reference).abs().max().item()
+    bound = 2.0**-17 * reference.abs().max().item() + 1e-5
+    assert error <= bound, (error, bound)
+    if dtype == torch.bfloat16:
+        assert rounded > 50 * error  # the rounded logits' error, which the exact ones remove
 
 
 def test_a_transposed_copy_of_a_tied_head_is_refused(demo_model):
@@ -81,12 +113,16 @@ def test_a_transposed_copy_of_a_tied_head_is_refused(demo_model):
         install_output_head(model, "transposed")
 
 
-@pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "linear"])
-def test_the_engine_answers_the_same_with_every_layout(demo_model, layout):
-    """float32 on the demo model: scores to 1e-6 and seeded samples token for token."""
+@pytest.mark.parametrize(
+    ("layout", "dtype"),
+    [(layout, torch.float32) for layout in LAYOUTS if layout not in ("linear", "packed")]
+    + [("packed", torch.bfloat16), ("transposed", torch.bfloat16)],
+)
+def test_the_engine_answers_the_same_with_every_layout(demo_model, layout, dtype):
+    """On the demo model (packed in bfloat16, as it runs): scores to 1e-6 and seeded samples token for token."""
 
     def engine_with(layout_name: str) -> Seq2SeqEngine:
-        model = copy.deepcopy(demo_model.model)
+        model = copy.deepcopy(demo_model.model).to(dtype)
         if isinstance(model.lm_head, OutputHead):  # the fixture's own measured layout: back to a plain Linear first
             plain = nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
             plain.weight = nn.Parameter(model.lm_head.weight.detach().contiguous(), requires_grad=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 from transformers import MT5ForConditionalGeneration
 
 from serve_app.engine.decode_batch import BatchShape, DecodeBatch
@@ -89,18 +88,18 @@ class CachedDecoder:
         Attends over `self_columns` self-attention and `encoder_columns` encoder columns. `step` passes
         exactly those in use and `column` as an int; a CUDA graph (graphed_step.py) passes the whole
         buffers and `column` as a 1-element device tensor, so every shape is fixed by the buffers.
-        Columns before a row's start or after `column` are masked: the dtype's lowest bias, a softmax
-        weight of exactly 0.
+        Columns before a row's start or after `column` are masked: float32's lowest bias, a softmax
+        weight of exactly 0. Scores, biases and the softmax are float32 whatever the weights' format.
         """
         s = self.shape
-        lowest = torch.finfo(s.dtype).min
+        lowest = torch.finfo(torch.float32).min
         # The bias depends on the key - query distance only, so one [heads, 1, keys] bias serves every row.
         keys = torch.arange(self_columns, device=s.device)
         self_bias = self._position_bias(keys - column)[None, :, None, :]
         hidden_columns = (keys[None, :] < start[:rows, None]) | (keys[None, :] > column)
         self_bias = self_bias.masked_fill(hidden_columns[:, None, None, :], lowest)
         padding = torch.arange(encoder_columns, device=s.device)[None, :] >= encoder_length[:rows, None]
-        cross_bias = torch.zeros((rows, 1, 1, encoder_columns), dtype=s.dtype, device=s.device).masked_fill(
+        cross_bias = torch.zeros((rows, 1, 1, encoder_columns), dtype=torch.float32, device=s.device).masked_fill(
             padding[:, None, None, :], lowest
         )
 
@@ -128,9 +127,12 @@ class CachedDecoder:
         return states.view(states.shape[0], 1, self.shape.heads, self.shape.head_dim).transpose(1, 2)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """One query per row against its keys: two batched matmuls and a float32 softmax. For a single query
+        torch's fused CPU attention costs several times this (it tiles for long queries)."""
         # T5 does not scale the dot product (its initialisation folds the factor into the weights).
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=1.0)
-        return out.transpose(1, 2).reshape(query.shape[0], 1, -1)
+        scores = torch.matmul(query, key.transpose(-1, -2)).float() + bias
+        weights = torch.softmax(scores, dim=-1).to(value.dtype)
+        return torch.matmul(weights, value).transpose(1, 2).reshape(query.shape[0], 1, -1)
 
     def _position_bias(self, relative: torch.Tensor) -> torch.Tensor:
         """T5's learned bias for key - query distances `relative` [keys] -> [heads, keys]."""
@@ -140,7 +142,7 @@ class CachedDecoder:
             num_buckets=self.relative.relative_attention_num_buckets,
             max_distance=self.relative.relative_attention_max_distance,
         )
-        bias: torch.Tensor = self.relative.relative_attention_bias(buckets).T.to(self.shape.dtype)
+        bias: torch.Tensor = self.relative.relative_attention_bias(buckets).T.float()
         return bias
 
 

@@ -22,6 +22,7 @@ from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedToken
 
 from serve_app.engine.errors import ModelSpecError
 from serve_app.engine.output_head import HeadChoice, choose_head_layout, install_output_head, is_tied
+from serve_app.engine.packed_linear import PackChoice, choose_packing, pack_linears
 from serve_app.engine.precision import (
     MatmulShape,
     Precision,
@@ -54,6 +55,7 @@ class LoadedModel:
     device: torch.device
     precision: Precision
     head: HeadChoice = HeadChoice("linear", "not measured")
+    packing: PackChoice = PackChoice(False, "not measured")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -159,12 +161,14 @@ def load_model(
 ) -> LoadedModel:
     """Resolve `spec`, load weights and tokenizer, move to device and precision (precision.py), eval mode.
 
-    `relay_head`: store lm_head in the matmul layout this CPU runs fastest (output_head.py); False
-    keeps transformers' nn.Linear, for tools that read the model as transformers built it."""
+    `relay_head`: store lm_head in the matmul layout this CPU runs fastest (output_head.py) and pack the other
+    linear layers for oneDNN where that measures faster (packed_linear.py); False keeps transformers' nn.Linear
+    layers, for tools that read the model as transformers built it."""
     resolved = resolve_spec(spec)
     torch_device = choose_device(device, gpu_reserved)
     config = load_config(resolved.path)
     precision = choose_precision(dtype, torch_device, MatmulShape(config.d_model, config.d_ff))
+    packing = PackChoice(False, "plain")
     configure_float32_matmuls(torch_device)
     model = build_model(config, read_state_dict(resolved.path))
     nn.Module.to(model, device=torch_device, dtype=precision.dtype)  # in place (transformers' .to wrapper is untyped)
@@ -176,18 +180,37 @@ def load_model(
     elif relay_head:
         head = choose_head_layout(model.lm_head.weight, tied=is_tied(model))
         install_output_head(model, head.layout)
+        packing = choose_packing(feed_forward_weight(model))
+        if packing.packed:
+            pack_linears(model)
     else:
         head = HeadChoice("linear", "kept as transformers built it")
     tokenizer = load_tokenizer(resolved.path)
     logger.info(
-        "loaded %s from %s on %s as %s (%s); lm_head %s",
+        "loaded %s from %s on %s as %s (%s); lm_head %s; linear layers %s",
         spec,
         resolved.path,
         torch_device,
         precision.name,
         precision.reason,
         head.reason,
+        packing.reason,
     )
     return LoadedModel(
-        model=model, tokenizer=tokenizer, resolved=resolved, device=torch_device, precision=precision, head=head
+        model=model,
+        tokenizer=tokenizer,
+        resolved=resolved,
+        device=torch_device,
+        precision=precision,
+        head=head,
+        packing=packing,
     )
+
+
+def feed_forward_weight(model: MT5ForConditionalGeneration) -> torch.Tensor:
+    """A feed-forward layer's weight (d_ff x d_model), the shape most of the model's linear work has."""
+    d_ff = model.config.d_ff
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.out_features == d_ff:
+            return module.weight
+    raise ModelSpecError("the model has no feed-forward layer of d_ff outputs")

@@ -27,6 +27,7 @@ from serve_app.engine.scoring import (
     pack_rows,
     target_log_probs,
 )
+from serve_app.engine.vocabulary import ExactLogits
 
 DEFAULT_MAX_INPUT_TOKENS = 512
 
@@ -196,7 +197,8 @@ class Seq2SeqEngine:
         plan, rows = batch.step_plan(), batch.step_rows()
         states = self.decoder.step(batch)  # on failure the time axis is as it was: a retry rewrites the same column
         try:
-            chosen = sample_next_tokens(self.model.lm_head(states), plan, rows)
+            head = self.model.lm_head
+            chosen = sample_next_tokens(head(states), plan, rows, ExactLogits(head, states))
         except Exception:
             batch.length -= 1  # this step's column is rewritten by the retry
             raise

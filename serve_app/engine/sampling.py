@@ -25,12 +25,10 @@ from dataclasses import dataclass
 import torch
 
 from serve_app.engine.requests import SamplingParams
+from serve_app.engine.vocabulary import ExactLogits, exact_top_k, needs_refining, top_k
 
 # Below this, logits / temperature can overflow float32 (inf, then NaN probabilities): such rows decode greedily.
 MIN_SAMPLING_TEMPERATURE = 1e-30
-
-# Columns per group in top_k's first pass over a wide row.
-GROUP_COLUMNS = 256
 
 _LOW32 = 0xFFFFFFFF
 
@@ -116,17 +114,25 @@ class StepPlan:
 
 
 @torch.inference_mode()
-def sample_next_tokens(logits: torch.Tensor, plan: StepPlan, rows: RowTensors) -> torch.Tensor:
-    """logits [rows, vocab] -> next token ids [rows] on the device, each row by its own parameters."""
-    if not plan.any_sampled:
-        return logits.argmax(dim=-1)
+def sample_next_tokens(
+    logits: torch.Tensor, plan: StepPlan, rows: RowTensors, exact: ExactLogits | None = None
+) -> torch.Tensor:
+    """logits [rows, vocab] -> next token ids [rows] on the device, each row by its own parameters.
+
+    `exact`: where the logits are rounded (bfloat16), the step's states and head, so that the columns a row may
+    choose are read in float32 (vocabulary.py); rounded logits only choose the candidates."""
+    refine = exact is not None and needs_refining(logits)
     count, vocab = logits.shape
+    if not plan.any_sampled:
+        return _argmax(logits, exact if refine else None)
     if plan.width < vocab:
-        values, tokens = top_k(logits, plan.width)  # best first
-    elif plan.nucleus:  # top-k off and a nucleus to cut: the only case that orders the whole row
-        values, tokens = logits.sort(dim=-1, descending=True)
-    else:  # top-k off, top-p 1: every token is a candidate, in id order
-        values, tokens = logits, torch.arange(vocab, device=logits.device).expand(count, vocab)
+        values, tokens = exact_top_k(logits, plan.width, exact) if exact and refine else top_k(logits, plan.width)
+    else:
+        full = exact.full() if exact and refine else logits
+        if plan.nucleus:  # top-k off and a nucleus to cut: the only case that orders the whole row
+            values, tokens = full.sort(dim=-1, descending=True)
+        else:  # top-k off, top-p 1: every token is a candidate, in id order
+            values, tokens = full, torch.arange(vocab, device=logits.device).expand(count, vocab)
     positions = torch.arange(values.shape[1], device=logits.device)
     # Dividing by a positive temperature keeps the order: only the kept values are scaled.
     values = values.float() / rows.temperature[:, None]
@@ -140,8 +146,15 @@ def sample_next_tokens(logits: torch.Tensor, plan: StepPlan, rows: RowTensors) -
     choice = (log_probs + gumbel_noise(rows.seed, rows.step, tokens)).argmax(dim=-1)
     sampled = tokens.gather(1, choice[:, None]).squeeze(1)
     if plan.any_greedy:  # argmax only where some row needs it: the full-vocabulary pass is not free at 250k columns
-        sampled = torch.where(rows.greedy, logits.argmax(dim=-1), sampled)
+        sampled = torch.where(rows.greedy, _argmax(logits, exact if refine else None), sampled)
     return sampled
+
+
+def _argmax(logits: torch.Tensor, exact: ExactLogits | None) -> torch.Tensor:
+    """Each row's best column: of the float32 logits where `exact` is given, else of `logits`."""
+    if exact is None:
+        return logits.argmax(dim=-1)
+    return exact_top_k(logits, 1, exact)[1][:, 0]
 
 
 def gumbel_noise(seed: torch.Tensor, step: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -168,29 +181,3 @@ def _times(x: torch.Tensor, constant: int) -> torch.Tensor:
     low = x * (constant & 0xFFFF)
     high = ((x * (constant >> 16)) & 0xFFFF) << 16
     return (low + high) & _LOW32
-
-
-def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest values of each row of logits [rows, vocab] and their columns, best first.
-
-    The same values as `logits.topk(k)` (among equal values either may pick other columns), in far
-    less time when k is far below the vocabulary (a full top-k over 250,112 columns per row is a
-    visible share of a decoding step). A row's k best values lie in the k groups of
-    GROUP_COLUMNS columns whose maxima are largest (any other group's values are each at most those
-    k maxima), so one max per group, a top-k over the maxima and a top-k over the chosen groups'
-    columns replace the top-k over the whole row. Each row is chosen from its own values alone.
-    """
-    rows, vocab = logits.shape
-    groups = vocab // GROUP_COLUMNS
-    if 4 * k * GROUP_COLUMNS > vocab:  # the chosen groups would cover a large part of the row: no gain
-        return logits.topk(k, dim=-1)
-    logits = logits.contiguous()
-    grouped = logits.as_strided((rows, groups, GROUP_COLUMNS), (vocab, GROUP_COLUMNS, 1))
-    best_groups = grouped.amax(dim=-1).topk(k, dim=-1).indices  # [rows, k]
-    offsets = torch.arange(GROUP_COLUMNS, device=logits.device)
-    columns = (best_groups[:, :, None] * GROUP_COLUMNS + offsets).reshape(rows, k * GROUP_COLUMNS)
-    if groups * GROUP_COLUMNS < vocab:  # the last columns, fewer than a group, are always candidates
-        tail = torch.arange(groups * GROUP_COLUMNS, vocab, device=logits.device)
-        columns = torch.cat([columns, tail.expand(rows, -1)], dim=1)
-    values, picked = logits.gather(1, columns).topk(k, dim=-1)
-    return values, columns.gather(1, picked)

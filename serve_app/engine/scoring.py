@@ -14,7 +14,8 @@ nothing there. A label set wider than one row spills into further rows of the sa
 Normalisation (per request):
 - "vocabulary" (default): over the full vocabulary, the model's own likelihood of writing
   the label. The 250k-column projection runs only at the distinct states that predict a
-  label token (the start state once per row, then one per label token).
+  label token (the start state once per row, then one per label token), in float32 whatever the
+  weights' format, block by block (vocabulary.py).
 - "label_tokens": over the tokens that occur in the request's labels (plus </s>): faster,
   a different quantity (README, "How classification scores a label").
 """
@@ -29,13 +30,12 @@ from torch import nn
 from transformers import MT5ForConditionalGeneration
 
 from serve_app.engine.decoder import relative_attention
+from serve_app.engine.vocabulary import log_probs
 
 Normalization = Literal["vocabulary", "label_tokens"]
 NORMALIZATIONS: tuple[str, ...] = ("vocabulary", "label_tokens")
 # Packed rows build [rows, heads, width, width] attention biases; wider label sets spill into more rows.
 MAX_PACKED_WIDTH = 256
-# Full-vocabulary projections run this many states at a time ([chunk, 250k] float32 logits).
-VOCABULARY_CHUNK = 128
 
 
 @dataclass
@@ -211,20 +211,13 @@ def _vocabulary_log_probs(
     tokens: torch.Tensor,
     out: torch.Tensor,
 ) -> None:
-    """Fill `out` for the targets predicted by states `which`, chunk by chunk over the full vocabulary."""
-    for chunk in torch.split(which, VOCABULARY_CHUNK):
-        # Logits are cast to float32 before the log-softmax: in bf16 the 250k small terms would be lost.
-        logits: torch.Tensor = head(states.index_select(0, chunk)).float()
-        normaliser = _logsumexp(logits)
-        local = torch.full((states.shape[0],), -1, dtype=torch.long, device=states.device)
-        local[chunk] = torch.arange(chunk.numel(), device=states.device)
-        targets = (local.index_select(0, target_state) >= 0).nonzero().squeeze(1)
-        at = local.index_select(0, target_state.index_select(0, targets))
-        out[targets] = logits[at, tokens.index_select(0, targets)] - normaliser.index_select(0, at)
-
-
-def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(logits, dim=-1)
+    """Fill `out` for the targets predicted by states `which`, normalised over the full vocabulary in float32
+    (vocabulary.log_probs: blocked, whatever the weights' format)."""
+    local = torch.full((states.shape[0],), -1, dtype=torch.long, device=states.device)
+    local[which] = torch.arange(which.numel(), device=states.device)
+    targets = (local.index_select(0, target_state) >= 0).nonzero().squeeze(1)
+    at = local.index_select(0, target_state.index_select(0, targets))
+    out[targets] = log_probs(head, states.index_select(0, which), at, tokens.index_select(0, targets))
 
 
 def _label_token_log_probs(
@@ -253,11 +246,12 @@ def _label_token_log_probs(
     weight: torch.Tensor = weight_of() if callable(weight_of) else weight_of
     rows_of_head = weight.index_select(0, torch.tensor(columns, device=device))
     rows_of_head = rows_of_head.dequantize() if rows_of_head.is_quantized else rows_of_head
-    logits = (states.index_select(0, which).to(rows_of_head.dtype) @ rows_of_head.T).float()
+    # A few columns: their dot products in float32 outright.
+    logits = states.index_select(0, which).float() @ rows_of_head.float().T
     logits = logits.masked_fill(
         ~allowed.to(device).index_select(0, request_of_state.index_select(0, which)), float("-inf")
     )
-    normaliser = _logsumexp(logits)
+    normaliser = torch.logsumexp(logits, dim=-1)
     local = torch.full((states.shape[0],), -1, dtype=torch.long, device=device)
     local[which] = torch.arange(which.numel(), device=device)
     targets = (local.index_select(0, target_state) >= 0).nonzero().squeeze(1)
