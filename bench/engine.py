@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lib import results
+from bench.lib import results, roofline
 from bench.lib.engine_work import augment_work, classify_work, pipeline
 from bench.lib.machine import log as _log
 from bench.lib.machine import run_header
@@ -49,8 +49,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["formats", "auto", "ctranslate2", "keep_label"],
-        choices=["formats", "auto", "ctranslate2", "keep_label"],
+        default=["roofline", "formats", "auto", "ctranslate2", "keep_label"],
+        choices=["roofline", "formats", "auto", "ctranslate2", "keep_label"],
         help="ctranslate2 needs the bench extra (pip install -e '.[bench]'); it is skipped, saying so, without it",
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds per format (each keeps its best)")
@@ -73,8 +73,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "parts": {},
     }
+    if "roofline" in args.parts:
+        out["parts"]["roofline"] = machine_bounds(args.formats)
     if "formats" in args.parts:
-        out["parts"]["formats"] = formats(model, args.formats, rounds)
+        out["parts"]["formats"] = formats(model, args.formats, rounds, out["parts"].get("roofline"))
+    if "roofline" in args.parts:  # measured again after the work: a bound is the best this machine gave
+        out["parts"]["roofline"] = best_bounds(out["parts"]["roofline"], machine_bounds(args.formats))
+        if "formats" in out["parts"]:
+            apply_bounds(out["parts"]["formats"], out["parts"]["roofline"])
     if "auto" in args.parts:
         out["parts"]["auto"] = auto_choice(model)
     if "ctranslate2" in args.parts:
@@ -106,8 +112,50 @@ def _timed(run, requests) -> float:
     return time.perf_counter() - started
 
 
-def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
-    """Per format: classify texts/s, generation tokens/s at 32 rows and at 1, and probabilities against float32."""
+def machine_bounds(names: list[str]) -> dict[str, Any]:
+    """This machine's matmul peak per format and its memory read bandwidth, measured now (bench/lib/roofline.py)."""
+    log("measuring this machine's bounds: matmul peak per format, read bandwidth ...")
+    peaks = {name: roofline.matmul_peak(name) for name in dict.fromkeys(["float32", *names])}
+    return {"matmul_peak": peaks, "read_bandwidth": roofline.read_bandwidth()}
+
+
+def work_bounds(service: Any, classify: Any, generation: Any) -> dict[str, Any]:
+    """What the workloads need, from the float32 engine: matmul FLOPs per text, each classified alone (the work,
+    without a batch's padding), and of one decoding step at GENERATION_ROWS rows; parameters read per step."""
+    engine = service.engine
+    flops = sum(roofline.count_flops(lambda r=r: engine.score([r])) for r in classify.requests)
+    batch = engine.prefill(generation.requests)
+    for _ in range(8):
+        engine.step(batch)
+    step_flops = roofline.count_flops(lambda: engine.step(batch))
+    model = engine.model
+    step_parameters = sum(p.numel() for m in (model.decoder, model.lm_head) for p in m.parameters())
+    shared = model.decoder.embed_tokens.weight.numel()  # the embeddings: rows gathered, not read whole
+    return {
+        "classify_flops_per_text": flops / len(classify.requests),
+        "step_flops": step_flops,
+        "step_parameters": step_parameters - shared,
+    }
+
+
+def step_ms(engine: Any, requests: list[Any], steps: int = 24) -> float:
+    """Milliseconds per decoding step of `requests` (GENERATION_ROWS rows), past the first 8 steps."""
+    batch = engine.prefill(requests)
+    for _ in range(8):
+        engine.step(batch)
+    started = time.perf_counter()
+    for _ in range(steps):
+        engine.step(batch)
+    return (time.perf_counter() - started) / steps * 1000
+
+
+# Bytes per parameter a decoding step reads in each format (int8: the linear layers' weights, which are nearly all).
+PARAMETER_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
+
+
+def formats(model: str, names: list[str], rounds: int, bounds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per format: classify texts/s, generation tokens/s at 32 rows and at 1, a decoding step's milliseconds, and
+    probabilities against float32; with `bounds`, each figure against this machine's own bound."""
     services = {}
     for name in dict.fromkeys(["float32", *names]):
         log(f"loading {model} as {name} ...")
@@ -123,6 +171,7 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
         for name in services
     }
     tokens: dict[str, dict[str, int]] = {}
+    steps: dict[str, float] = {}
     for round_ in range(rounds):
         for name, (classify, generation) in work.items():
             seconds = best[name]
@@ -137,6 +186,7 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
                 "batch": sum(len(seq) for out in batch for seq in out),
                 "lone": sum(len(seq) for seq in lone[0]),
             }
+            steps[name] = min(steps.get(name, float("inf")), step_ms(services[name].engine, generation.requests))
             log(
                 f"round {round_ + 1}: {name}: classify {seconds['classify_s']:.2f} s, generate 32 rows "
                 f"{seconds['generate32_s']:.2f} s"
@@ -152,14 +202,49 @@ def formats(model: str, names: list[str], rounds: int) -> dict[str, Any]:
             "classify_texts_per_s": CLASSIFY_TEXTS / seconds["classify_s"],
             "generate32_tokens_per_s": tokens[name]["batch"] / seconds["generate32_s"],
             "generate1_tokens_per_s": tokens[name]["lone"] / seconds["generate1_s"],
+            "step_ms_32_rows": steps[name],
+            "packing": services[name].loaded.packing.reason,
             **compare(reference, probabilities),
         }
-    return {
+    need = work_bounds(services["float32"], *work["float32"]) if bounds else None
+    out = {
         "classify": f"{CLASSIFY_TEXTS} texts x {len(CLASSIFY_LABELS)} labels",
         "generation": f"{GENERATION_ROWS} rows and 1 row x {GENERATION_TOKENS} new tokens",
         "rounds": rounds,
         "formats": figures,
+        "work": need,
     }
+    if bounds:
+        apply_bounds(out, bounds)
+    return out
+
+
+def best_bounds(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Each bound at its best of two measurements (a busy moment makes a machine look slower, never faster)."""
+    peaks = {
+        name: max(first["matmul_peak"][name], second["matmul_peak"][name], key=lambda p: p["gflops"])
+        for name in first["matmul_peak"]
+    }
+    bandwidth = max(first["read_bandwidth"], second["read_bandwidth"], key=lambda b: b["gb_per_s"])
+    return {"matmul_peak": peaks, "read_bandwidth": bandwidth}
+
+
+def apply_bounds(f: dict[str, Any], bounds: dict[str, Any]) -> None:
+    """Each format's figures against this machine's bounds, in place (`roofline` per format)."""
+    need = f["work"]
+    bandwidth = bounds["read_bandwidth"]["gb_per_s"] * 1e9
+    for name, v in f["formats"].items():
+        peak = bounds["matmul_peak"].get(name, bounds["matmul_peak"]["float32"])["gflops"] * 1e9
+        read_ms = need["step_parameters"] * PARAMETER_BYTES.get(name, 4) / bandwidth * 1000
+        flop_ms = need["step_flops"] / peak * 1000
+        v["roofline"] = {
+            "classify_gflops": v["classify_texts_per_s"] * need["classify_flops_per_text"] / 1e9,
+            "classify_of_peak": v["classify_texts_per_s"] * need["classify_flops_per_text"] / peak,
+            "step_read_floor_ms": read_ms,
+            "step_matmul_floor_ms": flop_ms,
+            "step_of_read_floor": read_ms / v["step_ms_32_rows"],
+            "step_of_matmul_floor": flop_ms / v["step_ms_32_rows"],
+        }
 
 
 def auto_choice(model: str) -> dict[str, Any]:
@@ -384,6 +469,8 @@ def markdown(out: dict[str, Any]) -> str:
                 f"{v['generate32_tokens_per_s'] / base['generate32_tokens_per_s']:.2f}x | "
                 f"{v['max_abs_dp']:.4f} | {v['top_label_agreement']:.0%} |"
             )
+    if "formats" in parts and "roofline" in parts and parts["formats"].get("work"):
+        lines += ["", *roofline_markdown(parts["roofline"], parts["formats"])]
     if "auto" in parts:
         a = parts["auto"]
         lines += [
@@ -411,6 +498,37 @@ def markdown(out: dict[str, Any]) -> str:
             f"against a plain one, {rates}. The keep rate is the model's own.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def roofline_markdown(bounds: dict[str, Any], f: dict[str, Any]) -> list[str]:
+    need = f["work"]
+    peaks = ", ".join(f"{name} {p['gflops']:.0f}" for name, p in bounds["matmul_peak"].items())
+    lines = [
+        "### Against this machine's own bounds",
+        "",
+        f"Measured in the same run, before and after the work, best of the two (bench/lib/roofline.py): matmul "
+        f"peak GFLOP/s {peaks} (the best of square and "
+        f"the model's own shapes; int8 as the service's dynamically quantised Linear), memory read "
+        f"{bounds['read_bandwidth']['gb_per_s']:.1f} GB/s. The work: classification "
+        f"{need['classify_flops_per_text'] / 1e9:.1f} GFLOP per text (matmul and attention FLOPs of each text "
+        f"classified alone, no batch padding), a decoding step at {GENERATION_ROWS} rows "
+        f"{need['step_flops'] / 1e9:.1f} GFLOP and {need['step_parameters'] / 1e6:.1f} M parameters read "
+        "(decoder and lm_head).",
+        "",
+        "| format | classify GFLOP/s | of the format's matmul peak | decoding step, 32 rows | weights read once | "
+        "its matmuls at peak | step against the read / matmul bound |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in f["formats"].items():
+        r = v.get("roofline")
+        if not r:
+            continue
+        lines.append(
+            f"| {name} | {r['classify_gflops']:.0f} | **{r['classify_of_peak']:.0%}** | {v['step_ms_32_rows']:.0f} ms "
+            f"| {r['step_read_floor_ms']:.0f} ms | {r['step_matmul_floor_ms']:.0f} ms | "
+            f"{r['step_of_read_floor']:.0%} / {r['step_of_matmul_floor']:.0%} |"
+        )
+    return lines
 
 
 def ctranslate2_markdown(c: dict[str, Any]) -> list[str]:

@@ -133,6 +133,16 @@ def test_engine_runs_every_format_against_float32(tmp_path):
             and figures["generate1_tokens_per_s"] > 0
         ), name
     assert 0 < formats["bfloat16"]["max_abs_dp"] < 0.05
+    # The roofline: this machine's bounds measured, the work counted, every figure against its bound.
+    bounds, work = out["parts"]["roofline"], out["parts"]["formats"]["work"]
+    assert set(bounds["matmul_peak"]) == {"float32", "bfloat16", "int8"} and bounds["read_bandwidth"]["gb_per_s"] > 0
+    assert work["classify_flops_per_text"] > 0 and work["step_flops"] > 0 and work["step_parameters"] > 0
+    for name, figures in formats.items():
+        r = figures["roofline"]
+        assert 0 < r["classify_of_peak"] < 1.5 and r["step_read_floor_ms"] > 0 and r["step_matmul_floor_ms"] > 0, name
+        assert r["classify_gflops"] == pytest.approx(
+            figures["classify_texts_per_s"] * work["classify_flops_per_text"] / 1e9
+        )
     assert out["parts"]["auto"]["dtype"] in ("float32", "bfloat16") and out["parts"]["auto"]["reason"].startswith(
         "auto"
     )
@@ -145,6 +155,7 @@ def test_engine_runs_every_format_against_float32(tmp_path):
     assert (
         "| bfloat16 |" in saved["section"]
         and "| ctranslate2 int8 |" in saved["section"]
+        and "Against this machine's own bounds" in saved["section"]
         and saved["command"].startswith(".venv/bin/python -m bench engine --quick")
     )
 
