@@ -21,6 +21,7 @@ from torch import nn
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
 from serve_app.engine.errors import ModelSpecError
+from serve_app.engine.fused_layers import fuse_layers
 from serve_app.engine.output_head import HeadChoice, choose_head_layout, install_output_head, is_tied
 from serve_app.engine.packed_linear import PackChoice, choose_packing, pack_linears
 from serve_app.engine.precision import (
@@ -180,6 +181,7 @@ def load_model(
     elif relay_head:
         head = choose_head_layout(model.lm_head.weight, tied=is_tied(model))
         install_output_head(model, head.layout)
+        fuse_layers(model)
         packing = choose_packing(feed_forward_weight(model))
         if packing.packed:
             pack_linears(model)
@@ -211,6 +213,6 @@ def feed_forward_weight(model: MT5ForConditionalGeneration) -> torch.Tensor:
     """A feed-forward layer's weight (d_ff x d_model), the shape most of the model's linear work has."""
     d_ff = model.config.d_ff
     for module in model.modules():
-        if isinstance(module, nn.Linear) and module.out_features == d_ff:
+        if isinstance(module, nn.Linear) and module.out_features in (d_ff, 2 * d_ff):  # 2 x: fused (fused_layers.py)
             return module.weight
     raise ModelSpecError("the model has no feed-forward layer of d_ff outputs")
