@@ -310,6 +310,50 @@ def test_seeded_generation_identical_alone_and_in_mixed_batch(engine, demo_model
     assert engine.generate([other_seed])[0] != alone
 
 
+@pytest.fixture(scope="module")
+def bf16_engine():
+    return Seq2SeqEngine(load_model("demo", device="cpu", dtype="bfloat16").model)
+
+
+def test_bfloat16_seeded_generation_identical_alone_and_in_a_batch_of_32(bf16_engine, demo_model):
+    """Batch-invariant in bfloat16 too: a row's numbers do not depend on the rows beside it or on how many
+    threads run them (the packed matmuls and eager attention; docs/perf-notes.md, "batch-invariant")."""
+    tok = demo_model.tokenizer
+    requests = [
+        GenerationRequest(
+            ids(tok, PROMPTS[i % 4] * (1 + i % 3)),
+            SamplingParams(num_return_sequences=2, max_new_tokens=10, top_k=(0, 5, 50)[i % 3], seed=100 + i),
+        )
+        for i in range(32)
+    ]
+    batched = bf16_engine.generate(requests)
+    alone = [bf16_engine.generate([request])[0] for request in requests[:12]]
+    assert alone == batched[:12]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy scheduler lane runs on its share of the cores
+    try:
+        assert [bf16_engine.generate([request])[0] for request in requests[:4]] == batched[:4]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bfloat16_scores_alone_and_in_a_batch(bf16_engine, demo_model):
+    """Not bitwise in bfloat16: the encoder's softmax over a padded row's keys rounds a few values differently
+    (docs/perf-notes.md, "batch-invariant"); the answer's label is the same and its probabilities within 5e-3."""
+    tok = demo_model.tokenizer
+    labels = label_ids(tok, ["物流延迟", "商品缺货", "售后响应慢", "价格争议"])
+    requests = [ScoringRequest(ids(tok, PROMPTS[i % 4] * (1 + i % 5)), labels) for i in range(20)]
+    batched = bf16_engine.score(requests)
+    identical = 0
+    for request, together in zip(requests, batched, strict=True):
+        alone = bf16_engine.score([request])[0]
+        assert together.probabilities == pytest.approx(alone.probabilities, abs=5e-3)
+        best = max(range(len(labels)), key=alone.probabilities.__getitem__)
+        assert together.probabilities[best] == max(together.probabilities)
+        identical += together.log_scores == alone.log_scores
+    assert identical >= 10, identical  # most rows are not touched by the rounding at all
+
+
 def _step_distributions(model, input_ids: list[int], sequence: list[int]) -> torch.Tensor:
     """Teacher-forced next-token logits at each step of `sequence` (one row per generated token)."""
     decoder = torch.tensor([[0] + sequence[:-1]])

@@ -175,6 +175,11 @@ def load_model(
     nn.Module.to(model, device=torch_device, dtype=precision.dtype)  # in place (transformers' .to wrapper is untyped)
     model.train(False)
     model.requires_grad_(False)
+    if torch_device.type == "cpu":
+        # Batch invariance: torch's fused CPU attention rounds a padded row differently from the same row alone
+        # (the encoder output of 2 of 8 inputs differed in bfloat16), transformers' eager attention does not, and
+        # at these lengths it is as fast (docs/perf-notes.md, "batch-invariant on the CPU").
+        model.set_attn_implementation("eager")
     if precision.int8:
         quantize_linears(model)  # in place
         head = HeadChoice("linear", "int8: the quantised linear")
