@@ -32,9 +32,7 @@ def test_every_layout_computes_the_linear_logits(layout, dtype, tolerance):
     weight = torch.randn(1000, 64, generator=generator).to(dtype)
     states = torch.randn(5, 3, 64, generator=generator).to(dtype)  # [rows, positions, d_model], as scoring passes them
     if layout == "packed" and not packing_available(weight):
-        with pytest.raises(ValueError, match="bfloat16"):
-            OutputHead(weight, layout)
-        return
+        pytest.skip("no oneDNN on this torch build")
     head = OutputHead(weight, layout)
     assert head.weight.shape == (1000, 64) and torch.equal(head.weight, weight)
     assert (head.out_features, head.in_features) == (1000, 64)
@@ -72,13 +70,14 @@ def test_the_probe_times_every_layout_against_linear():
     speedups = layout_speedups(
         torch.randn(4096, 64), timer=lambda: float(next(calls)), repeats=2
     )  # every call takes 1 tick
-    unpacked = [layout for layout in LAYOUTS if layout != "packed"]  # oneDNN packs bfloat16 only
-    assert speedups == {layout: 1.0 for layout in unpacked}
+    assert speedups == {layout: 1.0 for layout in LAYOUTS}
     speedups = layout_speedups(torch.randn(4096, 64), repeats=2)
-    assert set(speedups) == set(unpacked) and speedups["linear"] == 1.0
+    assert set(speedups) == set(LAYOUTS) and speedups["linear"] == 1.0
     assert all(0.05 < x < 20 for x in speedups.values()), speedups
     speedups = layout_speedups(torch.randn(4096, 64).bfloat16(), repeats=2)
     assert set(speedups) == set(LAYOUTS), speedups
+    with pytest.raises(ValueError, match="oneDNN"):
+        OutputHead(torch.zeros(8, 4, dtype=torch.float16), "packed")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -115,7 +114,7 @@ def test_a_transposed_copy_of_a_tied_head_is_refused(demo_model):
 
 @pytest.mark.parametrize(
     ("layout", "dtype"),
-    [(layout, torch.float32) for layout in LAYOUTS if layout not in ("linear", "packed")]
+    [(layout, torch.float32) for layout in LAYOUTS if layout != "linear"]
     + [("packed", torch.bfloat16), ("transposed", torch.bfloat16)],
 )
 def test_the_engine_answers_the_same_with_every_layout(demo_model, layout, dtype):

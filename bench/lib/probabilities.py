@@ -52,3 +52,25 @@ def compare(reference: list[list[float]], other: list[list[float]]) -> dict[str,
         "mean_abs_dp": sum(deltas) / len(deltas),
         "top_label_agreement": agree / len(reference),
     }
+
+
+def transformers_probabilities(model, requests) -> list[list[float]]:
+    """Label probabilities from transformers' own forward pass, one label at a time (teacher-forced after the
+    decoder start token, each token normalised over the full vocabulary): another correct float32 kernel order
+    than the engine's, which on random weights says how far rounding alone moves a probability."""
+    import torch
+
+    start = model.config.decoder_start_token_id
+    eos = model.config.eos_token_id
+    out = []
+    with torch.inference_mode():
+        for request in requests:
+            scores = []
+            for label in request.label_ids:
+                decoder = torch.tensor([[start, *label]])
+                logits = model(input_ids=torch.tensor([request.input_ids]), decoder_input_ids=decoder).logits[0]
+                log_probs = torch.log_softmax(logits.float(), dim=-1)
+                targets = torch.tensor([*label, eos])
+                scores.append(float(log_probs[torch.arange(len(targets)), targets].sum()))
+            out.append(torch.softmax(torch.tensor(scores), dim=0).tolist())
+    return out

@@ -7,7 +7,7 @@ three ways:
 - `linear`: F.linear(x, W), W stored [vocab, d_model] (torch's default, a transposed-B GEMM);
 - `transposed`: x @ Wt with Wt stored [d_model, vocab] contiguous (a plain GEMM);
 - `weight_first`: (W @ x^T)^T, the weight as the left operand, its result copied into rows;
-- `packed` (bfloat16 on a CPU with oneDNN): the weight reordered once for oneDNN's kernel, in blocks of
+- `packed` (on a CPU with oneDNN): the weight reordered once for oneDNN's kernel, in blocks of
   VOCABULARY_BLOCK rows (packed_linear.py), the plain weight kept beside it for the rows a caller gathers.
 
 Which is fastest depends on the CPU and the dtype, not on the arithmetic, and a transposed result must be copied into
@@ -59,7 +59,10 @@ class OutputHead(nn.Module):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if layout == "packed" and not packing_available(weight):
-            raise ValueError(f"the packed layout needs bfloat16 weights on a CPU with oneDNN, got {weight.dtype}")
+            raise ValueError(
+                "the packed layout needs bfloat16 or float32 weights on a CPU with oneDNN, "
+                f"got {weight.dtype} on {weight.device}"
+            )
         self.layout = layout
         self.out_features, self.in_features = weight.shape
         stored = weight.detach().t().contiguous() if layout == "transposed" else weight.detach()
