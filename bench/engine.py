@@ -119,18 +119,22 @@ def machine_bounds(names: list[str]) -> dict[str, Any]:
     return {"matmul_peak": peaks, "read_bandwidth": roofline.read_bandwidth()}
 
 
-def work_bounds(service: Any, classify: Any, generation: Any) -> dict[str, Any]:
-    """What the workloads need, from the float32 engine: matmul FLOPs per text, each classified alone (the work,
-    without a batch's padding), and of one decoding step at GENERATION_ROWS rows; parameters read per step."""
-    engine = service.engine
+def work_bounds(model: str, classify: Any, generation: Any) -> dict[str, Any]:
+    """What the workloads need, counted on the model as transformers builds it in float32 (torch's FlopCounterMode
+    sees its matmuls; it does not see oneDNN's packed kernels): matmul and attention FLOPs per text, each classified
+    alone (the work, without a batch's padding), and of one decoding step at GENERATION_ROWS rows; the parameters
+    a step reads."""
+    from serve_app.engine import Seq2SeqEngine, load_model
+
+    plain = load_model(model, "cpu", "float32", relay_head=False).model
+    engine = Seq2SeqEngine(plain)
     flops = sum(roofline.count_flops(lambda r=r: engine.score([r])) for r in classify.requests)
     batch = engine.prefill(generation.requests)
     for _ in range(8):
         engine.step(batch)
     step_flops = roofline.count_flops(lambda: engine.step(batch))
-    model = engine.model
-    step_parameters = sum(p.numel() for m in (model.decoder, model.lm_head) for p in m.parameters())
-    shared = model.decoder.embed_tokens.weight.numel()  # the embeddings: rows gathered, not read whole
+    step_parameters = sum(p.numel() for m in (plain.decoder, plain.lm_head) for p in m.parameters())
+    shared = plain.decoder.embed_tokens.weight.numel()  # the embeddings: rows gathered, not read whole
     return {
         "classify_flops_per_text": flops / len(classify.requests),
         "step_flops": step_flops,
@@ -206,7 +210,7 @@ def formats(model: str, names: list[str], rounds: int, bounds: dict[str, Any] | 
             "packing": services[name].loaded.packing.reason,
             **compare(reference, probabilities),
         }
-    need = work_bounds(services["float32"], *work["float32"]) if bounds else None
+    need = work_bounds(model, *work["float32"]) if bounds else None
     out = {
         "classify": f"{CLASSIFY_TEXTS} texts x {len(CLASSIFY_LABELS)} labels",
         "generation": f"{GENERATION_ROWS} rows and 1 row x {GENERATION_TOKENS} new tokens",
@@ -315,7 +319,8 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
         # The conversion is proven on the demo model's trained-like, well-conditioned weights: float32 must
         # match to MATCH_TOLERANCE. Random mT5-base weights amplify any rounding (transformers' own forward and
         # our engine, both float32, move a probability by up to ~0.02 there), so there CTranslate2's top label
-        # must agree with ours at least as often as transformers' does: a wrong conversion agrees by chance.
+        # must agree with ours on RANDOM_WEIGHTS_AGREEMENT of the inputs (transformers' own agrees on 97-100 %);
+        # a wrong conversion agrees by chance (a quarter with 4 labels).
         proof = match if model == "demo" else _demo_conversion_match(threads, worker)
         out["conversion_proof_demo"] = proof
         if proof["max_abs_dp"] > ct2.MATCH_TOLERANCE:
@@ -328,11 +333,11 @@ def ctranslate2_side(model: str, rounds: int, threads: int) -> dict[str, Any]:
             plain = load_model(model, "cpu", "float32", relay_head=False).model
             out["own_spread"] = compare(reference, transformers_probabilities(plain, classify.requests))
             del plain
-            if match["top_label_agreement"] < out["own_spread"]["top_label_agreement"]:
+            if match["top_label_agreement"] < ct2.RANDOM_WEIGHTS_AGREEMENT:
                 out["skipped"] = (
-                    f"float32 top labels agree with ours on {match['top_label_agreement']:.0%} of inputs, less than "
-                    f"transformers' own forward does ({out['own_spread']['top_label_agreement']:.0%}): not the same "
-                    "model, no speed reported"
+                    f"float32 top labels agree with ours on {match['top_label_agreement']:.0%} of inputs "
+                    f"(transformers' own forward: {out['own_spread']['top_label_agreement']:.0%}), under "
+                    f"{ct2.RANDOM_WEIGHTS_AGREEMENT:.0%}: not the same model, no speed reported"
                 )
                 return out
 

@@ -8,7 +8,7 @@ untied and says so in the config, so the converter leaves the output unscaled. B
 is reported, CTranslate2's float32 label probabilities must match ours to `MATCH_TOLERANCE` on
 the demo model. The benchmark checkpoint's random weights amplify rounding (two float32 kernels
 move its probabilities by far more than 1e-5), so there CTranslate2's top label must agree with
-ours at least as often as transformers' own float32 forward does (a wrong conversion agrees by chance).
+ours on most inputs, as transformers' own float32 forward does (a wrong conversion agrees by chance).
 
 CTranslate2 runs in a child process of its own (`CT2Process`), called in turn with our engine:
 in one process, our engine ran 10-25 % slower after a CTranslate2 call and stayed so (each
@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 MATCH_TOLERANCE = 1e-5  # float32 against float32, on the demo model (well-conditioned weights)
+# On random mT5-base weights: the share of inputs whose float32 top label must agree with ours (three times chance
+# with 4 labels; transformers' own float32 forward agrees on 97-100 %).
+RANDOM_WEIGHTS_AGREEMENT = 0.75
 
 
 def available() -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import MT5ForConditionalGeneration
 
+from serve_app.engine.attention import padded_keys
 from serve_app.engine.decode_batch import BatchShape, DecodeBatch
 
 
@@ -148,9 +149,10 @@ class CachedDecoder:
 
 def attended_columns(used: int, width: int) -> int:
     """How many columns of a buffer `width` wide to attend over when `used` hold keys: all of them once at least
-    half do. A slice of the buffer is strided, and the attention matmuls copy it first (3x their own time at 32
-    rows on the 2-core EPYC); the whole buffer is read in place, its unused columns masked to a weight of 0."""
-    return width if 2 * used >= width else used
+    half do, else `used` padded to KEY_MULTIPLE (attention.py: batch invariance). A slice of the buffer is strided,
+    and the attention matmuls copy it first (3x their own time at 32 rows on the 2-core EPYC); the whole buffer is
+    read in place, its unused columns masked to a weight of 0."""
+    return width if 2 * used >= width else min(width, padded_keys(used))
 
 
 def _write_column(cache: torch.Tensor, column: int | torch.Tensor, values: torch.Tensor) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerBase
 
+from serve_app.engine.attention import register as register_invariant_attention
 from serve_app.engine.errors import ModelSpecError
 from serve_app.engine.fused_layers import fuse_layers
 from serve_app.engine.output_head import HeadChoice, choose_head_layout, install_output_head, is_tied
@@ -176,10 +177,8 @@ def load_model(
     model.train(False)
     model.requires_grad_(False)
     if torch_device.type == "cpu":
-        # Batch invariance: torch's fused CPU attention rounds a padded row differently from the same row alone
-        # (the encoder output of 2 of 8 inputs differed in bfloat16), transformers' eager attention does not, and
-        # at these lengths it is as fast (docs/perf-notes.md, "batch-invariant on the CPU").
-        model.set_attn_implementation("eager")
+        # Batch invariance: a padded row's attention must round as the row alone does (attention.py).
+        model.set_attn_implementation(register_invariant_attention())
     if precision.int8:
         quantize_linears(model)  # in place
         head = HeadChoice("linear", "int8: the quantised linear")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers import MT5ForConditionalGeneration
 
+from serve_app.engine.attention import padded_keys
 from serve_app.engine.decoder import relative_attention
 from serve_app.engine.vocabulary import log_probs
 
@@ -134,7 +135,8 @@ def decode_rows(
 ) -> torch.Tensor:
     """Decoder states [rows, width, d_model] of the packed rows (teacher-forced, one pass)."""
     device = encoder_hidden.device
-    count, width = len(rows.tokens), rows.width
+    # Positions padded like attention's keys: float32's matmuls round a row's tail positions by how many there are.
+    count, width = len(rows.tokens), padded_keys(rows.width)
     tokens = torch.zeros((count, width), dtype=torch.long)
     positions = torch.zeros((count, width), dtype=torch.long)
     for row, (row_tokens, row_positions) in enumerate(zip(rows.tokens, rows.positions, strict=True)):
