@@ -8,7 +8,7 @@ three ways:
 - `transposed`: x @ Wt with Wt stored [d_model, vocab] contiguous (a plain GEMM);
 - `weight_first`: (W @ x^T)^T, the weight as the left operand, its result copied into rows;
 - `packed` (on a CPU with oneDNN): the weight reordered once for oneDNN's kernel, in blocks of
-  VOCABULARY_BLOCK rows (packed_linear.py), the plain weight kept beside it for the rows a caller gathers.
+  VOCABULARY_BLOCK rows (packed_linear.py), the plain weight kept beside it for the rows sampling gathers.
 
 Which is fastest depends on the CPU and the dtype, not on the arithmetic, and a transposed result must be copied into
 rows before the top-k and the log-softmax read it, which can eat the gain; so the layout's own
@@ -117,10 +117,6 @@ class OutputHead(nn.Module):
         else:
             error = torch.addmm(rounded, states, self.stored[first:stop].t(), beta=-1)
         return rounded.float().add_(error)
-
-    def rows(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The weight's rows for `tokens` [n] -> [n, d_model], in the weights' format."""
-        return self.weight.index_select(0, tokens)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}"
