@@ -10,6 +10,7 @@ from ray.serve import Deployment
 
 from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.generator import Generator
+from serve_app.deployments.job_runner import JobRunner
 from serve_app.deployments.model_replica import ModelReplica
 from serve_app.deployments.placement import (
     alive_node_cpus,
@@ -70,4 +71,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     replica = as_deployment(ModelReplica).options(ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}).bind(shared)
     classifier = as_deployment(Classifier).bind(shared, replica)
     generator = as_deployment(Generator).bind(shared, replica)
-    return as_deployment(Ingress).bind(shared, classifier, generator, replica)
+    job_runner = as_deployment(JobRunner).bind(shared, replica)
+    return as_deployment(Ingress).bind(shared, classifier, generator, replica, job_runner)

@@ -19,6 +19,7 @@ from serve_app.text.prompts import (
 
 # Environment variables that override the file, applied where the app is built.
 ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype", "MT5_REPLICA_GPUS": "replica_gpus"}
+JOBS_STORE_ENV = "MT5_JOBS_STORE"
 
 
 class Templates(BaseModel):
@@ -49,6 +50,23 @@ class Templates(BaseModel):
             if not Template(template).fields:
                 raise ValueError(f"task {name!r} has a template without any {{slot}}")
         return value
+
+
+class JobsSettings(BaseModel):
+    """Dataset jobs (POST /jobs): where they are kept and how big they may be."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A directory, or an fsspec URI (s3://bucket/prefix) that every node reaches; MT5_JOBS_STORE overrides it.
+    store: str = "~/.local/share/mt5-serve/jobs"
+    max_upload_mb: float = Field(50.0, gt=0, le=10_000)
+    max_records: int = Field(100_000, ge=1)
+    chunk_records: int = Field(16, ge=1, le=50)  # records per model batch of a job (mt5-bulk --url's default)
+    chunks_in_flight: int = Field(4, ge=1, le=64)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
 
 class AppSettings(BaseModel):
@@ -83,6 +101,7 @@ class AppSettings(BaseModel):
     # Browser origins allowed to call the API from other sites; empty = CORS off.
     cors_allow_origins: list[str] = Field(default_factory=list)
     templates: Templates = Field(default_factory=Templates)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
 
     @field_validator("scheduler_lanes")
     @classmethod
@@ -111,6 +130,8 @@ class AppSettings(BaseModel):
         for variable, key in ENV_OVERRIDES.items():
             if environ.get(variable):
                 values[key] = environ[variable]
+        if environ.get(JOBS_STORE_ENV):
+            values["jobs"] = {**values.get("jobs", {}), "store": environ[JOBS_STORE_ENV]}
         return cls.model_validate(values)
 
     def prompt_templates(self) -> PromptTemplates:

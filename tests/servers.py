@@ -44,6 +44,7 @@ def service(
 ) -> Iterator[ServeRun]:
     """`serve run` on config.yaml with `overrides` per deployment, `args` for the app and `env`; on the demo model
     unless env says otherwise."""
+    env = {"MT5_JOBS_STORE": str(workdir / "jobs"), **(env or {})}  # each service its own job store
     run = ServeRun(shipped_config(free_port(), overrides, args), workdir, env=env)
     run.start(timeout_s=timeout_s)
     try:

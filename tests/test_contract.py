@@ -23,6 +23,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
 from schemathesis import GenerationMode
+from schemathesis.errors import FailureGroup
 
 EXAMPLES = 5  # per route and mode: enough to hit every form, short on 2 cores
 
@@ -43,6 +44,12 @@ def test_every_route_answers_as_its_openapi_document_says(api_schema, base_url: 
         "POST /generate",
         "GET /tasks",
         "GET /healthz",
+        "POST /jobs",
+        "GET /jobs",
+        "GET /jobs/{job_id}",
+        "DELETE /jobs/{job_id}",
+        "GET /jobs/{job_id}/result",
+        "GET /jobs/{job_id}/errors",
     }
     seen = {"accepted": 0, "refused": 0}
     for operation in operations:
@@ -58,7 +65,15 @@ def test_every_route_answers_as_its_openapi_document_says(api_schema, base_url: 
             @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             @seed(20261203)
             def call(case):
-                response = case.call_and_validate(base_url=base_url, timeout=60)  # every built-in check
+                try:
+                    response = case.call_and_validate(base_url=base_url, timeout=60)  # every built-in check
+                except FailureGroup as group:
+                    # A dataset's content (a CSV with the text column, JSONL records) is not a rule JSON Schema can
+                    # state for an uploaded file, so schema-valid uploads are refused (422, the field named): the
+                    # one check left out, for POST /jobs only. Every other check holds there too.
+                    if not (case.operation.path == "/jobs" and all(f.code == "ST202" for f in group.exceptions)):
+                        raise
+                    response = case.call(base_url=base_url, timeout=60)
                 seen["accepted" if response.status_code < 300 else "refused"] += 1
 
             call()

@@ -19,7 +19,7 @@ from serve_app.engine.decode_batch import DecodeBatch
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.errors import AdmissionRefused, OutOfMemoryRefused
 from serve_app.scheduling.loop import SchedulerLoop
-from serve_app.scheduling.scheduler import Scheduler
+from serve_app.scheduling.scheduler import BACKGROUND_SLICE, Scheduler
 
 pytestmark = pytest.mark.unit
 
@@ -282,6 +282,57 @@ def test_cancelled_requests_free_their_rows_at_the_next_step_and_get_no_answer(e
     assert report.live_rows == 4  # "next" took the freed rows at once
     drain(scheduler)
     assert set(answers.answered) == {"stays", "next"} and not answers.errors
+
+
+def test_interactive_work_is_admitted_before_background_work_queued_earlier(engine, tok):
+    slice_tokens = 2 * len(score(tok, 0).input_ids)  # a slice of the budget holds about two requests
+    scheduler = Scheduler(engine, SchedulerConfig(max_prefill_tokens=BACKGROUND_SLICE * slice_tokens), clock=Clock())
+    answers = Answers()
+    for key in range(3):
+        scheduler.submit_scoring(score(tok, key), answers.callback(f"job{key}"), background=True)
+    scheduler.submit_scoring(score(tok, 3), answers.callback("user"))
+    first = scheduler.run_iteration()
+    # the interactive request runs first; background work gets a slice of the prompt budget beside it
+    assert answers.order[0] == "user"
+    assert 2 <= first.scored < 4 and scheduler.waiting_requests == 4 - first.scored
+    drain(scheduler)
+    assert set(answers.answered) == {"job0", "job1", "job2", "user"}
+    alone = Scheduler(engine, SchedulerConfig(), clock=Clock())
+    reference = Answers()
+    alone.submit_scoring(score(tok, 1), reference.callback("alone"))
+    drain(alone)
+    assert answers.answered["job1"] == reference.answered["alone"]  # the same answer whatever its priority
+
+
+def test_background_generation_leaves_rows_for_interactive_arrivals(engine, tok):
+    config = SchedulerConfig(max_batch_rows=8, background_share=0.5)
+    scheduler = Scheduler(engine, config, clock=Clock())
+    answers = Answers()
+    for key in range(6):
+        scheduler.submit_generation(
+            gen(tok, key, max_new_tokens=40, num_return_sequences=2), answers.callback(key), background=True
+        )
+    assert scheduler.run_iteration().live_rows == 4  # half of the rows: two background requests
+    scheduler.submit_generation(gen(tok, 9, max_new_tokens=3, num_return_sequences=4), answers.callback("user"))
+    assert scheduler.run_iteration().live_rows == 8  # the interactive request starts at once in the free rows
+    drain(scheduler)
+    assert len(answers.answered) == 7 and not answers.errors
+    assert answers.order.index("user") < answers.order.index(5)
+
+
+def test_background_work_is_never_refused_for_the_deadline(engine, tok):
+    scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=2), deadline_s=0.05, clock=Clock())
+    answers = Answers()
+    scheduler.submit_generation(gen(tok, 0, max_new_tokens=2, num_return_sequences=2), answers.callback("warm"))
+    drain(scheduler)
+    for key in range(20):  # far more than drain within the deadline: queued, not refused
+        scheduler.submit_generation(
+            gen(tok, key, max_new_tokens=2, num_return_sequences=2), answers.callback(key), background=True
+        )
+    # interactive work is judged by the interactive queue alone, which is empty: it is accepted and goes first
+    scheduler.submit_generation(gen(tok, 1, max_new_tokens=2, num_return_sequences=2), answers.callback("user"))
+    drain(scheduler)
+    assert len(answers.answered) == 22 and answers.order[1] == "user"
 
 
 def test_requests_that_cannot_start_before_the_deadline_are_refused_at_once(engine, tok):

@@ -438,11 +438,15 @@ def test_config_yaml_passes_serve_schema():
     assert app.import_path == "serve_app.app:build_app"
     assert config["http_options"]["port"] == 7860 and config["http_options"]["host"] == "0.0.0.0"
     by_name = {deployment.name: deployment for deployment in app.deployments}
-    assert set(by_name) == {"ModelReplica", "Classifier", "Generator", "Ingress"}
+    assert set(by_name) == {"ModelReplica", "Classifier", "Generator", "Ingress", "JobRunner"}
     replica = by_name["ModelReplica"]
     assert replica.max_ongoing_requests >= replica.user_config["max_batch_rows"]
-    for deployment in by_name.values():
-        assert deployment.autoscaling_config and deployment.max_queued_requests > 0
+    written = {deployment["name"]: deployment for deployment in config["applications"][0]["deployments"]}
+    for name, deployment in written.items():
+        if name == "JobRunner":  # one replica owns the running jobs (deployments/job_runner.py)
+            assert deployment["num_replicas"] == 1 and "autoscaling_config" not in deployment
+        else:
+            assert deployment["autoscaling_config"] and deployment["max_queued_requests"] > 0
     AppSettings.from_args(config["applications"][0]["args"], environ={})  # the args are valid settings
 
 
@@ -454,6 +458,7 @@ def test_env_overrides_beat_the_file():
     )
     assert (settings.model, settings.device, settings.dtype) == ("/models/mt5", "cuda:1", "bfloat16")
     assert AppSettings.from_args(args, environ={}).model == "iic/nlp_mt5_zero-shot-augment_chinese-base"
+    assert AppSettings.from_args(args, environ={"MT5_JOBS_STORE": "s3://b/p"}).jobs.store == "s3://b/p"
 
 
 @pytest.mark.service

@@ -33,6 +33,14 @@ class InputError(ValueError):
     """The input as a whole is unusable (unknown format, no text column): the job cannot start."""
 
 
+class MissingColumn(InputError):
+    """The CSV header has no column `column`."""
+
+    def __init__(self, message: str, column: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
 @dataclass(frozen=True)
 class Record:
     """A usable input record."""
@@ -40,6 +48,7 @@ class Record:
     line: int
     id: Any  # the id field's value, or the line number when there is none
     text: str
+    gold: str | None = None  # the label field's value, when the reader was asked for one (evaluation)
 
 
 @dataclass(frozen=True)
@@ -68,17 +77,25 @@ def file_format(path: str | Path) -> Format:
     return _EXTENSIONS[suffix]
 
 
-def read_input(path: str | Path, text_field: str = "text", id_field: str = "id") -> InputFile:
+def read_input(
+    path: str | Path, text_field: str = "text", id_field: str = "id", label_field: str | None = None
+) -> InputFile:
     """All records of a JSONL or CSV/TSV file, in file order, good and bad."""
-    fmt = file_format(path)
-    data = Path(path).read_bytes()
+    return parse_input(Path(path).read_bytes(), file_format(path), text_field, id_field, label_field)
+
+
+def parse_input(
+    data: bytes, fmt: Format, text_field: str = "text", id_field: str = "id", label_field: str | None = None
+) -> InputFile:
+    """The records of a file's bytes; `label_field`: each record's gold label is read too (a record without one
+    is a BadRecord)."""
     digest = hashlib.sha256(data).hexdigest()
     if data.startswith(_BOM):  # spreadsheets write one; it is not part of the first field name
         data = data[len(_BOM) :]
     if fmt == "jsonl":
-        items = list(parse_jsonl(data, text_field, id_field))
+        items = list(parse_jsonl(data, text_field, id_field, label_field))
     else:
-        items = list(parse_csv(data, text_field, id_field, _DELIMITERS[fmt]))
+        items = list(parse_csv(data, text_field, id_field, _DELIMITERS[fmt], label_field))
     return InputFile(items, digest)
 
 
@@ -93,7 +110,16 @@ def check_text(value: Any, text_field: str) -> str | None:
     return None
 
 
-def parse_jsonl(data: bytes, text_field: str, id_field: str) -> Iterator[Item]:
+def check_gold(value: Any, label_field: str) -> str | None:
+    """Why `value` cannot be a gold label, or None when it can."""
+    if not isinstance(value, str):
+        return f"field {label_field!r} must be a string, got {_json_type(value)}"
+    if not value.strip():
+        return f"field {label_field!r} is empty"
+    return None
+
+
+def parse_jsonl(data: bytes, text_field: str, id_field: str, label_field: str | None = None) -> Iterator[Item]:
     # Split on \n only: JSON strings cannot hold raw newlines, and str.splitlines would also split on U+2028.
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
@@ -117,10 +143,19 @@ def parse_jsonl(data: bytes, text_field: str, id_field: str) -> Iterator[Item]:
             yield BadRecord(number, record_id, f"missing field {text_field!r}")
             continue
         problem = check_text(obj[text_field], text_field)
-        yield BadRecord(number, record_id, problem) if problem else Record(number, record_id, obj[text_field])
+        gold = None
+        if problem is None and label_field is not None:
+            gold = obj.get(label_field)
+            problem = f"missing field {label_field!r}" if label_field not in obj else check_gold(gold, label_field)
+        if problem:
+            yield BadRecord(number, record_id, problem)
+        else:
+            yield Record(number, record_id, obj[text_field], gold.strip() if isinstance(gold, str) else None)
 
 
-def parse_csv(data: bytes, text_field: str, id_field: str, delimiter: str = ",") -> Iterator[Item]:
+def parse_csv(
+    data: bytes, text_field: str, id_field: str, delimiter: str = ",", label_field: str | None = None
+) -> Iterator[Item]:
     """Rows of a CSV with a header row; quoted cells may span lines, so records carry their first line."""
     bad_utf8: set[int] = set()
 
@@ -151,12 +186,17 @@ def parse_csv(data: bytes, text_field: str, id_field: str, delimiter: str = ",")
         if header is None:
             header = [name.strip() for name in row]
             if text_field not in header:
-                raise InputError(
+                raise MissingColumn(
                     f"the header has no column {text_field!r} (columns: {', '.join(header)}); pick one with "
-                    "--text-field"
+                    "--text-field",
+                    text_field,
                 )
+            if label_field is not None and label_field not in header:
+                columns = ", ".join(header)
+                raise MissingColumn(f"the header has no column {label_field!r} (columns: {columns})", label_field)
             text_at = header.index(text_field)
             id_at = header.index(id_field) if id_field in header else None
+            label_at = header.index(label_field) if label_field is not None else None
             continue
         record_id: Any = first_line
         if id_at is not None and id_at < len(row) and row[id_at].strip():
@@ -171,7 +211,14 @@ def parse_csv(data: bytes, text_field: str, id_field: str, delimiter: str = ",")
             )
         else:
             problem = check_text(row[text_at], text_field)
-            yield BadRecord(first_line, record_id, problem) if problem else Record(first_line, record_id, row[text_at])
+            gold = None
+            if problem is None and label_at is not None:
+                gold = row[label_at] if label_at < len(row) else None
+                problem = f"no value for column {label_field!r}" if gold is None else check_gold(gold, str(label_field))
+            if problem:
+                yield BadRecord(first_line, record_id, problem)
+            else:
+                yield Record(first_line, record_id, row[text_at], gold.strip() if gold is not None else None)
 
 
 def _json_type(value: Any) -> str:

@@ -11,16 +11,18 @@ import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError
-from serve_app.pipeline import Pipeline
+from serve_app.engine.requests import SamplingParams
 from serve_app.text.classification import Mode, Scoring, clean_labels
 from serve_app.text.errors import TextInputError
 from serve_app.text.label_keeping import Checks, check_rules
 
-TaskKind = Literal["augment", "classify"]
+if TYPE_CHECKING:
+    from serve_app.pipeline import Pipeline  # imports torch: the service's light deployments read TaskSpec without it
+
+TaskKind = Literal["augment", "classify", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,19 @@ class TaskSpec:
     scoring: Scoring = "vocabulary"  # score mode's normalisation (README, "How classification scores a label")
     sampling: SamplingParams = SamplingParams()  # seed: the job's seed, from which each record's seed derives
     checks: Checks = Checks()  # augment: keep the label, oversample, drop near-copies (label_keeping.py)
+    # evaluate: other wordings of a label, each scored in its place on the same sample (jobs/evaluation.py)
+    wordings: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind == "augment" and self.checks.active:
             check_rules(self.checks, self.sampling.num_return_sequences)
+        if self.kind == "evaluate":
+            clean_labels(list(self.labels))
+            for label, alternatives in self.wordings:
+                if label not in self.labels:
+                    raise TextInputError("wordings", f"{label!r} is not one of the labels")
+                for alternative in alternatives:
+                    clean_labels([*(other for other in self.labels if other != label), alternative])
         if self.kind == "classify":
             clean_labels(list(self.labels))  # raises TextInputError, before any model work starts
             if self.mode not in ("score", "generate"):
@@ -63,6 +74,8 @@ class TaskSpec:
                 *keep_label,
                 *(["candidates"] if self.checks.active else []),
             ]
+        if self.kind == "evaluate":
+            return ["id", "text", "gold", "label", "labels", "scores", "truncated"]
         if self.mode == "score":
             return ["id", "text", "label", "labels", "scores", "truncated"]
         return ["id", "text", "label", "generated", "truncated"]
@@ -75,6 +88,9 @@ class TaskSpec:
         """The settings that decide the answers (part of the resume fingerprint)."""
         if self.kind == "classify":
             return {"kind": self.kind, "labels": list(self.labels), "mode": self.mode, "scoring": self.scoring}
+        if self.kind == "evaluate":
+            wordings = {label: list(alternatives) for label, alternatives in self.wordings}
+            return {"kind": self.kind, "labels": list(self.labels), "scoring": self.scoring, "wordings": wordings}
         checks = {"checks": dataclasses.asdict(self.checks)} if self.checks.active else {}
         return {"kind": self.kind, **dataclasses.asdict(self.sampling), **checks}
 
@@ -108,6 +124,8 @@ def run_chunk(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[
 
 
 def _answers(pipeline: Pipeline, spec: TaskSpec, lines: list[int], texts: list[str]) -> list[dict[str, Any]]:
+    if spec.kind == "evaluate":
+        return pipeline.classify(texts, list(spec.labels), "score", spec.scoring)
     if spec.kind == "classify":
         return pipeline.classify(texts, list(spec.labels), spec.mode, spec.scoring)
     if spec.sampling.seed is None:

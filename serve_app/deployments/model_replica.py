@@ -107,13 +107,14 @@ class ModelReplica:
         logger.info("ModelReplica scheduler budgets: %s%s", config.model_dump(), capped)
 
     # Each request is validated alone before it joins the batch, so a bad one fails by itself.
-    async def generate(self, request: GenerationRequest) -> list[list[int]]:
+    # `background`: dataset jobs and bulk runs, scheduled after interactive work (scheduling/scheduler.py).
+    async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
         self.engine.check_request(request)
-        return await self.lanes.generate(request)
+        return await self.lanes.generate(request, background)
 
-    async def score(self, request: ScoringRequest) -> ScoringResult:
+    async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
         self.engine.check_request(request)
-        return await self.lanes.score(request)
+        return await self.lanes.score(request, background)
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()

@@ -30,6 +30,9 @@ class TextDeployment:
     It is the text tasks' ModelCalls: each request goes to a ModelReplica on its own call, and
     joins that replica's batch alongside everyone else's work."""
 
+    # Background work (dataset jobs) waits behind interactive requests in the replica's scheduler.
+    background = False
+
     def __init__(self, settings: dict[str, Any], replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
@@ -50,7 +53,7 @@ class TextDeployment:
         it (Serve routes only to live ones). The ingress's timeout bounds the retries."""
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
-                return await await_or_cancel(getattr(self.replica, method).remote(request))
+                return await await_or_cancel(getattr(self.replica, method).remote(request, self.background))
             except Exception as exc:
                 if attempt == MODEL_CALL_ATTEMPTS or not is_replica_loss(exc):
                     raise

@@ -8,16 +8,25 @@ and browsers can reach them; every API route needs `Authorization: Bearer <key>`
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
 from pathlib import Path
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Paths that need no key: health for load balancers, the static page and the API docs (no data in them).
 OPEN_PATHS = frozenset({"/healthz", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 OPEN_PREFIXES = ("/ui/",)
+ANONYMOUS = "anonymous"  # the caller when no key is configured: everyone is the same caller
+
+
+def caller_of(request: Request) -> str:
+    """Who is calling: `key:<digest of its key>` when a key is configured and matched, else ANONYMOUS (what owns a
+    job)."""
+    return str(request.scope.get("state", {}).get("caller", ANONYMOUS))
 
 
 def load_api_key(env_var: str, key_file: str | None) -> str | None:
@@ -47,6 +56,8 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         if self._authorized(scope):
+            # Never the key itself: a digest names the caller in the job store and logs.
+            scope.setdefault("state", {})["caller"] = "key:" + hashlib.sha256(self.expected).hexdigest()[:16]
             await self.app(scope, receive, send)
             return
         # The same answer for a missing, malformed or wrong key: nothing to learn from it.

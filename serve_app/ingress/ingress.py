@@ -28,7 +28,9 @@ from serve_app.ingress.errors import (
     route_failure_handler,
     validation_error_handler,
 )
+from serve_app.ingress.jobs_routes import JobsRoutes
 from serve_app.ingress.model_availability import ModelAvailability, ModelOutage
+from serve_app.jobs.store import JobStore
 from serve_app.settings import AppSettings
 from serve_app.text.errors import TextInputError
 
@@ -56,6 +58,7 @@ class Ingress:
         classifier: DeploymentHandle[Any],
         generator: DeploymentHandle[Any],
         replica: DeploymentHandle[Any],
+        job_runner: DeploymentHandle[Any],
     ) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
@@ -63,6 +66,9 @@ class Ingress:
         self.classifier = classifier
         self.generator = generator
         self.replica = replica
+        self.jobs = JobsRoutes(
+            JobStore(self.settings.jobs.store), job_runner, self.settings.jobs, self.settings.scoring
+        )
         self._model_info: dict[str, Any] | None = None
         self.model = ModelAvailability(serve.get_replica_context().app_name)
         self.model.start()
@@ -78,7 +84,7 @@ class Ingress:
             version="0.1.0",
         )
         # Starlette runs the last-added middleware first: CORS, then the API key, then the body limit.
-        api.add_middleware(BodySizeLimit)
+        api.add_middleware(BodySizeLimit, path_limits={"/jobs": self.settings.jobs.max_upload_bytes})
         api_key = load_api_key(self.settings.api_key_env, self.settings.api_key_file)
         if api_key is not None:
             api.add_middleware(ApiKeyAuth, api_key=api_key)
@@ -133,6 +139,7 @@ class Ingress:
             response_model=schemas.HealthResponse,
             responses=openapi.health_responses(),
         )
+        api.include_router(self.jobs.router(openapi.error_responses(body=True)))
         api.openapi = lambda: openapi.document(api, self.templates, auth=api_key is not None)  # type: ignore[method-assign]
         api.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
         return api

@@ -27,6 +27,7 @@ from serve_app.engine.requests import (
     MAX_TOP_K,
     SamplingParams,
 )
+from serve_app.jobs.state import JobView
 from serve_app.text.classification import (
     MAX_LABEL_CHARS,
     MAX_LABELS,
@@ -121,12 +122,12 @@ def _none_blank(texts: list[str]) -> list[str]:
     return texts
 
 
-class _Strict(BaseModel):
+class StrictBody(BaseModel):
     # Unknown fields are refused so a typo (e.g. "temprature") is reported, not silently ignored.
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class SamplingKnobs(_Strict):
+class SamplingKnobs(StrictBody):
     """The sampling fields every generating route shares; `max_length` on the wire is new tokens inside."""
 
     max_length: Whole = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS, description="Most new tokens per output")
@@ -179,7 +180,7 @@ LABELS_RULE = (
 )
 
 
-def _distinct_labels(labels: list[str]) -> list[str]:
+def distinct_labels(labels: list[str]) -> list[str]:
     """The label rules have one home (classification.clean_labels)."""
     try:
         clean_labels(labels)
@@ -188,7 +189,7 @@ def _distinct_labels(labels: list[str]) -> list[str]:
     return labels
 
 
-class KeepLabelFields(_Strict):
+class KeepLabelFields(StrictBody):
     labels: list[Label] = Field(
         min_length=MIN_LABELS,
         max_length=MAX_LABELS,
@@ -203,7 +204,7 @@ class KeepLabelFields(_Strict):
         ),
     )
 
-    _check_labels = field_validator("labels")(_distinct_labels)
+    _check_labels = field_validator("labels")(distinct_labels)
 
     @field_validator("label")
     @classmethod
@@ -368,7 +369,7 @@ class AugmentBatchResponse(BaseModel):
     candidates: list[CandidateCounts] | None = None
 
 
-class _LabelsMixin(_Strict):
+class LabelsFields(StrictBody):
     labels: list[Label] = Field(
         min_length=MIN_LABELS,
         max_length=MAX_LABELS,
@@ -387,16 +388,16 @@ class _LabelsMixin(_Strict):
         ),
     )
 
-    _check_labels = field_validator("labels")(_distinct_labels)
+    _check_labels = field_validator("labels")(distinct_labels)
 
 
-class ClassifyRequest(_LabelsMixin):
+class ClassifyRequest(LabelsFields):
     text: Text
 
     _check_text = field_validator("text")(_not_blank)
 
 
-class ClassifyBatchRequest(_LabelsMixin):
+class ClassifyBatchRequest(LabelsFields):
     texts: list[Text] = Field(min_length=1, max_length=MAX_BATCH_TEXTS)
 
     _check_texts = field_validator("texts")(_none_blank)
@@ -553,3 +554,7 @@ def batch_of_augment_answers(answers: list[dict[str, Any]]) -> dict[str, Any]:
         if answers and key in answers[0]:
             out[key] = [a[key] for a in answers]
     return out
+
+
+class JobList(BaseModel):
+    jobs: list[JobView] = Field(description="The caller's jobs, newest first")

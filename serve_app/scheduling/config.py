@@ -14,6 +14,10 @@ class SchedulerConfig(BaseModel):
     # burst of new work delays the running rows' next token by a bounded prefill. At least one
     # request is admitted per iteration whatever its length.
     max_prefill_tokens: int = Field(2048, ge=1, le=1_000_000)
+    # Background work (dataset jobs, `mt5-bulk --url`) holds at most this share of the decoder rows, so an
+    # interactive request finds rows free; it takes them all only when it is alone (a request larger than the
+    # share still runs, once no other background row does).
+    background_share: float = Field(0.75, gt=0.0, le=1.0)
 
     def within_rows(self, limit: int) -> SchedulerConfig:
         """These budgets with at most `limit` rows (what the device's memory holds: engine/memory.py)."""

@@ -45,11 +45,11 @@ class Lanes:
             for lane, scheduler in enumerate(self.schedulers)
         ]
 
-    async def generate(self, request: GenerationRequest) -> list[list[int]]:
-        return await self.loops[self.pick()].generate(request)
+    async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
+        return await self.loops[self.pick()].generate(request, background)
 
-    async def score(self, request: ScoringRequest) -> ScoringResult:
-        return await self.loops[self.pick()].score(request)
+    async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
+        return await self.loops[self.pick()].score(request, background)
 
     def pick(self) -> int:
         return least_outstanding(self.schedulers)

@@ -66,12 +66,14 @@ class SchedulerLoop:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    async def generate(self, request: GenerationRequest) -> list[list[int]]:
-        sequences: list[list[int]] = await self._await(lambda done: self.scheduler.submit_generation(request, done))
+    async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
+        sequences: list[list[int]] = await self._await(
+            lambda done: self.scheduler.submit_generation(request, done, background)
+        )
         return sequences
 
-    async def score(self, request: ScoringRequest) -> ScoringResult:
-        result: ScoringResult = await self._await(lambda done: self.scheduler.submit_scoring(request, done))
+    async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
+        result: ScoringResult = await self._await(lambda done: self.scheduler.submit_scoring(request, done, background))
         return result
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -6,6 +6,9 @@ Each iteration (`run_iteration`, called by one thread only):
 2. admits waiting work in arrival order within the budget: decoder rows for
    generation (`max_batch_rows`) and prompt tokens for scoring and prefill
    together (`max_prefill_tokens`), at least one request per iteration;
+   interactive work first, then background work (dataset jobs, bulk runs) in
+   what is left of a smaller budget (`background_share`), so a job keeps the
+   model busy without making an interactive request wait long behind it;
 3. scores the admitted scoring requests as one batch and answers them;
 4. prefills the admitted generation requests and merges their rows into the
    running batch;
@@ -39,6 +42,11 @@ logger = logging.getLogger(__name__)
 # on_done(result, None) or on_done(None, error); called once, on the scheduler's thread.
 Callback = Callable[[Any, "BaseException | None"], None]
 
+# While interactive work arrived this recently, background work gets a small slice of each iteration:
+# an iteration cannot be interrupted, so its length is what an interactive arrival may wait behind it.
+INTERACTIVE_RECENT_S = 5.0
+BACKGROUND_SLICE = 16  # background prompt tokens per iteration then: max_prefill_tokens / this (at least one request)
+
 
 @dataclass
 class _Work:
@@ -47,6 +55,7 @@ class _Work:
     request: GenerationRequest | ScoringRequest
     on_done: Callback
     enqueued: float
+    background: bool = False
 
     @property
     def tokens(self) -> int:
@@ -93,7 +102,7 @@ class IterationReport:
     cancelled_rows: int = 0  # rows of running requests whose callers gave up
     cancelled_waiting: int = 0  # queued requests whose callers gave up before they started
     queue_waits: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds) of work started now
-    waiting: int = 0  # requests still queued after admission
+    waiting: int = 0  # requests still queued after admission (interactive and background)
 
 
 class DrainRate:
@@ -128,8 +137,11 @@ class Scheduler:
         self.clock = clock
         self.drain = DrainRate()
         self._lock = threading.Condition()
-        self._waiting: deque[_Work] = deque()
-        self._waiting_rows = 0
+        self._waiting: deque[_Work] = deque()  # interactive work, in arrival order
+        self._waiting_rows = 0  # rows of interactive generation waiting (the admission deadline counts these)
+        self._background: deque[_Work] = deque()  # background work, in arrival order
+        self._background_rows = 0  # rows of background generation in the running batch
+        self._last_interactive = -math.inf  # when interactive work last arrived
         self._cancelled: set[int] = set()
         self._next_ticket = 0
         self._batch = engine.new_batch(capacity=self.config.max_batch_rows)
@@ -141,16 +153,19 @@ class Scheduler:
         with self._lock:
             self.config = config
 
-    def submit_generation(self, request: GenerationRequest, on_done: Callback) -> int:
-        """Queue a generation request; its answer is `num_return_sequences` id lists, in order."""
-        with self._lock:
-            self._refuse_if_too_late(request.params.num_return_sequences)
-            return self._enqueue("generate", request, on_done)
+    def submit_generation(self, request: GenerationRequest, on_done: Callback, background: bool = False) -> int:
+        """Queue a generation request; its answer is `num_return_sequences` id lists, in order.
 
-    def submit_scoring(self, request: ScoringRequest, on_done: Callback) -> int:
+        `background`: after every interactive request, never refused for the deadline (a job waits its turn)."""
+        with self._lock:
+            if not background:
+                self._refuse_if_too_late(request.params.num_return_sequences)
+            return self._enqueue("generate", request, on_done, background)
+
+    def submit_scoring(self, request: ScoringRequest, on_done: Callback, background: bool = False) -> int:
         """Queue a scoring request; its answer is a ScoringResult."""
         with self._lock:
-            return self._enqueue("score", request, on_done)
+            return self._enqueue("score", request, on_done, background)
 
     def cancel(self, ticket: int) -> None:
         """The caller gave up: free its rows at the next iteration; it gets no answer."""
@@ -159,7 +174,7 @@ class Scheduler:
             self._lock.notify()
 
     def has_work(self) -> bool:
-        return bool(self._waiting or self._batch.rows or self._cancelled)
+        return bool(self._waiting or self._background or self._batch.rows or self._cancelled)
 
     def wait_for_work(self, timeout_s: float) -> bool:
         with self._lock:
@@ -184,7 +199,7 @@ class Scheduler:
 
     @property
     def waiting_requests(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._background)
 
     # ------------------------------------------------- scheduler thread
     def run_iteration(self) -> IterationReport:
@@ -208,14 +223,16 @@ class Scheduler:
             cancelled, self._cancelled = self._cancelled, set()
             self._open -= cancelled
             if cancelled:
-                before = len(self._waiting)
+                before = len(self._waiting) + len(self._background)
                 self._waiting = deque(work for work in self._waiting if work.ticket not in cancelled)
+                self._background = deque(work for work in self._background if work.ticket not in cancelled)
                 self._waiting_rows = sum(work.rows for work in self._waiting)
-                report.cancelled_waiting = before - len(self._waiting)
+                report.cancelled_waiting = before - len(self._waiting) - len(self._background)
         return cancelled
 
     def _admit(self, report: IterationReport) -> list[_Work]:
-        """Take the work that fits this iteration's budget, in arrival order."""
+        """Take the work that fits this iteration's budget: interactive first, then background, each in arrival
+        order."""
         with self._lock:
             budget_rows = self.config.max_batch_rows - self._batch.rows
             budget_tokens = self.config.max_prefill_tokens
@@ -234,8 +251,38 @@ class Scheduler:
                 budget_rows -= work.rows
                 self._waiting_rows -= work.rows
                 report.queue_waits.append((work.kind, report.started - work.enqueued))
-            report.waiting = len(self._waiting)
+            if not self._waiting:
+                admitted += self._admit_background(report, admitted, budget_tokens)
+            report.waiting = len(self._waiting) + len(self._background)
         return admitted
+
+    def _admit_background(self, report: IterationReport, admitted: list[_Work], budget_tokens: int) -> list[_Work]:
+        """Background work for what this iteration has left: while interactive work is about, a slice of the
+        prompt budget and at most `background_share` of the rows (the rest stay free for interactive arrivals)."""
+        if report.started - self._last_interactive < INTERACTIVE_RECENT_S:
+            budget_tokens = min(budget_tokens, max(1, self.config.max_prefill_tokens // BACKGROUND_SLICE))
+        row_cap = max(1, int(self.config.max_batch_rows * self.config.background_share))
+        budget_rows = min(self.config.max_batch_rows - self._batch.rows, row_cap - self._background_rows)
+        taken: list[_Work] = []
+        while self._background:
+            work = self._background[0]
+            if (admitted or taken) and work.tokens > budget_tokens:
+                break
+            if work.kind == "generate" and work.rows > budget_rows:
+                # A request larger than the background's share runs when nothing else of the background does.
+                if not (
+                    self._background_rows == 0
+                    and not taken
+                    and work.rows <= self.config.max_batch_rows - self._batch.rows
+                ):
+                    break
+            self._background.popleft()
+            taken.append(work)
+            budget_tokens -= work.tokens
+            budget_rows -= work.rows
+            self._background_rows += work.rows
+            report.queue_waits.append((work.kind, report.started - work.enqueued))
+        return taken
 
     def _drop_cancelled(self, cancelled: set[int], report: IterationReport) -> None:
         gone = cancelled & self._decoding.keys()
@@ -243,7 +290,7 @@ class Scheduler:
             rows = self._batch.rows_of(gone)
             self._batch.drop(rows)
             for ticket in gone:
-                del self._decoding[ticket]
+                self._release_background_rows(self._decoding.pop(ticket))
             report.cancelled_rows = len(rows)
         if gone or report.cancelled_waiting:
             logger.info(
@@ -287,6 +334,7 @@ class Scheduler:
             else:
                 logger.exception("scheduler: prefill failed")
             for work in generation:
+                self._background_rows -= work.rows if work.background else 0
                 self._answer(work, None, error)
             return
         self._batch.merge(fresh)
@@ -312,6 +360,7 @@ class Scheduler:
             for decoding in self._decoding.values():
                 self._answer(decoding.work, None, error)
             self._decoding.clear()
+            self._background_rows = 0
             self._batch = self.engine.new_batch(capacity=self.config.max_batch_rows)
             return
         report.step_seconds = self.clock() - started
@@ -322,7 +371,7 @@ class Scheduler:
             decoding.sequences[row.owner.sequence] = row.token_ids
             decoding.remaining -= 1
             if decoding.remaining == 0:
-                del self._decoding[ticket]
+                self._release_background_rows(self._decoding.pop(ticket))
                 self._answer(decoding.work, decoding.sequences, None)
                 report.finished += 1
         self.drain.record(len(finished), self.clock() - report.started)
@@ -334,6 +383,7 @@ class Scheduler:
         a retried step rewrites the same column, so the rows that stay decode exactly as before."""
         newest = max(self._decoding)  # tickets grow with arrival
         decoding = self._decoding.pop(newest)
+        self._release_background_rows(decoding)
         rows = self._batch.rows_of({newest})
         self._batch.drop(rows)
         logger.warning(
@@ -344,15 +394,25 @@ class Scheduler:
         self._answer(decoding.work, None, OutOfMemoryRefused(len(rows)))
 
     # ------------------------------------------------------------ helpers
-    def _enqueue(self, kind: str, request: GenerationRequest | ScoringRequest, on_done: Callback) -> int:
+    def _enqueue(
+        self, kind: str, request: GenerationRequest | ScoringRequest, on_done: Callback, background: bool
+    ) -> int:
         ticket = self._next_ticket
         self._next_ticket += 1
-        work = _Work(ticket, kind, request, on_done, self.clock())
+        work = _Work(ticket, kind, request, on_done, self.clock(), background)
         self._open.add(ticket)
-        self._waiting.append(work)
-        self._waiting_rows += work.rows
+        if background:
+            self._background.append(work)
+        else:
+            self._waiting.append(work)
+            self._waiting_rows += work.rows
+            self._last_interactive = work.enqueued
         self._lock.notify()
         return ticket
+
+    def _release_background_rows(self, decoding: _Decoding) -> None:
+        if decoding.work.background:
+            self._background_rows -= decoding.work.rows
 
     def _refuse_if_too_late(self, rows: int) -> None:
         if self.deadline_s is None:
