@@ -1,4 +1,4 @@
-/* The web UI: four panels over the HTTP API (/augment, /augment_batch, /classify, /generate). Native ES modules,
+/* The web UI: five panels over the HTTP API (/augment, /augment_batch, /classify, /generate, /jobs). Native ES modules,
    no build step, no dependencies: lib/ holds the shared helpers, panels/ one module per panel. */
 
 import { saveApiKey } from "./lib/api.js";
@@ -10,6 +10,7 @@ import { LANG_KEY, PANELS, panels, state } from "./lib/state.js";
 import "./panels/augment.js";
 import "./panels/batch.js";
 import "./panels/classify.js";
+import "./panels/dataset.js";
 import { loadTasks } from "./panels/generate.js";
 
 // ------------------------------------------------------------------ language

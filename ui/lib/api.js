@@ -20,7 +20,7 @@ export class RawNumber {
   }
 }
 
-function toJson(payload) {
+export function toJson(payload) {
   const raws = [];
   const json = JSON.stringify(payload, (key, value) => (value instanceof RawNumber ? `\u0000RAW${raws.push(value.text) - 1}\u0000` : value));
   return json.replace(/"\\u0000RAW(\d+)\\u0000"/g, (m, index) => raws[Number(index)]);
@@ -57,9 +57,41 @@ export function saveApiKey() {
   $("auth-box").hidden = true;
 }
 
+function authHeaders(headers) {
+  const key = apiKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+// A file the service sends (a job's results): a Blob and the file name it suggests.
+export async function apiFile(path) {
+  let response;
+  try {
+    response = await fetch(path, { headers: authHeaders({}) });
+  } catch (err) {
+    throw new ApiError("network", 0, (err && err.message) || String(err));
+  }
+  if (!response.ok) {
+    const text = await response.text();
+    let detail = text || response.statusText;
+    try {
+      detail = JSON.parse(text).detail;
+    } catch (err) {
+      /* not JSON: the text is the detail */
+    }
+    if (response.status === 401) showAuthBox();
+    throw new ApiError("http", response.status, detail);
+  }
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const match = /filename\*=UTF-8''([^;]+)/.exec(disposition);
+  return { blob: await response.blob(), filename: match ? decodeURIComponent(match[1]) : "download" };
+}
+
+/* A JSON call, or with a FormData payload a multipart upload (the browser writes its Content-Type). */
 export async function api(method, path, payload) {
   const headers = { Accept: "application/json" };
-  if (payload !== undefined) headers["Content-Type"] = "application/json";
+  const form = payload instanceof FormData;
+  if (payload !== undefined && !form) headers["Content-Type"] = "application/json";
   const key = apiKey();
   if (key) headers.Authorization = `Bearer ${key}`;
   const controller = new AbortController();
@@ -69,7 +101,7 @@ export async function api(method, path, payload) {
     response = await fetch(path, {
       method,
       headers,
-      body: payload === undefined ? undefined : toJson(payload),
+      body: payload === undefined ? undefined : form ? payload : toJson(payload),
       signal: controller.signal,
     });
   } catch (err) {

@@ -4,7 +4,7 @@ import { $ } from "./dom.js";
 import { handleError } from "./errors.js";
 import { state } from "./state.js";
 
-const SUBMIT_IDS = { augment: "aug-submit", batch: "batch-submit", classify: "cls-submit", generate: "gen-submit" };
+const SUBMIT_IDS = { augment: "aug-submit", batch: "batch-submit", classify: "cls-submit", generate: "gen-submit", dataset: "ds-submit" };
 
 function setBusy(panel, busy) {
   state.busy[panel] = busy;

@@ -5,7 +5,7 @@ export const REQUEST_TIMEOUT_MS = 150000;
 export const HEALTH_POLL_MS = 3000; // short enough to show a model replica's few seconds of recovery
 export const LANG_KEY = "mt5-ui-lang";
 export const API_KEY_KEY = "mt5-ui-api-key";
-export const PANELS = ["augment", "batch", "classify", "generate"];
+export const PANELS = ["augment", "batch", "classify", "generate", "dataset"];
 
 // Sampling controls. Their defaults and bounds are the service's own, read from its OpenAPI document
 // (lib/params.js, applySchemaDefaults); the bounds are only hints: out-of-range values are sent and the 422 shown.
@@ -34,6 +34,8 @@ export const state = {
   batch: null,
   classify: null,
   generate: null,
+  jobs: null, // the caller's jobs as GET /jobs last said
+  jobsError: null,
 };
 
 /* A panel: {submit, relabel (redraw in the current language), resolveField (a 422's field -> its input),
