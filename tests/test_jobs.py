@@ -187,6 +187,24 @@ def test_jobs_are_listed_newest_first_cancelled_and_deleted(base_url: str, workd
     assert httpx.get(f"{base_url}/jobs/..%2F..%2Fetc", timeout=30).status_code == 404
 
 
+def test_background_priority_gives_the_same_answers(base_url: str) -> None:
+    body = {"texts": ["物流太慢了", "耳机有杂音"], "labels": LABELS}
+    plain = httpx.post(f"{base_url}/classify_batch", json=body, timeout=60)
+    background = httpx.post(
+        f"{base_url}/classify_batch", json=body, headers={"X-MT5-Priority": "background"}, timeout=60
+    )
+    assert plain.status_code == background.status_code == 200
+    assert background.json() == plain.json()  # float32 on the CPU: bitwise, whatever the batch (README)
+    seeded = {"texts": ["物流太慢了"], "num_return_sequences": 2, "max_length": 8, "seed": 5}
+    answers = [
+        httpx.post(f"{base_url}/augment_batch", json=seeded, headers={"X-MT5-Priority": p}, timeout=60).json()
+        for p in ("interactive", "background")
+    ]
+    assert answers[0] == answers[1]
+    wrong = httpx.post(f"{base_url}/classify_batch", json=body, headers={"X-MT5-Priority": "urgent"}, timeout=60)
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["field"] == "header.X-MT5-Priority"
+
+
 def test_the_jobs_routes_are_in_the_openapi_document(base_url: str) -> None:
     paths = httpx.get(f"{base_url}/openapi.json", timeout=30).json()["paths"]
     assert {"post", "get"} <= set(paths["/jobs"])

@@ -50,7 +50,8 @@ class HttpRunner:
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+            # A bulk run is background work: the service answers interactive requests first (docs/http-api.md).
+            headers={"X-MT5-Priority": "background", **({"Authorization": f"Bearer {api_key}"} if api_key else {})},
             transport=transport,
         )
 

@@ -13,7 +13,13 @@ from serve_app.text.classification import Mode, Scoring
 @serve.deployment(name="Classifier")
 class Classifier(TextDeployment):
     async def classify(
-        self, texts: list[str], labels: list[str], mode: Mode = "score", scoring: Scoring | None = None
+        self,
+        texts: list[str],
+        labels: list[str],
+        mode: Mode = "score",
+        scoring: Scoring | None = None,
+        background: bool = False,
     ) -> list[dict[str, Any]]:
-        """One answer per text, in input order; `scoring` None means the configured default."""
-        return await self.text_tasks.classify(self, texts, labels, mode, scoring)
+        """One answer per text, in input order; `scoring` None means the configured default; `background`: after
+        every interactive request (a bulk run)."""
+        return await self.text_tasks.classify(self.model_calls(background), texts, labels, mode, scoring)

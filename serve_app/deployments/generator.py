@@ -14,10 +14,14 @@ from serve_app.text.label_keeping import Checks
 @serve.deployment(name="Generator")
 class Generator(TextDeployment):
     async def augment(
-        self, texts: list[str], params: SamplingParams | list[SamplingParams], checks: Checks | None = None
+        self,
+        texts: list[str],
+        params: SamplingParams | list[SamplingParams],
+        checks: Checks | None = None,
+        background: bool = False,
     ) -> list[dict[str, Any]]:
-        """Per text, in input order: its paraphrases (TextTasks.augment)."""
-        return await self.text_tasks.augment(self, texts, params, checks)
+        """Per text, in input order: its paraphrases (TextTasks.augment); `background` as Classifier.classify."""
+        return await self.text_tasks.augment(self.model_calls(background), texts, params, checks)
 
     async def generate(
         self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams

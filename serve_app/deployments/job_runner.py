@@ -26,8 +26,6 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment(name="JobRunner")
 class JobRunner(TextDeployment):
-    background = True
-
     async def __init__(self, settings: dict[str, Any], replica: DeploymentHandle[Any]) -> None:  # type: ignore[misc]
         super().__init__(settings, replica)
         jobs = self.settings.jobs
@@ -53,7 +51,7 @@ class JobRunner(TextDeployment):
             self.store,
             job_id,
             self.text_tasks,
-            self,
+            self.model_calls(background=True),
             self.settings.scoring,
             self.limits,
             input_error=input_error,

@@ -17,6 +17,7 @@ from serve_app.engine.requests import GenerationRequest, ScoringRequest, Scoring
 from serve_app.engine.spec import resolve_spec
 from serve_app.engine.tokenizer import load_tokenizer
 from serve_app.settings import AppSettings
+from serve_app.text.model_calls import ModelCalls
 from serve_app.text.tasks import TextTasks
 from serve_app.text.tokenization import PromptEncoder
 
@@ -30,9 +31,6 @@ class TextDeployment:
     It is the text tasks' ModelCalls: each request goes to a ModelReplica on its own call, and
     joins that replica's batch alongside everyone else's work."""
 
-    # Background work (dataset jobs) waits behind interactive requests in the replica's scheduler.
-    background = False
-
     def __init__(self, settings: dict[str, Any], replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
@@ -45,7 +43,7 @@ class TextDeployment:
         )
         self.replica = replica
 
-    async def call_model(self, method: str, request: Any) -> Any:
+    async def call_model(self, method: str, request: Any, background: bool = False) -> Any:
         """`self.replica.<method>(request)`, sent again when the replica that took it died meanwhile.
 
         A router learns of a lost replica a moment after the controller does, so a call can still land
@@ -53,7 +51,7 @@ class TextDeployment:
         it (Serve routes only to live ones). The ingress's timeout bounds the retries."""
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
-                return await await_or_cancel(getattr(self.replica, method).remote(request, self.background))
+                return await await_or_cancel(getattr(self.replica, method).remote(request, background))
             except Exception as exc:
                 if attempt == MODEL_CALL_ATTEMPTS or not is_replica_loss(exc):
                     raise
@@ -72,3 +70,21 @@ class TextDeployment:
 
     async def score_many(self, requests: Sequence[ScoringRequest]) -> list[ScoringResult]:
         return await gather_or_cancel(self.call_model("score", request) for request in requests)
+
+    def model_calls(self, background: bool = False) -> ModelCalls:
+        """The text tasks' ModelCalls: interactive (this deployment itself), or background work (dataset jobs,
+        `mt5-bulk --url`), which every replica's scheduler serves after the interactive requests."""
+        return BackgroundCalls(self) if background else self
+
+
+class BackgroundCalls:
+    """A text deployment's model calls sent as background work."""
+
+    def __init__(self, deployment: TextDeployment) -> None:
+        self.deployment = deployment
+
+    async def generate_many(self, requests: Sequence[GenerationRequest]) -> list[list[list[int]]]:
+        return await gather_or_cancel(self.deployment.call_model("generate", r, background=True) for r in requests)
+
+    async def score_many(self, requests: Sequence[ScoringRequest]) -> list[ScoringResult]:
+        return await gather_or_cancel(self.deployment.call_model("score", r, background=True) for r in requests)

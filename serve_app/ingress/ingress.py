@@ -93,7 +93,7 @@ class Ingress:
                 CORSMiddleware,
                 allow_origins=self.settings.cors_allow_origins,
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type"],
+                allow_headers=["Authorization", "Content-Type", "X-MT5-Priority"],
             )
         logger.info(
             "Ingress: API key auth %s, CORS origins %s",
@@ -170,9 +170,14 @@ class Ingress:
         )
         return answer[0]
 
-    async def augment_batch(self, body: schemas.AugmentBatchRequest) -> Any:
+    async def augment_batch(
+        self, body: schemas.AugmentBatchRequest, priority: schemas.PriorityHeader = "interactive"
+    ) -> Any:
+        background = priority == "background"
         answer = await self._call(
-            lambda: self.generator.augment.remote(body.texts, body.sampling_params_per_text(), body.checks())
+            lambda: self.generator.augment.remote(
+                body.texts, body.sampling_params_per_text(), body.checks(), background
+            )
         )
         return schemas.batch_of_augment_answers(answer)
 
@@ -182,9 +187,12 @@ class Ingress:
         )
         return answer[0]
 
-    async def classify_batch(self, body: schemas.ClassifyBatchRequest) -> Any:
+    async def classify_batch(
+        self, body: schemas.ClassifyBatchRequest, priority: schemas.PriorityHeader = "interactive"
+    ) -> Any:
+        background = priority == "background"
         answer = await self._call(
-            lambda: self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring)
+            lambda: self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring, background)
         )
         return {"results": answer}
 

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 from typing import Annotated, Any, Literal
 
+from fastapi import Header
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -554,6 +555,18 @@ def batch_of_augment_answers(answers: list[dict[str, Any]]) -> dict[str, Any]:
         if answers and key in answers[0]:
             out[key] = [a[key] for a in answers]
     return out
+
+
+PriorityHeader = Annotated[
+    Literal["interactive", "background"],
+    Header(
+        alias="X-MT5-Priority",
+        description=(
+            "background: scheduled after every interactive request, as dataset jobs are (mt5-bulk --url sends it); "
+            "the answers are the same"
+        ),
+    ),
+]
 
 
 class JobList(BaseModel):
