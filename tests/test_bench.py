@@ -71,11 +71,12 @@ def test_summary_counts_only_the_measured_window():
 
 
 @pytest.mark.unit
-def test_four_entry_points_that_never_import_each_other():
+def test_five_entry_points_that_never_import_each_other():
     help_text = subprocess.run(
         [sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    assert list(COMMANDS) == ["serve", "engine", "fidelity", "gpu"] and all(name in help_text for name in COMMANDS)
+    assert list(COMMANDS) == ["serve", "engine", "fidelity", "jobs", "gpu"]
+    assert all(name in help_text for name in COMMANDS)
     entry_points = sorted(
         path.stem for path in (ROOT / "bench").glob("*.py") if path.stem not in ("__init__", "__main__")
     )
@@ -104,7 +105,7 @@ def test_the_page_is_regenerated_from_the_results_files(tmp_path):
     text = page.read_text()
     assert "hand-written" not in text
     assert "| float32 | 5.1 |" in text and "2-core Test CPU (avx512_bf16)" in text
-    assert text.count("Not run yet") == 3  # serve, fidelity, gpu
+    assert text.count("Not run yet") == 4  # serve, fidelity, jobs, gpu
     for command in ("python -m bench serve", "python -m bench engine", "python -m bench fidelity", "gpu_suite.sh"):
         assert command in text
     saved = json.loads((tmp_path / "results" / "engine.json").read_text())

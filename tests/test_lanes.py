@@ -139,3 +139,17 @@ def test_lane_count_auto_is_two_on_a_cpu_and_one_on_a_gpu():
     for bad in (0, 65, "many"):
         with pytest.raises(ValidationError, match="scheduler_lanes"):
             AppSettings(scheduler_lanes=bad)
+
+
+def test_background_work_keeps_off_lane_0_and_interactive_work_goes_where_it_waits_least(engine, tok):
+    lanes = Lanes([Scheduler(engine, SchedulerConfig()) for _ in range(2)], cores=2)
+    try:
+        assert lanes.pick(background=True) == 1  # even with every lane idle
+        for index in range(3):
+            lanes.schedulers[1].submit_scoring(score(tok, index), lambda result, error: None, background=True)
+        assert lanes.pick(background=True) == 1 and lanes.pick() == 0
+        single = Lanes([Scheduler(engine, SchedulerConfig())], cores=2)
+        assert single.pick(background=True) == 0  # one lane (a GPU): it takes both kinds
+        single.stop()
+    finally:
+        lanes.stop()

@@ -35,6 +35,11 @@ SECTIONS = {
         "`python -m bench fidelity`: label probabilities of bfloat16, int8 and label-token normalisation against "
         "float32 full-vocabulary scoring, and each input alone against inside its batch",
     ),
+    "jobs": (
+        "Dataset jobs beside interactive requests",
+        "`python -m bench jobs`: /classify latency idle and beside a dataset job, beside `mt5-bulk --url` at "
+        "background priority and at interactive priority (one queue), and the job alone against mt5-bulk's speed",
+    ),
     "gpu": (
         "On a GPU",
         '`bash bench/gpu_suite.sh "$OUT"` on a lent GPU machine (`python -m bench gpu` there): the engine and the '
@@ -93,6 +98,7 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
         ".venv/bin/python -m bench serve      # the service vs a one-at-a-time server, HTTP load (~25 min on 2 cores)",
         ".venv/bin/python -m bench engine     # the engine per number format, and CTranslate2 beside it (~10 min)",
         ".venv/bin/python -m bench fidelity   # probabilities of the faster settings against float32 (~10 min)",
+        ".venv/bin/python -m bench jobs       # dataset jobs beside interactive /classify (~6 min)",
         'bash bench/gpu_suite.sh "$OUT"       # on a lent GPU machine: python -m bench gpu, in one call',
         "```",
         "",

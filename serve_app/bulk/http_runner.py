@@ -40,6 +40,7 @@ class HttpRunner:
         max_wait_s: float = 60.0,
         api_key: str | None = None,
         transport: httpx.BaseTransport | None = None,  # tests put a fake service here
+        priority: str = "background",  # bench jobs sends "interactive" to measure a bulk run sharing one queue
     ) -> None:
         self.url = url.rstrip("/")
         self.spec = spec
@@ -51,7 +52,7 @@ class HttpRunner:
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
             # A bulk run is background work: the service answers interactive requests first (docs/http-api.md).
-            headers={"X-MT5-Priority": "background", **({"Authorization": f"Bearer {api_key}"} if api_key else {})},
+            headers={"X-MT5-Priority": priority, **({"Authorization": f"Bearer {api_key}"} if api_key else {})},
             transport=transport,
         )
 

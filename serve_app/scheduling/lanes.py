@@ -4,7 +4,7 @@ On a CPU node one batch split across all cores loses time at every op's barrier,
 and more so when another process takes a core mid-op; independent batches do
 not wait for each other (docs/perf-notes.md, "two scheduler lanes per CPU replica"). A request goes to the
 lane with the least outstanding work, so load splits evenly; a lane's torch threads follow how many lanes are busy
-(CoreShare), so a lone request still runs on every core.
+(CoreShare), so a lone request still runs on every core. Background work (dataset jobs) keeps off lane 0.
 
 Each lane is a complete Scheduler: continuous batching, admission and
 cancellation work per lane exactly as with one. The weights are shared (the
@@ -46,12 +46,17 @@ class Lanes:
         ]
 
     async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
-        return await self.loops[self.pick()].generate(request, background)
+        return await self.loops[self.pick(background)].generate(request, background)
 
     async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
-        return await self.loops[self.pick()].score(request, background)
+        return await self.loops[self.pick(background)].score(request, background)
 
-    def pick(self) -> int:
+    def pick(self, background: bool = False) -> int:
+        """Interactive work: the lane with the least outstanding work. Background work never takes lane 0 when there
+        are others: an interactive request then finds a lane whose iteration is not a background batch, and while
+        lane 0 is idle CoreShare gives the background lanes its cores."""
+        if background and len(self.schedulers) > 1:
+            return 1 + least_outstanding(self.schedulers[1:])
         return least_outstanding(self.schedulers)
 
     def reconfigure(self, config: SchedulerConfig) -> None:
