@@ -1,7 +1,8 @@
 """Where jobs live: each job's input, state, finished chunks and results, in a local directory or an object store.
 
 The store is named by config.yaml's `jobs.store`: a path, or any URI fsspec knows (`s3://bucket/prefix`
-with s3fs installed; every replica of every node must reach the same store). Layout per job:
+with s3fs installed, its credentials and endpoint from the usual AWS variables, e.g. AWS_ENDPOINT_URL_S3
+for an S3-compatible server; every replica of every node must reach the same store). Layout per job:
 
     <store>/<id>/state.json          JobState, replaced whole
     <store>/<id>/input.<ext>         the uploaded bytes
@@ -90,7 +91,12 @@ class JobStore:
             return None
         return None if raw is None else JobState.model_validate_json(raw)
 
+    def _fresh(self, path: str) -> None:
+        """Forget cached listings (s3fs keeps them): another replica or node may have written since."""
+        self.fs.invalidate_cache(path)
+
     def job_ids(self) -> list[str]:
+        self._fresh(self.root)
         try:
             entries = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
@@ -113,6 +119,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         path = self._path(job_id)
+        self._fresh(path)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
@@ -121,7 +128,9 @@ class JobStore:
         self._put(self._path(job_id, "cancel"), b"")
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.fs.exists(self._path(job_id, "cancel")))
+        path = self._path(job_id, "cancel")
+        self._fresh(path)
+        return bool(self.fs.exists(path))
 
     # ------------------------------------------------------------ chunks and results
     def save_chunk(self, job_id: str, index: int, chunk: ChunkResult) -> None:
@@ -130,6 +139,7 @@ class JobStore:
     def chunks(self, job_id: str) -> dict[int, ChunkResult]:
         """The finished chunks, by index."""
         folder = self._path(job_id, "chunks")
+        self._fresh(folder)
         try:
             names = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
@@ -143,6 +153,7 @@ class JobStore:
 
     def drop_chunks(self, job_id: str) -> None:
         folder = self._path(job_id, "chunks")
+        self._fresh(folder)
         if self.fs.exists(folder):
             self.fs.rm(folder, recursive=True)
 
