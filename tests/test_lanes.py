@@ -153,3 +153,17 @@ def test_background_work_keeps_off_lane_0_and_interactive_work_goes_where_it_wai
         single.stop()
     finally:
         lanes.stop()
+
+
+def test_a_background_lane_defers_to_an_interactive_request_in_another_lane(engine, tok):
+    lanes = Lanes([Scheduler(engine, SchedulerConfig()) for _ in range(2)], cores=2)
+    lanes.stop()  # no loop threads: the schedulers are driven by hand below
+    first, second = lanes.schedulers
+    assert first.defer_background is None and second.defer_background is not None
+    assert not second.defer_background()
+    first.submit_scoring(score(tok, 0), lambda result, error: None)
+    assert second.defer_background()  # lane 0 has an interactive request outstanding
+    first.run_iteration()
+    assert not second.defer_background()
+    first.submit_scoring(score(tok, 1), lambda result, error: None, background=True)
+    assert not second.defer_background()  # background work elsewhere is no reason to wait

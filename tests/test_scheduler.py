@@ -19,7 +19,7 @@ from serve_app.engine.decode_batch import DecodeBatch
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.errors import AdmissionRefused, OutOfMemoryRefused
 from serve_app.scheduling.loop import SchedulerLoop
-from serve_app.scheduling.scheduler import BACKGROUND_SLICE, Scheduler
+from serve_app.scheduling.scheduler import BACKGROUND_MAX_DEFER_S, BACKGROUND_SLICE, Scheduler
 
 pytestmark = pytest.mark.unit
 
@@ -461,3 +461,23 @@ def test_loop_answers_concurrent_callers_and_frees_rows_of_cancelled_ones(engine
         assert freed.is_set(), "the cancelled request's rows are still decoding"
     finally:
         loop.stop()
+
+
+def test_a_background_lane_waits_while_another_lane_has_an_interactive_request(engine, tok):
+    scheduler = Scheduler(engine, SchedulerConfig(), clock=Clock())
+    other_lane_busy = {"now": True}
+    scheduler.defer_background = lambda: other_lane_busy["now"]
+    answers = Answers()
+    scheduler.submit_scoring(score(tok, 0), answers.callback("job"), background=True)
+    assert not scheduler.has_work()  # deferred: its loop leaves the cores to the interactive lane
+    assert scheduler.run_iteration().scored == 0
+    readings = 0
+    while not scheduler.has_work():  # every reading of the test clock is 10 ms later
+        readings += 1
+        assert readings < 1000
+    assert readings * 0.01 == pytest.approx(BACKGROUND_MAX_DEFER_S, abs=0.05)  # deferred at most this long
+    assert scheduler.run_iteration().scored == 1 and "job" in answers.answered
+    scheduler.submit_scoring(score(tok, 1), answers.callback("next"), background=True)
+    assert not scheduler.has_work()  # a new deferral starts after a slice went through
+    other_lane_busy["now"] = False
+    assert scheduler.has_work() and scheduler.run_iteration().scored == 1

@@ -34,6 +34,9 @@ class Lanes:
             raise ValueError("Lanes needs at least one scheduler")
         self.cores = CoreShare(cores)
         self.schedulers = list(schedulers)
+        # A background lane waits while another lane has an interactive request, so that request gets every core.
+        for lane, scheduler in enumerate(self.schedulers[1:], start=1):
+            scheduler.defer_background = _interactive_elsewhere(self.schedulers, lane)
         self.loops = [
             SchedulerLoop(
                 scheduler,
@@ -72,6 +75,11 @@ class Lanes:
 def least_outstanding(schedulers: Sequence[Scheduler]) -> int:
     """The lane with the fewest outstanding requests (the first of equals, so a lone request takes lane 0)."""
     return min(range(len(schedulers)), key=lambda lane: schedulers[lane].outstanding)
+
+
+def _interactive_elsewhere(schedulers: Sequence[Scheduler], lane: int) -> Callable[[], bool]:
+    others = [scheduler for index, scheduler in enumerate(schedulers) if index != lane]
+    return lambda: any(scheduler.interactive_outstanding for scheduler in others)
 
 
 def _bind(callback: Callable[..., None], lane: int) -> Callable[..., None]:

@@ -46,6 +46,10 @@ Callback = Callable[[Any, "BaseException | None"], None]
 # an iteration cannot be interrupted, so its length is what an interactive arrival may wait behind it.
 INTERACTIVE_RECENT_S = 5.0
 BACKGROUND_SLICE = 16  # background prompt tokens per iteration then: max_prefill_tokens / this (at least one request)
+# A lane whose background work waits for another lane's interactive request (Lanes sets defer_background) waits at
+# most this long at a time, so a job under steady interactive load still moves; it polls this often meanwhile.
+BACKGROUND_MAX_DEFER_S = 1.0
+DEFERRED_POLL_S = 0.02
 
 
 @dataclass
@@ -147,6 +151,11 @@ class Scheduler:
         self._batch = engine.new_batch(capacity=self.config.max_batch_rows)
         self._decoding: dict[int, _Decoding] = {}
         self._open: set[int] = set()  # tickets not yet answered nor cancelled (queued, scoring, prefilling or decoding)
+        self._open_interactive: set[int] = set()  # the interactive ones among them
+        # True while an interactive request elsewhere should have the cores (another lane's): background work here
+        # then waits, for at most BACKGROUND_MAX_DEFER_S at a time. None: never (one lane, or the tests').
+        self.defer_background: Callable[[], bool] | None = None
+        self._deferred_since: float | None = None
 
     # ------------------------------------------------------ any thread
     def reconfigure(self, config: SchedulerConfig) -> None:
@@ -174,11 +183,29 @@ class Scheduler:
             self._lock.notify()
 
     def has_work(self) -> bool:
-        return bool(self._waiting or self._background or self._batch.rows or self._cancelled)
+        """Something to do now; background work that is deferred is not (its loop leaves its cores to the others)."""
+        background = bool(self._background) and not self._background_deferred()
+        return bool(self._waiting or background or self._batch.rows or self._cancelled)
 
     def wait_for_work(self, timeout_s: float) -> bool:
         with self._lock:
+            if self._background:  # deferred: look again soon, the other lane's request may be answered by then
+                timeout_s = min(timeout_s, DEFERRED_POLL_S)
             return self._lock.wait_for(self.has_work, timeout=timeout_s)
+
+    def _background_deferred(self) -> bool:
+        if self.defer_background is None or not self.defer_background():
+            self._deferred_since = None
+            return False
+        now = self.clock()
+        if self._deferred_since is None:
+            self._deferred_since = now
+        return now - self._deferred_since < BACKGROUND_MAX_DEFER_S
+
+    @property
+    def interactive_outstanding(self) -> int:
+        """Interactive requests submitted here and not yet answered or cancelled."""
+        return len(self._open_interactive)
 
     def expected_wait_s(self, rows: int) -> float:
         """How long `rows` more rows would wait to start, at the measured drain rate (0 while rows are free)."""
@@ -222,6 +249,7 @@ class Scheduler:
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             self._open -= cancelled
+            self._open_interactive -= cancelled
             if cancelled:
                 before = len(self._waiting) + len(self._background)
                 self._waiting = deque(work for work in self._waiting if work.ticket not in cancelled)
@@ -259,6 +287,8 @@ class Scheduler:
     def _admit_background(self, report: IterationReport, admitted: list[_Work], budget_tokens: int) -> list[_Work]:
         """Background work for what this iteration has left: while interactive work is about, a slice of the
         prompt budget and at most `background_share` of the rows (the rest stay free for interactive arrivals)."""
+        if self._background and self._background_deferred():
+            return []
         if report.started - self._last_interactive < INTERACTIVE_RECENT_S:
             budget_tokens = min(budget_tokens, max(1, self.config.max_prefill_tokens // BACKGROUND_SLICE))
         row_cap = max(1, int(self.config.max_batch_rows * self.config.background_share))
@@ -282,6 +312,8 @@ class Scheduler:
             budget_rows -= work.rows
             self._background_rows += work.rows
             report.queue_waits.append((work.kind, report.started - work.enqueued))
+        if taken:
+            self._deferred_since = None  # a slice went through: the next deferral starts afresh
         return taken
 
     def _drop_cancelled(self, cancelled: set[int], report: IterationReport) -> None:
@@ -401,6 +433,8 @@ class Scheduler:
         self._next_ticket += 1
         work = _Work(ticket, kind, request, on_done, self.clock(), background)
         self._open.add(ticket)
+        if not background:
+            self._open_interactive.add(ticket)
         if background:
             self._background.append(work)
         else:
@@ -423,6 +457,7 @@ class Scheduler:
 
     def _answer(self, work: _Work, result: Any, error: BaseException | None) -> None:
         self._open.discard(work.ticket)
+        self._open_interactive.discard(work.ticket)
         try:
             work.on_done(result, error)
         except Exception:  # noqa: BLE001 - a caller's callback must not stop the loop
