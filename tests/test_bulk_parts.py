@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -491,3 +493,24 @@ def test_keep_label_flags_are_checked_before_any_work(
     assert exit_.value.code == 2
     assert f"{named}: " in capsys.readouterr().err
     assert not (tmp_path / "never.jsonl").exists()
+
+
+@pytest.mark.unit
+def test_evaluate_plans_its_passes_and_refuses_a_file_with_one_gold_label(tmp_path: Path) -> None:
+    from serve_app.bulk.evaluate import plan_passes
+    from serve_app.bulk.task import TaskSpec
+
+    spec = TaskSpec("evaluate", labels=("物流", "质量", "服务"), wordings=(("物流", ("快递", "发货")),))
+    passes = plan_passes(spec, tmp_path / "out.csv", tmp_path / "out.csv.errors.jsonl")
+    assert [p.name for p in passes] == ["answers", "repeat", "wording 物流 -> 快递", "wording 物流 -> 发货"]
+    assert passes[1].chunk_shift == 1 and passes[1].output.name == "out.csv.repeat.jsonl"
+    assert passes[3].spec.labels == ("发货", "质量", "服务") and passes[3].spec.wordings == ()
+    (tmp_path / "one.jsonl").write_text('{"text": "快递太慢", "label": "物流"}\n', encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "serve_app.bulk", "evaluate", "one.jsonl", "out.jsonl", "--url", "http://127.0.0.1:9"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--labels" in result.stderr, result.stderr

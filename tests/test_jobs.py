@@ -94,7 +94,7 @@ def test_a_seeded_augment_job_on_a_csv_writes_the_bytes_mt5_bulk_writes(base_url
     assert result.content == (workdir / "augmented.csv").read_bytes()
 
 
-def test_an_evaluation_reports_what_the_classify_answers_say(base_url: str) -> None:
+def test_an_evaluation_reports_what_the_classify_answers_say(base_url: str, tmp_path: Path) -> None:
     texts = ["快递一周还没到", "物流太慢了", "耳机坏了", "质量太差", "客服态度很好", "好", "没货了", "什么时候补货"]
     labels = ["物流延迟", "质量问题", "服务态度", "商品缺货"]
     answers = httpx.post(f"{base_url}/classify_batch", json={"texts": texts, "labels": labels}, timeout=60).json()
@@ -129,6 +129,16 @@ def test_an_evaluation_reports_what_the_classify_answers_say(base_url: str) -> N
     assert set(report["wordings"]["物流延迟"]["f1"]) == {"物流延迟", "快递慢"}
     result = httpx.get(f"{base_url}/jobs/{state['id']}/result", timeout=30).text.splitlines()
     assert [json.loads(line)["gold"] for line in result] == gold
+
+    # mt5-bulk evaluate on the same file: the same answers and the same report
+    workdir = tmp_path
+    (workdir / "sample.jsonl").write_bytes(data)
+    labels_arg, wordings = ",".join(labels), json.dumps({"物流延迟": ["快递慢"]}, ensure_ascii=False)
+    args = ["evaluate", "sample.jsonl", "scored.jsonl", "--labels", labels_arg, "--wordings", wordings]
+    mt5_bulk_over_http(base_url, workdir, args)
+    assert json.loads((workdir / "scored.jsonl.report.json").read_text(encoding="utf-8")) == report
+    job_result = httpx.get(f"{base_url}/jobs/{state['id']}/result", timeout=30).content
+    assert (workdir / "scored.jsonl").read_bytes() == job_result
 
 
 @pytest.mark.parametrize(

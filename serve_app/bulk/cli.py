@@ -1,9 +1,10 @@
-"""`mt5-bulk augment|classify IN OUT ...`: a file of texts through the model, on Ray Data or a running service.
+"""`mt5-bulk augment|classify|evaluate IN OUT ...`: a file of texts through the model, on Ray Data or a running service.
 
     mt5-bulk augment in.jsonl out.jsonl --num 3 --seed 1
     mt5-bulk augment in.jsonl out.jsonl --num 3 --keep-label --labels 物流延迟,商品缺货,其他 --min-distance 0.3
     mt5-bulk classify in.csv out.csv --labels 物流延迟,商品缺货,其他
     mt5-bulk classify in.csv out.csv --labels ... --url http://127.0.0.1:7860
+    mt5-bulk evaluate sample.csv scored.csv --wordings '{"物流延迟": ["物流慢", "发货延迟"]}'
 
 Stopped (Ctrl+C, kill) and run again with the same arguments, it carries on where it stopped.
 """
@@ -11,6 +12,7 @@ Stopped (Ctrl+C, kill) and run again with the same arguments, it carries on wher
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -18,10 +20,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serve_app.bulk.evaluate import Pass, plan_passes, run_passes
+from serve_app.bulk.evaluate import summary as evaluation_summary
 from serve_app.bulk.http_runner import HttpRunner, ServiceError
 from serve_app.bulk.job import Summary, run_job
 from serve_app.bulk.progress import JobFiles, ResumeError
-from serve_app.bulk.records import InputError, ResultFormat, file_format, read_input
+from serve_app.bulk.records import (
+    InputError,
+    InputFile,
+    Item,
+    ResultFormat,
+    file_format,
+    gold_labels,
+    only_known_gold,
+    read_input,
+)
 from serve_app.bulk.task import TaskSpec, parse_labels
 from serve_app.engine import SamplingParams
 from serve_app.engine.errors import EngineInputError, ModelSpecError
@@ -159,12 +172,33 @@ def build_parser() -> argparse.ArgumentParser:
             "the labels' tokens"
         ),
     )
-    for subparser in (augment, classify):
+    evaluate = tasks.add_parser(
+        "evaluate",
+        parents=[common],
+        help="zero-shot classification of a labelled file, scored against its gold labels (a report)",
+    )
+    evaluate.add_argument("--labels", help="candidate labels (default: the gold labels found in the file)")
+    evaluate.add_argument("--label-field", default="label", help="field or column of the gold label (default: label)")
+    evaluate.add_argument(
+        "--wordings",
+        type=json.loads,
+        help='JSON: other wordings to try in a label\'s place, e.g. \'{"物流延迟": ["物流慢", "发货延迟"]}\'',
+    )
+    evaluate.add_argument("--scoring", choices=["vocabulary", "label_tokens"], default="vocabulary")
+    for subparser in (augment, classify, evaluate):
         subparser.set_defaults(subparser=subparser)  # so value errors print the subcommand's usage
     return parser
 
 
-def task_spec(args: argparse.Namespace) -> TaskSpec:
+def task_spec(args: argparse.Namespace, gold: Sequence[str] = ()) -> TaskSpec:
+    """The task the flags ask for; evaluate's labels default to `gold`, the labels found in the file."""
+    if args.task == "evaluate":
+        wordings = args.wordings or {}
+        if not isinstance(wordings, dict) or not all(isinstance(alts, list) for alts in wordings.values()):
+            raise TextInputError("wordings", 'must be a JSON object of lists, e.g. {"label": ["other wording"]}')
+        labels = parse_labels(args.labels) if args.labels else tuple(gold)
+        pairs = tuple((str(label), tuple(map(str, alts))) for label, alts in wordings.items())
+        return TaskSpec("evaluate", labels=labels, scoring=args.scoring, wordings=pairs)
     if args.task == "classify":
         return TaskSpec("classify", labels=parse_labels(args.labels), mode=args.mode, scoring=args.scoring)
     sampling = SamplingParams(args.num, args.max_length, args.temperature, args.top_k, args.top_p, args.seed)
@@ -193,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parser: argparse.ArgumentParser = args.subparser
     try:
-        spec = task_spec(args)
+        # evaluate's labels may come from the file: its task is made once the file is read (_evaluate)
+        spec = None if args.task == "evaluate" else task_spec(args)
     except (EngineInputError, TextInputError) as exc:
         flag = (
             "--labels"
@@ -219,16 +254,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace, spec: TaskSpec) -> int:
-    output_format = ResultFormat(file_format(args.output), spec.columns)
+def _run(args: argparse.Namespace, spec: TaskSpec | None) -> int:
     errors_path = args.errors or args.output.with_name(args.output.name + ".errors.jsonl")
     paths = [path.resolve() for path in (args.input, args.output, errors_path)]
     if len(set(paths)) < 3:  # a resume truncates the outputs: never let one of them be the input
         raise InputError(
             f"input, output and errors files must be three different files, got {', '.join(map(str, paths))}"
         )
-    source = read_input(args.input, args.text_field, args.id_field)
+    label_field = args.label_field if args.task == "evaluate" else None
+    source = read_input(args.input, args.text_field, args.id_field, label_field)
+    try:
+        if spec is None:
+            return _evaluate(args, source, errors_path)
+        summary = _one_pass(args, spec, source, source.items, args.output, errors_path)
+    except ServiceError as exc:
+        print(
+            f"mt5-bulk: error: {exc}\nFinished chunks are saved; run the same command again to resume.", file=sys.stderr
+        )
+        return 1
+    _report(summary, args.output, errors_path)
+    return 0
 
+
+def _evaluate(args: argparse.Namespace, source: InputFile, errors_path: Path) -> int:
+    try:
+        spec = task_spec(args, gold=gold_labels(source.items))
+    except TextInputError as exc:
+        print(f"mt5-bulk: error: --{exc.field.split('.')[0]}: {exc.rule}", file=sys.stderr)
+        return 2
+    items = only_known_gold(source.items, spec.labels)
+    passes = plan_passes(spec, args.output, errors_path)
+
+    def run_pass(each: Pass) -> None:
+        print(f"mt5-bulk: evaluate, pass {passes.index(each) + 1} of {len(passes)}: {each.name}", file=sys.stderr)
+        _one_pass(args, each.spec, source, items, each.output, each.errors, chunk_shift=each.chunk_shift)
+
+    result = run_passes(passes, run_pass, args.output)
+    print(evaluation_summary(result), file=sys.stderr)
+    print(f"mt5-bulk: answers in {args.output}, report in {args.output}.report.json", file=sys.stderr)
+    return 0
+
+
+def _one_pass(
+    args: argparse.Namespace,
+    spec: TaskSpec,
+    source: InputFile,
+    items: Sequence[Item],
+    output: Path,
+    errors_path: Path,
+    chunk_shift: int = 0,
+) -> Summary:
+    """One bulk run of `spec` over `items` into `output`, resumed when its files say it was started."""
+    output_format = ResultFormat(file_format(output), spec.columns)
     runner: HttpRunner | RayRunner
     if args.url:
         try:
@@ -244,6 +321,7 @@ def _run(args: argparse.Namespace, spec: TaskSpec) -> int:
         chunk_records, chunk_bytes = args.batch_size or RAY_CHUNK_RECORDS, None
         backend = {key: getattr(runner.settings, key) for key in ("model", "device", "dtype", "max_input_tokens")}
         backend["templates"] = runner.settings.templates.model_dump()
+    chunk_records = max(1, chunk_records - chunk_shift)
 
     settings = {
         "task": spec.describe(),
@@ -253,24 +331,17 @@ def _run(args: argparse.Namespace, spec: TaskSpec) -> int:
         "output_format": output_format.fmt,
         "errors": str(errors_path.resolve()),
         "backend": backend,
+        **({"chunk_records": chunk_records} if chunk_shift else {}),
     }
-    files = JobFiles(args.output, errors_path, settings, header=output_format.header())
+    files = JobFiles(output, errors_path, settings, header=output_format.header())
     state = files.open(args.overwrite)
     if state.next_item:
         print(
-            f"mt5-bulk: resuming {args.output}: {state.next_item} of {len(source.items)} input records already done",
+            f"mt5-bulk: resuming {output}: {state.next_item} of {len(items)} input records already done",
             file=sys.stderr,
         )
-    try:
-        with runner:
-            summary = run_job(source.items, files, output_format, runner, chunk_records, chunk_bytes)
-    except ServiceError as exc:
-        print(
-            f"mt5-bulk: error: {exc}\nFinished chunks are saved; run the same command again to resume.", file=sys.stderr
-        )
-        return 1
-    _report(summary, args.output, errors_path)
-    return 0
+    with runner:
+        return run_job(items, files, output_format, runner, chunk_records, chunk_bytes)
 
 
 def _ray_runner(args: argparse.Namespace, spec: TaskSpec) -> RayRunner:

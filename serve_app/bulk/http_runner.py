@@ -127,9 +127,10 @@ class HttpRunner:
     def _request(self, records: list[Record]) -> tuple[str, dict[str, Any]]:
         texts = [record.text for record in records]
         body: dict[str, Any]
-        if self.spec.kind == "classify":
-            body = {"texts": texts, "labels": list(self.spec.labels), "mode": self.spec.mode}
-            if self.spec.mode == "score":
+        if self.spec.kind in ("classify", "evaluate"):
+            mode = "score" if self.spec.kind == "evaluate" else self.spec.mode
+            body = {"texts": texts, "labels": list(self.spec.labels), "mode": mode}
+            if mode == "score":
                 body["scoring"] = self.spec.scoring
             return "/classify_batch", body
         params = self.spec.sampling
@@ -140,7 +141,7 @@ class HttpRunner:
         return "/augment_batch", body
 
     def _outcomes(self, answer: dict[str, Any]) -> list[Outcome]:
-        if self.spec.kind == "classify":
+        if self.spec.kind in ("classify", "evaluate"):
             return [Outcome(answer=result) for result in answer["results"]]
         columns = [
             key for key in ("augmented_texts", "truncated", "label", "label_scores", "candidates") if key in answer

@@ -68,7 +68,9 @@ def plan_chunks(items: Sequence[Item], start: int, max_records: int, max_bytes: 
 
 
 def result_row(record: Record, answer: dict[str, Any]) -> dict[str, Any]:
-    return {"id": record.id, "text": record.text, **{key: value for key, value in answer.items() if key != "sequence"}}
+    """One result line's values: the record's id and text (and gold label, in an evaluation), then its answer."""
+    gold = {} if record.gold is None else {"gold": record.gold}
+    return {"id": record.id, "text": record.text, **gold, **{k: v for k, v in answer.items() if k != "sequence"}}
 
 
 def run_job(

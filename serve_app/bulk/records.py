@@ -269,3 +269,19 @@ def json_line(value: Any) -> bytes:
 def error_line(line: int, record_id: Any, reason: str) -> bytes:
     """One line of the errors file (always JSONL, whatever the input's format)."""
     return json_line({"line": line, "id": record_id, "error": reason})
+
+
+def gold_labels(items: Sequence[Item]) -> list[str]:
+    """The distinct gold labels of the usable records, in first-seen order."""
+    return list(dict.fromkeys(item.gold for item in items if isinstance(item, Record) and item.gold is not None))
+
+
+def only_known_gold(items: Sequence[Item], labels: Sequence[str]) -> list[Item]:
+    """Records whose gold label is not a candidate become BadRecords (an evaluation goes on without them)."""
+    known = set(labels)
+    return [
+        BadRecord(item.line, item.id, f"gold label {item.gold!r} is not one of the candidate labels")
+        if isinstance(item, Record) and item.gold is not None and item.gold not in known
+        else item
+        for item in items
+    ]

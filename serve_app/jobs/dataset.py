@@ -18,6 +18,8 @@ from serve_app.bulk.records import (
     MissingColumn,
     Record,
     file_format,
+    gold_labels,
+    only_known_gold,
     parse_input,
 )
 
@@ -82,17 +84,9 @@ def read_dataset(
         raise DatasetError("file", f"no usable record{why}")
     if max_records is not None and len(source.items) > max_records:
         raise DatasetError("file", f"{len(source.items)} records; at most {max_records} per job")
-    gold = list(dict.fromkeys(record.gold for record in good if record.gold is not None))
-    return Dataset(fmt, source, gold)
+    return Dataset(fmt, source, gold_labels(source.items))
 
 
 def keep_known_gold(dataset: Dataset, labels: tuple[str, ...]) -> Dataset:
     """An evaluation's records whose gold label is not a candidate become error records (the job goes on)."""
-    known = set(labels)
-    items: list[Item] = [
-        BadRecord(item.line, item.id, f"gold label {item.gold!r} is not one of the candidate labels")
-        if isinstance(item, Record) and item.gold not in known
-        else item
-        for item in dataset.items
-    ]
-    return replace(dataset, input=replace(dataset.input, items=items))
+    return replace(dataset, input=replace(dataset.input, items=only_known_gold(dataset.items, labels)))

@@ -225,10 +225,7 @@ class JobRun:
                 outcome = next(answers)
                 reason = outcome.error
                 if reason is None:
-                    row = result_row(item, outcome.answer or {})
-                    if spec.kind == "evaluate":
-                        row["gold"] = item.gold
-                    output.append(fmt.row(row))
+                    output.append(fmt.row(result_row(item, outcome.answer or {})))
             if reason is not None:
                 failed.append(error_line(item.line, item.id, reason))
         return ChunkResult(
