@@ -133,12 +133,11 @@ class JobsRoutes:
             dataset = await asyncio.to_thread(
                 read_dataset, data, filename, asked.text_field, asked.id_field, label_field, self.settings.max_records
             )
-            spec = job_spec(asked, self.scoring, dataset.gold_labels)
+            job_spec(asked, self.scoring, dataset.gold_labels)  # its rules now; the JobRunner makes it again
         except DatasetError as error:
             return _refusal(error.field, error.rule)
         except TextInputError as error:  # evaluate: the file's gold labels are not a valid candidate set
             return _refusal(f"params.{error.field}" if error.field != "labels" else "file", error.rule)
-        del spec  # checked now; the runner derives it again from the same params and file
         state = JobState(
             id=uuid.uuid4().hex,
             owner=caller_of(request),
