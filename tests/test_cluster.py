@@ -170,6 +170,16 @@ class Outcome:
     status: int | str  # HTTP status, or the client error's class name (a timeout, a reset)
 
 
+def _connection_reset(exc: BaseException) -> bool:
+    """The error is, or was caused by, the peer resetting the connection (ECONNRESET)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionResetError) or "reset by peer" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @dataclass
 class Load:
     """Closed-loop HTTP load from a few threads, bounded in requests and by per-request timeouts."""
@@ -219,11 +229,14 @@ class Load:
         nginx's graceful reload (health_sync marking a proxy down) closes the old workers' idle
         keep-alive connections; a request written at that instant meets a close with no answer.
         HTTP/1.1 leaves that race to the client (RFC 9112 9.3.1): browsers resend, httpx does not.
-        Every route is a POST without side effects, so resending once is what a careful client does."""
+        Every route is a POST without side effects, so resending once is what a careful client does. When the
+        request was already in the old worker's socket, the close arrives as a reset (ECONNRESET, httpx's
+        ReadError) instead: the same race, resent alike. Only nginx holds the client's connection, so nothing
+        behind it (a dead proxy, a lost node) can reset it."""
         try:
             return self.make_request(client, url)
-        except httpx.RemoteProtocolError as exc:
-            if "without sending a response" not in str(exc):
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if "without sending a response" not in str(exc) and not _connection_reset(exc):
                 raise
             self.resent_at.append(time.monotonic())
             return self.make_request(client, url)
