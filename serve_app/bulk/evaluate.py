@@ -29,6 +29,7 @@ class Pass:
     output: Path
     errors: Path
     chunk_shift: int  # records fewer per chunk than the first pass: other batches
+    wording: tuple[str, str] | None = None  # (label, alternative) of a wording pass
 
 
 def plan_passes(spec: TaskSpec, output: Path, errors: Path) -> list[Pass]:
@@ -47,7 +48,7 @@ def plan_passes(spec: TaskSpec, output: Path, errors: Path) -> list[Pass]:
     for label, alternatives in spec.wordings:
         for alternative in alternatives:
             number += 1
-            labels = tuple(alternative if other == label else other for other in spec.labels)
+            labels = tuple(evaluation.worded_labels(spec.labels, label, alternative))
             worded = dataclasses.replace(spec, labels=labels, wordings=())
             passes.append(
                 Pass(
@@ -56,6 +57,7 @@ def plan_passes(spec: TaskSpec, output: Path, errors: Path) -> list[Pass]:
                     beside(f"{output.name}.wording-{number}.jsonl"),
                     beside(f"{output.name}.wording-{number}.errors.jsonl"),
                     0,
+                    (label, alternative),
                 )
             )
     return passes
@@ -79,20 +81,20 @@ def report(passes: list[Pass]) -> dict[str, Any]:
     first, repeat, *worded = passes
     answers = read_rows(first.output)
     again = read_rows(repeat.output)
-    by_wording = [(p, read_rows(p.output)) for p in worded]
-    for other, rows in [(repeat, again), *by_wording]:
+    read = {each.output: read_rows(each.output) for each in worded}
+    for path, rows in [(repeat.output, again), *read.items()]:
         if len(rows) != len(answers):
-            raise RuntimeError(f"{other.output}: {len(rows)} answers for {len(answers)} records; run it again")
+            raise RuntimeError(f"{path}: {len(rows)} answers for {len(answers)} records; run it again")
+    by_wording = [(each.wording, read[each.output]) for each in worded if each.wording is not None]
     entries = []
     for index, row in enumerate(answers):
         item = evaluation.entry(row["gold"], row["label"], row["labels"], row["scores"], row["text"])
         item["repeat"] = again[index]["label"]
         item["wordings"] = {}
-        for wording, rows in by_wording:
-            label = next(lab for lab, alt in zip(first.spec.labels, wording.spec.labels, strict=True) if lab != alt)
-            alternative = dict(zip(first.spec.labels, wording.spec.labels, strict=True))[label]
-            predicted = rows[index]["label"]
-            item["wordings"].setdefault(label, {})[alternative] = label if predicted == alternative else predicted
+        for (label, alternative), rows in by_wording:
+            item["wordings"].setdefault(label, {})[alternative] = evaluation.as_label(
+                rows[index]["label"], label, alternative
+            )
         entries.append(item)
     return evaluation.report(first.spec.labels, entries, first.spec.wordings)
 

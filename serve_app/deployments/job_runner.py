@@ -66,6 +66,3 @@ class JobRunner(TextDeployment):
         run = self.runs.get(job_id)
         if run is not None:
             run.cancel()
-
-    def running(self) -> list[str]:
-        return sorted(self.tasks)

@@ -81,20 +81,14 @@ class JobsRoutes:
         router.add_api_route(
             "/jobs/{job_id}", self.show, methods=["GET"], response_model=schemas.JobView, responses=missing
         )
-        router.add_api_route(
-            "/jobs/{job_id}/result",
-            self.result,
-            methods=["GET"],
-            response_class=Response,
-            responses={**files, **missing, **unfinished},
-        )
-        router.add_api_route(
-            "/jobs/{job_id}/errors",
-            self.errors,
-            methods=["GET"],
-            response_class=Response,
-            responses={**files, **missing, **unfinished},
-        )
+        for which, endpoint in (("result", self.result), ("errors", self.errors)):
+            router.add_api_route(
+                f"/jobs/{{job_id}}/{which}",
+                endpoint,
+                methods=["GET"],
+                response_class=Response,
+                responses={**files, **missing, **unfinished},
+            )
         router.add_api_route(
             "/jobs/{job_id}",
             self.delete,
@@ -186,7 +180,7 @@ class JobsRoutes:
         return Response(
             data,
             media_type=MEDIA_TYPES[fmt],
-            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(download)}"},
+            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{urllib.parse.quote(download, safe='')}"},
         )
 
     async def delete(self, request: Request, job_id: str) -> Any:
@@ -204,7 +198,3 @@ class JobsRoutes:
         except Exception as exc:  # noqa: BLE001 - the marker stops it wherever it runs next
             logger.warning("job %s: cancel marker saved, JobRunner not reached (%r)", job_id, exc)
         return JSONResponse(status_code=202, content=_view(state))
-
-
-def _quote(name: str) -> str:
-    return urllib.parse.quote(name, safe="")

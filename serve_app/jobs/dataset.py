@@ -43,10 +43,6 @@ class Dataset:
     def items(self) -> list[Item]:
         return self.input.items
 
-    @property
-    def records(self) -> int:
-        return sum(isinstance(item, Record) for item in self.items)
-
 
 def dataset_format(filename: str) -> Format:
     try:

@@ -33,6 +33,16 @@ def entry(gold: str, label: str, labels: list[str], scores: list[float], text: s
     }
 
 
+def worded_labels(labels: Sequence[str], label: str, alternative: str) -> list[str]:
+    """The candidate labels with `alternative` in `label`'s place (its position kept)."""
+    return [alternative if other == label else other for other in labels]
+
+
+def as_label(predicted: str, label: str, alternative: str) -> str:
+    """An answer under the worded labels, read back in the original labels' terms."""
+    return label if predicted == alternative else predicted
+
+
 def _ratio(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 

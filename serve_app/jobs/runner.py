@@ -31,7 +31,7 @@ from serve_app.ingress.schemas import AugmentResponse, ClassifyGenerateResponse,
 from serve_app.jobs import evaluation
 from serve_app.jobs.dataset import Dataset, keep_known_gold, read_dataset
 from serve_app.jobs.params import EvaluateJobParams, job_spec, parse_params
-from serve_app.jobs.state import JobState, now_iso
+from serve_app.jobs.state import JobState, Status, now_iso
 from serve_app.jobs.store import ChunkResult, JobStore
 from serve_app.text.classification import Scoring
 from serve_app.text.errors import TextInputError
@@ -130,8 +130,8 @@ class JobRun:
             logger.exception("job %s failed", self.job_id)
             return await self._finish(state, "failed", detail=f"{type(exc).__name__}: {exc}")
 
-    async def _finish(self, state: JobState, status: str, detail: str | None = None) -> JobState:
-        state.status = status  # type: ignore[assignment]
+    async def _finish(self, state: JobState, status: Status, detail: str | None = None) -> JobState:
+        state.status = status
         state.detail = detail
         state.finished_at = now_iso()
         state.eta_s = None
@@ -232,7 +232,6 @@ class JobRun:
             end=span.end,
             output=b"".join(output).decode("utf-8"),
             failed=b"".join(failed).decode("utf-8"),
-            written=len(output),
             errors=len(failed),
             evaluations=evaluations,
         )
@@ -301,11 +300,12 @@ class JobRun:
             item["wordings"] = {}
         for label, alternatives in spec.wordings:
             for alternative in alternatives:
-                worded = [alternative if other == label else other for other in labels]
+                worded = evaluation.worded_labels(labels, label, alternative)
                 answers = await self._patiently(functools.partial(self._classify, texts, worded, "score", spec))
                 for item, answer in zip(entries, answers, strict=True):
-                    predicted = label if answer["label"] == alternative else answer["label"]
-                    item["wordings"].setdefault(label, {})[alternative] = predicted
+                    item["wordings"].setdefault(label, {})[alternative] = evaluation.as_label(
+                        answer["label"], label, alternative
+                    )
         return entries
 
 

@@ -37,7 +37,6 @@ class ChunkResult:
     end: int  # input position just past this chunk's last record
     output: str
     failed: str
-    written: int
     errors: int
     evaluations: list[dict[str, Any]] = field(default_factory=list)
 
