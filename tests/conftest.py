@@ -87,6 +87,16 @@ def demo_model():
 
 
 @pytest.fixture(scope="session")
+def demo_model_as_built():
+    """The demo model with transformers' own nn.Linear layers (no measured head layout, no oneDNN packing), for
+    tests that copy it and re-lay it themselves: a packed weight is an opaque tensor that cannot be deep-copied, and
+    whether `demo_model` is packed depends on a timing probe."""
+    from serve_app.engine import load_model
+
+    return load_model("demo", device="cpu", dtype="float32", relay_head=False)
+
+
+@pytest.fixture(scope="session")
 def engine(demo_model):
     """The engine over the demo model (engine, scheduler and lanes tests)."""
     from serve_app.engine import Seq2SeqEngine
