@@ -66,7 +66,8 @@ class Prober:
     def _loop(self) -> None:
         index = 0
         while not self._stop.is_set():
-            body = {"text": self.texts[index % len(self.texts)], "labels": LABELS}
+            # Never the same text twice: a repeat would be answered by the classification cache, not the model.
+            body = {"text": f"{self.texts[index % len(self.texts)]}（{index}）", "labels": LABELS}
             started = time.perf_counter()
             response = self.client.post("/classify", json=body)
             if response.status_code == 200:
@@ -93,8 +94,10 @@ class Prober:
         }
 
 
-def write_dataset(path: Path, count: int) -> None:
-    lines = [json.dumps({"id": i, "text": text}, ensure_ascii=False) for i, text in enumerate(chinese_texts(count, 7))]
+def write_dataset(path: Path, count: int, seed: int = 7) -> None:
+    lines = [
+        json.dumps({"id": i, "text": text}, ensure_ascii=False) for i, text in enumerate(chinese_texts(count, seed))
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -159,8 +162,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = args.model or ("demo" if args.quick else _bench_checkpoint())
     count = args.records or (400 if args.quick else 256)
     workdir = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
-    dataset = workdir / "bench.jsonl"
-    write_dataset(dataset, count)
+    # One file per mt5-bulk --url run: a file classified again would be answered by the classification cache.
+    datasets = [workdir / f"bench-{seed}.jsonl" for seed in (7, 8, 9)]
+    for seed, path in zip((7, 8, 9), datasets, strict=True):
+        write_dataset(path, count, seed)
+    dataset = datasets[0]
     data = dataset.read_bytes()
     probe_texts = chinese_texts(64, 99)
     env = {"MT5_MODEL": model, "MT5_JOBS_STORE": str(workdir / "store")}
@@ -182,8 +188,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         bulk_alone = run_bulk(run.url, dataset, workdir, "background")
         log(f"alone: job {job_alone:.1f} rec/s, mt5-bulk {bulk_alone:.1f} rec/s; beside /classify ...")
         with_job, job_busy = beside(prober, lambda: run_job(run.url, data))
-        with_bulk, bulk_busy = beside(prober, lambda: run_bulk(run.url, dataset, workdir, "background"))
-        with_shared, shared_busy = beside(prober, lambda: run_bulk(run.url, dataset, workdir, "interactive"))
+        with_bulk, bulk_busy = beside(prober, lambda: run_bulk(run.url, datasets[1], workdir, "background"))
+        with_shared, shared_busy = beside(prober, lambda: run_bulk(run.url, datasets[2], workdir, "interactive"))
     finally:
         run.stop()
     out.update(

@@ -11,6 +11,7 @@ from ray.serve import Deployment
 from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.generator import Generator
 from serve_app.deployments.job_runner import JobRunner
+from serve_app.deployments.key_ledger import KeyLedger
 from serve_app.deployments.model_replica import ModelReplica
 from serve_app.deployments.placement import (
     alive_node_cpus,
@@ -72,4 +73,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     classifier = as_deployment(Classifier).bind(shared, replica)
     generator = as_deployment(Generator).bind(shared, replica)
     job_runner = as_deployment(JobRunner).bind(shared, replica)
-    return as_deployment(Ingress).bind(shared, classifier, generator, replica, job_runner)
+    key_ledger = as_deployment(KeyLedger).bind()
+    return as_deployment(Ingress).bind(shared, classifier, generator, replica, job_runner, key_ledger)

@@ -20,6 +20,7 @@ from serve_app.text.prompts import (
 # Environment variables that override the file, applied where the app is built.
 ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype", "MT5_REPLICA_GPUS": "replica_gpus"}
 JOBS_STORE_ENV = "MT5_JOBS_STORE"
+API_KEYS_FILE_ENV = "MT5_API_KEYS_FILE"
 
 
 class Templates(BaseModel):
@@ -69,6 +70,19 @@ class JobsSettings(BaseModel):
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+class ClassificationCacheSettings(BaseModel):
+    """The Classifier's answer cache: at most `entries` answers and `max_mb` of them per Classifier replica; 0 = off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entries: int = Field(10_000, ge=0)
+    max_mb: float = Field(64.0, ge=0)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1024 * 1024)
+
+
 class AppSettings(BaseModel):
     """Everything the deployments need to know besides Serve's own deployment options."""
 
@@ -98,6 +112,10 @@ class AppSettings(BaseModel):
     # API-key auth: off unless the variable named here is set or api_key_file names a file.
     api_key_env: str = "MT5_API_KEY"
     api_key_file: str | None = None
+    # Named keys with limits (serve_app/access/keys.py), re-read on change; MT5_API_KEYS_FILE overrides it.
+    api_keys_file: str | None = None
+    # /classify score answers kept for the same text, labels and scoring (serve_app/text/answer_cache.py).
+    classification_cache: ClassificationCacheSettings = Field(default_factory=ClassificationCacheSettings)
     # Browser origins allowed to call the API from other sites; empty = CORS off.
     cors_allow_origins: list[str] = Field(default_factory=list)
     templates: Templates = Field(default_factory=Templates)
@@ -130,6 +148,8 @@ class AppSettings(BaseModel):
         for variable, key in ENV_OVERRIDES.items():
             if environ.get(variable):
                 values[key] = environ[variable]
+        if environ.get(API_KEYS_FILE_ENV):
+            values["api_keys_file"] = environ[API_KEYS_FILE_ENV]
         if environ.get(JOBS_STORE_ENV):
             values["jobs"] = {**values.get("jobs", {}), "store": environ[JOBS_STORE_ENV]}
         return cls.model_validate(values)

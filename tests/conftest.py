@@ -117,9 +117,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeRun]:
     The scheduler budgets, timeouts and the deployment graph are the shipped ones; the port, host and
     model change, and the precision is pinned to float32 (MT5_DTYPE): these tests compare answers across
     batch compositions to 1e-5, which bfloat16's rounding does not promise (README, "Precision").
-    The shipped `dtype: auto` runs over HTTP in the resilience, security, benchmark and cluster tests.
+    The shipped `dtype: auto` runs over HTTP in the resilience, security, benchmark and cluster tests; the
+    classification cache is off (below).
     """
-    with service(tmp_path_factory.mktemp("serve"), env={"MT5_DTYPE": "float32"}) as run:
+    # The classification cache is off here: these tests compare an answer alone with the same request inside a
+    # batch, which a cache hit would turn into comparing an answer with itself (tests/test_teams.py tests the cache).
+    no_cache = {"classification_cache": {"entries": 0}}
+    with service(tmp_path_factory.mktemp("serve"), args=no_cache, env={"MT5_DTYPE": "float32"}) as run:
         _running["served"] = run
         yield run
         _running.pop("served", None)

@@ -41,11 +41,14 @@ def service(
     args: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     timeout_s: float = 240,
+    logging_config: dict[str, Any] | None = None,
 ) -> Iterator[ServeRun]:
-    """`serve run` on config.yaml with `overrides` per deployment, `args` for the app and `env`; on the demo model
-    unless env says otherwise."""
+    """`serve run` on config.yaml with `overrides` per deployment, `args` for the app, `env`, and changes to its
+    `logging_config`; on the demo model unless env says otherwise."""
     env = {"MT5_JOBS_STORE": str(workdir / "jobs"), **(env or {})}  # each service its own job store
-    run = ServeRun(shipped_config(free_port(), overrides, args), workdir, env=env)
+    config = shipped_config(free_port(), overrides, args)
+    config["logging_config"].update(logging_config or {})
+    run = ServeRun(config, workdir, env=env)
     run.start(timeout_s=timeout_s)
     try:
         yield run

@@ -9,6 +9,7 @@ takes a node away. About 5 minutes on a 2-core machine.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 import shutil
@@ -248,8 +249,13 @@ class Load:
         return self.results
 
 
+REQUEST_NUMBERS = itertools.count()  # shared by the load's threads: next() on a count is atomic in CPython
+
+
 def classify(client: httpx.Client, url: str) -> httpx.Response:
-    return client.post(f"{url}/classify", json={"text": TEXTS[0], "labels": LABELS})
+    """A /classify of a text not sent before: a repeat would be answered by the classification cache, and the
+    autoscaling test needs the load to reach the ModelReplicas."""
+    return client.post(f"{url}/classify", json={"text": f"{TEXTS[0]}#{next(REQUEST_NUMBERS)}", "labels": LABELS})
 
 
 def classify_batch(client: httpx.Client, url: str) -> httpx.Response:
@@ -348,6 +354,23 @@ def test_nginx_spreads_over_proxies_and_skips_one_marked_down(cluster: NetCluste
             f"{nginx.url}/classify", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"}
         )
         assert oversized.status_code == 413  # refused by nginx itself (client_max_body_size 1m)
+        # A dataset upload may be larger (jobs.max_upload_mb): nginx lets 2 MB through to the service, which reads it.
+        upload = client.post(
+            f"{nginx.url}/jobs",
+            files={"file": ("big.csv", b"text\n" + "物流太慢了\n".encode() * 150_000)},
+            data={"task": "classify", "params": '{"labels": ["物流", "美食"]}'},
+        )
+        assert upload.status_code == 422 and "records" in upload.text  # over the service's max_records, not 413
+        # The request id through nginx: a sane one comes back as sent; another is replaced by nginx's own, once.
+        mine = client.post(
+            f"{nginx.url}/classify", json={"text": "x", "labels": ["a"]}, headers={"X-Request-ID": "lb-1"}
+        )
+        assert mine.headers.get_list("x-request-id") == ["lb-1"] and mine.json()["request_id"] == "lb-1"
+        insane = client.post(
+            f"{nginx.url}/classify", json={"text": "x", "labels": ["a"]}, headers={"X-Request-ID": "a b"}
+        )
+        [replaced] = insane.headers.get_list("x-request-id")
+        assert re.fullmatch(r"[0-9a-f]{32}", replaced) and insane.json()["request_id"] == replaced
     used = Counter(nginx.upstreams_used(start))
     assert len(used) >= 2, used  # least_conn over every node's proxy
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 import httpx
@@ -10,7 +9,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serve_app.ingress.auth import ApiKeyAuth, load_api_key
+from serve_app.access import keys
+from serve_app.access.keys import KeyTable
+from serve_app.ingress.auth import KeyAccess, KeyLedgerClient, load_api_key
+from serve_app.ingress.key_metrics import KeyMetrics
 from tests.servers import GUARD_KEY, GUARD_ORIGIN
 
 KEY = GUARD_KEY
@@ -48,7 +50,7 @@ def test_health_and_ui_stay_open(locked):
 def test_api_refuses_without_the_key_and_says_nothing_more(locked, headers):
     response = httpx.post(f"{locked}/classify", json=BODY, headers=headers, timeout=60)
     assert response.status_code == 401
-    assert response.json() == {"detail": "missing or invalid API key"}
+    assert response.json() == {"detail": "missing or invalid API key", "request_id": response.headers["x-request-id"]}
     assert response.headers["www-authenticate"] == "Bearer"
     assert httpx.get(f"{locked}/tasks", headers=headers).status_code == 401
 
@@ -79,17 +81,30 @@ def test_cors_allows_only_the_configured_origin(locked):
 
 
 @pytest.mark.unit
-def test_key_comparison_is_constant_time(monkeypatch):
-    """The middleware compares with hmac.compare_digest, whose time does not depend on the guess."""
-    calls = []
-    real = hmac.compare_digest
-    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+def test_a_key_is_looked_up_by_its_digest_so_time_does_not_depend_on_the_guess(monkeypatch):
+    """The middleware never compares the token with a key byte by byte: it hashes the token (SHA-256) and looks the
+    digest up, so how long an answer takes says nothing about how much of a guess was right."""
+    hashed = []
+    real = keys.key_digest
+    monkeypatch.setattr(keys, "key_digest", lambda key: hashed.append(key) or real(key))
     app = FastAPI()
     app.get("/data")(lambda: {"ok": True})
-    client = TestClient(ApiKeyAuth(app, api_key="abc"))
+    table = KeyTable("abc", None)
+    client = TestClient(KeyAccess(app, keys=table, ledger=KeyLedgerClient(None), metrics=QuietMetrics()))
     assert client.get("/data", headers={"Authorization": "Bearer abd"}).status_code == 401
     assert client.get("/data", headers={"Authorization": "Bearer abc"}).json() == {"ok": True}
-    assert calls == [(b"abd", b"abc"), (b"abc", b"abc")]
+    assert hashed == ["abc", b"abd", b"abc"]  # the configured key once, at start; then each request's token
+    assert table.single == {real("abc"): table.single[real("abc")]}  # only the digest is kept
+
+
+class QuietMetrics(KeyMetrics):
+    """KeyMetrics without Ray's metric objects (no Ray here); what it is told is kept for the test to read."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+
+    def request(self, key: str, route: str, status: int) -> None:
+        self.seen.append((key, route, status))
 
 
 @pytest.mark.unit

@@ -49,7 +49,13 @@ class Workload:
     bodies: list[dict[str, Any]]
 
     def body(self, index: int) -> dict[str, Any]:
-        return self.bodies[index % len(self.bodies)]
+        """The index-th request: the bodies in turn, each round's texts marked with the round, so no text is sent
+        twice (a repeated /classify would be answered by the service's classification cache, not the model)."""
+        body = self.bodies[index % len(self.bodies)]
+        rounds = index // len(self.bodies)
+        if rounds == 0 or "text" not in body:
+            return body
+        return {**body, "text": f"{body['text']}（{rounds}）"}
 
 
 def chinese_texts(count: int, seed: int = 0, min_chars: int = 20, max_chars: int = 80) -> list[str]:

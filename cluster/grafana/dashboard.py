@@ -187,6 +187,28 @@ def panels() -> list[dict[str, Any]]:
             "short",
         ),
         _panel(
+            "Requests per API key",
+            "Requests per second by key (a named key's name, default for the single key, anonymous with auth off) "
+            "and status; 429 = the key is over a limit (README, API keys).",
+            [(f"sum(rate(ray_mt5_key_requests_total{{{APP}}}[{RATE}])) by (key, status)", "{{key}} {{status}}")],
+            "reqps",
+        ),
+        _panel(
+            "Model work per API key",
+            "Tokens generated and candidate labels scored per second, by key: what each team costs.",
+            [
+                (f"sum(rate(ray_mt5_key_generated_tokens_total{{{APP}}}[{RATE}])) by (key)", "{{key}} tokens"),
+                (f"sum(rate(ray_mt5_key_labels_scored_total{{{APP}}}[{RATE}])) by (key)", "{{key}} labels"),
+            ],
+            "short",
+        ),
+        _panel(
+            "Classification cache",
+            "/classify answers from the cache (hit) and from the model (miss), per second.",
+            [(f"sum(rate(ray_mt5_classification_cache_total{{{APP}}}[{RATE}])) by (result)", "{{result}}")],
+            "short",
+        ),
+        _panel(
             "GPU utilization per node",
             "From Ray's node metrics; empty on clusters without GPUs.",
             [("avg(ray_node_gpus_utilization) by (instance, GpuIndex)", "{{instance}} GPU {{GpuIndex}}")],

@@ -12,13 +12,23 @@ new nodes added when it discovers them from the Ray dashboard).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import yaml
+
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
+CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 UPSTREAM = "mt5_serve"
+
+
+def jobs_upload_mb(config: Path = CONFIG) -> int:
+    """config.yaml's jobs.max_upload_mb, whole megabytes up: nginx lets a dataset upload that big through."""
+    args = yaml.safe_load(config.read_text(encoding="utf-8"))["applications"][0]["args"]
+    return math.ceil(float(args.get("jobs", {}).get("max_upload_mb", 50)))
 
 
 def render_nginx_conf(
@@ -31,6 +41,7 @@ def render_nginx_conf(
         "state_dir": str(state_dir),
         "upstreams_file": str(upstreams_file),
         "serve_port": str(serve_port),
+        "jobs_max_body": f"{jobs_upload_mb()}m",
     }
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ray import serve
 
-from serve_app.deployments.text_deployment import TextDeployment
+from serve_app.deployments.text_deployment import Metered, TextDeployment
 from serve_app.engine.requests import SamplingParams
 from serve_app.text.label_keeping import Checks
+from serve_app.text.model_calls import CountedCalls
 
 
 @serve.deployment(name="Generator")
@@ -19,12 +18,16 @@ class Generator(TextDeployment):
         params: SamplingParams | list[SamplingParams],
         checks: Checks | None = None,
         background: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> Metered:
         """Per text, in input order: its paraphrases (TextTasks.augment); `background` as Classifier.classify."""
-        return await self.text_tasks.augment(self.model_calls(background), texts, params, checks)
+        calls = CountedCalls(self.model_calls(background))
+        answers = await self.text_tasks.augment(calls, texts, params, checks)
+        return Metered(answers, calls.generated_tokens)
 
     async def generate(
         self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams
-    ) -> dict[str, Any]:
+    ) -> Metered:
         """A model-card task by name (its template filled from `values`), or a raw prompt."""
-        return await self.text_tasks.generate(self, task, prompt, values, params)
+        calls = CountedCalls(self)
+        answer = await self.text_tasks.generate(calls, task, prompt, values, params)
+        return Metered(answer, calls.generated_tokens)

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 import torch
 from ray import serve
+from ray.serve.context import _get_serve_request_context
 
 from serve_app.deployments.replica_logging import (
     log_refusals_in_one_line,
@@ -55,6 +56,12 @@ def replica_gpu_share() -> float | None:
     """The fraction of a GPU Ray reserved for this replica (`replica_gpus: 0.25`), None for a whole one or more."""
     share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     return share if 0 < share < 1 else None
+
+
+def current_request_id() -> str:
+    """The HTTP request's id, which Serve carries through every deployment call (serve_app/ingress/request_id.py).
+    Ray 2.60 has no public reader of its request context; its log filter reads it the same way."""
+    return str(_get_serve_request_context().request_id or "")
 
 
 @serve.deployment(name="ModelReplica")
@@ -110,11 +117,11 @@ class ModelReplica:
     # `background`: dataset jobs and bulk runs, scheduled after interactive work (scheduling/scheduler.py).
     async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
         self.engine.check_request(request)
-        return await self.lanes.generate(request, background)
+        return await self.lanes.generate(request, background, current_request_id())
 
     async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
         self.engine.check_request(request)
-        return await self.lanes.score(request, background)
+        return await self.lanes.score(request, background, current_request_id())
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle
@@ -23,6 +24,16 @@ from serve_app.text.tokenization import PromptEncoder
 
 logger = logging.getLogger("ray.serve")
 MODEL_CALL_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Metered:
+    """A route's answer, the tokens generated for it (the Ingress charges them to the caller's key) and how many of
+    its answers came from the classification cache (the Ingress says so in X-MT5-Cached)."""
+
+    answer: Any
+    generated_tokens: int = 0
+    cached: int | None = None  # None: the cache was not asked (generation, `mode: generate`, or the cache off)
 
 
 class TextDeployment:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
@@ -17,10 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
+from serve_app.access.keys import KeyTable
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.handle_calls import await_or_cancel
+from serve_app.deployments.text_deployment import Metered
 from serve_app.ingress import openapi, schemas
-from serve_app.ingress.auth import ApiKeyAuth, load_api_key
+from serve_app.ingress.auth import KeyAccess, KeyLedgerClient, caller_of_scope, load_api_key
 from serve_app.ingress.body_limit import BodySizeLimit
 from serve_app.ingress.errors import (
     RouteFailure,
@@ -29,7 +31,9 @@ from serve_app.ingress.errors import (
     validation_error_handler,
 )
 from serve_app.ingress.jobs_routes import JobsRoutes
+from serve_app.ingress.key_metrics import KeyMetrics
 from serve_app.ingress.model_availability import ModelAvailability, ModelOutage
+from serve_app.ingress.request_id import RequestIds
 from serve_app.jobs.store import JobStore
 from serve_app.settings import AppSettings
 from serve_app.text.errors import TextInputError
@@ -38,6 +42,7 @@ UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 
 MODEL_OUTAGE_RETRY_AFTER_S = 5  # a replacement ModelReplica takes seconds to load, not one
 HEALTH_DESCRIBE_TIMEOUT_S = 3  # the model answers describe() in milliseconds when a replica runs
+CACHED_HEADER = "X-MT5-Cached"  # /classify, /classify_batch in score mode: answers the classification cache gave
 
 
 def _unavailable(model_info: dict[str, Any], detail: str) -> JSONResponse:
@@ -59,6 +64,7 @@ class Ingress:
         generator: DeploymentHandle[Any],
         replica: DeploymentHandle[Any],
         job_runner: DeploymentHandle[Any],
+        key_ledger: DeploymentHandle[Any],
     ) -> None:
         self.settings = AppSettings.model_validate(settings)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
@@ -69,6 +75,12 @@ class Ingress:
         self.jobs = JobsRoutes(
             JobStore(self.settings.jobs.store), job_runner, self.settings.jobs, self.settings.scoring
         )
+        # Read here, not per app: a bad keys file fails the replica's start with the file's own message.
+        self.keys = KeyTable(
+            load_api_key(self.settings.api_key_env, self.settings.api_key_file), self.settings.api_keys_file
+        )
+        self.ledger = KeyLedgerClient(key_ledger)
+        self.key_metrics = KeyMetrics()
         self._model_info: dict[str, Any] | None = None
         self.model = ModelAvailability(serve.get_replica_context().app_name)
         self.model.start()
@@ -83,21 +95,21 @@ class Ingress:
             ),
             version="0.1.0",
         )
-        # Starlette runs the last-added middleware first: CORS, then the API key, then the body limit.
+        # Starlette runs the last-added middleware first: the request id, CORS, the key and its limits, the body limit.
         api.add_middleware(BodySizeLimit, path_limits={"/jobs": self.settings.jobs.max_upload_bytes})
-        api_key = load_api_key(self.settings.api_key_env, self.settings.api_key_file)
-        if api_key is not None:
-            api.add_middleware(ApiKeyAuth, api_key=api_key)
+        api.add_middleware(KeyAccess, keys=self.keys, ledger=self.ledger, metrics=self.key_metrics)
         if self.settings.cors_allow_origins:
             api.add_middleware(
                 CORSMiddleware,
                 allow_origins=self.settings.cors_allow_origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "X-MT5-Priority"],
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-MT5-Priority", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
             )
+        api.add_middleware(RequestIds)
         logger.info(
             "Ingress: API key auth %s, CORS origins %s",
-            "on" if api_key else "off",
+            "on" if self.keys.enabled else "off",
             self.settings.cors_allow_origins or "off",
         )
         api.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -140,7 +152,7 @@ class Ingress:
             responses=openapi.health_responses(),
         )
         api.include_router(self.jobs.router(openapi.error_responses(body=True)))
-        api.openapi = lambda: openapi.document(api, self.templates, auth=api_key is not None)  # type: ignore[method-assign]
+        api.openapi = lambda: openapi.document(api, self.templates, auth=self.keys.enabled)  # type: ignore[method-assign]
         api.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
         return api
 
@@ -164,39 +176,58 @@ class Ingress:
         except Exception as exc:  # Ray wraps deployment errors; failure_response looks inside
             raise RouteFailure(exc) from exc
 
-    async def augment(self, body: schemas.AugmentRequest) -> Any:
-        answer = await self._call(
+    def _metered(
+        self, request: Request, metered: Metered, labels_scored: int = 0, response: Response | None = None
+    ) -> Any:
+        """The answer of a deployment's Metered result; its tokens and labels charged to the caller's key; how many
+        answers the classification cache gave in `response`'s X-MT5-Cached header."""
+        if response is not None and metered.cached is not None:
+            response.headers[CACHED_HEADER] = str(metered.cached)
+        caller = caller_of_scope(request.scope)
+        self.key_metrics.generated(caller.name, metered.generated_tokens)
+        self.key_metrics.scored(caller.name, labels_scored)
+        self.ledger.charge(caller, metered.generated_tokens)
+        return metered.answer
+
+    async def augment(self, request: Request, body: schemas.AugmentRequest) -> Any:
+        metered = await self._call(
             lambda: self.generator.augment.remote([body.text], body.sampling_params(), body.checks())
         )
-        return answer[0]
+        return self._metered(request, metered)[0]
 
     async def augment_batch(
-        self, body: schemas.AugmentBatchRequest, priority: schemas.PriorityHeader = "interactive"
+        self, request: Request, body: schemas.AugmentBatchRequest, priority: schemas.PriorityHeader = "interactive"
     ) -> Any:
         background = priority == "background"
-        answer = await self._call(
+        metered = await self._call(
             lambda: self.generator.augment.remote(
                 body.texts, body.sampling_params_per_text(), body.checks(), background
             )
         )
-        return schemas.batch_of_augment_answers(answer)
+        return schemas.batch_of_augment_answers(self._metered(request, metered))
 
-    async def classify(self, body: schemas.ClassifyRequest) -> Any:
-        answer = await self._call(
+    async def classify(self, request: Request, response: Response, body: schemas.ClassifyRequest) -> Any:
+        metered = await self._call(
             lambda: self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring)
         )
-        return answer[0]
+        scored = len(body.labels) if body.mode == "score" else 0
+        return self._metered(request, metered, labels_scored=scored, response=response)[0]
 
     async def classify_batch(
-        self, body: schemas.ClassifyBatchRequest, priority: schemas.PriorityHeader = "interactive"
+        self,
+        request: Request,
+        response: Response,
+        body: schemas.ClassifyBatchRequest,
+        priority: schemas.PriorityHeader = "interactive",
     ) -> Any:
         background = priority == "background"
-        answer = await self._call(
+        metered = await self._call(
             lambda: self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring, background)
         )
-        return {"results": answer}
+        scored = len(body.texts) * len(body.labels) if body.mode == "score" else 0
+        return {"results": self._metered(request, metered, labels_scored=scored, response=response)}
 
-    async def generate(self, body: schemas.GenerateRequest) -> Any:
+    async def generate(self, request: Request, body: schemas.GenerateRequest) -> Any:
         if body.task is not None:
             # The same rules the Generator applies, checked before the hop too, so a client's typo is a
             # plain 422 here and not an error logged by a deployment.
@@ -204,9 +235,10 @@ class Ingress:
                 self.templates.task_values(body.task, body.slot_values())
             except TextInputError as error:
                 raise RouteFailure(error) from None
-        return await self._call(
+        metered = await self._call(
             lambda: self.generator.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params())
         )
+        return self._metered(request, metered)
 
     async def tasks(self) -> Any:
         return {"tasks": self.templates.task_list()}

@@ -6,6 +6,7 @@ validation). Three things are settled here, where the running service's own sett
   9.223372036854776e18: bounds that are whole numbers are written as integers again, exactly;
 - /generate's forms follow the configured task templates (schemas.generate_forms);
 - with an API key configured, the routes that need it say so (bearer auth).
+Every response carries X-Request-ID, and every error body its `request_id` (request_id.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def error_responses(*, body: bool) -> dict[int | str, dict[str, Any]]:
         401: {
             "model": schemas.ErrorResponse,
             "description": "An API key is configured and the request does not carry it (SECURITY.md)",
+        },
+        429: {
+            "model": schemas.RateLimitedResponse,
+            "description": 'The API key is over one of its limits (README, "API keys"); retry after Retry-After s',
+            "headers": _RETRY_AFTER,
         },
         503: {
             "model": schemas.ErrorResponse,

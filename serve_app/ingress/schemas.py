@@ -543,6 +543,12 @@ class FieldError(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: list[FieldError] | str
+    request_id: str = Field(description="The request's id (its X-Request-ID): the one every log line about it names")
+
+
+class RateLimitedResponse(ErrorResponse):
+    limit: Literal["requests_per_minute", "generated_tokens_per_day"] = Field(description="The key's limit reached")
+    allowed: int = Field(description="What the limit allows (requests a minute, or generated tokens a UTC day)")
 
 
 def batch_of_augment_answers(answers: list[dict[str, Any]]) -> dict[str, Any]:

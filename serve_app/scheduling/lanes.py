@@ -48,11 +48,14 @@ class Lanes:
             for lane, scheduler in enumerate(self.schedulers)
         ]
 
-    async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
-        return await self.loops[self.pick(background)].generate(request, background)
+    async def generate(
+        self, request: GenerationRequest, background: bool = False, request_id: str = ""
+    ) -> list[list[int]]:
+        """`request_id`: the HTTP request's, named in the scheduler's log lines about this request."""
+        return await self.loops[self.pick(background)].generate(request, background, request_id)
 
-    async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
-        return await self.loops[self.pick(background)].score(request, background)
+    async def score(self, request: ScoringRequest, background: bool = False, request_id: str = "") -> ScoringResult:
+        return await self.loops[self.pick(background)].score(request, background, request_id)
 
     def pick(self, background: bool = False) -> int:
         """Interactive work: the lane with the least outstanding work. Background work never takes lane 0 when there

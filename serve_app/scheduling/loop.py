@@ -66,14 +66,18 @@ class SchedulerLoop:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
+    async def generate(
+        self, request: GenerationRequest, background: bool = False, request_id: str = ""
+    ) -> list[list[int]]:
         sequences: list[list[int]] = await self._await(
-            lambda done: self.scheduler.submit_generation(request, done, background)
+            lambda done: self.scheduler.submit_generation(request, done, background, request_id)
         )
         return sequences
 
-    async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
-        result: ScoringResult = await self._await(lambda done: self.scheduler.submit_scoring(request, done, background))
+    async def score(self, request: ScoringRequest, background: bool = False, request_id: str = "") -> ScoringResult:
+        result: ScoringResult = await self._await(
+            lambda done: self.scheduler.submit_scoring(request, done, background, request_id)
+        )
         return result
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -60,6 +60,7 @@ class _Work:
     on_done: Callback
     enqueued: float
     background: bool = False
+    request_id: str = ""  # the HTTP request's (X-Request-ID), for the log lines about this work
 
     @property
     def tokens(self) -> int:
@@ -105,8 +106,20 @@ class IterationReport:
     finished: int = 0  # requests answered (generation and scoring)
     cancelled_rows: int = 0  # rows of running requests whose callers gave up
     cancelled_waiting: int = 0  # queued requests whose callers gave up before they started
+    cancelled_ids: list[str] = field(default_factory=list)  # their request ids, waiting and running
     queue_waits: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds) of work started now
     waiting: int = 0  # requests still queued after admission (interactive and background)
+
+
+def _ids(request_ids: list[str]) -> str:
+    """The request ids a log line is about, as its message ends with them."""
+    return f" [request {', '.join(request_ids)}]" if request_ids else ""
+
+
+def _log_id(request_ids: list[str]) -> dict[str, str]:
+    """A log record's `request_id` (what Serve's JSON logs carry as a field) for a line about one request; the
+    scheduler thread has no Serve request context of its own to take it from."""
+    return {"request_id": request_ids[0]} if len(request_ids) == 1 else {}
 
 
 class DrainRate:
@@ -162,19 +175,24 @@ class Scheduler:
         with self._lock:
             self.config = config
 
-    def submit_generation(self, request: GenerationRequest, on_done: Callback, background: bool = False) -> int:
+    def submit_generation(
+        self, request: GenerationRequest, on_done: Callback, background: bool = False, request_id: str = ""
+    ) -> int:
         """Queue a generation request; its answer is `num_return_sequences` id lists, in order.
 
-        `background`: after every interactive request, never refused for the deadline (a job waits its turn)."""
+        `background`: after every interactive request, never refused for the deadline (a job waits its turn).
+        `request_id`: named in every log line about this request."""
         with self._lock:
             if not background:
                 self._refuse_if_too_late(request.params.num_return_sequences)
-            return self._enqueue("generate", request, on_done, background)
+            return self._enqueue("generate", request, on_done, background, request_id)
 
-    def submit_scoring(self, request: ScoringRequest, on_done: Callback, background: bool = False) -> int:
+    def submit_scoring(
+        self, request: ScoringRequest, on_done: Callback, background: bool = False, request_id: str = ""
+    ) -> int:
         """Queue a scoring request; its answer is a ScoringResult."""
         with self._lock:
-            return self._enqueue("score", request, on_done, background)
+            return self._enqueue("score", request, on_done, background, request_id)
 
     def cancel(self, ticket: int) -> None:
         """The caller gave up: free its rows at the next iteration; it gets no answer."""
@@ -251,6 +269,11 @@ class Scheduler:
             self._open -= cancelled
             self._open_interactive -= cancelled
             if cancelled:
+                report.cancelled_ids = [
+                    work.request_id
+                    for work in (*self._waiting, *self._background)
+                    if work.ticket in cancelled and work.request_id
+                ]
                 before = len(self._waiting) + len(self._background)
                 self._waiting = deque(work for work in self._waiting if work.ticket not in cancelled)
                 self._background = deque(work for work in self._background if work.ticket not in cancelled)
@@ -322,15 +345,20 @@ class Scheduler:
             rows = self._batch.rows_of(gone)
             self._batch.drop(rows)
             for ticket in gone:
-                self._release_background_rows(self._decoding.pop(ticket))
+                decoding = self._decoding.pop(ticket)
+                self._release_background_rows(decoding)
+                if decoding.work.request_id:
+                    report.cancelled_ids.append(decoding.work.request_id)
             report.cancelled_rows = len(rows)
         if gone or report.cancelled_waiting:
             logger.info(
-                "scheduler: %d request(s) cancelled by their callers (%d running, %d row(s) freed; %d still waiting)",
+                "scheduler: %d request(s) cancelled by their callers (%d running, %d row(s) freed; %d still waiting)%s",
                 len(gone) + report.cancelled_waiting,
                 len(gone),
                 report.cancelled_rows,
                 report.cancelled_waiting,
+                _ids(report.cancelled_ids),
+                extra=_log_id(report.cancelled_ids),
             )
 
     def _score(self, scoring: list[_Work], report: IterationReport) -> None:
@@ -338,11 +366,17 @@ class Scheduler:
         try:
             results = self.engine.score([work.scoring for work in scoring])
         except Exception as error:  # noqa: BLE001 - every caller must get an answer
+            ids = [work.request_id for work in scoring if work.request_id]
             if is_out_of_memory(error):
-                logger.warning("scheduler: out of memory scoring %d request(s); refused with 503", len(scoring))
+                logger.warning(
+                    "scheduler: out of memory scoring %d request(s); refused with 503%s",
+                    len(scoring),
+                    _ids(ids),
+                    extra=_log_id(ids),
+                )
                 error = OutOfMemoryRefused(sum(len(work.scoring.label_ids) for work in scoring))
             else:
-                logger.exception("scheduler: scoring batch failed")
+                logger.exception("scheduler: scoring batch failed%s", _ids(ids), extra=_log_id(ids))
             for work in scoring:
                 self._answer(work, None, error)
             return
@@ -360,11 +394,17 @@ class Scheduler:
                 [work.generation for work in generation], keys=[work.ticket for work in generation]
             )
         except Exception as error:  # noqa: BLE001
+            ids = [work.request_id for work in generation if work.request_id]
             if is_out_of_memory(error):  # the newcomers are refused; the running batch goes on
-                logger.warning("scheduler: out of memory encoding %d new request(s); refused with 503", len(generation))
+                logger.warning(
+                    "scheduler: out of memory encoding %d new request(s); refused with 503%s",
+                    len(generation),
+                    _ids(ids),
+                    extra=_log_id(ids),
+                )
                 error = OutOfMemoryRefused(sum(work.rows for work in generation))
             else:
-                logger.exception("scheduler: prefill failed")
+                logger.exception("scheduler: prefill failed%s", _ids(ids), extra=_log_id(ids))
             for work in generation:
                 self._background_rows -= work.rows if work.background else 0
                 self._answer(work, None, error)
@@ -386,8 +426,12 @@ class Scheduler:
             if is_out_of_memory(error) and self._decoding:
                 self._refuse_newest_for_memory()
                 return
+            ids = [decoding.work.request_id for decoding in self._decoding.values() if decoding.work.request_id]
             logger.exception(
-                "scheduler: decoding step failed; failing the %d request(s) in the batch", len(self._decoding)
+                "scheduler: decoding step failed; failing the %d request(s) in the batch%s",
+                len(self._decoding),
+                _ids(ids),
+                extra=_log_id(ids),
             )
             for decoding in self._decoding.values():
                 self._answer(decoding.work, None, error)
@@ -418,20 +462,28 @@ class Scheduler:
         self._release_background_rows(decoding)
         rows = self._batch.rows_of({newest})
         self._batch.drop(rows)
+        ids = [decoding.work.request_id] if decoding.work.request_id else []
         logger.warning(
-            "scheduler: out of memory in a decoding step; refused the newest request (%d row(s)), %d request(s) go on",
+            "scheduler: out of memory in a decoding step; refused the newest request (%d row(s)), %d go on%s",
             len(rows),
             len(self._decoding),
+            _ids(ids),
+            extra=_log_id(ids),
         )
         self._answer(decoding.work, None, OutOfMemoryRefused(len(rows)))
 
     # ------------------------------------------------------------ helpers
     def _enqueue(
-        self, kind: str, request: GenerationRequest | ScoringRequest, on_done: Callback, background: bool
+        self,
+        kind: str,
+        request: GenerationRequest | ScoringRequest,
+        on_done: Callback,
+        background: bool,
+        request_id: str = "",
     ) -> int:
         ticket = self._next_ticket
         self._next_ticket += 1
-        work = _Work(ticket, kind, request, on_done, self.clock(), background)
+        work = _Work(ticket, kind, request, on_done, self.clock(), background, request_id)
         self._open.add(ticket)
         if not background:
             self._open_interactive.add(ticket)
@@ -453,6 +505,8 @@ class Scheduler:
             return
         wait = self.expected_wait_s(rows)
         if wait > self.deadline_s:
+            # Raised on the caller's thread, inside its Serve request context: Serve's one-line "Request refused"
+            # record (deployments/replica_logging.py) names the request id already.
             raise AdmissionRefused(wait, self.deadline_s)
 
     def _answer(self, work: _Work, result: Any, error: BaseException | None) -> None:
