@@ -438,12 +438,12 @@ def test_config_yaml_passes_serve_schema():
     assert app.import_path == "serve_app.app:build_app"
     assert config["http_options"]["port"] == 7860 and config["http_options"]["host"] == "0.0.0.0"
     by_name = {deployment.name: deployment for deployment in app.deployments}
-    assert set(by_name) == {"ModelReplica", "Classifier", "Generator", "Ingress", "JobRunner"}
+    assert set(by_name) == {"ModelReplica", "Classifier", "Generator", "Ingress", "JobRunner", "KeyLedger"}
     replica = by_name["ModelReplica"]
     assert replica.max_ongoing_requests >= replica.user_config["max_batch_rows"]
     written = {deployment["name"]: deployment for deployment in config["applications"][0]["deployments"]}
     for name, deployment in written.items():
-        if name == "JobRunner":  # one replica owns the running jobs (deployments/job_runner.py)
+        if name in ("JobRunner", "KeyLedger"):  # one replica owns the running jobs, one counts every key's usage
             assert deployment["num_replicas"] == 1 and "autoscaling_config" not in deployment
         else:
             assert deployment["autoscaling_config"] and deployment["max_queued_requests"] > 0
