@@ -4,6 +4,7 @@ python -m bench serve      the service against a one-at-a-time server, over HTTP
 python -m bench engine     the engine per number format, and CTranslate2 beside it
 python -m bench fidelity   the faster settings' probabilities against float32
 python -m bench jobs       dataset jobs beside interactive /classify, and against mt5-bulk --url
+python -m bench teams      the classification cache's speed-up and tracing's overhead
 python -m bench gpu        on a GPU machine: the engine and the serving core without Ray
 """
 
@@ -18,6 +19,7 @@ COMMANDS = {
     "engine": "the engine per number format, and CTranslate2 beside it",
     "fidelity": "the faster settings' label probabilities against float32",
     "jobs": "dataset jobs beside interactive /classify, and alone against mt5-bulk --url",
+    "teams": "the classification cache's speed-up and tracing's overhead on /classify",
     "gpu": "on a GPU machine: the engine and the serving core without Ray",
 }
 

@@ -72,6 +72,6 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     replica = as_deployment(ModelReplica).options(ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}).bind(shared)
     classifier = as_deployment(Classifier).bind(shared, replica)
     generator = as_deployment(Generator).bind(shared, replica)
-    job_runner = as_deployment(JobRunner).bind(shared, replica)
     key_ledger = as_deployment(KeyLedger).bind()
+    job_runner = as_deployment(JobRunner).bind(shared, replica, key_ledger)
     return as_deployment(Ingress).bind(shared, classifier, generator, replica, job_runner, key_ledger)

@@ -21,6 +21,7 @@ from serve_app.text.prompts import (
 ENV_OVERRIDES = {"MT5_MODEL": "model", "MT5_DEVICE": "device", "MT5_DTYPE": "dtype", "MT5_REPLICA_GPUS": "replica_gpus"}
 JOBS_STORE_ENV = "MT5_JOBS_STORE"
 API_KEYS_FILE_ENV = "MT5_API_KEYS_FILE"
+OTLP_ENDPOINT_ENV = "MT5_OTLP_ENDPOINT"
 
 
 class Templates(BaseModel):
@@ -118,6 +119,8 @@ class AppSettings(BaseModel):
     classification_cache: ClassificationCacheSettings = Field(default_factory=ClassificationCacheSettings)
     # Browser origins allowed to call the API from other sites; empty = CORS off.
     cors_allow_origins: list[str] = Field(default_factory=list)
+    # OTLP/HTTP collector for traces (serve_app/tracing.py), e.g. http://collector:4318/v1/traces; None = off.
+    otlp_endpoint: str | None = None
     templates: Templates = Field(default_factory=Templates)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
 
@@ -148,6 +151,8 @@ class AppSettings(BaseModel):
         for variable, key in ENV_OVERRIDES.items():
             if environ.get(variable):
                 values[key] = environ[variable]
+        if environ.get(OTLP_ENDPOINT_ENV):
+            values["otlp_endpoint"] = environ[OTLP_ENDPOINT_ENV]
         if environ.get(API_KEYS_FILE_ENV):
             values["api_keys_file"] = environ[API_KEYS_FILE_ENV]
         if environ.get(JOBS_STORE_ENV):

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from serve_app.access import keys
 from serve_app.access.keys import KeyTable
+from serve_app.deployments.key_metrics import KeyMetrics
 from serve_app.ingress.auth import KeyAccess, KeyLedgerClient, load_api_key
-from serve_app.ingress.key_metrics import KeyMetrics
 from tests.servers import GUARD_KEY, GUARD_ORIGIN
 
 KEY = GUARD_KEY

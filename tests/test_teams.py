@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from serve_app.access.keys import KeyLimits, KeyTable, key_digest, read_named_keys
+from serve_app.access.keys import KeyLimits, KeyTable, key_digest, read_named_keys, team_of
 from serve_app.access.usage import DAY_S, Usage
 from serve_app.ingress.request_id import RequestIds
 from serve_app.text.answer_cache import AnswerCache, classification_key
@@ -34,6 +34,7 @@ LIMITED_KEY = "team-a-secret-0123456789"
 OPEN_KEY = "team-b-secret-0123456789"
 TOKEN_KEY = "team-c-secret-0123456789"
 SPARE_KEY = "team-d-secret-0123456789"  # unlimited, never removed: whatever the other keys used up, it still works
+JOB_KEY = "team-e-secret-0123456789"  # a daily token budget that one augment job spends
 PER_MINUTE = 30
 TOKENS_PER_DAY = 20
 INGRESS_REPLICAS = 3
@@ -52,6 +53,7 @@ def keys_entries(*, with_open_key: bool = True) -> list[dict[str, Any]]:
     if with_open_key:
         entries.append({"name": "team-b", "key_sha256": key_digest(OPEN_KEY)})
     entries.append({"name": "team-d", "key_sha256": key_digest(SPARE_KEY)})
+    entries.append({"name": "team-e", "key_sha256": key_digest(JOB_KEY), "generated_tokens_per_day": TOKENS_PER_DAY})
     return entries
 
 
@@ -99,6 +101,7 @@ def test_a_key_over_its_daily_tokens_is_refused_until_midnight_utc() -> None:
         100,
     )
     assert usage.tokens_today("a") == 79
+    assert usage.admit("a", limits, generates=False) is None  # reading its jobs is not refused for tokens
     clock.now += 100  # a new day
     assert usage.admit("a", limits) is None and usage.tokens_today("a") == 0
 
@@ -111,7 +114,10 @@ def test_the_keys_file_is_reread_when_it_changes_and_a_broken_edit_keeps_the_las
     table = KeyTable("single-key", str(path), clock=clock)
     assert table.enabled
     team_a = table.caller(LIMITED_KEY.encode())
-    assert team_a is not None and (team_a.name, team_a.owner) == ("team-a", "key:team-a")
+    assert team_a is not None and (team_a.name, team_a.owner) == ("team-a", "team:team-a")
+    assert (
+        team_of(team_a.owner) == "team-a" and team_of("key:0123456789abcdef") is None and team_of("anonymous") is None
+    )
     assert team_a.limits == KeyLimits(requests_per_minute=PER_MINUTE)
     single = table.caller(b"single-key")
     assert single is not None and single.name == "default" and single.limits.unlimited
@@ -291,6 +297,42 @@ def test_a_job_belongs_to_its_key(teams) -> None:
     assert httpx.get(f"{run.url}{job}", headers=bearer(SPARE_KEY), timeout=30).status_code == 404
     listed = httpx.get(f"{run.url}/jobs", headers=bearer(SPARE_KEY), timeout=30).json()["jobs"]
     assert all(view["id"] not in job for view in listed)
+
+
+@pytest.mark.service
+def test_the_tokens_a_job_generates_count_against_its_key(teams) -> None:
+    run, _ = teams
+    data = "text\n物流太慢了\n这家面馆很好吃\n今天天气很好\n".encode()
+    params = {"num_return_sequences": 2, "max_length": 16, "seed": 1}
+    created = httpx.post(
+        f"{run.url}/jobs",
+        files={"file": ("three.csv", data)},
+        data={"task": "augment", "params": json.dumps(params)},
+        headers=bearer(JOB_KEY),
+        timeout=60,
+    )
+    assert created.status_code == 202, created.text
+    job = created.headers["location"]
+    deadline = time.monotonic() + 120
+    while (state := httpx.get(f"{run.url}{job}", headers=bearer(JOB_KEY), timeout=30).json())["status"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
+    # The job ran to the end (a budget is checked when a request arrives), and its key still reads it; the key's
+    # next request that would generate is over the day's budget, once the JobRunner's charge reached the KeyLedger.
+    assert state["status"] == "succeeded", state
+    assert httpx.get(f"{run.url}{job}/result", headers=bearer(JOB_KEY), timeout=30).status_code == 200
+    body = {"text": "物流太慢了", "num_return_sequences": 1, "max_length": 8}
+    deadline = time.monotonic() + 10
+    while (
+        answer := httpx.post(f"{run.url}/augment", json=body, headers=bearer(JOB_KEY), timeout=60)
+    ).status_code == 200:
+        assert time.monotonic() < deadline, "the job's tokens never reached the key's budget"
+        time.sleep(0.3)
+    assert answer.status_code == 429 and answer.json()["limit"] == "generated_tokens_per_day"
+    assert httpx.get(f"{run.url}/tasks", headers=bearer(JOB_KEY), timeout=30).status_code == 200
 
 
 @pytest.mark.service

@@ -40,6 +40,11 @@ SECTIONS = {
         "`python -m bench jobs`: /classify latency idle and beside a dataset job, beside `mt5-bulk --url` at "
         "background priority and at interactive priority (one queue), and the job alone against mt5-bulk's speed",
     ),
+    "teams": (
+        "Many teams: the classification cache and tracing",
+        "`python -m bench teams`: the same /classify_batch twice (the second from the cache), and /classify at 8 "
+        "clients with tracing off, on and off again",
+    ),
     "gpu": (
         "On a GPU",
         '`bash bench/gpu_suite.sh "$OUT"` on a lent GPU machine (`python -m bench gpu` there): the engine and the '
@@ -99,6 +104,7 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
         ".venv/bin/python -m bench engine     # the engine per number format, and CTranslate2 beside it (~10 min)",
         ".venv/bin/python -m bench fidelity   # probabilities of the faster settings against float32 (~10 min)",
         ".venv/bin/python -m bench jobs       # dataset jobs beside interactive /classify (~6 min)",
+        ".venv/bin/python -m bench teams      # the classification cache and tracing's overhead (~8 min)",
         'bash bench/gpu_suite.sh "$OUT"       # on a lent GPU machine: python -m bench gpu, in one call',
         "```",
         "",

@@ -29,6 +29,7 @@ logger = logging.getLogger("ray.serve")
 
 RELOAD_CHECK_S = 1.0  # how stale a replica's view of the file may be (a removed key: refused within a few seconds)
 DEFAULT_KEY_NAME = "default"  # the caller named in metrics when the single unnamed key is used
+TEAM_OWNER = "team:"  # a named key's jobs are owned by "team:<name>" (the single key's by "key:<digest>")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a Prometheus label value and a log word
 
 
@@ -83,6 +84,9 @@ class Caller:
     limits: KeyLimits
 
 
+ANONYMOUS = Caller("anonymous", "anonymous", KeyLimits())  # everyone, when no key is configured
+
+
 def key_digest(key: str | bytes) -> str:
     """The SHA-256 hex digest a named-keys file stores for `key`."""
     return hashlib.sha256(key.encode("utf-8") if isinstance(key, str) else key).hexdigest()
@@ -107,6 +111,11 @@ def read_named_keys(path: Path) -> list[NamedKey]:
             shown = repeated[0] if field == "name" else repeated[0][:12] + "…"
             raise ValueError(f"{path}: {field} {shown} appears more than once")
     return keys
+
+
+def team_of(owner: str) -> str | None:
+    """The named key that owns a job (its `owner`), or None for the single key or anonymous callers."""
+    return owner.removeprefix(TEAM_OWNER) if owner.startswith(TEAM_OWNER) else None
 
 
 class KeyTable:
@@ -176,7 +185,7 @@ class KeyTable:
             )
             self._seen = seen
             return
-        self.named = {key.key_sha256: Caller(key.name, "key:" + key.name, key.limits) for key in keys}
+        self.named = {key.key_sha256: Caller(key.name, TEAM_OWNER + key.name, key.limits) for key in keys}
         self._seen = seen
         logger.info(
             "api_keys_file %s: %d named key(s): %s", self.path, len(keys), ", ".join(k.name for k in keys) or "none"

@@ -50,13 +50,16 @@ class Usage:
         self.clock = clock  # wall-clock seconds: the token day is a calendar day (UTC)
         self.keys: dict[str, KeyUsage] = {}
 
-    def admit(self, name: str, limits: KeyLimits) -> Refusal | None:
-        """Count one request of `name` now, or say which limit refuses it (a refused request is not counted)."""
+    def admit(self, name: str, limits: KeyLimits, generates: bool = True) -> Refusal | None:
+        """Count one request of `name` now, or say which limit refuses it (a refused request is not counted).
+
+        `generates`: the request may generate tokens; only such a request is refused for the day's tokens, so a
+        key over its budget can still read its jobs and their results."""
         now = self.clock()
         usage = self.keys.setdefault(name, KeyUsage())
         self._roll_day(usage, now)
         per_day = limits.generated_tokens_per_day
-        if per_day is not None and usage.tokens >= per_day:
+        if generates and per_day is not None and usage.tokens >= per_day:
             midnight = (math.floor(now / DAY_S) + 1) * DAY_S
             return Refusal("generated_tokens_per_day", per_day, max(1, math.ceil(midnight - now)))
         per_minute = limits.requests_per_minute

@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
+from serve_app import tracing
 from serve_app.deployments.handle_calls import await_or_cancel
 from serve_app.deployments.text_deployment import Metered, TextDeployment, logger
 from serve_app.engine.spec import resolve_spec
@@ -40,9 +41,16 @@ class Classifier(TextDeployment):
         mode: Mode = "score",
         scoring: Scoring | None = None,
         background: bool = False,
+        trace: tracing.Carrier | None = None,
     ) -> Metered:
         """One answer per text, in input order; `scoring` None means the configured default; `background`: after
-        every interactive request (a bulk run)."""
+        every interactive request (a bulk run); `trace`: the Ingress's trace context."""
+        with tracing.continued(trace), tracing.span("Classifier.classify", texts=len(texts), labels=len(labels)):
+            return await self._classify(texts, labels, mode, scoring, background)
+
+    async def _classify(
+        self, texts: list[str], labels: list[str], mode: Mode, scoring: Scoring | None, background: bool
+    ) -> Metered:
         calls = CountedCalls(self.model_calls(background))
         identity = await self._identity() if mode == "score" and self.cache.enabled else None
         if identity is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from serve_app import tracing
 from serve_app.deployments.text_deployment import Metered, TextDeployment
 from serve_app.engine.requests import SamplingParams
 from serve_app.text.label_keeping import Checks
@@ -18,16 +19,25 @@ class Generator(TextDeployment):
         params: SamplingParams | list[SamplingParams],
         checks: Checks | None = None,
         background: bool = False,
+        trace: tracing.Carrier | None = None,
     ) -> Metered:
-        """Per text, in input order: its paraphrases (TextTasks.augment); `background` as Classifier.classify."""
+        """Per text, in input order: its paraphrases (TextTasks.augment); `background`, `trace` as
+        Classifier.classify."""
         calls = CountedCalls(self.model_calls(background))
-        answers = await self.text_tasks.augment(calls, texts, params, checks)
+        with tracing.continued(trace), tracing.span("Generator.augment", texts=len(texts)):
+            answers = await self.text_tasks.augment(calls, texts, params, checks)
         return Metered(answers, calls.generated_tokens)
 
     async def generate(
-        self, task: str | None, prompt: str | None, values: dict[str, str], params: SamplingParams
+        self,
+        task: str | None,
+        prompt: str | None,
+        values: dict[str, str],
+        params: SamplingParams,
+        trace: tracing.Carrier | None = None,
     ) -> Metered:
         """A model-card task by name (its template filled from `values`), or a raw prompt."""
         calls = CountedCalls(self)
-        answer = await self.text_tasks.generate(calls, task, prompt, values, params)
+        with tracing.continued(trace), tracing.span("Generator.generate", task=task or "prompt"):
+            answer = await self.text_tasks.generate(calls, task, prompt, values, params)
         return Metered(answer, calls.generated_tokens)

@@ -13,15 +13,17 @@ from ray import serve
 from serve_app.access.keys import KeyLimits
 from serve_app.access.usage import Refusal, Usage
 
+LEDGER_TIMEOUT_S = 2.0  # a caller waits at most this long for the KeyLedger, then goes on uncounted
+
 
 @serve.deployment(name="KeyLedger")
 class KeyLedger:
     def __init__(self) -> None:
         self.usage = Usage()
 
-    def admit(self, name: str, limits: KeyLimits) -> Refusal | None:
-        """Count a request of key `name`, or the limit that refuses it."""
-        return self.usage.admit(name, limits)
+    def admit(self, name: str, limits: KeyLimits, generates: bool = True) -> Refusal | None:
+        """Count a request of key `name`, or the limit that refuses it (Usage.admit)."""
+        return self.usage.admit(name, limits, generates)
 
     def charge(self, name: str, tokens: int) -> None:
         """Tokens generated for key `name`'s request."""

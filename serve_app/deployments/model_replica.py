@@ -19,6 +19,7 @@ import torch
 from ray import serve
 from ray.serve.context import _get_serve_request_context
 
+from serve_app import tracing
 from serve_app.deployments.replica_logging import (
     log_refusals_in_one_line,
     send_project_logs_to_serve,
@@ -34,7 +35,7 @@ from serve_app.engine.memory import free_device_bytes, limit_gpu_share, row_budg
 from serve_app.engine.requests import MAX_NEW_TOKENS, ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.lanes import Lanes, lane_count
-from serve_app.scheduling.scheduler import Scheduler
+from serve_app.scheduling.scheduler import Scheduler, WorkTimes
 from serve_app.settings import AppSettings
 
 logger = logging.getLogger("ray.serve")
@@ -70,6 +71,7 @@ class ModelReplica:
         send_project_logs_to_serve()  # the dtype choice and the scheduler's own lines
         log_refusals_in_one_line()  # an input check or a refusal of admission is not a failure of ours
         self.settings = AppSettings.model_validate(settings)
+        tracing.start_tracing(self.settings.otlp_endpoint, "ModelReplica")
         gpu_reserved = bool(ray.get_gpu_ids())
         threads = self.settings.torch_threads or replica_threads(gpu_reserved)
         torch.set_num_threads(threads)
@@ -115,13 +117,32 @@ class ModelReplica:
 
     # Each request is validated alone before it joins the batch, so a bad one fails by itself.
     # `background`: dataset jobs and bulk runs, scheduled after interactive work (scheduling/scheduler.py).
-    async def generate(self, request: GenerationRequest, background: bool = False) -> list[list[int]]:
+    # `trace`: the caller's trace context (serve_app/tracing.py); the request's stages become its spans.
+    async def generate(
+        self, request: GenerationRequest, background: bool = False, trace: tracing.Carrier | None = None
+    ) -> list[list[int]]:
         self.engine.check_request(request)
-        return await self.lanes.generate(request, background, current_request_id())
+        times = WorkTimes() if trace else None
+        sequences = await self.lanes.generate(request, background, current_request_id(), times)
+        if times is not None:
+            with tracing.continued(trace):
+                rows = request.params.num_return_sequences
+                tracing.record("ModelReplica queue", times.enqueued, times.started, background=background)
+                tracing.record("ModelReplica prefill", times.started, times.prefilled, tokens=len(request.input_ids))
+                tracing.record("ModelReplica decoding", times.prefilled, times.finished, rows=rows)
+        return sequences
 
-    async def score(self, request: ScoringRequest, background: bool = False) -> ScoringResult:
+    async def score(
+        self, request: ScoringRequest, background: bool = False, trace: tracing.Carrier | None = None
+    ) -> ScoringResult:
         self.engine.check_request(request)
-        return await self.lanes.score(request, background, current_request_id())
+        times = WorkTimes() if trace else None
+        result = await self.lanes.score(request, background, current_request_id(), times)
+        if times is not None:
+            with tracing.continued(trace):
+                tracing.record("ModelReplica queue", times.enqueued, times.started, background=background)
+                tracing.record("ModelReplica scoring", times.started, times.finished, labels=len(request.label_ids))
+        return result
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()

@@ -10,6 +10,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
+from serve_app import tracing
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.failures import is_replica_loss
 from serve_app.deployments.handle_calls import await_or_cancel, gather_or_cancel
@@ -44,6 +45,7 @@ class TextDeployment:
 
     def __init__(self, settings: dict[str, Any], replica: DeploymentHandle) -> None:
         self.settings = AppSettings.model_validate(settings)
+        tracing.start_tracing(self.settings.otlp_endpoint, type(self).__name__)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
         log_refusals_in_one_line()  # a full model queue is answered 503, not a failure to trace
         tokenizer = load_tokenizer(resolve_spec(self.settings.model, files="tokenizer").path)
@@ -62,7 +64,8 @@ class TextDeployment:
         it (Serve routes only to live ones). The ingress's timeout bounds the retries."""
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
-                return await await_or_cancel(getattr(self.replica, method).remote(request, background))
+                call = getattr(self.replica, method).remote(request, background, tracing.carrier())
+                return await await_or_cancel(call)
             except Exception as exc:
                 if attempt == MODEL_CALL_ATTEMPTS or not is_replica_loss(exc):
                     raise

@@ -20,17 +20,19 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.access.keys import Caller, KeyLimits, KeyTable
+from serve_app.access.keys import ANONYMOUS, Caller, KeyTable
 from serve_app.access.usage import Refusal
-from serve_app.ingress.key_metrics import KeyMetrics
+from serve_app.deployments.key_ledger import LEDGER_TIMEOUT_S
+from serve_app.deployments.key_metrics import KeyMetrics
 
 logger = logging.getLogger("ray.serve")
 
 # Paths that need no key: health for load balancers, the static page and the API docs (no data in them).
 OPEN_PATHS = frozenset({"/healthz", "/", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
 OPEN_PREFIXES = ("/ui/",)
-ANONYMOUS = Caller("anonymous", "anonymous", KeyLimits())  # the caller when no key is configured
-LEDGER_TIMEOUT_S = 2.0  # a limited key's request waits at most this long for the KeyLedger, then goes through
+# The POST routes that generate text: only these are refused once a key's daily tokens are spent. Classification
+# (its label tokens in mode generate are few, and charged), a job's state and result, and the task list are not.
+GENERATING_ROUTES = frozenset({"/augment", "/augment_batch", "/generate", "/jobs"})
 LEDGER_WARNING_EVERY_S = 30.0
 
 
@@ -41,7 +43,7 @@ def caller_of_scope(scope: Scope) -> Caller:
 
 
 def caller_of(request: Request) -> str:
-    """Who owns what this request creates (a job): `key:<name>` for a named key, `key:<digest>` for the single key,
+    """Who owns what this request creates (a job): `team:<name>` for a named key, `key:<digest>` for the single key,
     `anonymous` when auth is off."""
     return caller_of_scope(request.scope).owner
 
@@ -68,12 +70,12 @@ class KeyLedgerClient:
         self.handle = handle
         self._warned = -float("inf")
 
-    async def admit(self, caller: Caller) -> Refusal | None:
+    async def admit(self, caller: Caller, generates: bool) -> Refusal | None:
         if caller.limits.unlimited:
             return None
         try:
             refusal: Refusal | None = await asyncio.wait_for(
-                self.handle.admit.remote(caller.name, caller.limits), timeout=LEDGER_TIMEOUT_S
+                self.handle.admit.remote(caller.name, caller.limits, generates), timeout=LEDGER_TIMEOUT_S
             )
         except Exception as exc:  # noqa: BLE001 - a budget is not a lock: a lost ledger must not stop every team
             self._warn(f"KeyLedger not reached ({exc!r}); {caller.name}'s request admitted uncounted")
@@ -127,7 +129,8 @@ class KeyAccess:
             await send_json(send, 401, {"detail": "missing or invalid API key"}, {"WWW-Authenticate": "Bearer"})
             return
         scope.setdefault("state", {})["caller"] = caller
-        refusal = await self.ledger.admit(caller)
+        generates = scope.get("method") == "POST" and route in GENERATING_ROUTES
+        refusal = await self.ledger.admit(caller, generates)
         if refusal is not None:
             self.metrics.request(caller.name, route, 429)
             await send_json(

@@ -17,9 +17,11 @@ from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
+from serve_app import tracing
 from serve_app.access.keys import KeyTable
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
 from serve_app.deployments.handle_calls import await_or_cancel
+from serve_app.deployments.key_metrics import KeyMetrics
 from serve_app.deployments.text_deployment import Metered
 from serve_app.ingress import openapi, schemas
 from serve_app.ingress.auth import KeyAccess, KeyLedgerClient, caller_of_scope, load_api_key
@@ -31,9 +33,9 @@ from serve_app.ingress.errors import (
     validation_error_handler,
 )
 from serve_app.ingress.jobs_routes import JobsRoutes
-from serve_app.ingress.key_metrics import KeyMetrics
 from serve_app.ingress.model_availability import ModelAvailability, ModelOutage
 from serve_app.ingress.request_id import RequestIds
+from serve_app.ingress.request_spans import RequestSpans
 from serve_app.jobs.store import JobStore
 from serve_app.settings import AppSettings
 from serve_app.text.errors import TextInputError
@@ -67,6 +69,7 @@ class Ingress:
         key_ledger: DeploymentHandle[Any],
     ) -> None:
         self.settings = AppSettings.model_validate(settings)
+        tracing.start_tracing(self.settings.otlp_endpoint, "Ingress")
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
         self.templates = self.settings.prompt_templates()
         self.classifier = classifier
@@ -106,6 +109,8 @@ class Ingress:
                 allow_headers=["Authorization", "Content-Type", "X-MT5-Priority", "X-Request-ID"],
                 expose_headers=["X-Request-ID", "Retry-After"],
             )
+        if tracing.enabled():
+            api.add_middleware(RequestSpans)  # inside RequestIds: the span knows the request id
         api.add_middleware(RequestIds)
         logger.info(
             "Ingress: API key auth %s, CORS origins %s",
@@ -191,7 +196,9 @@ class Ingress:
 
     async def augment(self, request: Request, body: schemas.AugmentRequest) -> Any:
         metered = await self._call(
-            lambda: self.generator.augment.remote([body.text], body.sampling_params(), body.checks())
+            lambda: self.generator.augment.remote(
+                [body.text], body.sampling_params(), body.checks(), trace=tracing.carrier()
+            )
         )
         return self._metered(request, metered)[0]
 
@@ -201,14 +208,16 @@ class Ingress:
         background = priority == "background"
         metered = await self._call(
             lambda: self.generator.augment.remote(
-                body.texts, body.sampling_params_per_text(), body.checks(), background
+                body.texts, body.sampling_params_per_text(), body.checks(), background, trace=tracing.carrier()
             )
         )
         return schemas.batch_of_augment_answers(self._metered(request, metered))
 
     async def classify(self, request: Request, response: Response, body: schemas.ClassifyRequest) -> Any:
         metered = await self._call(
-            lambda: self.classifier.classify.remote([body.text], body.labels, body.mode, body.scoring)
+            lambda: self.classifier.classify.remote(
+                [body.text], body.labels, body.mode, body.scoring, trace=tracing.carrier()
+            )
         )
         scored = len(body.labels) if body.mode == "score" else 0
         return self._metered(request, metered, labels_scored=scored, response=response)[0]
@@ -222,7 +231,9 @@ class Ingress:
     ) -> Any:
         background = priority == "background"
         metered = await self._call(
-            lambda: self.classifier.classify.remote(body.texts, body.labels, body.mode, body.scoring, background)
+            lambda: self.classifier.classify.remote(
+                body.texts, body.labels, body.mode, body.scoring, background, trace=tracing.carrier()
+            )
         )
         scored = len(body.texts) * len(body.labels) if body.mode == "score" else 0
         return {"results": self._metered(request, metered, labels_scored=scored, response=response)}
@@ -236,7 +247,9 @@ class Ingress:
             except TextInputError as error:
                 raise RouteFailure(error) from None
         metered = await self._call(
-            lambda: self.generator.generate.remote(body.task, body.prompt, body.slot_values(), body.sampling_params())
+            lambda: self.generator.generate.remote(
+                body.task, body.prompt, body.slot_values(), body.sampling_params(), trace=tracing.carrier()
+            )
         )
         return self._metered(request, metered)
 

@@ -142,7 +142,7 @@ class JobsRoutes:
         )
         await asyncio.to_thread(self.store.create, state, input_name(state), data)
         try:
-            await asyncio.wait_for(self.runner.start.remote(state.id), timeout=RUNNER_CALL_TIMEOUT_S)
+            await asyncio.wait_for(self.runner.start.remote(state.id, state.owner), timeout=RUNNER_CALL_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - the job is saved: the next JobRunner to start resumes it
             logger.warning("job %s saved, JobRunner not reached now (%r); it starts when one runs", state.id, exc)
         return JSONResponse(status_code=202, content=_view(state), headers={"Location": f"/jobs/{state.id}"})

@@ -19,7 +19,7 @@ from serve_app.engine import GenerationRequest, ScoringRequest
 from serve_app.engine.requests import ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.loop import CoreShare, SchedulerLoop
-from serve_app.scheduling.scheduler import IterationReport, Scheduler
+from serve_app.scheduling.scheduler import IterationReport, Scheduler, WorkTimes
 
 
 class Lanes:
@@ -49,13 +49,24 @@ class Lanes:
         ]
 
     async def generate(
-        self, request: GenerationRequest, background: bool = False, request_id: str = ""
+        self,
+        request: GenerationRequest,
+        background: bool = False,
+        request_id: str = "",
+        times: WorkTimes | None = None,
     ) -> list[list[int]]:
-        """`request_id`: the HTTP request's, named in the scheduler's log lines about this request."""
-        return await self.loops[self.pick(background)].generate(request, background, request_id)
+        """`request_id`: the HTTP request's, named in the scheduler's log lines about this request; `times`: filled
+        in by the scheduler as the request's stages happen (its traces)."""
+        return await self.loops[self.pick(background)].generate(request, background, request_id, times)
 
-    async def score(self, request: ScoringRequest, background: bool = False, request_id: str = "") -> ScoringResult:
-        return await self.loops[self.pick(background)].score(request, background, request_id)
+    async def score(
+        self,
+        request: ScoringRequest,
+        background: bool = False,
+        request_id: str = "",
+        times: WorkTimes | None = None,
+    ) -> ScoringResult:
+        return await self.loops[self.pick(background)].score(request, background, request_id, times)
 
     def pick(self, background: bool = False) -> int:
         """Interactive work: the lane with the least outstanding work. Background work never takes lane 0 when there

@@ -18,7 +18,7 @@ import torch
 
 from serve_app.engine import GenerationRequest, ScoringRequest
 from serve_app.engine.requests import ScoringResult
-from serve_app.scheduling.scheduler import IterationReport, Scheduler
+from serve_app.scheduling.scheduler import IterationReport, Scheduler, WorkTimes
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +67,26 @@ class SchedulerLoop:
         self._thread.start()
 
     async def generate(
-        self, request: GenerationRequest, background: bool = False, request_id: str = ""
+        self,
+        request: GenerationRequest,
+        background: bool = False,
+        request_id: str = "",
+        times: WorkTimes | None = None,
     ) -> list[list[int]]:
         sequences: list[list[int]] = await self._await(
-            lambda done: self.scheduler.submit_generation(request, done, background, request_id)
+            lambda done: self.scheduler.submit_generation(request, done, background, request_id, times)
         )
         return sequences
 
-    async def score(self, request: ScoringRequest, background: bool = False, request_id: str = "") -> ScoringResult:
+    async def score(
+        self,
+        request: ScoringRequest,
+        background: bool = False,
+        request_id: str = "",
+        times: WorkTimes | None = None,
+    ) -> ScoringResult:
         result: ScoringResult = await self._await(
-            lambda done: self.scheduler.submit_scoring(request, done, background, request_id)
+            lambda done: self.scheduler.submit_scoring(request, done, background, request_id, times)
         )
         return result
 

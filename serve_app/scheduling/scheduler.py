@@ -53,6 +53,17 @@ DEFERRED_POLL_S = 0.02
 
 
 @dataclass
+class WorkTimes:
+    """When one request's stages happened, on the scheduler's clock (time.monotonic unless a test gives another),
+    written by the scheduler thread and read by the caller after the answer (tracing's spans)."""
+
+    enqueued: float = 0.0
+    started: float = 0.0  # admitted: its wait in the queue ends
+    prefilled: float = 0.0  # generation: its prompt encoded and its rows in the batch
+    finished: float = 0.0  # answered
+
+
+@dataclass
 class _Work:
     ticket: int
     kind: str  # "generate" | "score"
@@ -61,6 +72,7 @@ class _Work:
     enqueued: float
     background: bool = False
     request_id: str = ""  # the HTTP request's (X-Request-ID), for the log lines about this work
+    times: WorkTimes | None = None
 
     @property
     def tokens(self) -> int:
@@ -109,6 +121,11 @@ class IterationReport:
     cancelled_ids: list[str] = field(default_factory=list)  # their request ids, waiting and running
     queue_waits: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds) of work started now
     waiting: int = 0  # requests still queued after admission (interactive and background)
+
+
+def _stamp(work: _Work, stage: str, when: float) -> None:
+    if work.times is not None:
+        setattr(work.times, stage, when)
 
 
 def _ids(request_ids: list[str]) -> str:
@@ -176,23 +193,33 @@ class Scheduler:
             self.config = config
 
     def submit_generation(
-        self, request: GenerationRequest, on_done: Callback, background: bool = False, request_id: str = ""
+        self,
+        request: GenerationRequest,
+        on_done: Callback,
+        background: bool = False,
+        request_id: str = "",
+        times: WorkTimes | None = None,
     ) -> int:
         """Queue a generation request; its answer is `num_return_sequences` id lists, in order.
 
         `background`: after every interactive request, never refused for the deadline (a job waits its turn).
-        `request_id`: named in every log line about this request."""
+        `request_id`: named in every log line about this request. `times`: filled in as its stages happen."""
         with self._lock:
             if not background:
                 self._refuse_if_too_late(request.params.num_return_sequences)
-            return self._enqueue("generate", request, on_done, background, request_id)
+            return self._enqueue("generate", request, on_done, background, request_id, times)
 
     def submit_scoring(
-        self, request: ScoringRequest, on_done: Callback, background: bool = False, request_id: str = ""
+        self,
+        request: ScoringRequest,
+        on_done: Callback,
+        background: bool = False,
+        request_id: str = "",
+        times: WorkTimes | None = None,
     ) -> int:
         """Queue a scoring request; its answer is a ScoringResult."""
         with self._lock:
-            return self._enqueue("score", request, on_done, background, request_id)
+            return self._enqueue("score", request, on_done, background, request_id, times)
 
     def cancel(self, ticket: int) -> None:
         """The caller gave up: free its rows at the next iteration; it gets no answer."""
@@ -298,6 +325,7 @@ class Scheduler:
                         break
                 self._waiting.popleft()
                 admitted.append(work)
+                _stamp(work, "started", report.started)
                 budget_tokens -= work.tokens
                 budget_rows -= work.rows
                 self._waiting_rows -= work.rows
@@ -331,6 +359,7 @@ class Scheduler:
                     break
             self._background.popleft()
             taken.append(work)
+            _stamp(work, "started", report.started)
             budget_tokens -= work.tokens
             budget_rows -= work.rows
             self._background_rows += work.rows
@@ -410,7 +439,9 @@ class Scheduler:
                 self._answer(work, None, error)
             return
         self._batch.merge(fresh)
+        prefilled = self.clock()
         for work in generation:
+            _stamp(work, "prefilled", prefilled)
             rows = work.rows
             self._decoding[work.ticket] = _Decoding(work, [None] * rows, rows)
         report.admitted = len(generation)
@@ -480,10 +511,12 @@ class Scheduler:
         on_done: Callback,
         background: bool,
         request_id: str = "",
+        times: WorkTimes | None = None,
     ) -> int:
         ticket = self._next_ticket
         self._next_ticket += 1
-        work = _Work(ticket, kind, request, on_done, self.clock(), background, request_id)
+        work = _Work(ticket, kind, request, on_done, self.clock(), background, request_id, times)
+        _stamp(work, "enqueued", work.enqueued)
         self._open.add(ticket)
         if not background:
             self._open_interactive.add(ticket)
@@ -510,6 +543,7 @@ class Scheduler:
             raise AdmissionRefused(wait, self.deadline_s)
 
     def _answer(self, work: _Work, result: Any, error: BaseException | None) -> None:
+        _stamp(work, "finished", self.clock())
         self._open.discard(work.ticket)
         self._open_interactive.discard(work.ticket)
         try:

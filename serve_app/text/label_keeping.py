@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app import tracing
 from serve_app.engine.requests import (
     MAX_RETURN_SEQUENCES,
     GenerationRequest,
@@ -221,36 +222,48 @@ async def augment_checked(
     keep = checks.keep_label
     if keep is not None:
         await _choose_labels(model, encoder, templates.classification, selections, keep, scoring)
+    round_number = 0
     while pending := [s for s in selections if not s.done]:
-        outputs = await model.generate_many([s.next_request() for s in pending])
-        rounds = [
-            (s, s.fresh([encoder.decode(ids) for ids in sequences]))
-            for s, sequences in zip(pending, outputs, strict=True)
-        ]
-        if keep is None:
-            for selection, candidates in rounds:
-                for text in candidates:
-                    selection.consider(text)
-            continue
-        labels = keep.candidates()
-        jobs = [
-            (
-                s,
-                classification.prepare_job(
-                    encoder, templates.classification, text, labels, most=classification.MAX_LABELS + 1
-                ),
-            )
-            for s, candidates in rounds
-            for text in candidates
-        ]
-        results = await model.score_many([classification.scoring_request(job, scoring) for _, job in jobs])
-        for (selection, job), result in zip(jobs, results, strict=True):
-            answer = classification.score_answer(job, result)  # /classify's own answer: same tie rule
-            assert selection.label is not None  # the rounds above gave every selection its label
-            selection.consider(
-                job.text.strip(), answer["label"], result.probabilities[job.labels.index(selection.label)]
-            )
+        round_number += 1
+        with tracing.span("keep_label round", round=round_number, texts=len(pending)):
+            await _round(model, encoder, templates, pending, keep, scoring)
     return [s.answer(keep is not None) for s in selections]
+
+
+async def _round(
+    model: ModelCalls,
+    encoder: PromptEncoder,
+    templates: PromptTemplates,
+    pending: list[Selection],
+    keep: KeepLabel | None,
+    scoring: classification.Scoring,
+) -> None:
+    """One round of candidates for the texts still short of what they asked for: sampled, then checked."""
+    outputs = await model.generate_many([s.next_request() for s in pending])
+    rounds = [
+        (s, s.fresh([encoder.decode(ids) for ids in sequences])) for s, sequences in zip(pending, outputs, strict=True)
+    ]
+    if keep is None:
+        for selection, candidates in rounds:
+            for text in candidates:
+                selection.consider(text)
+        return
+    labels = keep.candidates()
+    jobs = [
+        (
+            s,
+            classification.prepare_job(
+                encoder, templates.classification, text, labels, most=classification.MAX_LABELS + 1
+            ),
+        )
+        for s, candidates in rounds
+        for text in candidates
+    ]
+    results = await model.score_many([classification.scoring_request(job, scoring) for _, job in jobs])
+    for (selection, job), result in zip(jobs, results, strict=True):
+        answer = classification.score_answer(job, result)  # /classify's own answer: same tie rule
+        assert selection.label is not None  # the rounds above gave every selection its label
+        selection.consider(job.text.strip(), answer["label"], result.probabilities[job.labels.index(selection.label)])
 
 
 async def _choose_labels(
