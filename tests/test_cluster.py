@@ -259,7 +259,9 @@ def classify(client: httpx.Client, url: str) -> httpx.Response:
 
 
 def classify_batch(client: httpx.Client, url: str) -> httpx.Response:
-    return client.post(f"{url}/classify_batch", json={"texts": TEXTS, "labels": LABELS})
+    """A /classify_batch of texts not sent before (see classify): the autoscaling test's load must reach the model."""
+    number = next(REQUEST_NUMBERS)
+    return client.post(f"{url}/classify_batch", json={"texts": [f"{t}#{number}" for t in TEXTS], "labels": LABELS})
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, interval_s: float = 1.0) -> bool:
