@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
@@ -212,6 +213,31 @@ def test_health_says_the_model_is_unavailable_until_its_replacement_runs(served)
 
 
 @pytest.mark.service
+def test_a_killed_serve_controller_refuses_nobody(served):
+    """Ray Serve's data plane serves on while its controller restarts: 8 clients, the controller SIGKILLed, and
+    every request in the next 30 s answered 200 (the Ingress does not take the recovering controller's report for
+    an outage: serve_app/ingress/model_availability.py)."""
+    load = Load(served.url, clients=8)
+
+    async def scenario() -> float:
+        runner = asyncio.create_task(load.run())
+        await asyncio.sleep(5)
+        killed_at = time.monotonic() - load.started
+        kill([serve_controller(served)])
+        await asyncio.sleep(30)
+        load.stop()
+        await runner
+        return killed_at
+
+    killed_at = asyncio.run(scenario())
+    after = load.since(killed_at)
+    statuses = Counter(o.status for o in after)
+    assert load.hung == 0 and load.misaligned == 0
+    assert len(after) > 20 and set(statuses) == {200}, (statuses, [o.detail for o in after if o.status != 200][:3])
+    assert served.wait_for_log("the Serve controller restarted", timeout_s=10)
+
+
+@pytest.mark.service
 def test_chaos_repeated_and_combined_kills_under_steady_load(served):
     """The model killed three times in a row, then the Serve controller, then a Classifier with the model."""
     load = Load(served.url, clients=16)
@@ -281,14 +307,14 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
     """Each Ingress replica polls on its own: one that polled just before a replacement came up must look
     again (at most once per FRESH_S, however many requests ask) rather than refuse what another accepts."""
     from serve_app.ingress import model_availability
-    from serve_app.ingress.model_availability import ModelAvailability
+    from serve_app.ingress.model_availability import Look, ModelAvailability
 
     running = [0]
     looks: list[float] = []
 
-    def running_now(self) -> tuple[int, int]:
+    def running_now(self) -> Look:
         looks.append(time.monotonic())
-        return running[0], 0
+        return Look(running[0], 0)
 
     monkeypatch.setattr(ModelAvailability, "_running_now", running_now)
 
@@ -317,16 +343,17 @@ def test_a_slow_look_does_not_overwrite_a_fresher_verdict(monkeypatch):
     import threading
 
     from serve_app.ingress import model_availability
-    from serve_app.ingress.model_availability import ModelAvailability
+    from serve_app.ingress.model_availability import Look, ModelAvailability
 
     slow_read = threading.Event()
-    reads = [(0, 0), "slow"]  # first look: none; the watcher's second: stale and slow; every later one: one running
+    reads = [Look(0, 0), "slow"]  # first look: none; the watcher's second: stale and slow; every later one: one running
 
-    def running_now(self) -> tuple[int, int]:
-        answer = reads.pop(0) if reads else (1, 0)
+    def running_now(self) -> Look:
+        answer = reads.pop(0) if reads else Look(1, 0)
         if answer == "slow":
             slow_read.wait(timeout=10)
-            return 0, 0
+            return Look(0, 0)
+        assert isinstance(answer, Look)
         return answer
 
     monkeypatch.setattr(ModelAvailability, "_running_now", running_now)
@@ -352,10 +379,10 @@ def test_a_call_waiting_for_the_model_is_given_up_when_nothing_runs_or_holds_cal
     a replacement runs. The next look that finds no ModelReplica running or holding calls gives it up (the
     call cancelled, ModelOutage raised); one that finds a replica still holding calls (STOPPING, a redeploy's
     drain) leaves it to finish."""
-    from serve_app.ingress.model_availability import ModelAvailability, ModelOutage
+    from serve_app.ingress.model_availability import Look, ModelAvailability, ModelOutage
 
     replicas = [(1, 0)]  # (RUNNING, holding calls) as the controller reports them
-    monkeypatch.setattr(ModelAvailability, "_running_now", lambda self: replicas[0])
+    monkeypatch.setattr(ModelAvailability, "_running_now", lambda self: Look(*replicas[0]))
 
     async def scenario() -> None:
         watcher = ModelAvailability("mt5", period_s=0.05)
@@ -388,3 +415,33 @@ def test_a_call_waiting_for_the_model_is_given_up_when_nothing_runs_or_holds_cal
         watcher._task.cancel()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.unit
+def test_a_restarted_controller_is_not_taken_for_an_outage(monkeypatch):
+    """After a controller restart the new controller reports the application not yet RUNNING and its replicas
+    RECOVERING, or none at all, for a moment, while the replicas keep serving: the watcher keeps its verdict until
+    the application is RUNNING again, and a real outage after that is still seen."""
+    from serve_app.ingress import model_availability
+    from serve_app.ingress.model_availability import Look, ModelAvailability
+
+    watcher = ModelAvailability("mt5")
+    watcher._record(Look(1, 0, controller="first"))
+    assert watcher.available
+    watcher._record(Look(0, 0, controller="second", app_running=False))  # recovering: nothing listed yet
+    assert watcher.available and not watcher._outage_event().is_set()
+    watcher._record(Look(0, 1, recovering=1, controller="second", app_running=False))  # reattaching
+    assert watcher.available and watcher.running_replicas == 1
+    watcher._record(Look(1, 0, controller="second"))  # RUNNING again: the window is over
+    assert watcher.available and watcher._controller_restarted_at is None
+    watcher._record(Look(0, 0, controller="second"))  # the replica is really gone now
+    assert not watcher.available and watcher._outage_event().is_set()
+
+    # A restart that never brings the application back is taken at its word after CONTROLLER_RECOVERY_S.
+    monkeypatch.setattr(model_availability, "CONTROLLER_RECOVERY_S", 0.05)
+    watcher._record(Look(1, 0, controller="second"))
+    watcher._record(Look(0, 0, controller="third", app_running=False))
+    assert watcher.available
+    time.sleep(0.1)
+    watcher._record(Look(0, 0, controller="third", app_running=False))
+    assert not watcher.available

@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from serve_app import tracing
 from serve_app.access.keys import KeyTable
 from serve_app.deployments.cpu_priority import yield_cpu_to_the_model
+from serve_app.deployments.failures import is_replica_loss
 from serve_app.deployments.handle_calls import await_or_cancel
 from serve_app.deployments.key_metrics import KeyMetrics
 from serve_app.deployments.text_deployment import Metered
@@ -44,6 +45,7 @@ UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 
 MODEL_OUTAGE_RETRY_AFTER_S = 5  # a replacement ModelReplica takes seconds to load, not one
 HEALTH_DESCRIBE_TIMEOUT_S = 3  # the model answers describe() in milliseconds when a replica runs
+LIGHT_RETRY_WAIT_S = 5.0  # a call whose Classifier/Generator replica died is sent once more, waiting at most this
 CACHED_HEADER = "X-MT5-Cached"  # /classify, /classify_batch in score mode: answers the classification cache gave
 
 
@@ -171,9 +173,7 @@ class Ingress:
             )
         try:
             # On timeout the call is cancelled, not only abandoned: its rows leave the model's batch.
-            return await asyncio.wait_for(
-                self.model.unless_outage(await_or_cancel(call())), timeout=self.settings.request_timeout_s
-            )
+            return await asyncio.wait_for(self._sent_again_if_lost(call), timeout=self.settings.request_timeout_s)
         except ModelOutage as outage:
             raise RouteFailure(status=503, detail=str(outage), retry_after_s=MODEL_OUTAGE_RETRY_AFTER_S) from None
         except asyncio.TimeoutError:
@@ -193,6 +193,28 @@ class Ingress:
         self.key_metrics.scored(caller.name, labels_scored)
         self.ledger.charge(caller, metered.generated_tokens)
         return metered.answer
+
+    async def _sent_again_if_lost(
+        self, call: Callable[[], DeploymentResponse[Any] | DeploymentResponseGenerator[Any]]
+    ) -> Any:
+        """The call's answer; sent once more when the Classifier or Generator replica that took it died before
+        answering (a lost node). Safe for every route: nobody saw an answer, scoring and seeded sampling give the
+        same one again, and an unseeded request had none to keep. Serve routes the second call to a live replica;
+        where none is left (a deployment of one, being replaced) the second call waits at most LIGHT_RETRY_WAIT_S
+        and the client gets the first failure's 503 with Retry-After, as before."""
+        try:
+            return await self.model.unless_outage(await_or_cancel(call()))
+        except ModelOutage:
+            raise
+        except Exception as exc:
+            if not is_replica_loss(exc):
+                raise
+            lost = exc
+        logger.warning("a replica was lost with this request in flight (%s); sending it again", type(lost).__name__)
+        try:
+            return await asyncio.wait_for(self.model.unless_outage(await_or_cancel(call())), timeout=LIGHT_RETRY_WAIT_S)
+        except asyncio.TimeoutError:
+            raise lost from None
 
     async def augment(self, request: Request, body: schemas.AugmentRequest) -> Any:
         metered = await self._call(

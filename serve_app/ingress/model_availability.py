@@ -15,6 +15,12 @@ wait when this replica's next look finds no ModelReplica running or holding call
 nothing can then answer before a replacement, so the caller is refused like the
 requests that come after it. A replica that is not RUNNING but alive (STOPPING in a
 redeploy's drain, HOLDING_STATES) still finishes what it holds, so calls are left alone then.
+
+A restarted Serve controller is not an outage. Ray Serve's data plane keeps serving while its controller
+recovers (the handles keep the replicas they know), but the new controller reports the application as not
+yet RUNNING and its replicas as RECOVERING, or not at all, for a moment. When the controller's worker changes,
+this watcher keeps its last verdict until the application is RUNNING again (at most CONTROLLER_RECOVERY_S),
+counting RECOVERING replicas as running, so nobody is refused because the control plane blinked.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from ray import serve
@@ -32,6 +39,18 @@ T = TypeVar("T")
 FRESH_S = 0.25  # an outage verdict older than this is looked at again before a request is refused
 # Replica states that are not RUNNING yet may still hold calls and finish them (a redeploy drains STOPPING ones).
 HOLDING_STATES = ("STOPPING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")
+CONTROLLER_RECOVERY_S = 60.0  # the longest a restarted controller's "not RUNNING yet" is taken for its recovery
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one read of the controller said."""
+
+    running: int  # RUNNING replicas of the deployment
+    holding: int  # alive but not RUNNING (HOLDING_STATES)
+    recovering: int = 0  # RECOVERING: a restarted controller reattaching to a replica that kept running
+    controller: str | None = None  # the controller's worker id (None: not known through this read)
+    app_running: bool = True  # the application's status is RUNNING
 
 
 class ModelOutage(Exception):
@@ -49,6 +68,8 @@ class ModelAvailability:
         self.looked_at = 0.0  # when the newest finished look began
         self._verdict_read_at = 0.0  # when the look behind the recorded verdict began
         self._fell_back = False
+        self._controller: str | None = None  # the controller's worker id at the last look
+        self._controller_restarted_at: float | None = None  # set until the application is RUNNING again
         self._task: asyncio.Task[None] | None = None
         self._look_lock: asyncio.Lock | None = None
         self._outage: asyncio.Event | None = None  # set while no replica runs or holds calls
@@ -122,8 +143,8 @@ class ModelAvailability:
                 self._record(replicas)
         self.looked_at = max(self.looked_at, started)
 
-    def _running_now(self) -> tuple[int, int]:
-        """The deployment's RUNNING replicas, and those in HOLDING_STATES."""
+    def _running_now(self) -> Look:
+        """The deployment's RUNNING replicas, those in HOLDING_STATES, and who the controller is."""
         try:
             return self._running_from_details()
         except (ImportError, AttributeError, KeyError, TypeError) as exc:  # another Ray's client: the public way
@@ -136,7 +157,7 @@ class ModelAvailability:
                 self._fell_back = True
             return self._running_from_status()
 
-    def _running_from_details(self) -> tuple[int, int]:
+    def _running_from_details(self) -> Look:
         """The controller's details as it sends them. serve.status() builds the same into pydantic models
         first, which costs this light replica far more CPU for a look it takes every second."""
         from ray.serve.context import _get_global_client
@@ -144,25 +165,56 @@ class ModelAvailability:
         client = _get_global_client()
         if client is None:  # not connected to Serve: the caller falls back to serve.status()
             raise AttributeError("no Serve controller client in this process")
-        applications = client.get_serve_details()["applications"]
-        deployments = applications[self.app_name]["deployments"] if self.app_name in applications else {}
+        details = client.get_serve_details()
+        applications = details["applications"]
+        application = applications.get(self.app_name, {})
+        deployments = application.get("deployments", {})
         replicas = deployments[self.deployment]["replicas"] if self.deployment in deployments else []
         states = [replica["state"] for replica in replicas]
-        return states.count("RUNNING"), sum(map(states.count, HOLDING_STATES))
+        return Look(
+            running=states.count("RUNNING"),
+            holding=sum(map(states.count, HOLDING_STATES)),
+            recovering=states.count("RECOVERING"),
+            controller=str((details.get("controller_info") or {}).get("worker_id") or "") or None,
+            app_running=application.get("status") == "RUNNING",
+        )
 
-    def _running_from_status(self) -> tuple[int, int]:
+    def _running_from_status(self) -> Look:
         application = serve.status().applications.get(self.app_name)
         if application is None or self.deployment not in application.deployments:
-            return 0, 0
+            return Look(0, 0)
         states = {
             str(getattr(state, "value", state)): count
             for state, count in application.deployments[self.deployment].replica_states.items()
         }
-        return states.get("RUNNING", 0), sum(states.get(state, 0) for state in HOLDING_STATES)
+        return Look(states.get("RUNNING", 0), sum(states.get(state, 0) for state in HOLDING_STATES))
 
-    def _record(self, replicas: tuple[int, int]) -> None:
+    def _controller_recovering(self, look: Look) -> bool:
+        """Whether `look` comes from a controller that restarted and has not brought the application back to RUNNING
+        yet (bounded by CONTROLLER_RECOVERY_S)."""
+        now = time.monotonic()
+        if look.controller is not None:
+            if self._controller is not None and look.controller != self._controller:
+                self._controller_restarted_at = now
+                logger.warning(
+                    "model availability: the Serve controller restarted; keeping the last verdict while it recovers"
+                )
+            self._controller = look.controller
+        restarted = self._controller_restarted_at
+        if restarted is None:
+            return False
+        if look.app_running or now - restarted > CONTROLLER_RECOVERY_S:
+            self._controller_restarted_at = None
+            return False
+        return True
+
+    def _record(self, look: Look) -> None:
+        if self._controller_recovering(look):
+            if self.running_replicas is None or look.running + look.recovering == 0:
+                return  # no verdict yet, or nothing to read from the recovering controller: keep what we had
+            look = Look(look.running + look.recovering, look.holding - look.recovering)
         was_available = self.available
-        running, self.holding_replicas = replicas
+        running, self.holding_replicas = look.running, look.holding
         self.running_replicas = running
         if running == 0 and self.holding_replicas == 0:
             self._outage_event().set()
