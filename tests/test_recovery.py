@@ -232,6 +232,7 @@ def test_a_killed_serve_controller_refuses_nobody(served):
     killed_at = asyncio.run(scenario())
     after = load.since(killed_at)
     statuses = Counter(o.status for o in after)
+    print(f"\ncontroller killed: {dict(statuses)} in the next 30 s, slowest {max(o.seconds for o in after):.2f} s")
     assert load.hung == 0 and load.misaligned == 0
     assert len(after) > 20 and set(statuses) == {200}, (statuses, [o.detail for o in after if o.status != 200][:3])
     assert served.wait_for_log("the Serve controller restarted", timeout_s=10)
