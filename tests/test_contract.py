@@ -100,6 +100,14 @@ def test_the_document_states_the_rules_it_can(base_url: str):
         assert {"200", "400", "401", "413", "422", "503", "504"} <= set(responses), path
         assert "Retry-After" in responses["503"]["headers"]
     assert "Retry-After" in doc["paths"]["/healthz"]["get"]["responses"]["503"]["headers"]
+    # A key over its limit: 429 with Retry-After on every route a key reaches (all but health, the UI and the docs).
+    keyed = [(path, method) for path, operations in doc["paths"].items() for method in operations if path != "/healthz"]
+    assert len(keyed) >= 10, keyed  # the five POST routes, /tasks and the jobs routes
+    for path, method in keyed:
+        responses = doc["paths"][path][method]["responses"]
+        assert "429" in responses and "Retry-After" in responses["429"]["headers"], (path, method)
+    assert "request_id" in schemas["ErrorResponse"]["properties"]
+    assert {"limit", "allowed", "request_id"} <= set(schemas["RateLimitedResponse"]["properties"])
 
 
 @pytest.mark.service

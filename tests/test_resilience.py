@@ -127,6 +127,11 @@ def test_overload_answers_503_with_retry_after_at_once(guarded):
     # The Generator's refusals (the model's queue was full) are one WARNING line each in Serve's log, not
     # Serve's "Request failed." traceback, whose last line names the exception with its module.
     assert guarded.wait_for_log("Request refused: BackPressureError: Request dropped due to backpressure", since=since)
+    # Each refusal's log line names the request it refused: the id its 503 answer carried (X-Request-ID).
+    refused_ids = [headers["x-request-id"] for _, headers, _ in rejected]
+    log = guarded.log_path.read_text(errors="replace")[since:]
+    refusal_lines = [line for line in log.splitlines() if "Request refused" in line]
+    assert any(request_id in line for line in refusal_lines for request_id in refused_ids), refusal_lines[:3]
     assert "ray.serve.exceptions.BackPressureError" not in guarded.log_path.read_text(errors="replace")[since:]
 
 
