@@ -212,11 +212,11 @@ def test_the_cache_is_a_bounded_lru_of_answers_as_they_were_given() -> None:
 @pytest.mark.unit
 def test_the_scheduler_names_the_request_ids_it_cancels(engine, tok, caplog) -> None:
     from serve_app.engine import GenerationRequest, SamplingParams
-    from serve_app.scheduling.scheduler import Scheduler
+    from serve_app.scheduling.scheduler import Scheduler, WorkTag
 
     scheduler = Scheduler(engine)
     request = GenerationRequest(tok("物流太慢了").input_ids, SamplingParams(max_new_tokens=8))
-    ticket = scheduler.submit_generation(request, lambda result, error: None, request_id="req-cancelled-1")
+    ticket = scheduler.submit_generation(request, lambda result, error: None, tag=WorkTag("req-cancelled-1"))
     scheduler.cancel(ticket)
     with caplog.at_level(logging.INFO, logger="serve_app.scheduling.scheduler"):
         scheduler.run_iteration()

@@ -83,15 +83,15 @@ def test_each_label_keeping_round_is_a_span_of_the_request(memory_spans, demo_mo
 @pytest.mark.unit
 def test_the_scheduler_times_each_stage_of_a_request(engine, tok) -> None:
     from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest
-    from serve_app.scheduling.scheduler import Scheduler, WorkTimes
+    from serve_app.scheduling.scheduler import Scheduler, WorkTag, WorkTimes
 
     scheduler = Scheduler(engine)
     generation, scoring = WorkTimes(), WorkTimes()
     ids = tok("物流太慢了").input_ids
     scheduler.submit_generation(
-        GenerationRequest(ids, SamplingParams(max_new_tokens=4)), lambda r, e: None, times=generation
+        GenerationRequest(ids, SamplingParams(max_new_tokens=4)), lambda r, e: None, tag=WorkTag(times=generation)
     )
-    scheduler.submit_scoring(ScoringRequest(ids, [[259], [260]]), lambda r, e: None, times=scoring)
+    scheduler.submit_scoring(ScoringRequest(ids, [[259], [260]]), lambda r, e: None, tag=WorkTag(times=scoring))
     while scheduler.outstanding:
         scheduler.run_iteration()
     assert 0 < generation.enqueued <= generation.started <= generation.prefilled < generation.finished

@@ -35,7 +35,7 @@ from serve_app.engine.memory import free_device_bytes, limit_gpu_share, row_budg
 from serve_app.engine.requests import MAX_NEW_TOKENS, ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.lanes import Lanes, lane_count
-from serve_app.scheduling.scheduler import Scheduler, WorkTimes
+from serve_app.scheduling.scheduler import Scheduler, WorkTag, WorkTimes
 from serve_app.settings import AppSettings
 
 logger = logging.getLogger("ray.serve")
@@ -123,7 +123,7 @@ class ModelReplica:
     ) -> list[list[int]]:
         self.engine.check_request(request)
         times = WorkTimes() if trace else None
-        sequences = await self.lanes.generate(request, background, current_request_id(), times)
+        sequences = await self.lanes.generate(request, background, WorkTag(current_request_id(), times))
         if times is not None:
             with tracing.continued(trace):
                 rows = request.params.num_return_sequences
@@ -137,7 +137,7 @@ class ModelReplica:
     ) -> ScoringResult:
         self.engine.check_request(request)
         times = WorkTimes() if trace else None
-        result = await self.lanes.score(request, background, current_request_id(), times)
+        result = await self.lanes.score(request, background, WorkTag(current_request_id(), times))
         if times is not None:
             with tracing.continued(trace):
                 tracing.record("ModelReplica queue", times.enqueued, times.started, background=background)

@@ -19,7 +19,7 @@ from serve_app.engine import GenerationRequest, ScoringRequest
 from serve_app.engine.requests import ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.loop import CoreShare, SchedulerLoop
-from serve_app.scheduling.scheduler import IterationReport, Scheduler, WorkTimes
+from serve_app.scheduling.scheduler import UNTAGGED, IterationReport, Scheduler, WorkTag
 
 
 class Lanes:
@@ -52,21 +52,19 @@ class Lanes:
         self,
         request: GenerationRequest,
         background: bool = False,
-        request_id: str = "",
-        times: WorkTimes | None = None,
+        tag: WorkTag = UNTAGGED,
     ) -> list[list[int]]:
-        """`request_id`: the HTTP request's, named in the scheduler's log lines about this request; `times`: filled
-        in by the scheduler as the request's stages happen (its traces)."""
-        return await self.loops[self.pick(background)].generate(request, background, request_id, times)
+        """`tag`: the HTTP request's id, named in the scheduler's log lines about this request, and where the
+        scheduler writes the times of its stages (its traces)."""
+        return await self.loops[self.pick(background)].generate(request, background, tag)
 
     async def score(
         self,
         request: ScoringRequest,
         background: bool = False,
-        request_id: str = "",
-        times: WorkTimes | None = None,
+        tag: WorkTag = UNTAGGED,
     ) -> ScoringResult:
-        return await self.loops[self.pick(background)].score(request, background, request_id, times)
+        return await self.loops[self.pick(background)].score(request, background, tag)
 
     def pick(self, background: bool = False) -> int:
         """Interactive work: the lane with the least outstanding work. Background work never takes lane 0 when there

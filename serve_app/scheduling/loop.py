@@ -18,7 +18,7 @@ import torch
 
 from serve_app.engine import GenerationRequest, ScoringRequest
 from serve_app.engine.requests import ScoringResult
-from serve_app.scheduling.scheduler import IterationReport, Scheduler, WorkTimes
+from serve_app.scheduling.scheduler import UNTAGGED, IterationReport, Scheduler, WorkTag
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,10 @@ class SchedulerLoop:
         self,
         request: GenerationRequest,
         background: bool = False,
-        request_id: str = "",
-        times: WorkTimes | None = None,
+        tag: WorkTag = UNTAGGED,
     ) -> list[list[int]]:
         sequences: list[list[int]] = await self._await(
-            lambda done: self.scheduler.submit_generation(request, done, background, request_id, times)
+            lambda done: self.scheduler.submit_generation(request, done, background, tag)
         )
         return sequences
 
@@ -82,11 +81,10 @@ class SchedulerLoop:
         self,
         request: ScoringRequest,
         background: bool = False,
-        request_id: str = "",
-        times: WorkTimes | None = None,
+        tag: WorkTag = UNTAGGED,
     ) -> ScoringResult:
         result: ScoringResult = await self._await(
-            lambda done: self.scheduler.submit_scoring(request, done, background, request_id, times)
+            lambda done: self.scheduler.submit_scoring(request, done, background, tag)
         )
         return result
 

@@ -63,6 +63,18 @@ class WorkTimes:
     finished: float = 0.0  # answered
 
 
+@dataclass(frozen=True)
+class WorkTag:
+    """What a caller attaches to a request for its own records: the HTTP request's id, which every log line about
+    the request names, and where the scheduler writes the times of its stages (None: nobody traces it)."""
+
+    request_id: str = ""
+    times: WorkTimes | None = None
+
+
+UNTAGGED = WorkTag()
+
+
 @dataclass
 class _Work:
     ticket: int
@@ -71,8 +83,11 @@ class _Work:
     on_done: Callback
     enqueued: float
     background: bool = False
-    request_id: str = ""  # the HTTP request's (X-Request-ID), for the log lines about this work
-    times: WorkTimes | None = None
+    tag: WorkTag = UNTAGGED
+
+    @property
+    def request_id(self) -> str:
+        return self.tag.request_id
 
     @property
     def tokens(self) -> int:
@@ -124,8 +139,8 @@ class IterationReport:
 
 
 def _stamp(work: _Work, stage: str, when: float) -> None:
-    if work.times is not None:
-        setattr(work.times, stage, when)
+    if work.tag.times is not None:
+        setattr(work.tag.times, stage, when)
 
 
 def _ids(request_ids: list[str]) -> str:
@@ -197,29 +212,27 @@ class Scheduler:
         request: GenerationRequest,
         on_done: Callback,
         background: bool = False,
-        request_id: str = "",
-        times: WorkTimes | None = None,
+        tag: WorkTag = UNTAGGED,
     ) -> int:
         """Queue a generation request; its answer is `num_return_sequences` id lists, in order.
 
         `background`: after every interactive request, never refused for the deadline (a job waits its turn).
-        `request_id`: named in every log line about this request. `times`: filled in as its stages happen."""
+        `tag`: its request id, named in every log line about it, and the times of its stages, filled in."""
         with self._lock:
             if not background:
                 self._refuse_if_too_late(request.params.num_return_sequences)
-            return self._enqueue("generate", request, on_done, background, request_id, times)
+            return self._enqueue("generate", request, on_done, background, tag)
 
     def submit_scoring(
         self,
         request: ScoringRequest,
         on_done: Callback,
         background: bool = False,
-        request_id: str = "",
-        times: WorkTimes | None = None,
+        tag: WorkTag = UNTAGGED,
     ) -> int:
         """Queue a scoring request; its answer is a ScoringResult."""
         with self._lock:
-            return self._enqueue("score", request, on_done, background, request_id, times)
+            return self._enqueue("score", request, on_done, background, tag)
 
     def cancel(self, ticket: int) -> None:
         """The caller gave up: free its rows at the next iteration; it gets no answer."""
@@ -510,12 +523,11 @@ class Scheduler:
         request: GenerationRequest | ScoringRequest,
         on_done: Callback,
         background: bool,
-        request_id: str = "",
-        times: WorkTimes | None = None,
+        tag: WorkTag = UNTAGGED,
     ) -> int:
         ticket = self._next_ticket
         self._next_ticket += 1
-        work = _Work(ticket, kind, request, on_done, self.clock(), background, request_id, times)
+        work = _Work(ticket, kind, request, on_done, self.clock(), background, tag)
         _stamp(work, "enqueued", work.enqueued)
         self._open.add(ticket)
         if not background:
