@@ -227,17 +227,21 @@ def test_killed_replica_is_replaced_without_hangs_or_misaligned_answers(guarded,
     results = asyncio.run(kill_under_load())
     _assert_definite(results, batch_texts)
 
-    # answering again within a replica's start time, from a new process
+    # answering again within a replica's start time, from a new process: texts never sent before, so the answer
+    # is the model's and not the classification cache's (which answers known texts without any ModelReplica)
     deadline = killed_at + 120
+    attempt = 0
     while time.monotonic() < deadline:
+        attempt += 1
+        fresh = [f"{text}~{attempt}" for text in batch_texts]
         response = httpx.post(
             f"{guarded.url}/classify_batch",
-            json={"texts": batch_texts, "labels": LABELS},
+            json={"texts": fresh, "labels": LABELS},
             headers=GUARD_AUTH,
             timeout=60,
         )
         if response.status_code == 200:
-            assert [r["sequence"] for r in response.json()["results"]] == batch_texts
+            assert [r["sequence"] for r in response.json()["results"]] == fresh
             break
         time.sleep(1)
     else:
