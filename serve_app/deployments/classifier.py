@@ -13,7 +13,6 @@ from ray.serve.metrics import Counter
 from serve_app import tracing
 from serve_app.deployments.handle_calls import await_or_cancel
 from serve_app.deployments.text_deployment import Metered, TextDeployment, logger
-from serve_app.engine.spec import resolve_spec
 from serve_app.text.answer_cache import AnswerCache, classification_key
 from serve_app.text.classification import Mode, Scoring
 from serve_app.text.model_calls import CountedCalls
@@ -81,6 +80,5 @@ class Classifier(TextDeployment):
             except Exception as exc:  # noqa: BLE001 - the answer comes from the model; only the cache waits
                 logger.warning("Classifier: no ModelReplica described itself (%r); answering uncached", exc)
                 return None
-            resolved = resolve_spec(self.settings.model, files="tokenizer")
-            self._model_identity = f"{self.settings.model}|{resolved.path}|{described.get('dtype')}"
+            self._model_identity = f"{self.settings.model}|{self.checkpoint}|{described.get('dtype')}"
         return self._model_identity

@@ -48,7 +48,8 @@ class TextDeployment:
         tracing.start_tracing(self.settings.otlp_endpoint, type(self).__name__)
         yield_cpu_to_the_model(self.settings.light_deployment_nice)
         log_refusals_in_one_line()  # a full model queue is answered 503, not a failure to trace
-        tokenizer = load_tokenizer(resolve_spec(self.settings.model, files="tokenizer").path)
+        self.checkpoint = resolve_spec(self.settings.model, files="tokenizer").path  # where the model resolved to
+        tokenizer = load_tokenizer(self.checkpoint)
         self.text_tasks = TextTasks(
             PromptEncoder(tokenizer, self.settings.max_input_tokens),
             self.settings.prompt_templates(),

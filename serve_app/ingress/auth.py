@@ -10,7 +10,6 @@ KeyLedger deployment for the whole application; over a limit the answer is 429 w
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from serve_app.access.keys import ANONYMOUS, Caller, KeyTable
 from serve_app.access.usage import Refusal
 from serve_app.deployments.key_ledger import LEDGER_TIMEOUT_S
 from serve_app.deployments.key_metrics import KeyMetrics
+from serve_app.ingress.body_limit import send_json
 
 logger = logging.getLogger("ray.serve")
 
@@ -99,14 +99,6 @@ class KeyLedgerClient:
         if now - self._warned >= LEDGER_WARNING_EVERY_S:  # once in a while, not once per request
             self._warned = now
             logger.warning(message)
-
-
-async def send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(content, ensure_ascii=False).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 class KeyAccess:
