@@ -337,6 +337,36 @@ def test_an_outage_verdict_is_looked_at_again_before_a_request_is_refused(monkey
 
 
 @pytest.mark.unit
+def test_requests_waiting_for_a_slow_look_take_its_verdict_instead_of_looking_again(monkeypatch):
+    """A look that takes longer than FRESH_S (a busy host; CI once saw it) answers every request that waited for it:
+    fifty requests during an outage cost one look, not one each."""
+    from serve_app.ingress import model_availability
+    from serve_app.ingress.model_availability import Look, ModelAvailability
+
+    looks: list[float] = []
+
+    def slow_running_now(self) -> Look:
+        looks.append(time.monotonic())
+        time.sleep(model_availability.FRESH_S * 2)
+        return Look(0, 0)
+
+    monkeypatch.setattr(ModelAvailability, "_running_now", slow_running_now)
+
+    async def scenario() -> None:
+        watcher = ModelAvailability("mt5", period_s=3600)
+        watcher.start()
+        while watcher.running_replicas is None:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(model_availability.FRESH_S + 0.05)  # the outage verdict is stale
+        answers = await asyncio.gather(*(watcher.available_now() for _ in range(50)))
+        assert answers == [False] * 50
+        assert len(looks) == 2  # the first poll, then one look for all fifty
+        watcher._task.cancel()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.unit
 def test_a_slow_look_does_not_overwrite_a_fresher_verdict(monkeypatch):
     """The watcher's look and a request's look overlap: the watcher read "none running" from the controller
     just before the replacement came up and returns late; the request's look, begun after it, saw the

@@ -66,6 +66,7 @@ class ModelAvailability:
         self.holding_replicas = 0  # alive but not RUNNING (HOLDING_STATES): the calls they hold may still finish
         self.unavailable_since: float | None = None
         self.looked_at = 0.0  # when the newest finished look began
+        self._looks_finished = 0
         self._verdict_read_at = 0.0  # when the look behind the recorded verdict began
         self._fell_back = False
         self._controller: str | None = None  # the controller's worker id at the last look
@@ -84,8 +85,11 @@ class ModelAvailability:
         if self.available:
             return True
         self._look_lock = self._look_lock or asyncio.Lock()
+        looks_before = self._looks_finished
         async with self._look_lock:
-            if time.monotonic() - self.looked_at > FRESH_S:
+            # A look that finished while this request waited for the lock answers for it too, however long that
+            # look took (a busy host can take longer than FRESH_S to read the controller).
+            if self._looks_finished == looks_before and time.monotonic() - self.looked_at > FRESH_S:
                 await self._look()
         return self.available
 
@@ -142,6 +146,7 @@ class ModelAvailability:
                 self._verdict_read_at = started
                 self._record(replicas)
         self.looked_at = max(self.looked_at, started)
+        self._looks_finished += 1
 
     def _running_now(self) -> Look:
         """The deployment's RUNNING replicas, those in HOLDING_STATES, and who the controller is."""
