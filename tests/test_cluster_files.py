@@ -6,10 +6,14 @@ No cluster needed: these run in seconds (nginx -t needs the nginx binary, which 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -258,3 +262,116 @@ def test_health_sync_command_line(tmp_path: Path, proxies: tuple[Any, Any, str])
         result = subprocess.run([sys.executable, *runner, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert f"server {dead} max_fails=2 fail_timeout=10s down;" in upstreams.read_text()
+
+
+class _Relay(BaseHTTPRequestHandler):
+    """A stand-in Serve proxy for POSTs: answers `status` (500 like Serve's proxy whose Ingress replica died with
+    its node, else 200 echoing the body and the X-Request-ID it was sent) and counts what it received."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.seen.append((self.path, body, self.headers.get("X-Request-ID")))  # type: ignore[attr-defined]
+        status = self.server.status  # type: ignore[attr-defined]
+        answer = b"Request failed: The actor is unavailable" if status == 500 else body
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def relays() -> Iterator[tuple[ThreadingHTTPServer, ThreadingHTTPServer]]:
+    """A stand-in proxy that answers 500 to everything and one that answers 200."""
+    servers = []
+    for status in (500, 200):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Relay)
+        server.status, server.seen = status, []  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield servers[0], servers[1]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _nginx_in_front_of(proxies: list[str]) -> Iterator[str]:
+    """A real nginx from the shipped template on a loopback port; yields its URL."""
+    import httpx
+
+    from bench.lib.processes import start_group, stop_group
+
+    if shutil.which("nginx") is None:
+        pytest.fail("nginx is not installed: scripts/test.sh installs it (apt-get install nginx)")
+    state_dir = Path(tempfile.mkdtemp(prefix="mt5-nginx-"))
+    state_dir.chmod(0o755)  # nginx workers run as nobody
+    listen = f"127.0.0.1:{free_port()}"
+    conf = render_all(state_dir, proxies, listen=listen)
+    process = start_group(
+        ["nginx", "-c", str(conf), "-e", str(state_dir / "error.log"), "-g", "daemon off;"],
+        state_dir / "nginx.out",
+        ROOT,
+        dict(os.environ),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://{listen}/lb-healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"nginx did not start: {(state_dir / 'error.log').read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        yield f"http://{listen}"
+    finally:
+        stop_group(process, signal.SIGTERM, timeout_s=15)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_nginx_sends_a_500_once_more_and_keeps_the_proxy_that_relayed_it(relays: tuple[Any, Any]) -> None:
+    """Serve's proxy answers 500 when the Ingress replica it routed to died with its node; nginx sends such a
+    request once more (same body, same request id), never twice, never a POST /jobs, and a proxy that relayed
+    a 500 is not marked down."""
+    import httpx
+
+    failing, healthy = relays
+    alone = _nginx_in_front_of([f"127.0.0.1:{failing.server_port}"])
+    url = next(alone)
+    try:
+        with httpx.Client(timeout=30) as client:
+            answer = client.post(f"{url}/classify", json={"text": "一"}, headers={"X-Request-ID": "resend-1"})
+            assert answer.status_code == 500
+            assert [(path, rid) for path, _, rid in failing.seen] == [("/classify", "resend-1")] * 2  # resent once
+            assert failing.seen[0][1] == failing.seen[1][1] != b""  # the body went again
+            failing.seen.clear()
+            assert client.post(f"{url}/jobs", content=b"a,b\n").status_code == 500
+            assert [path for path, _, _ in failing.seen] == ["/jobs"]  # a job creation is never sent twice
+    finally:
+        alone.close()
+
+    both = _nginx_in_front_of([f"127.0.0.1:{failing.server_port}", f"127.0.0.1:{healthy.server_port}"])
+    url = next(both)
+    failing.seen.clear()
+    try:
+        with httpx.Client(timeout=30) as client:
+            for index in range(12):
+                body = json.dumps({"text": f"文本{index}"}).encode()
+                answer = client.post(f"{url}/classify", content=body, headers={"X-Request-ID": f"r{index}"})
+                assert (answer.status_code, answer.content, answer.headers.get("x-request-id")) == (
+                    200,
+                    body,
+                    None,  # the stand-in does not echo the header; Serve's proxy does
+                ), index
+    finally:
+        both.close()
+    # The failing proxy kept getting requests (a 500 it relayed did not mark it down: max_fails=2 would have
+    # left it out for 10 s after two) and each of them was answered by the healthy one with the same body and id.
+    assert len(failing.seen) >= 3, failing.seen
+    answered = {rid: body for _, body, rid in healthy.seen}
+    assert all(answered[rid] == body for _, body, rid in failing.seen)
