@@ -5,6 +5,7 @@ python -m bench engine     the engine per number format, and CTranslate2 beside 
 python -m bench fidelity   the faster settings' probabilities against float32
 python -m bench jobs       dataset jobs beside interactive /classify, and against mt5-bulk --url
 python -m bench teams      the classification cache's speed-up and tracing's overhead
+python -m bench storm      slow and abandoned clients beside a well-behaved one
 python -m bench gpu        on a GPU machine: the engine and the serving core without Ray
 """
 
@@ -20,6 +21,7 @@ COMMANDS = {
     "fidelity": "the faster settings' label probabilities against float32",
     "jobs": "dataset jobs beside interactive /classify, and alone against mt5-bulk --url",
     "teams": "the classification cache's speed-up and tracing's overhead on /classify",
+    "storm": "slow and abandoned clients beside a well-behaved /classify client",
     "gpu": "on a GPU machine: the engine and the serving core without Ray",
 }
 

@@ -62,6 +62,8 @@ class JobsSettings(BaseModel):
     # A directory, or an fsspec URI (s3://bucket/prefix) that every node reaches; MT5_JOBS_STORE overrides it.
     store: str = "~/.local/share/mt5-serve/jobs"
     max_upload_mb: float = Field(50.0, gt=0, le=10_000)
+    # body_timeout_s for a dataset upload (POST /jobs): 50 MB in 120 s needs about 0.4 MB/s.
+    upload_timeout_s: float = Field(120.0, gt=0, le=3600)
     max_records: int = Field(100_000, ge=1)
     chunk_records: int = Field(16, ge=1, le=50)  # records per model batch of a job (mt5-bulk --url's default)
     chunks_in_flight: int = Field(4, ge=1, le=64)
@@ -110,6 +112,9 @@ class AppSettings(BaseModel):
     scoring: Literal["vocabulary", "label_tokens"] = "vocabulary"
     # The ingress answers 504 rather than waiting longer than this for a deployment.
     request_timeout_s: float = Field(60.0, gt=0)
+    # A request whose body has not all arrived this long after the request reached the Ingress is refused with 408
+    # (serve_app/ingress/body_limit.py): a client trickling its body would otherwise hold an Ingress slot.
+    body_timeout_s: float = Field(10.0, gt=0, le=600)
     # API-key auth: off unless the variable named here is set or api_key_file names a file.
     api_key_env: str = "MT5_API_KEY"
     api_key_file: str | None = None

@@ -83,15 +83,7 @@ def guarded_service(workdir: Path) -> contextlib.AbstractContextManager[ServeRun
 
 def replica_processes(run: ServeRun, deployment: str) -> list[psutil.Process]:
     """This run's replica processes of one deployment (never another cluster's)."""
-    root = psutil.Process(run.process.pid)
-    found = []
-    for proc in root.children(recursive=True):
-        try:
-            if f"ServeReplica:mt5:{deployment}" in " ".join(proc.cmdline()):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return found
+    return run.processes(f"ServeReplica:mt5:{deployment}")
 
 
 def load_client(

@@ -6,14 +6,10 @@ No cluster needed: these run in seconds (nginx -t needs the nginx binary, which 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.lib.nginx_front import nginx_in_front_of
 from cluster import render
 from cluster.grafana.dashboard import build_dashboard, metric_names
 from cluster.nginx.health_sync import HealthSync
@@ -299,41 +296,6 @@ def relays() -> Iterator[tuple[ThreadingHTTPServer, ThreadingHTTPServer]]:
         server.server_close()
 
 
-def _nginx_in_front_of(proxies: list[str]) -> Iterator[str]:
-    """A real nginx from the shipped template on a loopback port; yields its URL."""
-    import httpx
-
-    from bench.lib.processes import start_group, stop_group
-
-    if shutil.which("nginx") is None:
-        pytest.fail("nginx is not installed: scripts/test.sh installs it (apt-get install nginx)")
-    state_dir = Path(tempfile.mkdtemp(prefix="mt5-nginx-"))
-    state_dir.chmod(0o755)  # nginx workers run as nobody
-    listen = f"127.0.0.1:{free_port()}"
-    conf = render_all(state_dir, proxies, listen=listen)
-    process = start_group(
-        ["nginx", "-c", str(conf), "-e", str(state_dir / "error.log"), "-g", "daemon off;"],
-        state_dir / "nginx.out",
-        ROOT,
-        dict(os.environ),
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://{listen}/lb-healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"nginx did not start: {(state_dir / 'error.log').read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-        yield f"http://{listen}"
-    finally:
-        stop_group(process, signal.SIGTERM, timeout_s=15)
-        shutil.rmtree(state_dir, ignore_errors=True)
-
-
 def test_nginx_sends_a_500_once_more_and_keeps_the_proxy_that_relayed_it(relays: tuple[Any, Any]) -> None:
     """Serve's proxy answers 500 when the Ingress replica it routed to died with its node; nginx sends such a
     request once more (same body, same request id), never twice, never a POST /jobs, and a proxy that relayed
@@ -341,35 +303,26 @@ def test_nginx_sends_a_500_once_more_and_keeps_the_proxy_that_relayed_it(relays:
     import httpx
 
     failing, healthy = relays
-    alone = _nginx_in_front_of([f"127.0.0.1:{failing.server_port}"])
-    url = next(alone)
-    try:
-        with httpx.Client(timeout=30) as client:
-            answer = client.post(f"{url}/classify", json={"text": "一"}, headers={"X-Request-ID": "resend-1"})
-            assert answer.status_code == 500
-            assert [(path, rid) for path, _, rid in failing.seen] == [("/classify", "resend-1")] * 2  # resent once
-            assert failing.seen[0][1] == failing.seen[1][1] != b""  # the body went again
-            failing.seen.clear()
-            assert client.post(f"{url}/jobs", content=b"a,b\n").status_code == 500
-            assert [path for path, _, _ in failing.seen] == ["/jobs"]  # a job creation is never sent twice
-    finally:
-        alone.close()
+    with nginx_in_front_of([f"127.0.0.1:{failing.server_port}"]) as url, httpx.Client(timeout=30) as client:
+        answer = client.post(f"{url}/classify", json={"text": "一"}, headers={"X-Request-ID": "resend-1"})
+        assert answer.status_code == 500
+        assert [(path, rid) for path, _, rid in failing.seen] == [("/classify", "resend-1")] * 2  # resent once
+        assert failing.seen[0][1] == failing.seen[1][1] != b""  # the body went again
+        failing.seen.clear()
+        assert client.post(f"{url}/jobs", content=b"a,b\n").status_code == 500
+        assert [path for path, _, _ in failing.seen] == ["/jobs"]  # a job creation is never sent twice
 
-    both = _nginx_in_front_of([f"127.0.0.1:{failing.server_port}", f"127.0.0.1:{healthy.server_port}"])
-    url = next(both)
     failing.seen.clear()
-    try:
-        with httpx.Client(timeout=30) as client:
-            for index in range(12):
-                body = json.dumps({"text": f"文本{index}"}).encode()
-                answer = client.post(f"{url}/classify", content=body, headers={"X-Request-ID": f"r{index}"})
-                assert (answer.status_code, answer.content, answer.headers.get("x-request-id")) == (
-                    200,
-                    body,
-                    None,  # the stand-in does not echo the header; Serve's proxy does
-                ), index
-    finally:
-        both.close()
+    proxies = [f"127.0.0.1:{failing.server_port}", f"127.0.0.1:{healthy.server_port}"]
+    with nginx_in_front_of(proxies) as url, httpx.Client(timeout=30) as client:
+        for index in range(12):
+            body = json.dumps({"text": f"文本{index}"}).encode()
+            answer = client.post(f"{url}/classify", content=body, headers={"X-Request-ID": f"r{index}"})
+            assert (answer.status_code, answer.content, answer.headers.get("x-request-id")) == (
+                200,
+                body,
+                None,  # the stand-in does not echo the header; Serve's proxy does
+            ), index
     # The failing proxy kept getting requests (a 500 it relayed did not mark it down: max_fails=2 would have
     # left it out for 10 s after two) and each of them was answered by the healthy one with the same body and id.
     assert len(failing.seen) >= 3, failing.seen

@@ -97,7 +97,7 @@ def test_the_document_states_the_rules_it_can(base_url: str):
     }
     for path in ("/augment", "/augment_batch", "/classify", "/classify_batch", "/generate"):
         responses = doc["paths"][path]["post"]["responses"]
-        assert {"200", "400", "401", "413", "422", "503", "504"} <= set(responses), path
+        assert {"200", "400", "401", "408", "413", "422", "503", "504"} <= set(responses), path
         assert "Retry-After" in responses["503"]["headers"]
     assert "Retry-After" in doc["paths"]["/healthz"]["get"]["responses"]["503"]["headers"]
     # A key over its limit: 429 with Retry-After on every route a key reaches (all but health, the UI and the docs).

@@ -45,6 +45,11 @@ SECTIONS = {
         "`python -m bench teams`: the same /classify_batch twice (the second from the cache), and /classify at 8 "
         "clients with tracing off, on and off again",
     ),
+    "storm": (
+        "Slow and abandoned clients",
+        "`python -m bench storm`: a well-behaved /classify client's latency quiet and during a storm of clients that "
+        "send their body a byte a second or hang up mid-body, and the proxy's and Ingress's memory a minute later",
+    ),
     "gpu": (
         "On a GPU",
         '`bash bench/gpu_suite.sh "$OUT"` on a lent GPU machine (`python -m bench gpu` there): the engine and the '
@@ -105,6 +110,7 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
         ".venv/bin/python -m bench fidelity   # probabilities of the faster settings against float32 (~10 min)",
         ".venv/bin/python -m bench jobs       # dataset jobs beside interactive /classify (~6 min)",
         ".venv/bin/python -m bench teams      # the classification cache and tracing's overhead (~8 min)",
+        ".venv/bin/python -m bench storm      # slow and abandoned clients beside a well-behaved one (~5 min)",
         'bash bench/gpu_suite.sh "$OUT"       # on a lent GPU machine: python -m bench gpu, in one call',
         "```",
         "",

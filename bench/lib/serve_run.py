@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from bench.lib.processes import start_group, stop_group
@@ -109,6 +110,18 @@ class ServeRun:
             time.sleep(1)
         self.stop()
         raise TimeoutError(f"service not healthy within {timeout_s}s:\n{self.log_tail()}")
+
+    def processes(self, marker: str) -> list[psutil.Process]:
+        """This run's Ray worker processes whose command line holds `marker`: "ProxyActor" (Serve's HTTP proxy),
+        "ServeReplica:mt5:Ingress" (a deployment's replicas), ..."""
+        found = []
+        for proc in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if marker in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+        return found
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

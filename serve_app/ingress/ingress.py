@@ -26,7 +26,7 @@ from serve_app.deployments.key_metrics import KeyMetrics
 from serve_app.deployments.text_deployment import Metered
 from serve_app.ingress import openapi, schemas
 from serve_app.ingress.auth import KeyAccess, KeyLedgerClient, caller_of_scope, load_api_key
-from serve_app.ingress.body_limit import BodySizeLimit
+from serve_app.ingress.body_limit import BodyLimits
 from serve_app.ingress.errors import (
     RouteFailure,
     logger,
@@ -100,8 +100,13 @@ class Ingress:
             ),
             version="0.1.0",
         )
-        # Starlette runs the last-added middleware first: the request id, CORS, the key and its limits, the body limit.
-        api.add_middleware(BodySizeLimit, path_limits={"/jobs": self.settings.jobs.max_upload_bytes})
+        # Starlette runs the last-added middleware first: request id, CORS, the key and its limits, the body's limits.
+        api.add_middleware(
+            BodyLimits,
+            path_limits={"/jobs": self.settings.jobs.max_upload_bytes},
+            timeout_s=self.settings.body_timeout_s,
+            path_timeouts={"/jobs": (self.settings.jobs.upload_timeout_s, "jobs.upload_timeout_s")},
+        )
         api.add_middleware(KeyAccess, keys=self.keys, ledger=self.ledger, metrics=self.key_metrics)
         if self.settings.cors_allow_origins:
             api.add_middleware(

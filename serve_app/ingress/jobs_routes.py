@@ -74,7 +74,10 @@ class JobsRoutes:
             methods=["POST"],
             status_code=202,
             response_model=schemas.JobView,
-            responses={413: {"model": schemas.ErrorResponse, "description": "Upload over jobs.max_upload_mb"}},
+            responses={
+                408: {"model": schemas.ErrorResponse, "description": "Upload not all received within upload_timeout_s"},
+                413: {"model": schemas.ErrorResponse, "description": "Upload over jobs.max_upload_mb"},
+            },
             summary="Start a job over a dataset file",
         )
         router.add_api_route("/jobs", self.list, methods=["GET"], response_model=schemas.JobList)

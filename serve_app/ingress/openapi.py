@@ -52,6 +52,11 @@ def error_responses(*, body: bool) -> dict[int | str, dict[str, Any]]:
                     "model": schemas.ErrorResponse,
                     "description": "The body cannot be read as a JSON document (not UTF-8, say)",
                 },
+                408: {
+                    "model": schemas.ErrorResponse,
+                    "description": "The body did not all arrive within body_timeout_s of the request; the connection "
+                    "is closed",
+                },
                 413: {"model": schemas.ErrorResponse, "description": "Body over 1 MiB"},
                 422: {
                     "model": schemas.ErrorResponse,
