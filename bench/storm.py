@@ -155,11 +155,12 @@ def markdown(out: dict[str, Any]) -> str:
                 f"{mb['after'][name]:.0f} | {(got['memory_ratio'][name] - 1) * 100:+.1f} % |"
             )
         answers = ", ".join(f"{count} x {status}" for status, count in sorted(report["slow_answers"].items()))
+        held = got["proxy_connections"]
+        name = names[front][0].upper() + names[front][1:]
         notes.append(
-            f"{names[front].capitalize()}: the slow clients met {answers or 'no answer'}; {report['abandoned']} "
-            f"connections hung up mid-body; {report['connect_errors']} refused; Serve's proxy held "
-            f"{got['proxy_connections']['before']} client connections before and {got['proxy_connections']['after']} "
-            f"after; {got['ingress_replicas_after']} Ingress replica(s) after."
+            f"{name}: the slow clients met {answers or 'no answer'}; {report['abandoned']} connections hung up "
+            f"mid-body; {report['connect_errors']} refused; Serve's proxy held {held['before']} client connections "
+            f"before and {held['after']} after; {got['ingress_replicas_after']} Ingress replica(s) after."
         )
     return "\n".join(
         [
