@@ -26,12 +26,17 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (its options), so one benchmark's dependencies (psutil,
+    ctranslate2, ...) never stop another from running on a machine that lacks them (the lent GPU machine)."""
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="The project's benchmarks; results go to bench/results/ and BENCHMARKS.md."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
+        if name != command:
+            commands.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(f"bench.{name}")
         sub = commands.add_parser(
             name, help=help_text, description=(module.__doc__ or help_text).strip().split("\n\n")[0]
@@ -43,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> object:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(next((arg for arg in argv if arg in COMMANDS), None)).parse_args(argv)
     args.argv = argv[1:]  # the command's own options, for the results' "command" line
     return args.main(args)
 

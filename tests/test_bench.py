@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,37 +199,92 @@ def test_fidelity_compares_every_variant_with_float32(tmp_path):
     )
 
 
+def gpu_suite(out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """bench/gpu_suite.sh as the device tool runs it, with this interpreter for the GPU image's python3."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", "bench/gpu_suite.sh", str(out), *options], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+
+
 @pytest.mark.unit
-def test_gpu_refuses_a_machine_without_cuda_and_runs_every_part_when_told_cpu(tmp_path):
-    refused = subprocess.run(
-        [sys.executable, "-m", "bench", "gpu", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+def test_the_gpu_suite_without_cuda_stops_in_seconds_and_says_why(tmp_path, monkeypatch):
+    started = time.monotonic()
+    refused = gpu_suite(tmp_path)
+    assert refused.returncode == 1 and time.monotonic() - started < 60
+    assert (tmp_path / "preflight.txt").read_text().startswith("missing: CUDA (torch ")
+    assert not (tmp_path / "gpu.json").exists()
+    # Straight at the entry point, the refusal is the same.
+    direct = subprocess.run(
+        [sys.executable, "-m", "bench", "gpu", "--out", str(tmp_path / "direct")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
-    assert (
-        refused.returncode != 0
-        and "sees no usable CUDA device" in refused.stderr
-        and not (tmp_path / "gpu.json").exists()
-    )
-    out = bench(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path)])
-    assert out["device"] == "cpu"
-    assert not [name for name, part in out["parts"].items() if "error" in part], out["parts"]
-    assert set(out["parts"]) == {
+    assert direct.returncode != 0 and "sees no usable CUDA device" in direct.stderr
+    # Nothing is missing here for a CPU run; a module that is missing is named with its error.
+    from bench.lib import gpu_preflight
+
+    assert gpu_preflight.problems("cpu")[0] == []
+    monkeypatch.setattr(gpu_preflight, "THIRD_PARTY", ("no_such_module_mt5",))
+    missing, _ = gpu_preflight.problems("cpu")
+    assert missing == ["no_such_module_mt5 (ModuleNotFoundError: No module named 'no_such_module_mt5')"]
+
+
+@pytest.mark.unit
+def test_the_gpu_suite_rehearses_every_part_on_the_cpu(tmp_path):
+    """The whole suite, `--device cpu --quick`, through gpu_suite.sh: the script cannot rot unnoticed."""
+    ran = gpu_suite(tmp_path, "--device", "cpu", "--quick")
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert (tmp_path / "preflight.txt").read_text().startswith("ok: python ")
+    out = json.loads((tmp_path / "gpu.json").read_text())
+    assert out["device"] == "cpu" and out["dtype"] in ("float32", "bfloat16") and out["dtype_reason"]
+    assert {"python", "torch", "transformers"} <= set(out["versions"])
+    assert not [name for name, part in out["parts"].items() if "result" not in part], out["parts"]
+    assert list(out["parts"]) == [
         "augment_latency",
-        "decode_graphs",
         "memory",
         "classify_batch",
-        "classify_clients",
+        "decode_graphs",
         "seeded_invariance",
-        "against_baseline",
         "fidelity",
-    }
-    assert out["parts"]["augment_latency"]["result"]["median_s"] > 0
-    graphs = out["parts"]["decode_graphs"]["result"]
+        "against_baseline",
+        "classify_clients",
+    ]  # the cheap parts first, the open-ended sweep last
+    result = {name: part["result"] for name, part in out["parts"].items()}
+    assert result["augment_latency"]["median_s"] > 0
+    graphs = result["decode_graphs"]
     assert not graphs["captured"] and graphs["graphs_captured"] == 0  # no CUDA: the fixed-shape step, uncaptured
+    assert graphs["captures_in_timed_loops"] == 0
     # bfloat16 here (auto): the longer masked attention rounds differently, so only the count is reported;
     # float32 gives the same tokens (tests/test_graphed_step.py).
     assert graphs["requests"] == 17 and 0 <= graphs["identical_requests"] <= 17 and graphs["x_eager"]["rows_32"] > 0
-    saved = json.loads((tmp_path / "gpu.json").read_text())
-    assert saved["parts"].keys() == out["parts"].keys() and "Device `cpu`" in saved["section"]
+    seeded = result["seeded_invariance"]
+    assert set(seeded) == {"float32 eager", "float32 graphs", "bfloat16 eager", "bfloat16 graphs"}
+    for kind in ("float32 eager", "float32 graphs"):  # float32: alone == batched, the README's promise
+        assert seeded[kind] == {"requests": 8, "identical_alone_and_batched": 8, "first_step_parted": None}, kind
+    clients = result["classify_clients"]
+    assert clients["budgets"]["max_batch_rows"] == 64  # on a CPU the CPU-sized budgets; on CUDA the GPU profile's
+    last = clients["points"][-1]
+    assert clients["at_least"] == (clients["stopped"] != "p95 reached a second" and last["p95_s"] < 1)
+    assert ("**>= " in out["section"]) == clients["at_least"]
+    assert "Device `cpu`" in out["section"] and out["section"].count("\n- ") == 8
+
+
+@pytest.mark.unit
+def test_a_gpu_run_skips_what_its_budget_no_longer_holds_and_says_so(tmp_path):
+    out = bench(["gpu", "--device", "cpu", "--quick", "--budget-s", "0.1", "--out", str(tmp_path)])
+    skipped = {name: part["skipped"] for name, part in out["parts"].items()}
+    assert len(skipped) == 8 and all("of the budget left" in reason for reason in skipped.values()), skipped
+    assert json.loads((tmp_path / "gpu.json").read_text())["parts"] == out["parts"]  # written as it went
+
+
+@pytest.mark.unit
+def test_a_seeded_requests_first_parting_step_is_its_earliest_differing_token():
+    from bench.gpu import _first_difference
+
+    assert _first_difference([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 6]]) == 1
+    assert _first_difference([[1, 2, 3]], [[1, 2]]) == 2  # one ended early
 
 
 @pytest.mark.unit

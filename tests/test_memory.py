@@ -65,3 +65,42 @@ def test_host_memory_is_the_kernels_available_estimate(tmp_path):
     assert host_available_bytes(meminfo) == 18_000_000 * 1024
     assert host_available_bytes(tmp_path / "absent") > 0  # free pages when there is no /proc
     assert free_device_bytes(torch.device("cpu")) == pytest.approx(host_available_bytes(), rel=0.5)
+
+
+def test_a_fractional_gpu_share_holds_the_cuda_context_too() -> None:
+    """Four replicas at 0.25 of an 80 GiB GPU: their allocators and their four CUDA contexts fit in the GPU."""
+    from serve_app.engine.memory import CUDA_CONTEXT_BYTES, allocator_share_bytes
+
+    total = 80 * GIB
+    share = allocator_share_bytes(total, 0.25)
+    assert share == 20 * GIB - CUDA_CONTEXT_BYTES
+    assert 4 * (share + CUDA_CONTEXT_BYTES) <= total
+    assert allocator_share_bytes(GIB, 0.25) == 0  # a share smaller than a context leaves the allocator nothing
+
+
+def test_buffers_double_within_their_limits_and_past_them_only_as_far_as_needed() -> None:
+    from serve_app.engine.decode_batch import grown_size
+
+    assert grown_size(8, 8, None) == 8 and grown_size(8, 9, None) == 16  # doubling, few copies in a long run
+    assert grown_size(189, 190, 189) == 190  # a lane capped at 189 rows never allocates 378 (or 256)
+    assert grown_size(100, 120, 189) == 189 and grown_size(8, 40, None) == 40
+    assert grown_size(300, 310, 512) == 512  # the cross buffer doubles, up to the longest input the engine accepts
+    assert grown_size(256, 600, 512) == 600  # one merge that needs more than the limit gets exactly that
+
+
+def test_a_schedulers_batch_grows_within_its_row_limit_and_the_input_window(engine, tok) -> None:
+    from serve_app.engine import SamplingParams
+    from serve_app.engine.requests import GenerationRequest
+
+    def request(words: int, sequences: int) -> GenerationRequest:
+        ids = tok("一二三四五六七八九十" * words).input_ids[: engine.max_input_tokens]
+        return GenerationRequest(ids, SamplingParams(num_return_sequences=sequences, max_new_tokens=2, seed=1))
+
+    batch = engine.new_batch(capacity=4, row_limit=5)
+    batch.merge(engine.prefill([request(1, 4)]))
+    first_columns = batch.cross_kv.shape[4]
+    batch.merge(engine.prefill([request(2, 1)]))
+    assert batch.capacity == 5  # doubling to 8 would pass the row limit of 5
+    assert batch.cross_kv.shape[4] == min(2 * first_columns, engine.max_input_tokens)  # doubled: no regrowth per input
+    batch.merge(engine.prefill([request(200, 1)]))  # past the window: truncated to it
+    assert batch.cross_kv.shape[4] == engine.max_input_tokens and batch.capacity == 6

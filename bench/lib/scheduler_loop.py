@@ -56,8 +56,10 @@ def measure(
     warmup_s: float,
     threads: int | None = None,
     lanes: int | str = "auto",
+    config: Any = None,
 ) -> dict[str, Any]:
-    """`clients` closed-loop clients running `work`'s requests through the service's scheduler lanes."""
+    """`clients` closed-loop clients running `work`'s requests through the service's scheduler lanes, each lane with
+    `config`'s budgets (a SchedulerConfig; default: config.yaml's CPU-sized defaults)."""
     import torch
 
     from serve_app.scheduling.config import SchedulerConfig
@@ -68,7 +70,7 @@ def measure(
     torch.set_num_threads(threads)
     kind = "augment" if work.run == service.engine.generate else "classify"
     count = lane_count(lanes, work.device.type, threads)
-    loop = Lanes([Scheduler(service.engine, SchedulerConfig()) for _ in range(count)], cores=threads)
+    loop = Lanes([Scheduler(service.engine, config or SchedulerConfig()) for _ in range(count)], cores=threads)
     try:
         return {"lanes": count, **asyncio.run(closed_loop(loop, work.requests, kind, clients, warmup_s, duration_s))}
     finally:

@@ -55,6 +55,15 @@ class BatchShape:
     vocab: int
 
 
+def grown_size(current: int, needed: int, limit: int | None) -> int:
+    """A buffer's new size for `needed` entries: unchanged when it holds them, else doubled (so a long run grows a
+    few times, not at every step), but never past `limit` unless `needed` itself is."""
+    if needed <= current:
+        return current
+    size = max(needed, 2 * current)
+    return size if limit is None else max(needed, min(size, limit))
+
+
 class DecodeBatch:
     """Rows being decoded: key/value caches, per-row sampling and limits, and the row -> request map.
 
@@ -68,9 +77,19 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def __init__(
-        self, shape: BatchShape, capacity: int = 8, encoder_columns: int = 1, self_columns: int = INITIAL_COLUMNS
+        self,
+        shape: BatchShape,
+        capacity: int = 8,
+        encoder_columns: int = 1,
+        self_columns: int = INITIAL_COLUMNS,
+        row_limit: int | None = None,
+        encoder_limit: int | None = None,
     ) -> None:
         self.shape = shape
+        # Growth doubles (a few copies over a long run) but never past these unless one merge needs more: the rows
+        # a scheduler lane may hold (its memory-capped max_batch_rows) and the longest input the engine accepts.
+        self.row_limit = row_limit
+        self.encoder_limit = encoder_limit
         self.rows = 0
         self.length = 0  # self-attention columns written so far (shared time axis)
         self.self_kv = self._zeros_kv(capacity, self_columns)
@@ -234,15 +253,11 @@ class DecodeBatch:
         return torch.zeros((s.layers, 2, rows, s.heads, columns, s.head_dim), dtype=s.dtype, device=s.device)
 
     def _reserve(self, rows: int, columns: int, encoder_columns: int) -> None:
-        """Grow the buffers (by doubling) until they hold `rows` rows, `columns` self and `encoder_columns` cross
-        columns."""
-        capacity = self.capacity
-        if rows > capacity:
-            capacity = max(rows, 2 * capacity)
-        self_columns = self.self_kv.shape[4]
-        if columns > self_columns:
-            self_columns = max(columns, 2 * self_columns)
-        cross_columns = max(self.cross_kv.shape[4], encoder_columns)
+        """Grow the buffers (by doubling, within row_limit and encoder_limit) until they hold `rows` rows, `columns`
+        self and `encoder_columns` cross columns."""
+        capacity = grown_size(self.capacity, rows, self.row_limit)
+        self_columns = grown_size(self.self_kv.shape[4], columns, None)
+        cross_columns = grown_size(self.cross_kv.shape[4], encoder_columns, self.encoder_limit)
         if capacity != self.capacity or self_columns != self.self_kv.shape[4]:
             grown = self._zeros_kv(capacity, self_columns)
             grown[:, :, : self.rows, :, : self.length] = self.self_kv[:, :, : self.rows, :, : self.length]

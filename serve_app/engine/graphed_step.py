@@ -15,7 +15,9 @@ padded to a power of two (spare rows of the buffers compute and are ignored), so
 graphs serve every batch size.
 
 `GraphedDecoder` captures one graph per (row bucket, buffer addresses and shapes) on CUDA and
-replays it; buffers grow by doubling, so a long run captures a few graphs and then replays.
+replays it; buffers grow by doubling (rows within the lane's row limit, encoder columns within the input
+window), so a long run captures a few graphs and then replays. Not yet: keys on the columns in use rather than
+the buffers, and a batch that outlives one `generate` call (each call builds its own buffers: issue 39).
 With `capture=False` it runs the same fixed-shape call without graphs: on a CPU (where no graphs
 exist) that is how tests check it gives CachedDecoder's answers. Switched on by the
 ModelReplica's `decode_graphs` (config.yaml); off until a GPU measures it (`python -m bench gpu`).

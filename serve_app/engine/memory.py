@@ -9,7 +9,9 @@ the cap: memory only ever lowers it, so where memory is plenty nothing changes.
 
 On a GPU the free memory is what CUDA reports after the weights are loaded, limited to the
 replica's share of the GPU when it reserved a fraction of one (`replica_gpus: 0.25`), which
-is also given to torch's allocator as a hard limit. On a CPU it is the host's available memory.
+is also given to torch's allocator as a hard limit. The share counts the process's CUDA context,
+which lives outside torch's allocator: four replicas at 0.25 each would otherwise over-subscribe
+the GPU by four contexts. On a CPU it is the host's available memory.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ USABLE_SHARE = 0.8
 GROWTH_FACTOR = 2
 # float32 logits of a row [vocab], and the sampling pass's copies of them (scaled, masked, noised).
 LOGIT_COPIES = 4
+# A process's CUDA context (driver state, kernels' code, cuBLAS/cuDNN handles), outside torch's allocator: about
+# 0.5 GB with torch 2.x on an H100; counted against a fractional share (confirm on a lent GPU: python -m bench gpu).
+CUDA_CONTEXT_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,19 @@ def row_budget(shape: BatchShape, max_input_tokens: int, max_new_tokens: int, fr
     )
 
 
+def allocator_share_bytes(total_bytes: int, gpu_fraction: float, context_bytes: int = CUDA_CONTEXT_BYTES) -> int:
+    """What torch's allocator may hold of a GPU with `total_bytes` when the replica reserved `gpu_fraction` of it:
+    the share less the process's CUDA context, which the share must also hold."""
+    return max(0, int(total_bytes * gpu_fraction) - context_bytes)
+
+
 def free_device_bytes(device: torch.device, gpu_fraction: float | None = None) -> int:
     """Memory the caches may come from: CUDA's free memory (within `gpu_fraction`, a share below one
     GPU, or None for a whole one), or the host's available memory."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         if gpu_fraction is not None:
-            free = min(free, int(total * gpu_fraction) - torch.cuda.memory_reserved(device))
+            free = min(free, allocator_share_bytes(total, gpu_fraction) - torch.cuda.memory_reserved(device))
         return max(0, free)
     return host_available_bytes()
 
@@ -94,5 +105,13 @@ def limit_gpu_share(device: torch.device, gpu_fraction: float | None) -> None:
     """A replica that reserved a fraction of a GPU keeps to it: torch's allocator refuses beyond it
     (an out-of-memory answer, 503) instead of taking the neighbours' share."""
     if device.type == "cuda" and gpu_fraction is not None:
-        torch.cuda.set_per_process_memory_fraction(gpu_fraction, device)
-        logger.info("this replica may use %.0f %% of %s's memory", 100 * gpu_fraction, device)
+        _, total = torch.cuda.mem_get_info(device)
+        fraction = max(allocator_share_bytes(total, gpu_fraction), 1) / total
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        logger.info(
+            "this replica may use %.0f %% of %s's memory: its %.0f %% share less its CUDA context (%.1f GiB)",
+            100 * fraction,
+            device,
+            100 * gpu_fraction,
+            CUDA_CONTEXT_BYTES / 2**30,
+        )

@@ -193,7 +193,7 @@ class Scheduler:
         self._last_interactive = -math.inf  # when interactive work last arrived
         self._cancelled: set[int] = set()
         self._next_ticket = 0
-        self._batch = engine.new_batch(capacity=self.config.max_batch_rows)
+        self._batch = engine.new_batch(capacity=self.config.max_batch_rows, row_limit=self.config.max_batch_rows)
         self._decoding: dict[int, _Decoding] = {}
         self._open: set[int] = set()  # tickets not yet answered nor cancelled (queued, scoring, prefilling or decoding)
         self._open_interactive: set[int] = set()  # the interactive ones among them
@@ -481,7 +481,9 @@ class Scheduler:
                 self._answer(decoding.work, None, error)
             self._decoding.clear()
             self._background_rows = 0
-            self._batch = self.engine.new_batch(capacity=self.config.max_batch_rows)
+            self._batch = self.engine.new_batch(
+                capacity=self.config.max_batch_rows, row_limit=self.config.max_batch_rows
+            )
             return
         report.step_seconds = self.clock() - started
         for row in finished:
