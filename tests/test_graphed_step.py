@@ -96,3 +96,78 @@ def test_seeded_generation_is_the_same_through_merges_drops_and_growth(engine, f
 def test_graphs_are_refused_without_cuda(demo_model):
     with pytest.raises(ValueError, match="decode_graphs needs a CUDA device; this model runs on cpu"):
         Seq2SeqEngine(demo_model.model, decode_graphs=True)
+
+
+def test_a_step_attends_over_the_columns_in_use_rounded_up_not_the_whole_buffers(fixed_engine, tok, monkeypatch):
+    """After one long input and a long generation the buffers stay grown; a later short request must not read them
+    whole at every step (on a GPU, gigabytes a step): the fixed-shape call sees power-of-two buckets of the columns
+    in use."""
+    seen: list[tuple[int, int, int]] = []
+    cached_run = fixed_engine.decoder.cached.run
+
+    def spy(rows, column, self_columns, encoder_columns, *rest):
+        seen.append((rows, self_columns, encoder_columns))
+        return cached_run(rows, column, self_columns, encoder_columns, *rest)
+
+    long_request = request(tok, 1, max_new_tokens=40, num_return_sequences=1)
+    batch = fixed_engine.prefill([long_request])
+    with torch.inference_mode():
+        for _ in range(40):
+            fixed_engine.decoder.step(batch)
+    grown_self, grown_cross = batch.self_kv.shape[4], batch.cross_kv.shape[4]
+    batch.drop([0])
+    short = tok("短").input_ids
+    batch.merge(fixed_engine.prefill([GenerationRequest(short, SamplingParams(max_new_tokens=3, seed=1))]))
+    monkeypatch.setattr(fixed_engine.decoder.cached, "run", spy)
+    with torch.inference_mode():
+        for _ in range(3):
+            fixed_engine.decoder.step(batch)
+    assert grown_self >= 40 and grown_cross >= len(long_request.input_ids)
+    encoder_bucket = row_bucket(len(short), grown_cross)
+    assert [(rows, encoder) for rows, _, encoder in seen] == [(1, encoder_bucket)] * 3
+    assert all(self_columns < grown_self for _, self_columns, _ in seen), (seen, grown_self)
+    assert all(self_columns & (self_columns - 1) == 0 for _, self_columns, _ in seen)  # powers of two
+
+
+def test_a_batch_that_lives_on_stops_capturing_once_its_buckets_are_seen(demo_model, tok, monkeypatch):
+    """Graph keys, counted with a fake capture on the CPU: a scheduler's batch (it outlives every request) captures
+    each (row bucket, column buckets, buffers) once; once its buffers have stopped growing, the same traffic
+    replays only."""
+    from serve_app.engine import graphed_step
+
+    engine = Seq2SeqEngine(demo_model.model)
+    decoder = GraphedDecoder(engine.decoder, capture=False)
+    decoder.capture = True  # replay through the graph table, with the capture faked below
+    engine.decoder = decoder
+
+    class FakeGraph:
+        def __init__(self, run) -> None:
+            self.run = run
+
+        def replay(self) -> None:
+            self.run()
+
+    def fake_capture(self, shapes, inputs):
+        result = graphed_step._Graph(FakeGraph(lambda: None), torch.empty(0))
+        result.graph.run = lambda: setattr(result, "states", self._fixed_shape(shapes, inputs))
+        self.captured += 1
+        return result
+
+    monkeypatch.setattr(GraphedDecoder, "_capture_graph", fake_capture)
+    batch = engine.new_batch(capacity=8, row_limit=8)
+
+    def traffic() -> None:
+        for index in range(3):
+            batch.merge(engine.prefill([request(tok, index, max_new_tokens=6)]))
+            with torch.inference_mode():
+                for _ in range(6):
+                    engine.decoder.step(batch)
+            batch.drop(list(range(batch.rows)))
+
+    traffic()  # captures, and grows the buffers (a grown buffer is a new address: its buckets are captured again)
+    traffic()
+    after_warm_up = decoder.captured
+    buffers = (batch.self_kv.data_ptr(), batch.cross_kv.data_ptr())
+    traffic()
+    assert (batch.self_kv.data_ptr(), batch.cross_kv.data_ptr()) == buffers
+    assert after_warm_up > 0 and decoder.captured == after_warm_up  # the same traffic again: replays only

@@ -87,8 +87,8 @@ class CachedDecoder:
         """The first `rows` rows' states [rows, d_model]; writes their keys/values at `column`.
 
         Attends over `self_columns` self-attention and `encoder_columns` encoder columns. `step` passes
-        exactly those in use and `column` as an int; a CUDA graph (graphed_step.py) passes the whole
-        buffers and `column` as a 1-element device tensor, so every shape is fixed by the buffers.
+        exactly those in use and `column` as an int; a CUDA graph (graphed_step.py) passes them rounded
+        up to powers of two and `column` as a 1-element device tensor, so every shape is fixed by the buckets.
         Columns before a row's start or after `column` are masked: float32's lowest bias, a softmax
         weight of exactly 0. Scores, biases and the softmax are float32 whatever the weights' format.
         """

@@ -7,14 +7,15 @@ launch, but it replays fixed shapes at fixed addresses. CachedDecoder's step has
 attends over `column + 1` keys and `max(encoder lengths)` encoder columns, both changing as
 rows join and leave, and writes the column by a Python index.
 
-A graph replays CachedDecoder.run with every shape taken from the batch's buffers: attention
-over the whole self-attention buffer with the columns after this step's masked (as those before
-a row's start already are), over the whole encoder buffer with each row's padding masked, the
-column to write a device tensor. The states match the step's up to summation order. Rows are
-padded to a power of two (spare rows of the buffers compute and are ignored), so a handful of
-graphs serve every batch size.
+A graph replays CachedDecoder.run with every shape fixed by buckets: attention over the
+self-attention columns in use rounded up to a power of two, with the columns after this step's
+masked (as those before a row's start already are), over the encoder columns in use rounded up
+likewise, with each row's padding masked, the column to write a device tensor. The states match
+the step's up to summation order. Rows are padded to a power of two too (spare rows of the
+buffers compute and are ignored), so a handful of graphs serve every batch, and a step reads at
+most twice the columns it uses, never the whole buffer a long request once grew.
 
-`GraphedDecoder` captures one graph per (row bucket, buffer addresses and shapes) on CUDA and
+`GraphedDecoder` captures one graph per (row bucket, column buckets, buffer addresses and shapes) on CUDA and
 replays it; buffers grow by doubling (rows within the lane's row limit, encoder columns within the input
 window), so a long run captures a few graphs and then replays. Not yet: keys on the columns in use rather than
 the buffers, and a batch that outlives one `generate` call (each call builds its own buffers: issue 39).
@@ -35,15 +36,19 @@ import torch
 from serve_app.engine.decode_batch import DecodeBatch
 from serve_app.engine.decoder import CachedDecoder
 
-MAX_GRAPHS = 24  # captured graphs kept (least recently replayed dropped first): row buckets x buffer sizes
+# Captured graphs kept (least recently replayed dropped first): row buckets x column buckets x buffer sizes.
+MAX_GRAPHS = 96
 
 
 def row_bucket(rows: int, capacity: int) -> int:
-    """Rows a step computes for `rows` live ones: the next power of two, within the buffers' capacity."""
+    """Rows (or columns) a step computes for `rows` in use: the next power of two, within the buffers' capacity."""
     bucket = 1
     while bucket < rows:
         bucket *= 2
     return min(bucket, capacity)
+
+
+column_bucket = row_bucket  # the same rule for the self-attention and encoder columns a step attends over
 
 
 @dataclass
@@ -76,28 +81,34 @@ class GraphedDecoder:
         """CachedDecoder.step's contract: feed every row its `next_token`, return the states [rows, d_model]."""
         with self._lock:
             column = batch.reserve_column()
-            bucket = row_bucket(batch.rows, batch.capacity)
+            shapes = (
+                row_bucket(batch.rows, batch.capacity),
+                column_bucket(column + 1, batch.self_kv.shape[4]),
+                column_bucket(batch.encoder_columns, batch.cross_kv.shape[4]),
+            )
             self.column.fill_(column)  # a scalar written on the device stream: no host round trip
             inputs = (self.column, batch.next_token, batch.start, batch.encoder_length, batch.self_kv, batch.cross_kv)
             if self.capture:
-                states = self._replay(bucket, inputs).clone()  # the next replay overwrites the graph's output
+                states = self._replay(shapes, inputs).clone()  # the next replay overwrites the graph's output
             else:
-                states = self._fixed_shape(bucket, inputs)
+                states = self._fixed_shape(shapes, inputs)
             batch.length = column + 1
             return states[: batch.rows]
 
-    def _fixed_shape(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _fixed_shape(self, shapes: tuple[int, int, int], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """CachedDecoder.run over `shapes` (rows, self-attention columns, encoder columns), each a bucket."""
+        rows, self_columns, encoder_columns = shapes
         column, next_token, start, encoder_length, self_kv, cross_kv = inputs
         return self.cached.run(
-            bucket, column, self_kv.shape[4], cross_kv.shape[4], next_token, start, encoder_length, self_kv, cross_kv
+            rows, column, self_columns, encoder_columns, next_token, start, encoder_length, self_kv, cross_kv
         )
 
-    def _replay(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _replay(self, shapes: tuple[int, int, int], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         # A graph reads the addresses it was captured with: any buffer the batch replaced (growth) is a new key.
-        key = (bucket, *((tensor.data_ptr(), tuple(tensor.shape)) for tensor in inputs))
+        key = (shapes, *((tensor.data_ptr(), tuple(tensor.shape)) for tensor in inputs))
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self._capture_graph(bucket, inputs)
+            graph = self._capture_graph(shapes, inputs)
             self.graphs[key] = graph
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
@@ -106,18 +117,18 @@ class GraphedDecoder:
         graph.graph.replay()
         return graph.states
 
-    def _capture_graph(self, bucket: int, inputs: tuple[torch.Tensor, ...]) -> _Graph:
+    def _capture_graph(self, shapes: tuple[int, int, int], inputs: tuple[torch.Tensor, ...]) -> _Graph:
         # Warm up on a side stream first (lazy initialisation, cuBLAS workspaces), as torch's docs ask.
         # The warm-up writes this step's column too: the same values the replay writes again.
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            self._fixed_shape(bucket, inputs)
+            self._fixed_shape(shapes, inputs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: another lane's kernels on its own thread do not break this capture.
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            states = self._fixed_shape(bucket, inputs)
+            states = self._fixed_shape(shapes, inputs)
         self._pool = self._pool or graph.pool()
         self.captured += 1
         return _Graph(graph, states)
