@@ -129,10 +129,10 @@ def test_a_step_attends_over_the_columns_in_use_rounded_up_not_the_whole_buffers
     assert all(self_columns & (self_columns - 1) == 0 for _, self_columns, _ in seen)  # powers of two
 
 
-def test_a_batch_that_lives_on_stops_capturing_once_its_buckets_are_seen(demo_model, tok, monkeypatch):
-    """Graph keys, counted with a fake capture on the CPU: a scheduler's batch (it outlives every request) captures
-    each (row bucket, column buckets, buffers) once; once its buffers have stopped growing, the same traffic
-    replays only."""
+@pytest.fixture
+def faked_graphs(demo_model, monkeypatch) -> Seq2SeqEngine:
+    """An engine whose steps go through the graph table on the CPU: a fake capture runs the fixed-shape step at each
+    replay and counts as a capture."""
     from serve_app.engine import graphed_step
 
     engine = Seq2SeqEngine(demo_model.model)
@@ -141,19 +141,25 @@ def test_a_batch_that_lives_on_stops_capturing_once_its_buckets_are_seen(demo_mo
     engine.decoder = decoder
 
     class FakeGraph:
-        def __init__(self, run) -> None:
-            self.run = run
-
-        def replay(self) -> None:
-            self.run()
+        def __init__(self, replay) -> None:
+            self.replay = replay
 
     def fake_capture(self, shapes, inputs):
-        result = graphed_step._Graph(FakeGraph(lambda: None), torch.empty(0))
-        result.graph.run = lambda: setattr(result, "states", self._fixed_shape(shapes, inputs))
+        result = graphed_step._Graph(
+            FakeGraph(lambda: setattr(result, "states", self._fixed_shape(shapes, inputs))), None
+        )
         self.captured += 1
         return result
 
     monkeypatch.setattr(GraphedDecoder, "_capture_graph", fake_capture)
+    return engine
+
+
+def test_a_batch_that_lives_on_stops_capturing_once_its_buckets_are_seen(faked_graphs, tok):
+    """Graph keys, counted with a fake capture on the CPU: a scheduler's batch (it outlives every request) captures
+    each (row bucket, column buckets, buffers) once; once its buffers have stopped growing, the same traffic
+    replays only."""
+    engine, decoder = faked_graphs, faked_graphs.decoder
     batch = engine.new_batch(capacity=8, row_limit=8)
 
     def traffic() -> None:
@@ -171,3 +177,13 @@ def test_a_batch_that_lives_on_stops_capturing_once_its_buckets_are_seen(demo_mo
     traffic()
     assert (batch.self_kv.data_ptr(), batch.cross_kv.data_ptr()) == buffers
     assert after_warm_up > 0 and decoder.captured == after_warm_up  # the same traffic again: replays only
+
+
+def test_generate_with_graphs_replays_from_its_second_call_on(faked_graphs, engine, tok):
+    """generate() builds its rows afresh at each call; with graphs they decode in a batch the thread keeps, so a
+    timed loop of the same requests replays only, and the tokens are the launched step's (float32)."""
+    requests = [request(tok, index) for index in range(3)]
+    first = faked_graphs.generate(requests)
+    captured = faked_graphs.decoder.captured
+    assert faked_graphs.generate(requests) == first == engine.generate(requests)
+    assert captured > 0 and faked_graphs.decoder.captured == captured

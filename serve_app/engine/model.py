@@ -10,6 +10,7 @@ candidate labels of an input into shared decoder rows (scoring.py).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Sequence
 
 import torch
@@ -93,6 +94,7 @@ class Seq2SeqEngine:
         self.decoder: CachedDecoder | GraphedDecoder = CachedDecoder(model)
         if decode_graphs:
             self.decoder = GraphedDecoder(self.decoder)
+        self._held_batches = threading.local()  # generate()'s batch per thread, when steps replay graphs
 
     # ---------------------------------------------------------------- shared
     def check_ids(self, ids: list[int], field: str) -> None:
@@ -223,6 +225,13 @@ class Seq2SeqEngine:
     def generate(self, requests: list[GenerationRequest]) -> list[list[list[int]]]:
         """For each request, `num_return_sequences` token-id lists (without </s>), in request order."""
         batch = self.prefill(requests)
+        if isinstance(self.decoder, GraphedDecoder):
+            # Graphs replay fixed buffer addresses: this thread's rows decode in a batch that outlives the call, as a
+            # scheduler's does, so calls after the first replay instead of capturing afresh.
+            held = self._held_batches.__dict__.setdefault("batch", self.new_batch(capacity=batch.rows))
+            held.drop(list(range(held.rows)))  # rows an interrupted call left behind
+            held.merge(batch)
+            batch = held
         results: list[list[list[int]]] = [[[] for _ in range(r.params.num_return_sequences)] for r in requests]
         while batch.rows:
             for row in self.step(batch):
