@@ -187,3 +187,41 @@ def test_generate_with_graphs_replays_from_its_second_call_on(faked_graphs, engi
     captured = faked_graphs.decoder.captured
     assert faked_graphs.generate(requests) == first == engine.generate(requests)
     assert captured > 0 and faked_graphs.decoder.captured == captured
+
+
+def test_out_of_memory_inside_a_capture_is_the_out_of_memory_it_is(faked_graphs, tok, monkeypatch):
+    """An allocation that fails while a graph is captured surfaces as the capture's own error when the capture ends;
+    the scheduler still takes it for an out-of-memory: the newest request is refused with 503, the older decodes on
+    to the answer it has alone."""
+    from serve_app.scheduling.config import SchedulerConfig
+    from serve_app.scheduling.errors import OutOfMemoryRefused
+    from serve_app.scheduling.scheduler import Scheduler
+    from tests.test_scheduler import Answers, Clock, drain
+
+    older, newer = request(tok, 0, max_new_tokens=12), request(tok, 1, max_new_tokens=12)
+    expected = faked_graphs.generate([older])[0]
+    scheduler = Scheduler(faked_graphs, SchedulerConfig(max_batch_rows=8), clock=Clock())
+    answers = Answers()
+    scheduler.submit_generation(older, answers.callback("older"))
+    scheduler.run_iteration()
+    scheduler.submit_generation(newer, answers.callback("newer"))
+    capture = GraphedDecoder._capture_graph
+    failures = []
+
+    def capture_failing_once(self, shapes, inputs):
+        if not failures:
+            failures.append(shapes)
+            try:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            except torch.OutOfMemoryError:
+                # What torch.cuda.graph's exit raises when the capture it ends was broken by the failed allocation.
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
+        return capture(self, shapes, inputs)
+
+    monkeypatch.setattr(GraphedDecoder, "_capture_graph", capture_failing_once)
+    faked_graphs.decoder.graphs.clear()  # the next step captures
+    scheduler.run_iteration()
+    scheduler.run_iteration()
+    assert failures and isinstance(answers.errors.get("newer"), OutOfMemoryRefused), answers.errors
+    drain(scheduler)
+    assert answers.answered["older"] == expected and "older" not in answers.errors

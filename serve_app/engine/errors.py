@@ -28,11 +28,20 @@ class ParameterRangeError(EngineInputError):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """An allocation failure on the device (CUDA) or the host (torch's CPU allocator)."""
+    """An allocation failure on the device (CUDA) or the host (torch's CPU allocator), or an error it caused: an
+    allocation that fails inside a CUDA graph capture surfaces as the capture's own failure when the capture ends,
+    with the out-of-memory error as its context."""
     import torch
 
-    return (
-        isinstance(error, torch.OutOfMemoryError)
-        or "can't allocate memory" in str(error)
-        or "out of memory" in str(error).lower()
-    )
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain, not a cycle
+        if seen is None:
+            return False
+        if (
+            isinstance(seen, torch.OutOfMemoryError)
+            or "can't allocate memory" in str(seen)
+            or "out of memory" in str(seen).lower()
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
