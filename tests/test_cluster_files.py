@@ -328,3 +328,31 @@ def test_nginx_sends_a_500_once_more_and_keeps_the_proxy_that_relayed_it(relays:
     assert len(failing.seen) >= 3, failing.seen
     answered = {rid: body for _, body, rid in healthy.seen}
     assert all(answered[rid] == body for _, body, rid in failing.seen)
+
+
+def test_the_images_pins_are_read_and_a_torch_listing_is_searched_for_them() -> None:
+    """cluster/kuberay/check_image.py checks, before a build, that the Dockerfile's base image and torch wheel exist;
+    here (PyPI only) it can only say so. Its reading of the Dockerfile and of an index listing is checked offline."""
+    sys.path.insert(0, str(ROOT / "cluster" / "kuberay"))
+    try:
+        import check_image
+    finally:
+        sys.path.pop(0)
+    pins = check_image.read_pins()
+    assert pins.base_image == ("rayproject/ray", f"{pins.ray}-py{pins.python}-{pins.cuda}")
+    assert pins.torch_index == f"https://download.pytorch.org/whl/{pins.cuda}"
+    assert f"torch=={pins.torch}" in (ROOT / "scripts" / "serve.sh").read_text()  # the same torch everywhere
+    listing = "".join(
+        f'<a href="/whl/{pins.cuda}/{name}#sha256=00">{name}</a>\n'
+        for name in (
+            f"torch-{pins.torch}%2B{pins.cuda}-cp{pins.python}-cp{pins.python}-manylinux_2_28_x86_64.whl",
+            f"torch-{pins.torch}%2B{pins.cuda}-cp{pins.python}-cp{pins.python}-manylinux_2_28_aarch64.whl",
+            f"torch-{pins.torch}%2B{pins.cuda}-cp312-cp312-manylinux_2_28_x86_64.whl",
+            f"torch-2.12.0%2B{pins.cuda}-cp{pins.python}-cp{pins.python}-manylinux_2_28_x86_64.whl",
+        )
+    )
+    assert check_image.torch_wheels(listing, pins) == [
+        f"torch-{pins.torch}+{pins.cuda}-cp{pins.python}-cp{pins.python}-manylinux_2_28_x86_64.whl"
+    ]
+    ran = subprocess.run([sys.executable, "cluster/kuberay/check_image.py"], cwd=ROOT, capture_output=True, text=True)
+    assert ran.returncode in (0, 1, 2) and ran.stdout.count("\n") == 2, ran.stdout + ran.stderr
