@@ -266,6 +266,15 @@ def classify_batch(client: httpx.Client, url: str) -> httpx.Response:
     return client.post(f"{url}/classify_batch", json={"texts": [f"{t}#{number}" for t in TEXTS], "labels": LABELS})
 
 
+def mixed(client: httpx.Client, url: str) -> httpx.Response:
+    """Every other request a seeded /augment, the rest /classify of a text not sent before (see classify)."""
+    number = next(REQUEST_NUMBERS)
+    if number % 2:
+        return client.post(f"{url}/classify", json={"text": f"{TEXTS[0]}#{number}", "labels": LABELS})
+    body = {"text": f"{TEXTS[number % len(TEXTS)]}#{number}", "num_return_sequences": 2, "max_length": 16, "seed": 1}
+    return client.post(f"{url}/augment", json=body)
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, interval_s: float = 1.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -546,7 +555,7 @@ def test_losing_a_worker_node_under_load(cluster: NetCluster, nginx: Nginx) -> N
     checker = threading.Thread(target=check_every_second, daemon=True)
     checker.start()
 
-    load = Load([nginx.url], classify, threads=6, max_requests=5000, timeout_s=30).start()
+    load = Load([nginx.url], mixed, threads=16, max_requests=5000, timeout_s=30).start()
     try:
         # The node dies while the light deployments are scaled up (Ingress runs 2; the load takes Classifier
         # past 1): they reserve no CPU, so the lost ModelReplica still finds room on the survivors. A replica
