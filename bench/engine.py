@@ -516,7 +516,7 @@ def roofline_markdown(bounds: dict[str, Any], f: dict[str, Any]) -> list[str]:
         "",
         f"Measured in the same run, before and after the work, best of the two (bench/lib/roofline.py): matmul "
         f"peak GFLOP/s {peaks} (the best of square and "
-        f"the model's own shapes; int8 as the service's dynamically quantised Linear), memory read "
+        f"the model's own shapes; int8 as the service's Int8Linear), memory read "
         f"{bounds['read_bandwidth']['gb_per_s']:.1f} GB/s. The work: classification "
         f"{need['classify_flops_per_text'] / 1e9:.1f} GFLOP per text (matmul and attention FLOPs of each text "
         f"classified alone, no batch padding), a decoding step at {GENERATION_ROWS} rows "

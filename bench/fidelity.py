@@ -171,9 +171,11 @@ def int8_by_layer(model: str, requests: list[Any], reference: list[list[float]])
     from torch import nn
 
     from serve_app.engine import Seq2SeqEngine, load_model
-    from serve_app.engine.precision import quantize_linears
+    from serve_app.engine.fused_layers import fuse_layers
+    from serve_app.engine.int8_linear import quantise_linears
 
     base = load_model(model, device="cpu", dtype="float32", relay_head=False).model
+    fuse_layers(base)  # as `dtype: int8` loads it
     linears = {name for name, module in base.named_modules() if isinstance(module, nn.Linear)}
     groups = {group: {name for name in linears if re.search(pattern, name)} for group, pattern in INT8_GROUPS.items()}
     missed = linears - set().union(*groups.values())
@@ -187,7 +189,9 @@ def int8_by_layer(model: str, requests: list[Any], reference: list[list[float]])
         for mode, chosen in (("only", names), ("all but", linears - names))
     ]
     for mode, group, chosen in choices:
-        engine = Seq2SeqEngine(quantize_linears(copy.deepcopy(base), chosen))
+        quantised = copy.deepcopy(base)
+        quantise_linears(quantised, chosen)
+        engine = Seq2SeqEngine(quantised)
         score_all(engine, requests[:2])  # first-call allocations
         began = time.perf_counter()
         probabilities = score_all(engine, requests)

@@ -35,19 +35,15 @@ def _best_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 def _int8_linear(weight: torch.Tensor) -> nn.Module:
-    """A dynamically quantised Linear, as `dtype: int8` runs every linear layer."""
-    from serve_app.engine.precision import quantize_linears
+    """An int8 linear layer, as `dtype: int8` runs every linear layer."""
+    from serve_app.engine.int8_linear import Int8Linear
 
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    linear.weight.data.copy_(weight)
-    holder = nn.Sequential(linear)
-    quantize_linears(holder)
-    return holder[0]
+    return Int8Linear(weight)
 
 
 def matmul_peak(name: str, repeats: int = 5) -> dict[str, Any]:
-    """GFLOP/s of the best matmul this machine runs in format `name` (float32, bfloat16, or int8 as the dynamically
-    quantised Linear the service runs), over PEAK_SHAPES."""
+    """GFLOP/s of the best matmul this machine runs in format `name` (float32, bfloat16, or int8 as the Int8Linear the
+    service runs), over PEAK_SHAPES."""
     generator = torch.Generator().manual_seed(0)
     best: dict[str, float] = {}
     with torch.inference_mode():
@@ -88,7 +84,7 @@ def count_flops(run: Callable[[], object]) -> int:
 
 
 def weight_bytes(modules: list[nn.Module]) -> int:
-    """Bytes of the parameters (and quantised packed weights) of `modules`: what one step reads."""
+    """Bytes of the parameters and buffers (an int8 layer's weight is a buffer) of `modules`: what one step reads."""
     seen: set[int] = set()
     total = 0
     for module in modules:
@@ -96,9 +92,4 @@ def weight_bytes(modules: list[nn.Module]) -> int:
             if id(tensor) not in seen:
                 seen.add(id(tensor))
                 total += tensor.numel() * tensor.element_size()
-        for child in module.modules():
-            packed = getattr(child, "_packed_params", None)
-            if packed is not None:  # a dynamically quantised Linear: int8 weight, one scale per row
-                weight = child.weight()
-                total += weight.numel() * weight.element_size()
     return total

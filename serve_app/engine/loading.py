@@ -23,6 +23,7 @@ from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedToken
 from serve_app.engine.attention import register as register_invariant_attention
 from serve_app.engine.errors import ModelSpecError
 from serve_app.engine.fused_layers import fuse_layers
+from serve_app.engine.int8_linear import quantise_linears
 from serve_app.engine.output_head import HeadChoice, choose_head_layout, install_output_head, is_tied
 from serve_app.engine.packed_linear import PackChoice, choose_packing, pack_linears
 from serve_app.engine.precision import (
@@ -30,7 +31,6 @@ from serve_app.engine.precision import (
     Precision,
     choose_precision,
     configure_float32_matmuls,
-    quantize_linears,
 )
 from serve_app.engine.spec import ResolvedSpec, resolve_spec
 from serve_app.engine.tokenizer import load_tokenizer
@@ -180,8 +180,9 @@ def load_model(
         # Batch invariance: a padded row's attention must round as the row alone does (attention.py).
         model.set_attn_implementation(register_invariant_attention())
     if precision.int8:
-        quantize_linears(model)  # in place
-        head = HeadChoice("linear", "int8: the quantised linear")
+        fuse_layers(model)
+        quantise_linears(model)  # in place, lm_head included
+        head = HeadChoice("linear", "int8: per output channel, activations per row (int8_linear.py)")
     elif relay_head:
         head = choose_head_layout(model.lm_head.weight, tied=is_tied(model))
         install_output_head(model, head.layout)

@@ -6,9 +6,9 @@ AVX512-BF16 run bf16 natively, others emulate it and are slower. A flag list wou
 either side (torch's AMX probe says nothing about AVX512-BF16 or ARM's BF16). On CUDA, bf16
 where the GPU runs it natively (compute capability 8.0 and up), float32 elsewhere; float32
 matmuls never use TF32, so float32 stays the exact reference. float16 is refused: mT5's
-activations overflow it. `int8` (opt-in, CPU) quantises the linear layers dynamically; its
-error is measured by `python -m bench fidelity`. Whatever the weights, logits, log-softmax,
-label scores and sampling run in float32.
+activations overflow it. `int8` (opt-in, CPU) runs the linear layers in int8, weights per channel and
+activations per row (int8_linear.py); its error is measured by `python -m bench fidelity`.
+Whatever the weights, logits, log-softmax, label scores and sampling run in float32.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
 
 import torch
 from torch import nn
@@ -136,10 +135,8 @@ def choose_precision(
         return Precision(torch.float32, False, f"auto: float32, {measured}")
     if requested == "int8":
         if device.type != "cpu":
-            raise ModelSpecError(
-                f"dtype 'int8' (dynamic quantisation) runs on the CPU only; device is {device}. Use bfloat16 on a GPU."
-            )
-        return Precision(torch.float32, True, "int8: linear layers dynamically quantised (requested)")
+            raise ModelSpecError(f"dtype 'int8' runs on the CPU only; device is {device}. Use bfloat16 on a GPU.")
+        return Precision(torch.float32, True, "int8: linear layers in int8, per channel and row (requested)")
     if requested not in FLOAT_DTYPES:
         raise ModelSpecError(f"dtype {requested!r} is not one of {', '.join(CHOICES)}")
     dtype = FLOAT_DTYPES[requested]
@@ -171,17 +168,3 @@ def configure_float32_matmuls(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-
-
-def quantize_linears(model: nn.Module, names: set[str] | None = None) -> nn.Module:
-    """int8 dynamic quantisation of every nn.Linear (or only those whose module name is in `names`), in place
-    (weights int8, activations quantised per call)."""
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    spec: set[type[nn.Module]] | set[str] = set(names) if names is not None else {cast(type[nn.Module], nn.Linear)}
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; the API still works
-        warnings.simplefilter("ignore")
-        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
-    return model

@@ -31,7 +31,7 @@ from transformers import MT5ForConditionalGeneration
 
 from serve_app.engine.attention import padded_keys
 from serve_app.engine.decoder import relative_attention
-from serve_app.engine.vocabulary import log_probs
+from serve_app.engine.vocabulary import log_probs, weight_rows
 
 Normalization = Literal["vocabulary", "label_tokens"]
 NORMALIZATIONS: tuple[str, ...] = ("vocabulary", "label_tokens")
@@ -179,7 +179,7 @@ def target_log_probs(
 ) -> torch.Tensor:
     """log p(token | state) for every target, float32, normalised per request as `normalizations` says.
 
-    `head` is the model's lm_head (a plain or a dynamically quantised Linear)."""
+    `head` is the model's lm_head (an OutputHead, a plain Linear, or an Int8Linear)."""
     device = states.device
     width = states.shape[1]
     flat = states.reshape(-1, states.shape[-1])
@@ -244,12 +244,9 @@ def _label_token_log_probs(
     allowed = torch.zeros((max(allowed_by_request) + 1, len(columns)), dtype=torch.bool)
     for request, request_tokens in allowed_by_request.items():
         allowed[request, column_of[sorted(request_tokens)]] = True
-    weight_of: Any = head.weight  # a quantised Linear's weight is a method
-    weight: torch.Tensor = weight_of() if callable(weight_of) else weight_of
-    rows_of_head = weight.index_select(0, torch.tensor(columns, device=device))
-    rows_of_head = rows_of_head.dequantize() if rows_of_head.is_quantized else rows_of_head
+    rows_of_head = weight_rows(head, torch.tensor(columns, device=device))
     # A few columns: their dot products in float32 outright.
-    logits = states.index_select(0, which).float() @ rows_of_head.float().T
+    logits = states.index_select(0, which).float() @ rows_of_head.T
     logits = logits.masked_fill(
         ~allowed.to(device).index_select(0, request_of_state.index_select(0, which)), float("-inf")
     )

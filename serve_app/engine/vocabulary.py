@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from serve_app.engine.int8_linear import Int8Linear
 from serve_app.engine.output_head import LOW_PRECISION, OutputHead
 
 # States per chunk of the normaliser: a chunk's float32 block of logits (64 x 8192) is 2 MiB.
@@ -49,7 +50,7 @@ class Projection(Protocol):
 
 
 class WholeProjection:
-    """A head without blocks (a dynamically quantised Linear, whose output is float32 already): one block."""
+    """A head without blocks (an int8 linear layer, whose output is float32 already): one block."""
 
     def __init__(self, head: nn.Module, vocab: int) -> None:
         self.head = head
@@ -108,8 +109,7 @@ class ExactLogits:
 
     def at(self, tokens: torch.Tensor) -> torch.Tensor:
         """float32 logits [rows, n] of each row's own columns tokens [rows, n]: their weight rows, dotted in float32."""
-        weight = _plain_weight(self.head)
-        rows_of_weight = weight.index_select(0, tokens.reshape(-1)).float().view(*tokens.shape, -1)
+        rows_of_weight = weight_rows(self.head, tokens.reshape(-1)).view(*tokens.shape, -1)
         return torch.einsum("rnd,rd->rn", rows_of_weight, self.states.float())
 
     def full(self) -> torch.Tensor:
@@ -119,10 +119,13 @@ class ExactLogits:
         return torch.cat([projection.exact_block_logits(states, b) for b in range(len(projection.ranges))], dim=1)
 
 
-def _plain_weight(head: nn.Module) -> torch.Tensor:
-    weight = head.weight() if callable(head.weight) else head.weight
+def weight_rows(head: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """lm_head's weight rows of `tokens`, float32 [len(tokens), d_model], whatever the head's format."""
+    if isinstance(head, Int8Linear):
+        return head.dequantised_rows(tokens)
+    weight = head.weight
     assert isinstance(weight, torch.Tensor)
-    return weight.dequantize() if weight.is_quantized else weight
+    return weight.index_select(0, tokens).float()
 
 
 def margin(values: torch.Tensor) -> torch.Tensor:
