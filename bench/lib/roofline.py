@@ -43,7 +43,11 @@ def _int8_linear(weight: torch.Tensor) -> nn.Module:
 
 def matmul_peak(name: str, repeats: int = 5) -> dict[str, Any]:
     """GFLOP/s of the best matmul this machine runs in format `name` (float32, bfloat16, or int8 as the Int8Linear the
-    service runs), over PEAK_SHAPES."""
+    service runs), over PEAK_SHAPES. Floats: the faster of torch's linear and oneDNN's kernel on a weight packed once
+    (packed_linear.py), which the service uses where it measures faster: on an AMD CPU torch's float32 linear
+    (MKL) ran at half the packed kernel's speed, and a bound below what the service reaches is no bound."""
+    from serve_app.engine.packed_linear import pack_weight, packed_matmul, packing_available
+
     generator = torch.Generator().manual_seed(0)
     best: dict[str, float] = {}
     with torch.inference_mode():
@@ -57,6 +61,9 @@ def matmul_peak(name: str, repeats: int = 5) -> dict[str, Any]:
                 dtype = getattr(torch, name)
                 a, w = a.to(dtype), w.to(dtype)
                 seconds = _best_seconds(lambda a=a, w=w: torch.nn.functional.linear(a, w), repeats)
+                if packing_available(w):
+                    packed = pack_weight(w, rows)
+                    seconds = min(seconds, _best_seconds(lambda a=a, packed=packed: packed_matmul(a, packed), repeats))
             best[f"{rows}x{inner}x{cols}"] = 2 * rows * inner * cols / seconds / 1e9
     shape = max(best, key=best.__getitem__)
     return {"gflops": best[shape], "shape": shape, "by_shape": best}
