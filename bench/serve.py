@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -40,6 +41,8 @@ from bench.lib.serve_run import ROOT, ServeRun, free_port, shipped_config
 from bench.lib.workloads import augment_workload, classify_workload, mixed_workload
 
 P95_LIMIT_S = 1.0  # the seed's concurrency figure: the most clients served with p95 under a second
+# Request indices per measured point (each point starts a block of its own, so no text is sent twice).
+INDEX_BLOCK = 1_000_000
 WINDOWS = {  # seconds: (warm-up, measured) per point; augment cycles take 8-12 s at 32 clients on 2 cores
     "full": {"classify": (5.0, 20.0), "augment": (10.0, 60.0), "sweep": (3.0, 15.0), "drain": 15.0, "settle": 3.0},
     "quick": {"classify": (0.5, 2.0), "augment": (0.5, 3.0), "sweep": (0.5, 2.0), "drain": 5.0, "settle": 0.5},
@@ -258,13 +261,21 @@ def bench_system(
         for workload in workloads.values():
             asyncio.run(loadgen.warm_up(system.url, workload))
         pids = system.model_pids
+        calls = itertools.count(1)
 
         def measure(mix: list[tuple[Any, int]], window: tuple[float, float]) -> list[dict[str, Any]]:
             warmup, duration = window
             measured = _measured(
                 pids,
                 loadgen.run_mix(
-                    system.url, mix, system=system.name, duration_s=duration, warmup_s=warmup, drain_s=windows["drain"]
+                    system.url,
+                    mix,
+                    system=system.name,
+                    duration_s=duration,
+                    warmup_s=warmup,
+                    drain_s=windows["drain"],
+                    # Each point its own texts: a text an earlier point sent is answered by the classification cache.
+                    first_index=next(calls) * INDEX_BLOCK,
                 ),
             )
             system.settle(windows["settle"])
