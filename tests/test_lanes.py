@@ -8,6 +8,8 @@ with the engine's answers alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 
 import pytest
 from pydantic import ValidationError
@@ -91,9 +93,21 @@ def test_lanes_answer_concurrent_callers_as_the_engine_alone_and_share_the_threa
     expected_texts = [engine.generate([request])[0] for request in generation]
     expected_scores = [engine.score([request])[0] for request in scoring]
     seen: list[tuple[int, int, int]] = []  # (lane, torch threads of its iteration, live rows of the other lane)
+    # The demo model is fast enough that one lane can finish its share before the other has rows at all (a lane's
+    # 8 rows decode in ~25 ms while the other still prefills): so, in the crowd, each lane with rows waits once for
+    # the other to hold rows too, and the iteration each runs next starts with both lanes busy.
+    crowding, meeting = threading.Event(), threading.Barrier(2, timeout=10)
+    met: set[int] = set()
+    after_meeting: dict[int, int] = {}  # lane: torch threads of its first iteration once both lanes held rows
 
     def on_iteration(lane: int, report: IterationReport) -> None:
         seen.append((lane, lanes.loops[lane].torch_threads, lanes.schedulers[1 - lane].live_rows))
+        if lane in met:
+            after_meeting.setdefault(lane, lanes.loops[lane].torch_threads)
+        elif crowding.is_set() and lanes.schedulers[lane].live_rows:
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other lane never held rows: asserted below
+                meeting.wait()
+                met.add(lane)
 
     lanes = Lanes(
         [Scheduler(engine, SchedulerConfig(max_batch_rows=8)) for _ in range(2)], cores=2, on_iteration=on_iteration
@@ -114,6 +128,7 @@ def test_lanes_answer_concurrent_callers_as_the_engine_alone_and_share_the_threa
                 *(lanes.generate(request) for request in generation), *(lanes.score(request) for request in scoring)
             )
 
+        crowding.set()
         results = asyncio.run(crowd())
     finally:
         lanes.stop()
@@ -123,9 +138,9 @@ def test_lanes_answer_concurrent_callers_as_the_engine_alone_and_share_the_threa
     for got, expected in zip(results[len(generation) :], expected_scores, strict=True):
         assert got.log_scores == pytest.approx(expected.log_scores, abs=1e-5)
     assert {lane for lane, _, _ in seen} == {0, 1}, "concurrent work is split across both lanes"
-    both_busy = [threads for _, threads, other_rows in seen if other_rows]
-    assert both_busy and all(threads <= 2 for threads in both_busy)
-    assert 1 in both_busy, "while both lanes decode, a lane runs on its share of the cores"
+    assert all(threads <= 2 for _, threads, _ in seen), "two lanes never run more torch threads than the cores"
+    assert met == {0, 1}, "both lanes held rows at once"
+    assert after_meeting == {0: 1, 1: 1}, "while both lanes decode, each runs on its share of the cores"
 
 
 def test_lane_count_auto_is_two_on_a_cpu_and_one_on_a_gpu():
