@@ -17,6 +17,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from serve_app.engine.linear_swap import replace_linears
+
 # Symmetric int8: values in [-127, 127], so that negation never overflows.
 INT8_MAX = 127.0
 # A row or channel of zeros gets this scale instead of 0 (its quantised values are 0 either way).
@@ -109,13 +111,8 @@ class Int8Linear(nn.Module):
 def quantise_linears(model: nn.Module, names: set[str] | None = None, skip: tuple[str, ...] = ()) -> int:
     """Replace every nn.Linear of `model` (or only those whose module name is in `names`), but those whose last
     name part is in `skip`, by an Int8Linear, in place; returns how many."""
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.split(".")[-1] not in skip and (names is None or name in names)
-    ]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(module.weight, module.bias))
-    return len(targets)
+    return replace_linears(
+        model,
+        lambda layer: Int8Linear(layer.weight, layer.bias),
+        lambda name, _: name.split(".")[-1] not in skip and (names is None or name in names),
+    )

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from serve_app.engine.linear_swap import replace_linears
+
 PACK_MARGIN = 1.05
 PROBE_ROWS = 32  # a decoding batch; the packing is a hint for this many rows, any row count works
 PROBE_REPEATS = 5
@@ -121,13 +123,8 @@ def choose_packing(weight: torch.Tensor, speedup: Callable[[torch.Tensor], float
 def pack_linears(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
     """Replace every bias-free nn.Linear of `model` (but those named in `skip`) by a PackedLinear, in place;
     returns how many."""
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and module.bias is None and name.split(".")[-1] not in skip
-    ]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, PackedLinear(module.weight))
-    return len(targets)
+    return replace_linears(
+        model,
+        lambda layer: PackedLinear(layer.weight),
+        lambda name, layer: layer.bias is None and name.split(".")[-1] not in skip,
+    )
