@@ -160,6 +160,21 @@ def test_time_axis_is_compacted_when_early_columns_are_dead(engine, tok):
     assert finished["late"] == engine.generate([gen(tok, 1, num_return_sequences=1, max_new_tokens=200)])[0][0]
 
 
+def test_time_axis_stays_within_twice_the_longest_row_under_a_stream_of_late_joiners(engine, tok):
+    # A CUDA graph replays fixed buffers: the self-attention axis must have a bound whatever the arrival pattern.
+    # A live row spans fewer than max_new_tokens columns, and the axis doubles only when over half of it is live,
+    # so it stays within twice the smallest INITIAL_COLUMNS * 2^k holding max_new_tokens.
+    max_new_tokens = 100
+    batch, widths, finished = engine.new_batch(), set(), 0
+    for step in range(600):
+        if step % 7 == 0 and step < 500:
+            request = gen(tok, step, num_return_sequences=1, max_new_tokens=max_new_tokens)
+            batch.merge(engine.prefill([request], keys=[step]))
+        finished += len(engine.step(batch))
+        widths.add(batch.self_kv.shape[4])
+    assert finished >= 60 and max(widths) <= 2 * 128
+
+
 def test_an_empty_batch_steps_to_nothing(engine):
     batch = engine.new_batch()
     assert engine.step(batch) == [] and isinstance(batch, DecodeBatch) and batch.rows == 0

@@ -19,7 +19,9 @@ most twice the columns it uses, never the whole buffer a long request once grew.
 replays it; buffers grow by doubling (rows within the lane's row limit, encoder columns within the input
 window), so a long run captures a few graphs and then replays; the scheduler's batch, and `generate()`'s on its
 thread, outlive their requests, so their graphs are replayed again. Not yet: capturing the common buckets at
-start-up (it needs buffers that never move, preallocated when graphs are on), so the first requests capture.
+start-up (it needs buffers that never move, preallocated when graphs are on; the self-attention axis has a
+bound to preallocate to: twice the smallest power-of-two multiple of INITIAL_COLUMNS holding max_new_tokens,
+decode_batch.reserve_column, tested), so the first requests capture.
 With `capture=False` it runs the same fixed-shape call without graphs: on a CPU (where no graphs
 exist) that is how tests check it gives CachedDecoder's answers. Switched on by the
 ModelReplica's `decode_graphs` (config.yaml); off until a GPU measures it (`python -m bench gpu`).
