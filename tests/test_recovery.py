@@ -476,3 +476,23 @@ def test_a_restarted_controller_is_not_taken_for_an_outage(monkeypatch):
     time.sleep(0.1)
     watcher._record(Look(0, 0, controller="third", app_running=False))
     assert not watcher.available
+
+
+@pytest.mark.unit
+def test_a_fresh_start_is_logged_as_waiting_not_as_an_outage(caplog):
+    """The Ingress usually runs before the ModelReplica has loaded: that is no outage to warn about; losing every
+    replica after one ran is."""
+    import logging
+
+    from serve_app.ingress.model_availability import Look, ModelAvailability
+
+    watcher = ModelAvailability("mt5")
+    with caplog.at_level(logging.INFO, logger="serve_app.ingress.model_availability"):
+        watcher._record(Look(0, 0))  # start-up: the replica is still loading
+        watcher._record(Look(1, 0))
+        watcher._record(Look(0, 0))  # the one replica died
+        watcher._record(Look(1, 0))
+    lines = [(record.levelname, record.getMessage()) for record in caplog.records]
+    assert [level for level, _ in lines] == ["INFO", "INFO", "WARNING", "INFO"]
+    assert "waiting for the first ModelReplica" in lines[0][1] and "running after" in lines[1][1]
+    assert "no ModelReplica is running" in lines[2][1] and "running again after" in lines[3][1]

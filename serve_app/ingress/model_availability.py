@@ -65,6 +65,7 @@ class ModelAvailability:
         self.running_replicas: int | None = None  # None until the first look: no verdict, requests pass
         self.holding_replicas = 0  # alive but not RUNNING (HOLDING_STATES): the calls they hold may still finish
         self.unavailable_since: float | None = None
+        self._ever_running = False  # a ModelReplica has run: none running now is an outage, not a start-up
         self.looked_at = 0.0  # when the newest finished look began
         self._looks_finished = 0
         self._verdict_read_at = 0.0  # when the look behind the recorded verdict began
@@ -227,12 +228,17 @@ class ModelAvailability:
             self._outage_event().clear()
         if was_available and not self.available:
             self.unavailable_since = time.monotonic()
-            logger.warning("model availability: no %s is running; answering 503 until one is", self.deployment)
+            if self._ever_running:
+                logger.warning("model availability: no %s is running; answering 503 until one is", self.deployment)
+            else:
+                logger.info("model availability: waiting for the first %s to load; 503 until it runs", self.deployment)
         elif not was_available and self.available:
             logger.info(
-                "model availability: %d %s replica(s) running again after %.1f s",
+                "model availability: %d %s replica(s) running %s %.1f s",
                 running,
                 self.deployment,
+                "again after" if self._ever_running else "after",
                 time.monotonic() - (self.unavailable_since or time.monotonic()),
             )
             self.unavailable_since = None
+        self._ever_running = self._ever_running or running > 0
