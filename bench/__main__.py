@@ -2,6 +2,7 @@
 
 python -m bench serve      the service against a one-at-a-time server, over HTTP
 python -m bench engine     the engine per number format, and CTranslate2 beside it
+python -m bench against    the engine in this checkout against an earlier revision, side by side
 python -m bench fidelity   the faster settings' probabilities against float32
 python -m bench jobs       dataset jobs beside interactive /classify, and against mt5-bulk --url
 python -m bench teams      the classification cache's speed-up and tracing's overhead
@@ -18,6 +19,7 @@ import sys
 COMMANDS = {
     "serve": "the service (shipped config.yaml) against a one-at-a-time server, over HTTP",
     "engine": "the engine per number format, and CTranslate2 beside it",
+    "against": "the engine in this checkout against an earlier revision, side by side",
     "fidelity": "the faster settings' label probabilities against float32",
     "jobs": "dataset jobs beside interactive /classify, and alone against mt5-bulk --url",
     "teams": "the classification cache's speed-up and tracing's overhead on /classify",

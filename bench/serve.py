@@ -37,6 +37,7 @@ import httpx
 from bench.lib import loadgen, processes, results
 from bench.lib.machine import log as _log
 from bench.lib.machine import run_header
+from bench.lib.revisions import checkout
 from bench.lib.serve_run import ROOT, ServeRun, free_port, shipped_config
 from bench.lib.workloads import augment_workload, classify_workload, mixed_workload
 
@@ -143,14 +144,6 @@ def _bench_checkpoint() -> str:
     from bench.lib.checkpoint import build_checkpoint
 
     return str(build_checkpoint(log=lambda message: log(message)))
-
-
-def checkout(ref: str, target: Path) -> Path:
-    """The repository's files at `ref` (git archive), for running an earlier release side by side."""
-    target.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target
 
 
 # ---------------------------------------------------------------- systems

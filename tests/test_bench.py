@@ -164,6 +164,22 @@ def test_engine_runs_every_format_against_float32(tmp_path):
 
 
 @pytest.mark.unit
+def test_against_runs_a_revision_and_this_checkout_side_by_side(tmp_path):
+    out = bench(["against", "HEAD", "--quick", "--out", str(tmp_path)])
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert out["revision_commit"] == head.stdout.strip() and out["this_commit"].startswith(head.stdout.strip())
+    runs = out["runs"]
+    assert len(runs["revision"]) == len(runs["this"]) == 1
+    for run in (*runs["revision"], *runs["this"]):
+        assert run["generation_tokens_per_s"] > 0 and run["classify_texts_per_s"] > 0 and run["tokens"] > 0, run
+        assert run["dtype"] == runs["this"][0]["dtype"]  # the same dtype: `auto` decides alike in both trees
+    for figure, ratio in out["ratios"].items():
+        assert ratio["best"] == pytest.approx(runs["this"][0][figure] / runs["revision"][0][figure])
+    section = json.loads((tmp_path / "against-quick.json").read_text())["section"]
+    assert "This checkout against HEAD: generation **" in section and "| this checkout |" in section
+
+
+@pytest.mark.unit
 def test_fidelity_compares_every_variant_with_float32(tmp_path):
     out = bench(["fidelity", "--quick", "--int8-by-layer", "--out", str(tmp_path)])
     [model] = out["models"]
@@ -289,7 +305,7 @@ def test_a_seeded_requests_first_parting_step_is_its_earliest_differing_token():
 
 @pytest.mark.unit
 def test_an_earlier_release_is_checked_out_beside_the_tree(tmp_path):
-    from bench.serve import checkout
+    from bench.lib.revisions import checkout
 
     tree = checkout("HEAD", tmp_path / "tree")
     assert (tree / "config.yaml").read_text() == subprocess.run(

@@ -30,6 +30,11 @@ SECTIONS = {
         "`python -m bench engine`: the engine without Ray or HTTP, classify texts/s and generation tokens/s per number "
         "format, what `dtype: auto` picks, and CTranslate2 on the same checkpoint and token ids",
     ),
+    "against": (
+        "The engine against an earlier revision",
+        "`python -m bench against REV`: generation and classification at one dtype, this checkout and REV's files "
+        "each in its own process, alternated round after round on the same machine",
+    ),
     "fidelity": (
         "Fidelity of the faster settings",
         "`python -m bench fidelity`: label probabilities of bfloat16, int8 and label-token normalisation against "
