@@ -52,7 +52,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     model = args.model or ("demo" if args.quick else _bench_checkpoint())
     rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
-    this = f"{git('rev-parse', '--short', 'HEAD')}{' (uncommitted changes)' if git('status', '--porcelain') else ''}"
+    # Benchmarks' own outputs (bench/results, the page) do not count as changes to what is measured.
+    changed = git("status", "--porcelain", "--", ".", ":!bench/results", ":!BENCHMARKS.md")
+    this = f"{git('rev-parse', '--short', 'HEAD')}{' (uncommitted changes)' if changed else ''}"
     theirs = git("rev-parse", "--short", args.revision)
     runs: dict[str, list[dict[str, Any]]] = {"revision": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="bench-against-") as scratch:
