@@ -73,11 +73,11 @@ def test_summary_counts_only_the_measured_window():
 
 
 @pytest.mark.unit
-def test_seven_entry_points_that_never_import_each_other():
+def test_eight_entry_points_that_never_import_each_other():
     help_text = subprocess.run(
         [sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    assert list(COMMANDS) == ["serve", "engine", "fidelity", "jobs", "teams", "storm", "gpu"]
+    assert list(COMMANDS) == ["serve", "engine", "against", "fidelity", "jobs", "teams", "storm", "gpu"]
     assert all(name in help_text for name in COMMANDS)
     entry_points = sorted(
         path.stem for path in (ROOT / "bench").glob("*.py") if path.stem not in ("__init__", "__main__")

@@ -112,6 +112,7 @@ def write_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> str:
         "```",
         ".venv/bin/python -m bench serve      # the service vs a one-at-a-time server, HTTP load (~25 min on 2 cores)",
         ".venv/bin/python -m bench engine     # the engine per number format, and CTranslate2 beside it (~10 min)",
+        ".venv/bin/python -m bench against REV  # the engine against an earlier revision, side by side (~3 min)",
         ".venv/bin/python -m bench fidelity   # probabilities of the faster settings against float32 (~10 min)",
         ".venv/bin/python -m bench jobs       # dataset jobs beside interactive /classify (~6 min)",
         ".venv/bin/python -m bench teams      # the classification cache and tracing's overhead (~8 min)",
