@@ -50,12 +50,15 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        theirs = git("rev-parse", "--short", "--verify", f"{args.revision}^{{commit}}")
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"{args.revision!r} is not a commit or tag of this repository") from None
     model = args.model or ("demo" if args.quick else _bench_checkpoint())
     rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
     # Benchmarks' own outputs (bench/results, the page) do not count as changes to what is measured.
     changed = git("status", "--porcelain", "--", ".", ":!bench/results", ":!BENCHMARKS.md")
     this = f"{git('rev-parse', '--short', 'HEAD')}{' (uncommitted changes)' if changed else ''}"
-    theirs = git("rev-parse", "--short", args.revision)
     runs: dict[str, list[dict[str, Any]]] = {"revision": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="bench-against-") as scratch:
         trees = {"revision": checkout(args.revision, Path(scratch) / "tree"), "this": results.ROOT}
@@ -82,15 +85,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios(runs),
     }
     section = markdown(out)
-    path = results.save(
-        "against-quick" if args.quick else "against",
-        out,
-        section,
-        out_dir=args.out,
-        page=results.page_for(args.out, args.quick),
-    )
-    log(f"wrote {results.relative(path)}")
-    print(section)
+    results.publish("against", out, section, args.out, args.quick, log)
     return out
 
 

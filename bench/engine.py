@@ -88,15 +88,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if "keep_label" in args.parts:
         out["parts"]["keep_label"] = keep_label_cost(model, rounds)
     section = markdown(out)
-    path = results.save(
-        "engine-quick" if args.quick else "engine",
-        out,
-        section,
-        out_dir=args.out,
-        page=results.page_for(args.out, args.quick),
-    )
-    log(f"wrote {results.relative(path)}")
-    print(section)
+    results.publish("engine", out, section, args.out, args.quick, log)
     return out
 
 

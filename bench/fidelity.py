@@ -97,15 +97,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         measured["label"] = {"bench": "mT5-base-shaped (random)", "demo": "demo"}.get(name, results.relative(name))
         out["models"].append(measured)
     section = markdown(out)
-    path = results.save(
-        "fidelity-quick" if args.quick else "fidelity",
-        out,
-        section,
-        out_dir=args.out,
-        page=results.page_for(args.out, args.quick),
-    )
-    log(f"wrote {results.relative(path)}")
-    print(section)
+    results.publish("fidelity", out, section, args.out, args.quick, log)
     return out
 
 

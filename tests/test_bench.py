@@ -177,6 +177,8 @@ def test_against_runs_a_revision_and_this_checkout_side_by_side(tmp_path):
         assert ratio["best"] == pytest.approx(runs["this"][0][figure] / runs["revision"][0][figure])
     section = json.loads((tmp_path / "against-quick.json").read_text())["section"]
     assert "This checkout against HEAD: generation **" in section and "| this checkout |" in section
+    with pytest.raises(SystemExit, match="'no-such-ref' is not a commit or tag of this repository"):
+        bench(["against", "no-such-ref", "--quick", "--out", str(tmp_path)])
 
 
 @pytest.mark.unit

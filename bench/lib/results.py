@@ -10,6 +10,7 @@ repository, so a results file reads the same on every checkout.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,17 @@ def page_for(out_dir: Path, quick: bool = False) -> Path | None:
     """The page a run regenerates: BENCHMARKS.md for full runs into bench/results, none for a quick run or another
     folder."""
     return PAGE if not quick and Path(out_dir).resolve() == RESULTS_DIR.resolve() else None
+
+
+def publish(
+    name: str, results: dict[str, Any], section: str, out_dir: Path, quick: bool, log: Callable[[str], None]
+) -> Path:
+    """How an entry point ends: its results saved (as `<name>-quick` for a smoke run, which leaves the page alone),
+    the file named in the log and the section printed."""
+    path = save(f"{name}-quick" if quick else name, results, section, out_dir=out_dir, page=page_for(out_dir, quick))
+    log(f"wrote {relative(path)}")
+    print(section)
+    return path
 
 
 def save(
