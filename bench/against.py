@@ -33,6 +33,8 @@ from bench.lib.workloads import LABELS
 
 WORKER = Path(__file__).resolve().parent / "lib" / "revision_worker.py"
 FIGURES = ("generation_tokens_per_s", "classify_texts_per_s")
+# bench engine's work: generation rows x new tokens, classification texts x labels.
+ROWS, TOKENS, TEXTS, CLASSIFY_LABELS = 32, 64, 32, LABELS[:4]
 
 
 def log(message: str) -> None:
@@ -95,8 +97,9 @@ def run_side(tree: Path, model: str, dtype: str, repeats: int) -> dict[str, Any]
         sys.executable,
         str(WORKER),
         *("--model", model, "--dtype", dtype, "--repeats", str(repeats)),
+        *("--rows", str(ROWS), "--tokens", str(TOKENS), "--texts", str(TEXTS)),
         "--labels",
-        *LABELS[:4],
+        *CLASSIFY_LABELS,
     ]
     done = subprocess.run(
         command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=False
@@ -125,8 +128,8 @@ def markdown(out: dict[str, Any]) -> str:
     lines = [
         f"Model `{out['model']}`, `dtype: {out['dtype']}` ({runs['this'][0]['dtype']} here), this checkout "
         f"({out['this_commit']}) against {out['revision']} ({out['revision_commit']}), {out['rounds']} alternated "
-        f"round(s), each the best of {out['repeats']}. Generation: 32 rows x 64 seeded tokens; classification: 32 "
-        "texts x 4 labels.",
+        f"round(s), each the best of {out['repeats']}. Generation: {ROWS} rows x {TOKENS} seeded tokens; "
+        f"classification: {TEXTS} texts x {len(CLASSIFY_LABELS)} labels.",
         "",
         "| tree | generation tokens/s, per round | classify texts/s, per round |",
         "|---|---|---|",

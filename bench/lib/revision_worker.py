@@ -15,12 +15,12 @@ import time
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--texts", type=int, default=32)
+    parser.add_argument("--model", required=True)  # every option is bench/against.py's to choose
+    parser.add_argument("--dtype", required=True)
+    parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--tokens", type=int, required=True)
+    parser.add_argument("--texts", type=int, required=True)
     parser.add_argument("--labels", nargs="+", required=True)
     args = parser.parse_args()
 
