@@ -280,6 +280,26 @@ def test_reconfigure_changes_the_row_budget_at_the_next_iteration(engine, tok):
     assert len(answers.answered) == 4
 
 
+def test_a_larger_row_budget_grows_the_batch_by_doubling_up_to_the_lanes_memory(engine, tok, monkeypatch):
+    """max_batch_rows raised by reconfigure (the GPU profile raises 64 to 256): requests joining one at a time grow
+    the running batch's buffers by doubling up to the lane's memory row limit, not by one merge's rows each time
+    (every growth copies every cached key and value)."""
+    batches = []
+    new_batch = engine.new_batch
+    monkeypatch.setattr(engine, "new_batch", lambda **sizes: batches.append(new_batch(**sizes)) or batches[-1])
+    scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=2), clock=Clock(), row_limit=12)
+    scheduler.reconfigure(SchedulerConfig(max_batch_rows=12))
+    answers = Answers()
+    capacities = []
+    for key in range(12):
+        scheduler.submit_generation(gen(tok, key, num_return_sequences=1, max_new_tokens=40), answers.callback(key))
+        scheduler.run_iteration()
+        capacities.append(batches[0].capacity)
+    drain(scheduler)
+    assert len(batches) == 1 and len(answers.answered) == 12
+    assert sorted(set(capacities)) == [2, 4, 8, 12], capacities  # doubled, clamped to the limit
+
+
 def test_cancelled_requests_free_their_rows_at_the_next_step_and_get_no_answer(engine, tok):
     scheduler = Scheduler(engine, SchedulerConfig(max_batch_rows=4), clock=Clock())
     answers = Answers()

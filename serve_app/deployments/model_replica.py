@@ -98,6 +98,7 @@ class ModelReplica:
                 self.engine,
                 SchedulerConfig().within_rows(self.lane_row_limit),
                 deadline_s=self.settings.request_timeout_s,
+                row_limit=self.lane_row_limit,
             )
             for _ in range(lanes)
         ]

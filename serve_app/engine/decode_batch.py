@@ -87,7 +87,7 @@ class DecodeBatch:
     ) -> None:
         self.shape = shape
         # Growth doubles (a few copies over a long run) but never past these unless one merge needs more: the rows
-        # a scheduler lane may hold (its memory-capped max_batch_rows) and the longest input the engine accepts.
+        # a scheduler lane's memory holds (engine/memory.py) and the longest input the engine accepts.
         self.row_limit = row_limit
         self.encoder_limit = encoder_limit
         self.rows = 0

@@ -151,7 +151,7 @@ class Seq2SeqEngine:
     # ------------------------------------------------------------ generation
     def new_batch(self, capacity: int = 8, row_limit: int | None = None) -> DecodeBatch:
         """An empty running batch for a scheduler to merge prefilled requests into; its buffers grow past `row_limit`
-        rows (a scheduler's max_batch_rows) only as far as one merge needs, and its cross-attention buffer never
+        rows (what a scheduler lane's memory holds) only as far as one merge needs, and its cross-attention buffer never
         past the longest input this engine accepts."""
         return DecodeBatch(
             self.decoder.shape, capacity=capacity, row_limit=row_limit, encoder_limit=self.max_input_tokens

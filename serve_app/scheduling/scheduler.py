@@ -30,12 +30,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serve_app.engine import GenerationRequest, ScoringRequest, Seq2SeqEngine
 from serve_app.engine.errors import is_out_of_memory
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.errors import AdmissionRefused, OutOfMemoryRefused
+
+if TYPE_CHECKING:
+    from serve_app.engine.decode_batch import DecodeBatch
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +182,13 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        row_limit: int | None = None,
     ) -> None:
+        """`row_limit`: the most rows this lane's memory holds (engine/memory.py), which every later `max_batch_rows`
+        is capped to; the batch's buffers grow by doubling up to it (None: the first config's `max_batch_rows`)."""
         self.engine = engine
         self.config = config or SchedulerConfig()
+        self.row_limit = row_limit or self.config.max_batch_rows
         self.deadline_s = deadline_s  # a generation request expected to wait longer to start is refused
         self.clock = clock
         self.drain = DrainRate()
@@ -193,7 +200,7 @@ class Scheduler:
         self._last_interactive = -math.inf  # when interactive work last arrived
         self._cancelled: set[int] = set()
         self._next_ticket = 0
-        self._batch = engine.new_batch(capacity=self.config.max_batch_rows, row_limit=self.config.max_batch_rows)
+        self._batch = self._new_batch()
         self._decoding: dict[int, _Decoding] = {}
         self._open: set[int] = set()  # tickets not yet answered nor cancelled (queued, scoring, prefilling or decoding)
         self._open_interactive: set[int] = set()  # the interactive ones among them
@@ -201,6 +208,11 @@ class Scheduler:
         # then waits, for at most BACKGROUND_MAX_DEFER_S at a time. None: never (one lane, or the tests').
         self.defer_background: Callable[[], bool] | None = None
         self._deferred_since: float | None = None
+
+    def _new_batch(self) -> DecodeBatch:
+        # Sized for the budget now and bounded by the lane's memory: a later, larger max_batch_rows (reconfigure) grows
+        # it by doubling, not by one merge's rows at a time (each growth copies every cached key and value).
+        return self.engine.new_batch(capacity=min(self.config.max_batch_rows, self.row_limit), row_limit=self.row_limit)
 
     # ------------------------------------------------------ any thread
     def reconfigure(self, config: SchedulerConfig) -> None:
@@ -481,9 +493,7 @@ class Scheduler:
                 self._answer(decoding.work, None, error)
             self._decoding.clear()
             self._background_rows = 0
-            self._batch = self.engine.new_batch(
-                capacity=self.config.max_batch_rows, row_limit=self.config.max_batch_rows
-            )
+            self._batch = self._new_batch()
             return
         report.step_seconds = self.clock() - started
         for row in finished:
