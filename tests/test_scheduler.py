@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from serve_app.engine import GenerationRequest, SamplingParams, ScoringRequest
-from serve_app.engine.decode_batch import DecodeBatch
+from serve_app.engine.decode_batch import DecodeBatch, self_columns_bound
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.errors import AdmissionRefused, OutOfMemoryRefused
 from serve_app.scheduling.loop import SchedulerLoop
@@ -172,7 +172,31 @@ def test_time_axis_stays_within_twice_the_longest_row_under_a_stream_of_late_joi
             batch.merge(engine.prefill([request], keys=[step]))
         finished += len(engine.step(batch))
         widths.add(batch.self_kv.shape[4])
-    assert finished >= 60 and max(widths) <= 2 * 128
+    assert finished >= 60 and max(widths) <= 2 * 128 == self_columns_bound(max_new_tokens)
+
+
+def test_a_wide_buffer_is_not_walked_whole_the_time_axis_follows_the_rows(engine, tok):
+    """A buffer wider than the rows need (preallocated for graphs at self_columns_bound(512), or grown by an earlier
+    long request) keeps its place, and the time axis is compacted at each power of two as it would be in a buffer
+    of its own size: a step attends over (at most twice) the columns its rows use, never the whole buffer."""
+    max_new_tokens = 100
+    width = self_columns_bound(512)
+    batch = DecodeBatch(engine.decoder.shape, capacity=16, self_columns=width, encoder_columns=64)
+    address = batch.self_kv.data_ptr()
+    lengths, finished = set(), {}
+    requests = {
+        step: gen(tok, step, num_return_sequences=1, max_new_tokens=max_new_tokens) for step in range(0, 500, 7)
+    }
+    for step in range(600):
+        if step in requests:
+            batch.merge(engine.prefill([requests[step]], keys=[step]))
+        for row in engine.step(batch):
+            finished[row.owner.key] = row.token_ids
+        lengths.add(batch.length)
+    assert len(finished) == len(requests) and batch.self_kv.shape[4] == width and batch.self_kv.data_ptr() == address
+    assert max(lengths) <= 2 * 128 < width  # the same bound as in a buffer that grew from INITIAL_COLUMNS
+    for step in (0, 245, 497):
+        assert finished[step] == engine.generate([requests[step]])[0][0]  # rows decode as alone through compactions
 
 
 def test_an_empty_batch_steps_to_nothing(engine):

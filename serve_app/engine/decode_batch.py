@@ -55,6 +55,17 @@ class BatchShape:
     vocab: int
 
 
+def self_columns_bound(max_new_tokens: int) -> int:
+    """The widest self-attention buffer a batch needs when no row decodes more than `max_new_tokens`: twice the
+    smallest INITIAL_COLUMNS x 2^k holding them. A row still decoding when the axis fills it started fewer than
+    max_new_tokens columns before its end, so at least half the columns lie before every live row's start and
+    reserve_column compacts instead of doubling (tested under a stream of late joiners)."""
+    columns = INITIAL_COLUMNS
+    while columns < max_new_tokens:
+        columns *= 2
+    return 2 * columns
+
+
 def grown_size(current: int, needed: int, limit: int | None) -> int:
     """A buffer's new size for `needed` entries: unchanged when it holds them, else doubled (so a long run grows a
     few times, not at every step), but never past `limit` unless `needed` itself is."""
@@ -221,15 +232,21 @@ class DecodeBatch:
     def reserve_column(self) -> int:
         """Make room for one more self-attention column and return its index.
 
-        When the buffer is full: if at least half the columns lie before every live row's start
-        (rows that joined late in a long stream), shift them out; otherwise double the buffer.
+        At each power of two from INITIAL_COLUMNS on (where a graphed step's column bucket doubles) and whenever
+        the buffer is full: if at least half the columns lie before every live row's start (rows that joined late
+        in a long stream), shift them out; a full buffer that cannot be compacted doubles. So the axis stays
+        within twice its rows' longest span rounded up to a power of two, however wide the buffer is (grown by an
+        earlier long request, or preallocated for graphs), and a full buffer doubles at most up to
+        self_columns_bound(max_new_tokens).
         """
-        if self.length == self.self_kv.shape[4]:
-            first_used = int(self.start[: self.rows].min()) if self.rows else self.length
-            if first_used * 2 >= self.length and first_used > 0:
+        length = self.length
+        full = length == self.self_kv.shape[4]
+        if full or (length >= INITIAL_COLUMNS and length & (length - 1) == 0):
+            first_used = int(self.start[: self.rows].min()) if self.rows else length
+            if first_used * 2 >= length and first_used > 0:
                 self._compact(first_used)
-            else:
-                self._reserve(rows=self.rows, columns=max(INITIAL_COLUMNS, 2 * self.length), encoder_columns=0)
+            elif full:
+                self._reserve(rows=self.rows, columns=max(INITIAL_COLUMNS, 2 * length), encoder_columns=0)
         return self.length
 
     def _compact(self, first_used: int) -> None:
