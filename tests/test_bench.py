@@ -274,6 +274,7 @@ def test_the_gpu_suite_rehearses_every_part_on_the_cpu(tmp_path):
     graphs = result["decode_graphs"]
     assert not graphs["captured"] and graphs["graphs_captured"] == 0  # no CUDA: the fixed-shape step, uncaptured
     assert graphs["captures_in_timed_loops"] == 0
+    assert graphs["start_up"]["rows"] == 8 and graphs["start_up"]["graphs"] == 0 and graphs["start_up"]["cache_gib"] > 0
     # bfloat16 here (auto): the longer masked attention rounds differently, so only the count is reported;
     # float32 gives the same tokens (tests/test_graphed_step.py).
     assert graphs["requests"] == 17 and 0 <= graphs["identical_requests"] <= 17 and graphs["x_eager"]["rows_32"] > 0

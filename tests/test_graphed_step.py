@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from serve_app.engine import GenerationRequest, SamplingParams, Seq2SeqEngine
-from serve_app.engine.graphed_step import GraphedDecoder, row_bucket
+from serve_app.engine.graphed_step import MIN_COLUMN_BUCKET, GraphedDecoder, bucket_shapes, column_bucket, row_bucket
 
 pytestmark = pytest.mark.unit
 
@@ -101,7 +101,7 @@ def test_graphs_are_refused_without_cuda(demo_model):
 def test_a_step_attends_over_the_columns_in_use_rounded_up_not_the_whole_buffers(fixed_engine, tok, monkeypatch):
     """After one long input and a long generation the buffers stay grown; a later short request must not read them
     whole at every step (on a GPU, gigabytes a step): the fixed-shape call sees power-of-two buckets of the columns
-    in use."""
+    in use, at least MIN_COLUMN_BUCKET."""
     seen: list[tuple[int, int, int]] = []
     cached_run = fixed_engine.decoder.cached.run
 
@@ -109,10 +109,10 @@ def test_a_step_attends_over_the_columns_in_use_rounded_up_not_the_whole_buffers
         seen.append((rows, self_columns, encoder_columns))
         return cached_run(rows, column, self_columns, encoder_columns, *rest)
 
-    long_request = request(tok, 1, max_new_tokens=40, num_return_sequences=1)
-    batch = fixed_engine.prefill([long_request])
+    long_ids = tok("".join(PROMPTS) * 4).input_ids
+    batch = fixed_engine.prefill([GenerationRequest(long_ids, SamplingParams(max_new_tokens=130, seed=1))])
     with torch.inference_mode():
-        for _ in range(40):
+        for _ in range(130):
             fixed_engine.decoder.step(batch)
     grown_self, grown_cross = batch.self_kv.shape[4], batch.cross_kv.shape[4]
     batch.drop([0])
@@ -122,17 +122,16 @@ def test_a_step_attends_over_the_columns_in_use_rounded_up_not_the_whole_buffers
     with torch.inference_mode():
         for _ in range(3):
             fixed_engine.decoder.step(batch)
-    assert grown_self >= 40 and grown_cross >= len(long_request.input_ids)
-    encoder_bucket = row_bucket(len(short), grown_cross)
-    assert [(rows, encoder) for rows, _, encoder in seen] == [(1, encoder_bucket)] * 3
-    assert all(self_columns < grown_self for _, self_columns, _ in seen), (seen, grown_self)
-    assert all(self_columns & (self_columns - 1) == 0 for _, self_columns, _ in seen)  # powers of two
+    assert grown_self == 256 and grown_cross == len(long_ids) > 2 * MIN_COLUMN_BUCKET
+    assert seen == [(1, MIN_COLUMN_BUCKET, MIN_COLUMN_BUCKET)] * 3, seen
+    assert column_bucket(70, grown_cross) == 128 and column_bucket(3, grown_cross) == MIN_COLUMN_BUCKET
+    assert column_bucket(len(long_ids), grown_cross) == grown_cross  # never past the buffer
 
 
 @pytest.fixture
 def faked_graphs(demo_model, monkeypatch) -> Seq2SeqEngine:
-    """An engine whose steps go through the graph table on the CPU: a fake capture runs the fixed-shape step at each
-    replay and counts as a capture."""
+    """An engine whose steps go through the graph table on the CPU: a fake capture runs the fixed-shape step once, as
+    a capture does, counts, and runs it again at each replay."""
     from serve_app.engine import graphed_step
 
     engine = Seq2SeqEngine(demo_model.model)
@@ -145,6 +144,7 @@ def faked_graphs(demo_model, monkeypatch) -> Seq2SeqEngine:
             self.replay = replay
 
     def fake_capture(self, shapes, inputs):
+        self._fixed_shape(shapes, inputs)  # what a capture runs (its warm-up, then the recorded call)
         result = graphed_step._Graph(
             FakeGraph(lambda: setattr(result, "states", self._fixed_shape(shapes, inputs))), None
         )
@@ -155,28 +155,35 @@ def faked_graphs(demo_model, monkeypatch) -> Seq2SeqEngine:
     return engine
 
 
-def test_a_batch_that_lives_on_stops_capturing_once_its_buckets_are_seen(faked_graphs, tok):
-    """Graph keys, counted with a fake capture on the CPU: a scheduler's batch (it outlives every request) captures
-    each (row bucket, column buckets, buffers) once; once its buffers have stopped growing, the same traffic
-    replays only."""
-    engine, decoder = faked_graphs, faked_graphs.decoder
-    batch = engine.new_batch(capacity=8, row_limit=8)
+def test_a_schedulers_batch_captures_every_bucket_at_start_up_and_none_while_serving(faked_graphs, engine, tok):
+    """Graph keys, counted with a fake capture on the CPU: the scheduler's batch is allocated once for its lane's
+    rows, the longest input and the widest time axis, and every bucket is captured before its first request; then
+    traffic of every shape (late joiners, one to eight rows, an input near the window, a long generation) only
+    replays, and the answers are the launched step's (float32)."""
+    from serve_app.engine.decode_batch import self_columns_bound
+    from serve_app.engine.requests import MAX_NEW_TOKENS
+    from serve_app.scheduling.config import SchedulerConfig
+    from serve_app.scheduling.scheduler import Scheduler
+    from tests.test_scheduler import Answers, Clock, drain
 
-    def traffic() -> None:
-        for index in range(3):
-            batch.merge(engine.prefill([request(tok, index, max_new_tokens=6)]))
-            with torch.inference_mode():
-                for _ in range(6):
-                    engine.decoder.step(batch)
-            batch.drop(list(range(batch.rows)))
+    decoder = faked_graphs.decoder
+    scheduler = Scheduler(faked_graphs, SchedulerConfig(max_batch_rows=8), clock=Clock(), row_limit=8)
+    at_start = decoder.captured
+    widths = (self_columns_bound(MAX_NEW_TOKENS), faked_graphs.max_input_tokens)
+    assert at_start == len(bucket_shapes(8, *widths)) == 4 * 5 * 4  # rows 1-8 x self 64-1024 x encoder 64-512
 
-    traffic()  # captures, and grows the buffers (a grown buffer is a new address: its buckets are captured again)
-    traffic()
-    after_warm_up = decoder.captured
-    buffers = (batch.self_kv.data_ptr(), batch.cross_kv.data_ptr())
-    traffic()
-    assert (batch.self_kv.data_ptr(), batch.cross_kv.data_ptr()) == buffers
-    assert after_warm_up > 0 and decoder.captured == after_warm_up  # the same traffic again: replays only
+    long_input = tok("".join(PROMPTS) * 12).input_ids[: faked_graphs.max_input_tokens - 10]
+    requests = [request(tok, index) for index in range(9)]
+    requests.append(GenerationRequest(long_input, SamplingParams(num_return_sequences=2, max_new_tokens=20, seed=3)))
+    requests.append(request(tok, 9, max_new_tokens=150, num_return_sequences=1))
+    answers = Answers()
+    for key, generation in enumerate(requests):
+        scheduler.submit_generation(generation, answers.callback(key))
+        for _ in range(key % 4):
+            scheduler.run_iteration()
+    drain(scheduler)
+    assert len(long_input) > 256 and decoder.captured == at_start  # served without a capture
+    assert answers.answered == {key: engine.generate([generation])[0] for key, generation in enumerate(requests)}
 
 
 def test_generate_with_graphs_replays_from_its_second_call_on(faked_graphs, engine, tok):

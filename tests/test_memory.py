@@ -104,3 +104,16 @@ def test_a_schedulers_batch_grows_within_its_row_limit_and_the_input_window(engi
     assert batch.cross_kv.shape[4] == min(2 * first_columns, engine.max_input_tokens)  # doubled: no regrowth per input
     batch.merge(engine.prefill([request(200, 1)]))  # past the window: truncated to it
     assert batch.cross_kv.shape[4] == engine.max_input_tokens and batch.capacity == 6
+
+
+@pytest.mark.parametrize("max_input_tokens", [64, 512, 2048])
+def test_buffers_preallocated_for_graphs_fit_the_worst_case_rows_the_budget_reckons_with(max_input_tokens) -> None:
+    """With decode_graphs a batch's buffers are allocated once, for every row the lane's memory holds, the longest
+    input and the widest time axis: that must cost no more per row than the worst-case row the budget divides the
+    memory by, or preallocating the budget's rows would pass the memory it measured."""
+    from serve_app.engine.decode_batch import self_columns_bound
+
+    shape = mt5_base(torch.bfloat16)
+    preallocated = cache_bytes_per_token(shape) * (max_input_tokens + self_columns_bound(MAX_NEW_TOKENS))
+    assert self_columns_bound(MAX_NEW_TOKENS) == 2 * MAX_NEW_TOKENS == 1024
+    assert preallocated <= worst_row_bytes(shape, max_input_tokens, MAX_NEW_TOKENS)

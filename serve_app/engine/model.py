@@ -16,11 +16,11 @@ from collections.abc import Hashable, Sequence
 import torch
 from transformers import MT5ForConditionalGeneration
 
-from serve_app.engine.decode_batch import DecodeBatch, FinishedRow, RowOwner
+from serve_app.engine.decode_batch import DecodeBatch, FinishedRow, RowOwner, self_columns_bound
 from serve_app.engine.decoder import CachedDecoder
 from serve_app.engine.errors import EngineInputError, ModelSpecError
 from serve_app.engine.graphed_step import GraphedDecoder
-from serve_app.engine.requests import GenerationRequest, ScoringRequest, ScoringResult
+from serve_app.engine.requests import MAX_NEW_TOKENS, GenerationRequest, ScoringRequest, ScoringResult
 from serve_app.engine.sampling import RowSampling, sample_next_tokens
 from serve_app.engine.scoring import (
     NORMALIZATIONS,
@@ -151,11 +151,27 @@ class Seq2SeqEngine:
     # ------------------------------------------------------------ generation
     def new_batch(self, capacity: int = 8, row_limit: int | None = None) -> DecodeBatch:
         """An empty running batch for a scheduler to merge prefilled requests into; its buffers grow past `row_limit`
-        rows (what a scheduler lane's memory holds) only as far as one merge needs, and its cross-attention buffer never
-        past the longest input this engine accepts."""
-        return DecodeBatch(
-            self.decoder.shape, capacity=capacity, row_limit=row_limit, encoder_limit=self.max_input_tokens
+        rows (what a scheduler lane's memory holds) only as far as one merge needs, and its cross-attention buffer
+        never past the longest input this engine accepts.
+
+        With decode_graphs the buffers never grow, as graphs replay fixed addresses: they are allocated at once for
+        `row_limit` rows (else `capacity`), the longest input and the widest time axis (self_columns_bound), within
+        the worst-case rows the memory budget reckons with (engine/memory.py), and every bucket is captured before
+        the batch is returned (graphed_step.py)."""
+        shape = self.decoder.shape
+        if not isinstance(self.decoder, GraphedDecoder):
+            return DecodeBatch(shape, capacity=capacity, row_limit=row_limit, encoder_limit=self.max_input_tokens)
+        rows = row_limit or capacity
+        batch = DecodeBatch(
+            shape,
+            capacity=rows,
+            encoder_columns=self.max_input_tokens,
+            self_columns=self_columns_bound(MAX_NEW_TOKENS),
+            row_limit=rows,
+            encoder_limit=self.max_input_tokens,
         )
+        self.decoder.capture_buckets(batch)
+        return batch
 
     @torch.inference_mode()
     def prefill(self, requests: Sequence[GenerationRequest], keys: Sequence[Hashable] | None = None) -> DecodeBatch:
@@ -170,7 +186,7 @@ class Seq2SeqEngine:
         for index, request in enumerate(requests):
             self.check_request(request, f"requests[{index}].")
         if not requests:
-            return self.new_batch(capacity=1)
+            return DecodeBatch(self.decoder.shape, capacity=1)
         hidden, mask = self._encoder_states([request.input_ids for request in requests])
         cross_kv = self.decoder.cross_keys_values(hidden)
         owners, sampling, limits, row_request = [], [], [], []
@@ -227,8 +243,12 @@ class Seq2SeqEngine:
         batch = self.prefill(requests)
         if isinstance(self.decoder, GraphedDecoder):
             # Graphs replay fixed buffer addresses: this thread's rows decode in a batch that outlives the call, as a
-            # scheduler's does, so calls after the first replay instead of capturing afresh.
-            held = self._held_batches.__dict__.setdefault("batch", self.new_batch(capacity=batch.rows))
+            # scheduler's does, so calls after the first replay instead of capturing afresh; a call with more rows
+            # than it holds gets a larger one (with every bucket captured), not grown buffers that capture anew.
+            held = getattr(self._held_batches, "batch", None)
+            if held is None or held.capacity < batch.rows:
+                self._held_batches.batch = held = None  # the smaller batch's buffers go before the larger's come
+                held = self._held_batches.batch = self.new_batch(capacity=batch.rows)
             held.drop(list(range(held.rows)))  # rows an interrupted call left behind
             held.merge(batch)
             batch = held

@@ -493,6 +493,7 @@ class Scheduler:
                 self._answer(decoding.work, None, error)
             self._decoding.clear()
             self._background_rows = 0
+            del self._batch  # its buffers go before the new ones come (with decode_graphs, the lane's whole cache)
             self._batch = self._new_batch()
             return
         report.step_seconds = self.clock() - started
