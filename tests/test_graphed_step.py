@@ -186,6 +186,41 @@ def test_a_schedulers_batch_captures_every_bucket_at_start_up_and_none_while_ser
     assert answers.answered == {key: engine.generate([generation])[0] for key, generation in enumerate(requests)}
 
 
+def test_a_changed_row_budget_makes_the_batch_anew_once_it_is_empty(faked_graphs, engine, tok):
+    """Fixed buffers do not grow: a raised max_batch_rows lets the running rows finish without new ones joining, then
+    the batch is made anew at the new size, its buckets captured once; an idle lane does it at once."""
+    from serve_app.engine.decode_batch import self_columns_bound
+    from serve_app.engine.requests import MAX_NEW_TOKENS
+    from serve_app.scheduling.config import SchedulerConfig
+    from serve_app.scheduling.scheduler import Scheduler
+    from tests.test_scheduler import Answers, Clock, drain
+
+    decoder = faked_graphs.decoder
+
+    def buckets(rows: int) -> int:
+        return len(bucket_shapes(rows, self_columns_bound(MAX_NEW_TOKENS), faked_graphs.max_input_tokens))
+
+    scheduler = Scheduler(faked_graphs, SchedulerConfig(max_batch_rows=4), clock=Clock(), row_limit=16)
+    assert decoder.captured == buckets(4)
+    requests = [request(tok, 0, num_return_sequences=2, max_new_tokens=30)]
+    requests += [request(tok, key, num_return_sequences=2, max_new_tokens=10) for key in range(1, 4)]
+    answers = Answers()
+    scheduler.submit_generation(requests[0], answers.callback(0))
+    scheduler.run_iteration()
+    scheduler.reconfigure(SchedulerConfig(max_batch_rows=8))
+    for key in range(1, 4):
+        scheduler.submit_generation(requests[key], answers.callback(key))
+    live = [report.live_rows for report in drain(scheduler)]
+    assert answers.order[0] == 0 and max(live) == 6  # the first drained alone, then the three ran together in 8 rows
+    assert decoder.captured == buckets(4) + buckets(8)  # no growth, no capture while serving
+    assert answers.answered == {key: engine.generate([generation])[0] for key, generation in enumerate(requests)}
+
+    scheduler.reconfigure(SchedulerConfig(max_batch_rows=2))
+    assert scheduler.has_work()  # idle: the loop makes the batch anew now, not when the next request comes
+    scheduler.run_iteration()
+    assert not scheduler.has_work() and decoder.captured == buckets(4) + buckets(8) + buckets(2)
+
+
 def test_generate_with_graphs_replays_from_its_second_call_on(faked_graphs, engine, tok):
     """generate() builds its rows afresh at each call; with graphs they decode in a batch the thread keeps, so a
     timed loop of the same requests replays only, and the tokens are the launched step's (float32)."""

@@ -21,12 +21,14 @@ first 64-column buffer once half of it is used anyway (decoder.attended_columns)
 
 `GraphedDecoder` captures one graph per (row bucket, column buckets, buffer addresses and shapes) on CUDA and
 replays it. A graph replays fixed addresses, so with graphs on, Seq2SeqEngine.new_batch allocates a batch's
-buffers once, for every row its lane's memory holds, the longest input and the widest time axis
-(decode_batch.self_columns_bound), and `capture_buckets` captures every bucket those buffers can step with
-before the batch takes its first request: the scheduler's batch (which outlives every request) then only
-replays, and a capture while serving happens only where buffers moved (a batch replaced after a failed step, a
-request wider than the lane). At the GPU profile (256 rows, 512-token inputs, 512 new tokens) that is
-9 row x 5 self x 4 encoder buckets = 180 graphs.
+buffers once, for the lane's max_batch_rows (within what its memory holds), the longest input and the widest
+time axis (decode_batch.self_columns_bound), and `capture_buckets` captures every bucket those buffers can step
+with before the batch takes its first request: the scheduler's batch (which outlives every request) then only
+replays. A changed max_batch_rows makes the batch anew once it has drained (scheduler.py); a capture while
+serving happens only where buffers moved (a batch replaced after a failed step, one request wider than the
+lane). At the GPU profile (256 rows, 512-token inputs, 512 new tokens) that is 9 row x 5 self x 4 encoder
+buckets = 180 graphs; a ModelReplica starts its lanes at the default 64 rows and Serve hands it the profile's
+256 just after, so a start captures the 64-row set (140) before it.
 With `capture=False` it runs the same fixed-shape call without graphs: on a CPU (where no graphs
 exist) that is how tests check it gives CachedDecoder's answers. Switched on by the
 ModelReplica's `decode_graphs` (config.yaml); off until a GPU measures it (`python -m bench gpu`).

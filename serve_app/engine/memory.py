@@ -6,8 +6,8 @@ budget assumes the worst row the service accepts (the whole input window and the
 max_new_tokens) and the batch's habit of doubling its buffers when it grows, plus the row's
 float32 logits and the sampling pass's copies of them. config.yaml's `max_batch_rows` stays
 the cap: memory only ever lowers it, so where memory is plenty nothing changes. With
-`decode_graphs` the caches of every row the budget allows are allocated at start, which a
-worst-case row's share covers (the longest input and self_columns_bound(MAX_NEW_TOKENS) columns).
+`decode_graphs` a lane's caches are allocated at start for its rows, which a worst-case row's
+share covers (the longest input and self_columns_bound(MAX_NEW_TOKENS) columns).
 
 On a GPU the free memory is what CUDA reports after the weights are loaded, limited to the
 replica's share of the GPU when it reserved a fraction of one (`replica_gpus: 0.25`), which

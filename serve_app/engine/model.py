@@ -149,25 +149,30 @@ class Seq2SeqEngine:
         return states
 
     # ------------------------------------------------------------ generation
+    @property
+    def fixed_batches(self) -> bool:
+        """Whether a batch's buffers stay where new_batch put them (decode_graphs): a batch for more rows is a new
+        batch, made when the old one is empty."""
+        return isinstance(self.decoder, GraphedDecoder)
+
     def new_batch(self, capacity: int = 8, row_limit: int | None = None) -> DecodeBatch:
         """An empty running batch for a scheduler to merge prefilled requests into; its buffers grow past `row_limit`
         rows (what a scheduler lane's memory holds) only as far as one merge needs, and its cross-attention buffer
         never past the longest input this engine accepts.
 
-        With decode_graphs the buffers never grow, as graphs replay fixed addresses: they are allocated at once for
-        `row_limit` rows (else `capacity`), the longest input and the widest time axis (self_columns_bound), within
-        the worst-case rows the memory budget reckons with (engine/memory.py), and every bucket is captured before
-        the batch is returned (graphed_step.py)."""
+        With decode_graphs (`fixed_batches`) the buffers do not grow, as graphs replay fixed addresses: they are
+        allocated at once for `capacity` rows, the longest input and the widest time axis (self_columns_bound),
+        within the worst-case rows the memory budget reckons with (engine/memory.py), and every bucket is captured
+        before the batch is returned (graphed_step.py). Only a request with more rows than `capacity` grows them."""
         shape = self.decoder.shape
         if not isinstance(self.decoder, GraphedDecoder):
             return DecodeBatch(shape, capacity=capacity, row_limit=row_limit, encoder_limit=self.max_input_tokens)
-        rows = row_limit or capacity
         batch = DecodeBatch(
             shape,
-            capacity=rows,
+            capacity=capacity,
             encoder_columns=self.max_input_tokens,
             self_columns=self_columns_bound(MAX_NEW_TOKENS),
-            row_limit=rows,
+            row_limit=capacity,
             encoder_limit=self.max_input_tokens,
         )
         self.decoder.capture_buckets(batch)

@@ -184,11 +184,11 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         row_limit: int | None = None,
     ) -> None:
-        """`row_limit`: the most rows this lane's memory holds (engine/memory.py), which every later `max_batch_rows`
-        is capped to; the batch's buffers grow by doubling up to it (None: the first config's `max_batch_rows`)."""
+        """`row_limit`: the most rows this lane's memory holds (engine/memory.py), which every `max_batch_rows` is
+        capped to; the batch's buffers grow by doubling up to it (None: no cap known, the first config's rows)."""
         self.engine = engine
         self.config = config or SchedulerConfig()
-        self.row_limit = row_limit or self.config.max_batch_rows
+        self.row_limit = row_limit
         self.deadline_s = deadline_s  # a generation request expected to wait longer to start is refused
         self.clock = clock
         self.drain = DrainRate()
@@ -209,15 +209,32 @@ class Scheduler:
         self.defer_background: Callable[[], bool] | None = None
         self._deferred_since: float | None = None
 
+    def _batch_rows(self) -> int:
+        rows = self.config.max_batch_rows
+        return rows if self.row_limit is None else min(rows, self.row_limit)
+
     def _new_batch(self) -> DecodeBatch:
         # Sized for the budget now and bounded by the lane's memory: a later, larger max_batch_rows (reconfigure) grows
         # it by doubling, not by one merge's rows at a time (each growth copies every cached key and value).
-        return self.engine.new_batch(capacity=min(self.config.max_batch_rows, self.row_limit), row_limit=self.row_limit)
+        rows = self._batch_rows()
+        return self.engine.new_batch(capacity=rows, row_limit=self.row_limit or rows)
+
+    def _refit_due(self) -> bool:
+        """An empty batch whose buffers never grow (decode_graphs) is made anew when max_batch_rows has changed."""
+        return self.engine.fixed_batches and not self._batch.rows and self._batch.capacity != self._batch_rows()
+
+    def _free_rows(self) -> int:
+        """Rows the running batch may take now: max_batch_rows less those decoding; none while a batch of fixed
+        buffers too small for a raised max_batch_rows drains, to be made anew at the new size once empty."""
+        if self.engine.fixed_batches and self._batch.rows and self._batch.capacity < self._batch_rows():
+            return 0
+        return self.config.max_batch_rows - self._batch.rows
 
     # ------------------------------------------------------ any thread
     def reconfigure(self, config: SchedulerConfig) -> None:
         with self._lock:
             self.config = config
+            self._lock.notify_all()  # an idle loop makes a fixed batch anew at once (_refit_due)
 
     def submit_generation(
         self,
@@ -255,7 +272,7 @@ class Scheduler:
     def has_work(self) -> bool:
         """Something to do now; background work that is deferred is not (its loop leaves its cores to the others)."""
         background = bool(self._background) and not self._background_deferred()
-        return bool(self._waiting or background or self._batch.rows or self._cancelled)
+        return bool(self._waiting or background or self._batch.rows or self._cancelled or self._refit_due())
 
     def wait_for_work(self, timeout_s: float) -> bool:
         with self._lock:
@@ -279,7 +296,7 @@ class Scheduler:
 
     def expected_wait_s(self, rows: int) -> float:
         """How long `rows` more rows would wait to start, at the measured drain rate (0 while rows are free)."""
-        ahead = self._waiting_rows + rows - (self.config.max_batch_rows - self._batch.rows)
+        ahead = self._waiting_rows + rows - (self._free_rows())
         rate = self.drain.rows_per_s
         if ahead <= 0 or rate is None:  # room now, or nothing has finished yet to measure by
             return 0.0
@@ -302,6 +319,9 @@ class Scheduler:
     def run_iteration(self) -> IterationReport:
         report = IterationReport(started=self.clock())
         self._drop_cancelled(self._take_cancellations(report), report)
+        if self._refit_due():
+            del self._batch  # its buffers go before the new ones come (with decode_graphs, the lane's whole cache)
+            self._batch = self._new_batch()
         admitted = self._admit(report)
         scoring = [work for work in admitted if work.kind == "score"]
         generation = [work for work in admitted if work.kind == "generate"]
@@ -337,7 +357,7 @@ class Scheduler:
         """Take the work that fits this iteration's budget: interactive first, then background, each in arrival
         order."""
         with self._lock:
-            budget_rows = self.config.max_batch_rows - self._batch.rows
+            budget_rows = self._free_rows()
             budget_tokens = self.config.max_prefill_tokens
             admitted: list[_Work] = []
             while self._waiting:
@@ -368,7 +388,7 @@ class Scheduler:
         if report.started - self._last_interactive < INTERACTIVE_RECENT_S:
             budget_tokens = min(budget_tokens, max(1, self.config.max_prefill_tokens // BACKGROUND_SLICE))
         row_cap = max(1, int(self.config.max_batch_rows * self.config.background_share))
-        budget_rows = min(self.config.max_batch_rows - self._batch.rows, row_cap - self._background_rows)
+        budget_rows = min(self._free_rows(), row_cap - self._background_rows)
         taken: list[_Work] = []
         while self._background:
             work = self._background[0]
@@ -376,11 +396,7 @@ class Scheduler:
                 break
             if work.kind == "generate" and work.rows > budget_rows:
                 # A request larger than the background's share runs when nothing else of the background does.
-                if not (
-                    self._background_rows == 0
-                    and not taken
-                    and work.rows <= self.config.max_batch_rows - self._batch.rows
-                ):
+                if not (self._background_rows == 0 and not taken and work.rows <= self._free_rows()):
                     break
             self._background.popleft()
             taken.append(work)
