@@ -101,6 +101,20 @@ def kill(processes: list[psutil.Process]) -> None:
         os.kill(proc.pid, signal.SIGKILL)
 
 
+def pause_replacements(run: ServeRun, killed: set[int], timeout_s: float) -> list[psutil.Process]:
+    """SIGSTOP the ModelReplica processes that replace `killed` as soon as they appear (still loading the model);
+    the caller resumes them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        replacements = [proc for proc in replica_processes(run, "ModelReplica") if proc.pid not in killed]
+        if replacements:
+            for proc in replacements:
+                proc.suspend()
+            return replacements
+        time.sleep(0.02)
+    raise AssertionError(f"no ModelReplica replaced the killed ones within {timeout_s:.0f} s")
+
+
 def serve_controller(run: ServeRun) -> psutil.Process:
     for proc in psutil.Process(run.process.pid).children(recursive=True):
         try:
@@ -295,9 +309,17 @@ def test_the_ui_shows_the_model_unavailable_and_back(served):
             page.goto(served.url + "/")
             badge = page.get_by_test_id("model-info")
             expect(badge).to_have_attribute("data-state", "demo", timeout=30_000)
-            kill(replica_processes(served, "ModelReplica"))
-            expect(badge).to_have_attribute("data-state", "unavailable", timeout=30_000)
-            expect(page.locator("#model-name")).to_contain_text("模型暂不可用")
+            killed = replica_processes(served, "ModelReplica")
+            kill(killed)
+            # A replacement can be up within the page's 3 s poll (it once was, in a full run): hold it until the
+            # badge has shown the outage, then let it finish starting.
+            held = pause_replacements(served, {proc.pid for proc in killed}, timeout_s=60)
+            try:
+                expect(badge).to_have_attribute("data-state", "unavailable", timeout=30_000)
+                expect(page.locator("#model-name")).to_contain_text("模型暂不可用")
+            finally:
+                for proc in held:
+                    proc.resume()
             expect(badge).to_have_attribute("data-state", "demo", timeout=90_000)
         finally:
             browser.close()
