@@ -221,6 +221,36 @@ def test_a_changed_row_budget_makes_the_batch_anew_once_it_is_empty(faked_graphs
     assert not scheduler.has_work() and decoder.captured == buckets(4) + buckets(8) + buckets(2)
 
 
+def test_a_batch_that_cannot_be_made_anew_leaves_the_lane_an_empty_one_and_is_tried_again(
+    faked_graphs, engine, tok, monkeypatch
+):
+    """The old batch's buffers go before the new one's come (two lanes' caches would not fit); when the new one
+    cannot be made (out of memory), the iteration fails, the lane keeps an empty batch, and the next makes it."""
+    from serve_app.scheduling.config import SchedulerConfig
+    from serve_app.scheduling.scheduler import Scheduler
+    from tests.test_scheduler import Answers, Clock, drain
+
+    scheduler = Scheduler(faked_graphs, SchedulerConfig(max_batch_rows=4), clock=Clock(), row_limit=16)
+    new_batch, failures = faked_graphs.new_batch, []
+
+    def out_of_memory_once(capacity: int = 8, row_limit: int | None = None):
+        if capacity and not failures:
+            failures.append(capacity)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 14.00 GiB")
+        return new_batch(capacity=capacity, row_limit=row_limit)
+
+    monkeypatch.setattr(faked_graphs, "new_batch", out_of_memory_once)
+    scheduler.reconfigure(SchedulerConfig(max_batch_rows=8))
+    with pytest.raises(torch.OutOfMemoryError):
+        scheduler.run_iteration()
+    assert failures == [8] and scheduler.has_work()  # an empty batch of no rows, to be made anew
+    answers = Answers()
+    generation = request(tok, 0)
+    scheduler.submit_generation(generation, answers.callback("after"))
+    drain(scheduler)
+    assert answers.answered == {"after": engine.generate([generation])[0]} and not scheduler.has_work()
+
+
 def test_generate_with_graphs_replays_from_its_second_call_on(faked_graphs, engine, tok):
     """generate() builds its rows afresh at each call; with graphs they decode in a batch the thread keeps, so a
     timed loop of the same requests replays only, and the tokens are the launched step's (float32)."""

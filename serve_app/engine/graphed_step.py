@@ -128,7 +128,7 @@ class GraphedDecoder:
         """Capture every bucket an empty `batch`'s buffers can step with (bucket_shapes) that is not captured yet;
         returns how many were. The captures write keys and values into the spare rows only: the batch must be empty.
         Without capture (a CPU) there is nothing to do."""
-        if not self.capture:
+        if not self.capture or not batch.capacity:
             return 0
         if batch.rows:
             raise ValueError(f"capture_buckets needs an empty batch; this one holds {batch.rows} rows")

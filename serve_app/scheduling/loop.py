@@ -21,6 +21,9 @@ from serve_app.engine.requests import ScoringResult
 from serve_app.scheduling.scheduler import UNTAGGED, IterationReport, Scheduler, WorkTag
 
 logger = logging.getLogger(__name__)
+# After an iteration raised (not a failed step, which fails its batch inside the iteration: something the
+# scheduler could not recover, such as no memory for a new batch), before the next.
+FAILED_ITERATION_PAUSE_S = 1.0
 
 
 class CoreShare:
@@ -127,6 +130,7 @@ class SchedulerLoop:
                     self.on_iteration(report)
             except Exception:  # noqa: BLE001 - the loop must outlive any one iteration
                 logger.exception("scheduler iteration failed")
+                self._stopping.wait(FAILED_ITERATION_PAUSE_S)  # a failure that repeats is not logged in a tight loop
         if busy and self.cores is not None:
             self.cores.leave()
 

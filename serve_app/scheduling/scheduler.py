@@ -219,6 +219,13 @@ class Scheduler:
         rows = self._batch_rows()
         return self.engine.new_batch(capacity=rows, row_limit=self.row_limit or rows)
 
+    def _renew_batch(self) -> None:
+        """Replace the running batch, its buffers let go first: with decode_graphs they are the lane's whole cache, and
+        two would not fit. Should the new one fail (out of memory), the lane keeps an empty batch of no rows, which
+        a fixed batch's next iteration tries to make anew and any other grows on demand."""
+        self._batch = self.engine.new_batch(capacity=0)
+        self._batch = self._new_batch()
+
     def _refit_due(self) -> bool:
         """An empty batch whose buffers never grow (decode_graphs) is made anew when max_batch_rows has changed."""
         return self.engine.fixed_batches and not self._batch.rows and self._batch.capacity != self._batch_rows()
@@ -320,8 +327,7 @@ class Scheduler:
         report = IterationReport(started=self.clock())
         self._drop_cancelled(self._take_cancellations(report), report)
         if self._refit_due():
-            del self._batch  # its buffers go before the new ones come (with decode_graphs, the lane's whole cache)
-            self._batch = self._new_batch()
+            self._renew_batch()
         admitted = self._admit(report)
         scoring = [work for work in admitted if work.kind == "score"]
         generation = [work for work in admitted if work.kind == "generate"]
@@ -509,8 +515,7 @@ class Scheduler:
                 self._answer(decoding.work, None, error)
             self._decoding.clear()
             self._background_rows = 0
-            del self._batch  # its buffers go before the new ones come (with decode_graphs, the lane's whole cache)
-            self._batch = self._new_batch()
+            self._renew_batch()
             return
         report.step_seconds = self.clock() - started
         for row in finished:
