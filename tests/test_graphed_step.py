@@ -221,6 +221,40 @@ def test_a_changed_row_budget_makes_the_batch_anew_once_it_is_empty(faked_graphs
     assert not scheduler.has_work() and decoder.captured == buckets(4) + buckets(8) + buckets(2)
 
 
+def test_a_replicas_lanes_make_their_batch_for_the_budgets_that_follow_not_for_the_defaults_first(faked_graphs, tok):
+    """A ModelReplica builds its lanes at the default budgets and Serve hands it config.yaml's user_config just after:
+    the fixed batch is made once, for those, and the replica's first reconfigure returns (Serve then marks it
+    running) only when every lane has made it; with no reconfigure, the first request makes it."""
+    from serve_app.engine.decode_batch import self_columns_bound
+    from serve_app.engine.requests import MAX_NEW_TOKENS
+    from serve_app.scheduling.config import SchedulerConfig
+    from serve_app.scheduling.lanes import Lanes
+    from serve_app.scheduling.scheduler import Scheduler
+    from tests.test_scheduler import Answers, Clock, drain
+
+    decoder = faked_graphs.decoder
+
+    def buckets(rows: int) -> int:
+        return len(bucket_shapes(rows, self_columns_bound(MAX_NEW_TOKENS), faked_graphs.max_input_tokens))
+
+    schedulers = [Scheduler(faked_graphs, SchedulerConfig(), row_limit=16, config_follows=True) for _ in range(2)]
+    assert decoder.captured == 0 and not any(scheduler.batch_ready for scheduler in schedulers)
+    lanes = Lanes(schedulers, cores=2)
+    try:
+        lanes.reconfigure(SchedulerConfig(max_batch_rows=8))
+        assert lanes.wait_for_batches(timeout_s=60)
+        assert decoder.captured == 2 * buckets(8)  # each lane's own buffers, and no 16-row (or 64-row) set first
+    finally:
+        lanes.stop()
+
+    alone = Scheduler(faked_graphs, SchedulerConfig(max_batch_rows=4), clock=Clock(), config_follows=True)
+    before = decoder.captured
+    answers = Answers()
+    alone.submit_generation(request(tok, 0), answers.callback("first"))
+    drain(alone)
+    assert "first" in answers.answered and alone.batch_ready and decoder.captured == before + buckets(4)
+
+
 def test_a_batch_that_cannot_be_made_anew_leaves_the_lane_an_empty_one_and_is_tried_again(
     faked_graphs, engine, tok, monkeypatch
 ):

@@ -39,6 +39,9 @@ from serve_app.scheduling.scheduler import Scheduler, WorkTag, WorkTimes
 from serve_app.settings import AppSettings
 
 logger = logging.getLogger("ray.serve")
+# How long the first reconfigure waits for the lanes to make their batches (with decode_graphs: allocate the caches
+# and capture every graph) before it lets Serve mark the replica running anyway.
+FIRST_BATCH_TIMEOUT_S = 600.0
 
 
 def replica_threads(gpu_reserved: bool) -> int:
@@ -99,11 +102,13 @@ class ModelReplica:
                 SchedulerConfig().within_rows(self.lane_row_limit),
                 deadline_s=self.settings.request_timeout_s,
                 row_limit=self.lane_row_limit,
+                config_follows=True,  # Serve calls reconfigure with config.yaml's user_config before any request
             )
             for _ in range(lanes)
         ]
         metrics = SchedulerMetrics(lanes)
         self.lanes = Lanes(schedulers, cores=threads, on_iteration=metrics.record, on_idle=metrics.flush)
+        self._configured = False
         logger.info(
             "ModelReplica ready: %s; %d scheduler lane(s) on %d torch thread(s)", self.loaded.describe(), lanes, threads
         )
@@ -115,6 +120,12 @@ class ModelReplica:
         self.lanes.reconfigure(config)
         capped = f" (max_batch_rows {asked.max_batch_rows} capped to what memory holds)" if config is not asked else ""
         logger.info("ModelReplica scheduler budgets: %s%s", config.model_dump(), capped)
+        if not self._configured:
+            # Serve marks the replica running when this returns: with decode_graphs, after the lanes have made their
+            # batches for these budgets and captured their graphs, so no request waits behind a capture.
+            self._configured = True
+            if not self.lanes.wait_for_batches(FIRST_BATCH_TIMEOUT_S):
+                logger.warning("ModelReplica: the lanes' batches were not made within %.0f s", FIRST_BATCH_TIMEOUT_S)
 
     # Each request is validated alone before it joins the batch, so a bad one fails by itself.
     # `background`: dataset jobs and bulk runs, scheduled after interactive work (scheduling/scheduler.py).

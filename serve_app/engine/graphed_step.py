@@ -27,8 +27,8 @@ with before the batch takes its first request: the scheduler's batch (which outl
 replays. A changed max_batch_rows makes the batch anew once it has drained (scheduler.py); a capture while
 serving happens only where buffers moved (a batch replaced after a failed step, one request wider than the
 lane). At the GPU profile (256 rows, 512-token inputs, 512 new tokens) that is 9 row x 5 self x 4 encoder
-buckets = 180 graphs; a ModelReplica starts its lanes at the default 64 rows and Serve hands it the profile's
-256 just after, so a start captures the 64-row set (140) before it.
+buckets = 180 graphs. A ModelReplica's lanes make their batches for the budgets Serve hands it just after
+construction (user_config), and its first reconfigure returns, so Serve marks it running, once they have.
 With `capture=False` it runs the same fixed-shape call without graphs: on a CPU (where no graphs
 exist) that is how tests check it gives CachedDecoder's answers. Switched on by the
 ModelReplica's `decode_graphs` (config.yaml); off until a GPU measures it (`python -m bench gpu`).

@@ -13,6 +13,7 @@ engine holds no per-call state).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from serve_app.engine import GenerationRequest, ScoringRequest
@@ -20,6 +21,8 @@ from serve_app.engine.requests import ScoringResult
 from serve_app.scheduling.config import SchedulerConfig
 from serve_app.scheduling.loop import CoreShare, SchedulerLoop
 from serve_app.scheduling.scheduler import UNTAGGED, IterationReport, Scheduler, WorkTag
+
+BATCH_POLL_S = 0.05  # how often wait_for_batches looks
 
 
 class Lanes:
@@ -78,6 +81,16 @@ class Lanes:
         """Each lane gets the same budgets (rows and prefill tokens are per lane)."""
         for scheduler in self.schedulers:
             scheduler.reconfigure(config)
+
+    def wait_for_batches(self, timeout_s: float) -> bool:
+        """Wait until every lane's batch is made for its budgets (with decode_graphs, its graphs captured); False
+        if `timeout_s` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while not all(scheduler.batch_ready for scheduler in self.schedulers):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(BATCH_POLL_S)
+        return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         for loop in self.loops:

@@ -183,9 +183,14 @@ class Scheduler:
         deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         row_limit: int | None = None,
+        config_follows: bool = False,
     ) -> None:
         """`row_limit`: the most rows this lane's memory holds (engine/memory.py), which every `max_batch_rows` is
-        capped to; the batch's buffers grow by doubling up to it (None: no cap known, the first config's rows)."""
+        capped to; the batch's buffers grow by doubling up to it (None: no cap known, the first config's rows).
+
+        `config_follows`: the budgets come by `reconfigure` just after (a ModelReplica's user_config): a batch of
+        fixed buffers (decode_graphs) is then made for them, not for `config` first and again for them; without a
+        reconfigure, the first request makes it."""
         self.engine = engine
         self.config = config or SchedulerConfig()
         self.row_limit = row_limit
@@ -200,7 +205,8 @@ class Scheduler:
         self._last_interactive = -math.inf  # when interactive work last arrived
         self._cancelled: set[int] = set()
         self._next_ticket = 0
-        self._batch = self._new_batch()
+        self._awaiting_config = config_follows and engine.fixed_batches
+        self._batch = self.engine.new_batch(capacity=0) if self._awaiting_config else self._new_batch()
         self._decoding: dict[int, _Decoding] = {}
         self._open: set[int] = set()  # tickets not yet answered nor cancelled (queued, scoring, prefilling or decoding)
         self._open_interactive: set[int] = set()  # the interactive ones among them
@@ -228,7 +234,17 @@ class Scheduler:
 
     def _refit_due(self) -> bool:
         """An empty batch whose buffers never grow (decode_graphs) is made anew when max_batch_rows has changed."""
-        return self.engine.fixed_batches and not self._batch.rows and self._batch.capacity != self._batch_rows()
+        return (
+            self.engine.fixed_batches
+            and not self._awaiting_config
+            and not self._batch.rows
+            and self._batch.capacity != self._batch_rows()
+        )
+
+    @property
+    def batch_ready(self) -> bool:
+        """The running batch is made for the budgets now (a fixed batch is made anew only between iterations)."""
+        return not self._awaiting_config and not self._refit_due()
 
     def _free_rows(self) -> int:
         """Rows the running batch may take now: max_batch_rows less those decoding; none while a batch of fixed
@@ -241,6 +257,7 @@ class Scheduler:
     def reconfigure(self, config: SchedulerConfig) -> None:
         with self._lock:
             self.config = config
+            self._awaiting_config = False
             self._lock.notify_all()  # an idle loop makes a fixed batch anew at once (_refit_due)
 
     def submit_generation(
@@ -559,6 +576,7 @@ class Scheduler:
         background: bool,
         tag: WorkTag = UNTAGGED,
     ) -> int:
+        self._awaiting_config = False  # work came before any budgets: the batch is made for these
         ticket = self._next_ticket
         self._next_ticket += 1
         work = _Work(ticket, kind, request, on_done, self.clock(), background, tag)
