@@ -56,7 +56,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         theirs = git("rev-parse", "--short", "--verify", f"{args.revision}^{{commit}}")
     except subprocess.CalledProcessError:
         raise SystemExit(f"{args.revision!r} is not a commit or tag of this repository") from None
-    model = args.model or ("demo" if args.quick else _bench_checkpoint())
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
+    model = model_for_run(args.model, args.quick, log)
     rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
     # Benchmarks' own outputs (bench/results, the page) do not count as changes to what is measured.
     changed = git("status", "--porcelain", "--", ".", ":!bench/results", ":!BENCHMARKS.md")
@@ -145,9 +147,3 @@ def markdown(out: dict[str, Any]) -> str:
         f"**{r['classify_texts_per_s']['best']:.2f}x** ({r['classify_texts_per_s']['median']:.2f}x).",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=log))

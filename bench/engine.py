@@ -65,7 +65,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    model = args.model or ("demo" if args.quick else _bench_checkpoint())
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
+    model = model_for_run(args.model, args.quick, log)
     rounds = 1 if args.quick else args.rounds
     out: dict[str, Any] = {
         **run_header("engine", getattr(args, "argv", [])),
@@ -90,12 +92,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     section = markdown(out)
     results.publish("engine", out, section, args.out, args.quick, log)
     return out
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=log))
 
 
 def _timed(run, requests) -> float:

@@ -90,8 +90,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "models": [],
     }
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
     for name in models:
-        spec = _bench_checkpoint() if name == "bench" else name
+        spec = model_for_run(None, False, log) if name == "bench" else name
         log(f"{name}: {count} inputs ...")
         measured = measure(spec, count, args.device, args.dtypes, args.int8_by_layer)
         measured["label"] = {"bench": "mT5-base-shaped (random)", "demo": "demo"}.get(name, results.relative(name))
@@ -99,12 +101,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     section = markdown(out)
     results.publish("fidelity", out, section, args.out, args.quick, log)
     return out
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=log))
 
 
 def measure(model: str, count: int, device: str, dtypes: list[str], by_layer: bool = False) -> dict[str, Any]:

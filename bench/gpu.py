@@ -105,7 +105,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget_s
-    model = args.model or ("demo" if args.quick else _bench_checkpoint())
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
+    model = model_for_run(args.model, args.quick, log)
     out: dict[str, Any] = {
         **run_header("gpu", getattr(args, "argv", [])),
         "device": args.device,
@@ -150,12 +152,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         results.save("gpu", out, section)
     print(section)
     return out
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=log))
 
 
 def parts(args: argparse.Namespace, model: str, deadline: float) -> dict[str, Callable[[], Any]]:

@@ -159,7 +159,9 @@ def beside(prober: Prober, work: Any) -> tuple[dict[str, Any], float]:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["TQDM_DISABLE"] = "1"  # the in-process bulk run's progress bar would break up this command's log
-    model = args.model or ("demo" if args.quick else _bench_checkpoint())
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
+    model = model_for_run(args.model, args.quick, log)
     count = args.records or (400 if args.quick else 256)
     workdir = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
     # One file per mt5-bulk --url run: a file classified again would be answered by the classification cache.
@@ -244,9 +246,3 @@ def markdown(out: dict[str, Any]) -> str:
         f"**{out['job_alone_records_per_s'] / out['bulk_alone_records_per_s']:.0%}** of mt5-bulk's speed.",
     ]
     return "\n".join(lines)
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=log))

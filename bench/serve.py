@@ -100,7 +100,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     windows = WINDOWS["quick" if args.quick else "full"]
-    model = args.model or ("demo" if args.quick else _bench_checkpoint())
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
+    model = model_for_run(args.model, args.quick, log)
     out: dict[str, Any] = {
         **run_header("serve", getattr(args, "argv", [])),
         "model": results.relative(model) if model != "demo" else model,
@@ -138,12 +140,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     log(f"wrote {results.relative(path)}")
     print(section)
     return out
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=lambda message: log(message)))
 
 
 # ---------------------------------------------------------------- systems

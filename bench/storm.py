@@ -102,7 +102,9 @@ def through(front_url: str, run: ServeRun, clients: int, windows: tuple[float, f
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    model = args.model or ("demo" if args.quick else _bench_checkpoint())
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
+    model = model_for_run(args.model, args.quick, log)
     windows = (3.0, 15.0, 10.0) if args.quick else (10.0, 60.0, 60.0)
     workdir = Path(tempfile.mkdtemp(prefix="bench-storm-"))
     out: dict[str, Any] = {
@@ -181,9 +183,3 @@ def markdown(out: dict[str, Any]) -> str:
             *notes,
         ]
     )
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=log))

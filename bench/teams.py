@@ -113,7 +113,9 @@ def one_run(model: str, workdir: Path, tracing_to: str | None, windows: tuple[fl
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    model = args.model or ("demo" if args.quick else _bench_checkpoint())
+    from bench.lib.checkpoint import model_for_run  # torch: imported when a run starts
+
+    model = model_for_run(args.model, args.quick, log)
     windows = (3.0, 10.0) if args.quick else (15.0, 45.0)
     workdir = Path(tempfile.mkdtemp(prefix="bench-teams-"))
     collector = Collector()
@@ -185,9 +187,3 @@ def markdown(out: dict[str, Any]) -> str:
             f"{cache['cached_answers']} of 50 answers cached; byte-identical: {cache['identical']}).",
         ]
     )
-
-
-def _bench_checkpoint() -> str:
-    from bench.lib.checkpoint import build_checkpoint
-
-    return str(build_checkpoint(log=log))

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from serve_app.engine.checkpoint import MT5_BASE_SHAPE, random_mt5, save_checkpoint
@@ -22,6 +23,12 @@ BENCH_CHECKPOINT_NAME = "bench-mt5-base"
 
 def bench_checkpoint_dir(root: str | Path | None = None) -> Path:
     return Path(root) if root else demo_cache_root() / BENCH_CHECKPOINT_NAME
+
+
+def model_for_run(model: str | None, quick: bool, log: Callable[[str], None]) -> str:
+    """The model an entry point runs: the one named, else the demo for a smoke run (`--quick`), else the benchmark
+    checkpoint (built once)."""
+    return model or ("demo" if quick else str(build_checkpoint(log=log)))
 
 
 def build_checkpoint(target: str | Path | None = None, shape: dict | None = None, seed: int = 0, log=print) -> Path:

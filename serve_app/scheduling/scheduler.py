@@ -320,7 +320,7 @@ class Scheduler:
 
     def expected_wait_s(self, rows: int) -> float:
         """How long `rows` more rows would wait to start, at the measured drain rate (0 while rows are free)."""
-        ahead = self._waiting_rows + rows - (self._free_rows())
+        ahead = self._waiting_rows + rows - self._free_rows()
         rate = self.drain.rows_per_s
         if ahead <= 0 or rate is None:  # room now, or nothing has finished yet to measure by
             return 0.0
